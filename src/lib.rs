@@ -1,0 +1,2 @@
+//! ephemera: a user-space TCP/IP stack on smoltcp that owns its own port table.
+#![deny(missing_docs)]
