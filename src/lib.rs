@@ -1,2 +1,5 @@
 //! ephemera: a user-space TCP/IP stack on smoltcp that owns its own port table.
 #![deny(missing_docs)]
+
+pub mod port_table;
+pub mod rng;

@@ -1,0 +1,1283 @@
+//! The port table: who owns which port, and which connection a 4-tuple names.
+//!
+//! A pure module (no smoltcp, no I/O, time passed in) that does the kernel's
+//! port bookkeeping:
+//!
+//! - **binds** — a listener or UDP socket on `addr:port`, where `addr` may be
+//!   the wildcard (`0.0.0.0` / `::`). Two binds conflict when their ports
+//!   and protocols match and their addresses overlap (equal, or one is the
+//!   wildcard of the same family). ephemera behaves as if `SO_REUSEADDR`
+//!   were set: connections, live or in TIME-WAIT, never block a bind.
+//! - **flows** — one entry per TCP/UDP 4-tuple, either live (owned by a
+//!   handle `H`) or in TIME-WAIT (a compact record until an expiry time,
+//!   RFC 9293 §3.6.1). A 4-tuple is never handed out twice while it is in
+//!   either state.
+//! - **ephemeral allocation** — RFC 6056 §3.3.4 (Algorithm 4, double-hash)
+//!   with the random increments of §3.3.5: a keyed hash of (local address,
+//!   remote address, remote port) gives the starting offset, a second keyed
+//!   hash picks a slot in a perturbation table, and the slot advances by a
+//!   random step after each pick. Uniqueness is per destination, so one
+//!   local address holds a full range of ports towards every destination.
+//!
+//! Allocation never walks the range: for each destination the ports in use
+//! (live or TIME-WAIT) are kept in a [`PortSet`] — a short sorted vector, or
+//! a two-level bitmap once it grows — so "first free port at or after the
+//! candidate" costs a few word operations even at 99 % occupancy.
+//!
+//! Invariants (checked by [`PortTable::check_invariants`]):
+//! - every flow whose local port lies in the ephemeral range is in the
+//!   `PortSet` of its destination, and nothing else is;
+//! - every TIME-WAIT flow has a record in the expiry queue;
+//! - the per-port count of specific binds matches the bind map.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use siphasher::sip::SipHasher13;
+use siphasher::sip128::{Hasher128, SipHasher13 as SipHasher13x128};
+
+use crate::rng::Rng;
+
+/// Transport protocol: TCP and UDP have separate port spaces.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// RFC 9293.
+    Tcp,
+    /// RFC 768.
+    Udp,
+}
+
+/// A connection's name: protocol plus 4-tuple, seen from our side.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// TCP or UDP.
+    pub proto: Protocol,
+    /// Our address and port.
+    pub local: SocketAddr,
+    /// The peer's address and port.
+    pub remote: SocketAddr,
+}
+
+impl FlowKey {
+    /// A key with IPv6 flow labels and scope ids stripped, so that the same
+    /// 4-tuple always compares and hashes equal.
+    pub fn new(proto: Protocol, local: SocketAddr, remote: SocketAddr) -> FlowKey {
+        FlowKey {
+            proto,
+            local: plain(local),
+            remote: plain(remote),
+        }
+    }
+
+    fn dest(&self) -> DestKey {
+        DestKey {
+            proto: self.proto,
+            local: self.local.ip(),
+            remote: self.remote,
+        }
+    }
+}
+
+impl Hash for FlowKey {
+    // One write of 37 packed bytes: a single pass of the keyed hash instead
+    // of one per field.
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        let mut buf = [0u8; 37];
+        buf[0] = self.proto as u8;
+        buf[1..17].copy_from_slice(&ip16(self.local.ip()));
+        buf[17..33].copy_from_slice(&ip16(self.remote.ip()));
+        buf[33..35].copy_from_slice(&self.local.port().to_be_bytes());
+        buf[35..37].copy_from_slice(&self.remote.port().to_be_bytes());
+        state.write(&buf);
+    }
+}
+
+fn ip16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn plain(sa: SocketAddr) -> SocketAddr {
+    SocketAddr::new(sa.ip(), sa.port())
+}
+
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The set of connections that compete for local ports: same protocol, same
+/// local address, same remote endpoint.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct DestKey {
+    proto: Protocol,
+    local: IpAddr,
+    remote: SocketAddr,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct BindKey {
+    proto: Protocol,
+    addr: IpAddr,
+    port: u16,
+}
+
+/// Which address family a port is counted under for wildcard conflicts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct FamilyPort {
+    proto: Protocol,
+    v6: bool,
+    port: u16,
+}
+
+impl BindKey {
+    fn family_port(&self) -> FamilyPort {
+        FamilyPort {
+            proto: self.proto,
+            v6: self.addr.is_ipv6(),
+            port: self.port,
+        }
+    }
+}
+
+/// A hasher builder with an explicit SipHash-1-3 key, drawn from the
+/// injected RNG: peers choose the keys of our maps, so the hash must be
+/// keyed (no hash flooding), and tests must be reproducible.
+#[derive(Copy, Clone, Debug)]
+pub struct KeyedState {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyedState {
+    /// A builder keyed by two words from `rng`.
+    pub fn new(rng: &mut dyn Rng) -> KeyedState {
+        KeyedState {
+            k0: rng.next_u64(),
+            k1: rng.next_u64(),
+        }
+    }
+}
+
+impl BuildHasher for KeyedState {
+    type Hasher = SipHasher13;
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.k0, self.k1)
+    }
+}
+
+/// Configuration of a [`PortTable`].
+#[derive(Clone, Debug)]
+pub struct PortTableConfig {
+    /// Ports handed out for `connect` and `bind(port 0)`. Default
+    /// 49152–65535 (IANA dynamic range, RFC 6335 §6).
+    pub ephemeral: RangeInclusive<u16>,
+    /// How long a closed 4-tuple stays in TIME-WAIT: 2·MSL
+    /// (RFC 9293 §3.6.1). Default 60 s, as Linux.
+    pub time_wait: Duration,
+    /// Largest random step added to a perturbation slot after each
+    /// allocation (RFC 6056 §3.3.5 `N`). 1 gives plain Algorithm 4
+    /// (sequential per destination); the default 500 is the RFC's example
+    /// and keeps successive ports to one destination unpredictable.
+    pub max_step: u16,
+}
+
+impl Default for PortTableConfig {
+    fn default() -> Self {
+        PortTableConfig {
+            ephemeral: 49152..=65535,
+            time_wait: Duration::from_secs(60),
+            max_step: 500,
+        }
+    }
+}
+
+/// A [`PortTableConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The ephemeral range is empty (`start > end`).
+    EmptyRange {
+        /// First port given.
+        start: u16,
+        /// Last port given.
+        end: u16,
+    },
+    /// The ephemeral range includes port 0, which means "any port".
+    PortZero,
+    /// `max_step` is 0.
+    ZeroStep,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::EmptyRange { start, end } => write!(
+                f,
+                "ephemeral port range {start}-{end} is empty: the first port must not exceed the last"
+            ),
+            ConfigError::PortZero => write!(f, "ephemeral port range must not include port 0"),
+            ConfigError::ZeroStep => write!(f, "the random step of port allocation must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a bind failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum BindError {
+    /// EADDRINUSE: an overlapping bind holds the port, or (port 0) every
+    /// port of the ephemeral range is bound.
+    AddrInUse,
+}
+
+/// Why a connection could not be given a 4-tuple.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// EADDRNOTAVAIL: every ephemeral port towards this destination is in
+    /// use or in TIME-WAIT, or the explicit 4-tuple is taken.
+    AddrNotAvailable,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("address already in use (EADDRINUSE)")
+    }
+}
+impl std::error::Error for BindError {}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cannot assign requested address (EADDRNOTAVAIL)")
+    }
+}
+impl std::error::Error for AllocError {}
+
+/// What a 4-tuple leads to, most specific first (connection, then a
+/// listener on the exact address, then one on the wildcard).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<H> {
+    /// A live connection owns this 4-tuple.
+    Flow(H),
+    /// The 4-tuple is in TIME-WAIT.
+    TimeWait,
+    /// No connection; a bind (listener or UDP socket) owns the local
+    /// address and port.
+    Bound(H),
+    /// Nothing: answer with RST or ICMP port unreachable.
+    Nothing,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum FlowState<H> {
+    Live(H),
+    TimeWait { until: Duration },
+}
+
+/// Number of perturbation slots (RFC 6056 §3.3.4 `table[]`).
+const TABLE_LEN: usize = 1024;
+
+/// The port table. `H` is the caller's handle for a socket.
+pub struct PortTable<H> {
+    config: PortTableConfig,
+    range_len: u32,
+    flows: HashMap<FlowKey, FlowState<H>, KeyedState>,
+    dests: HashMap<DestKey, PortSet, KeyedState>,
+    binds: HashMap<BindKey, H, KeyedState>,
+    /// Number of specific-address binds per (protocol, family, port), so a
+    /// wildcard bind can see its conflicts without a scan.
+    specific: HashMap<FamilyPort, u32, KeyedState>,
+    time_wait: VecDeque<(Duration, FlowKey)>,
+    hash_key: (u64, u64),
+    perturb: Box<[u32; TABLE_LEN]>,
+}
+
+impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
+    /// A table with keys drawn from `rng`.
+    pub fn new(config: PortTableConfig, rng: &mut dyn Rng) -> Result<Self, ConfigError> {
+        let (start, end) = (*config.ephemeral.start(), *config.ephemeral.end());
+        if start > end {
+            return Err(ConfigError::EmptyRange { start, end });
+        }
+        if start == 0 {
+            return Err(ConfigError::PortZero);
+        }
+        if config.max_step == 0 {
+            return Err(ConfigError::ZeroStep);
+        }
+        let state = KeyedState::new(rng);
+        Ok(PortTable {
+            range_len: (end - start) as u32 + 1,
+            config,
+            flows: HashMap::with_hasher(state),
+            dests: HashMap::with_hasher(state),
+            binds: HashMap::with_hasher(state),
+            specific: HashMap::with_hasher(state),
+            time_wait: VecDeque::new(),
+            hash_key: (rng.next_u64(), rng.next_u64()),
+            perturb: Box::new([0; TABLE_LEN]),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PortTableConfig {
+        &self.config
+    }
+
+    // ---- binds -----------------------------------------------------------
+
+    /// Bind `local` for `proto` to `owner`. Port 0 picks a free port from
+    /// the ephemeral range. Returns the bound address.
+    pub fn bind(
+        &mut self,
+        proto: Protocol,
+        local: SocketAddr,
+        owner: H,
+        rng: &mut dyn Rng,
+    ) -> Result<SocketAddr, BindError> {
+        let addr = local.ip();
+        let port = if local.port() != 0 {
+            if self.bind_conflicts(proto, addr, local.port()) {
+                return Err(BindError::AddrInUse);
+            }
+            local.port()
+        } else {
+            self.free_bind_port(proto, addr, rng)
+                .ok_or(BindError::AddrInUse)?
+        };
+        let key = BindKey { proto, addr, port };
+        self.binds.insert(key, owner);
+        if !addr.is_unspecified() {
+            *self.specific.entry(key.family_port()).or_insert(0) += 1;
+        }
+        Ok(SocketAddr::new(addr, port))
+    }
+
+    /// Release a bind made by [`bind`](Self::bind). Returns its owner.
+    pub fn unbind(&mut self, proto: Protocol, local: SocketAddr) -> Option<H> {
+        let key = BindKey {
+            proto,
+            addr: local.ip(),
+            port: local.port(),
+        };
+        let owner = self.binds.remove(&key)?;
+        if !key.addr.is_unspecified() {
+            if let Entry::Occupied(mut e) = self.specific.entry(key.family_port()) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        Some(owner)
+    }
+
+    fn bind_conflicts(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
+        let wildcard = BindKey {
+            proto,
+            addr: unspecified_like(addr),
+            port,
+        };
+        if self.binds.contains_key(&wildcard) {
+            return true;
+        }
+        if addr.is_unspecified() {
+            self.specific.contains_key(&wildcard.family_port())
+        } else {
+            self.binds.contains_key(&BindKey { proto, addr, port })
+        }
+    }
+
+    /// Whether a port may be bound (or used by a connection) on `addr`
+    /// without stepping on a listener there.
+    fn port_bound_at(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
+        self.binds.contains_key(&BindKey { proto, addr, port })
+            || self.binds.contains_key(&BindKey {
+                proto,
+                addr: unspecified_like(addr),
+                port,
+            })
+    }
+
+    fn free_bind_port(&self, proto: Protocol, addr: IpAddr, rng: &mut dyn Rng) -> Option<u16> {
+        let start = *self.config.ephemeral.start() as u32;
+        let first = rng.below(self.range_len as u64) as u32;
+        (0..self.range_len)
+            .map(|i| (start + (first + i) % self.range_len) as u16)
+            .find(|&port| !self.bind_conflicts(proto, addr, port))
+    }
+
+    // ---- flows -----------------------------------------------------------
+
+    /// Give a new connection from `local_ip` to `remote` an ephemeral port
+    /// (RFC 6056 Algorithm 4 with random increments) and register it.
+    pub fn allocate(
+        &mut self,
+        proto: Protocol,
+        local_ip: IpAddr,
+        remote: SocketAddr,
+        owner: H,
+        rng: &mut dyn Rng,
+    ) -> Result<FlowKey, AllocError> {
+        let remote = plain(remote);
+        let dest = DestKey {
+            proto,
+            local: local_ip,
+            remote,
+        };
+        let (offset, index) = self.double_hash(&dest);
+        let n = self.range_len;
+        let start = ((offset % n as u64) as u32 + self.perturb[index]) % n;
+        let min = *self.config.ephemeral.start();
+
+        // First free offset at or after `start` (cyclically) that no
+        // listener holds; each probe is O(1) and bound ports are skipped.
+        let mut from = start;
+        let mut probed = 0u32;
+        let found = loop {
+            let free = match self.dests.get(&dest) {
+                Some(set) => set.first_free_from(from, n),
+                None => Some(from),
+            };
+            let Some(off) = free else { break None };
+            let port = min + off as u16;
+            if !self.port_bound_at(proto, local_ip, port) {
+                break Some(off);
+            }
+            let dist = (off + n - from) % n + 1;
+            probed += dist;
+            if probed >= n {
+                break None;
+            }
+            from = (off + 1) % n;
+        };
+        let off = found.ok_or(AllocError::AddrNotAvailable)?;
+
+        let walked = (off + n - start) % n;
+        let step = 1 + rng.below(self.config.max_step as u64) as u32;
+        self.perturb[index] = (self.perturb[index] + walked + step) % n;
+
+        let key = FlowKey::new(proto, SocketAddr::new(local_ip, min + off as u16), remote);
+        self.dests
+            .entry(dest)
+            .or_insert_with(PortSet::new)
+            .insert(off, n);
+        self.flows.insert(key, FlowState::Live(owner));
+        Ok(key)
+    }
+
+    fn double_hash(&self, dest: &DestKey) -> (u64, usize) {
+        let mut h = SipHasher13x128::new_with_keys(self.hash_key.0, self.hash_key.1);
+        let mut buf = [0u8; 35];
+        buf[0] = dest.proto as u8;
+        buf[1..17].copy_from_slice(&ip16(dest.local));
+        buf[17..33].copy_from_slice(&ip16(dest.remote.ip()));
+        buf[33..35].copy_from_slice(&dest.remote.port().to_be_bytes());
+        h.write(&buf);
+        let h = h.finish128();
+        (h.h1, (h.h2 % TABLE_LEN as u64) as usize)
+    }
+
+    /// Register a connection whose 4-tuple is already decided: a passive
+    /// open, or a connect from an explicit local port.
+    pub fn insert(&mut self, key: FlowKey, owner: H) -> Result<(), AllocError> {
+        let key = FlowKey::new(key.proto, key.local, key.remote);
+        match self.flows.entry(key) {
+            Entry::Occupied(_) => return Err(AllocError::AddrNotAvailable),
+            Entry::Vacant(v) => {
+                v.insert(FlowState::Live(owner));
+            }
+        }
+        if let Some(off) = self.range_offset(key.local.port()) {
+            let n = self.range_len;
+            self.dests
+                .entry(key.dest())
+                .or_insert_with(PortSet::new)
+                .insert(off, n);
+        }
+        Ok(())
+    }
+
+    fn range_offset(&self, port: u16) -> Option<u32> {
+        self.config
+            .ephemeral
+            .contains(&port)
+            .then(|| (port - self.config.ephemeral.start()) as u32)
+    }
+
+    /// Forget a live connection at once (aborted, refused, or closed
+    /// without TIME-WAIT). Returns its owner.
+    pub fn release(&mut self, key: &FlowKey) -> Option<H> {
+        match self.flows.get(key) {
+            Some(FlowState::Live(h)) => {
+                let h = *h;
+                self.forget(key);
+                Some(h)
+            }
+            _ => None,
+        }
+    }
+
+    /// Move a live connection into TIME-WAIT until `now + 2·MSL`; the
+    /// 4-tuple stays reserved until [`expire`](Self::expire) passes that.
+    pub fn enter_time_wait(&mut self, key: &FlowKey, now: Duration) -> Option<H> {
+        let owner = match self.flows.get(key) {
+            Some(FlowState::Live(h)) => *h,
+            _ => return None,
+        };
+        if self.config.time_wait.is_zero() {
+            self.forget(key);
+            return Some(owner);
+        }
+        let until = now + self.config.time_wait;
+        self.flows.insert(*key, FlowState::TimeWait { until });
+        self.time_wait.push_back((until, *key));
+        Some(owner)
+    }
+
+    /// End every TIME-WAIT whose 2·MSL has passed by `now`. Returns how
+    /// many were freed.
+    pub fn expire(&mut self, now: Duration) -> usize {
+        let mut freed = 0;
+        while let Some(&(until, key)) = self.time_wait.front() {
+            if until > now {
+                break;
+            }
+            self.time_wait.pop_front();
+            if self.flows.get(&key) == Some(&FlowState::TimeWait { until }) {
+                self.forget(&key);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// When the next TIME-WAIT ends, if any.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        self.time_wait.front().map(|&(until, _)| until)
+    }
+
+    fn forget(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+        if let Some(off) = self.range_offset(key.local.port()) {
+            let dest = key.dest();
+            if let Some(set) = self.dests.get_mut(&dest) {
+                set.remove(off);
+                if set.is_empty() {
+                    self.dests.remove(&dest);
+                }
+            }
+        }
+    }
+
+    // ---- lookup ----------------------------------------------------------
+
+    /// Demultiplex: the owner of a 4-tuple, most specific match first.
+    pub fn lookup(&self, key: &FlowKey) -> Lookup<H> {
+        match self.flows.get(key) {
+            Some(FlowState::Live(h)) => return Lookup::Flow(*h),
+            Some(FlowState::TimeWait { .. }) => return Lookup::TimeWait,
+            None => {}
+        }
+        match self.lookup_bound(key.proto, key.local) {
+            Some(h) => Lookup::Bound(h),
+            None => Lookup::Nothing,
+        }
+    }
+
+    /// The bind that receives traffic for `local`: exact address first,
+    /// then the wildcard of its family.
+    pub fn lookup_bound(&self, proto: Protocol, local: SocketAddr) -> Option<H> {
+        let exact = BindKey {
+            proto,
+            addr: local.ip(),
+            port: local.port(),
+        };
+        self.binds.get(&exact).copied().or_else(|| {
+            self.binds
+                .get(&BindKey {
+                    addr: unspecified_like(exact.addr),
+                    ..exact
+                })
+                .copied()
+        })
+    }
+
+    /// The owner of a live flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Option<H> {
+        match self.flows.get(key) {
+            Some(FlowState::Live(h)) => Some(*h),
+            _ => None,
+        }
+    }
+
+    // ---- inspection ------------------------------------------------------
+
+    /// Number of live flows.
+    pub fn live_flows(&self) -> usize {
+        self.flows.len() - self.time_wait_flows()
+    }
+
+    /// Number of 4-tuples in TIME-WAIT.
+    pub fn time_wait_flows(&self) -> usize {
+        // The queue may hold stale records only for flows that left
+        // TIME-WAIT early, which this table never does; see `expire`.
+        self.time_wait.len()
+    }
+
+    /// Number of binds.
+    pub fn binds(&self) -> usize {
+        self.binds.len()
+    }
+
+    /// The TIME-WAIT records with their expiry times, oldest first.
+    pub fn time_wait_entries(&self) -> impl Iterator<Item = (FlowKey, Duration)> + '_ {
+        self.time_wait.iter().map(|&(until, key)| (key, until))
+    }
+
+    /// How many local ports towards `remote` from `local_ip` are taken
+    /// (live or TIME-WAIT) inside the ephemeral range.
+    pub fn ports_in_use(&self, proto: Protocol, local_ip: IpAddr, remote: SocketAddr) -> usize {
+        self.dests
+            .get(&DestKey {
+                proto,
+                local: local_ip,
+                remote: plain(remote),
+            })
+            .map_or(0, |s| s.len as usize)
+    }
+
+    /// Verify the table's internal indexes agree; `Err` names the first
+    /// disagreement. Used by tests and fuzzers.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut expect: HashMap<DestKey, Vec<u32>> = HashMap::new();
+        let mut tw = 0;
+        for (key, state) in &self.flows {
+            if let Some(off) = self.range_offset(key.local.port()) {
+                expect.entry(key.dest()).or_default().push(off);
+            }
+            if let FlowState::TimeWait { until } = state {
+                tw += 1;
+                if !self.time_wait.contains(&(*until, *key)) {
+                    return Err(format!("TIME-WAIT flow {key:?} missing from expiry queue"));
+                }
+            }
+        }
+        if tw != self.time_wait.len() {
+            return Err(format!(
+                "{} TIME-WAIT flows but {} expiry records",
+                tw,
+                self.time_wait.len()
+            ));
+        }
+        if expect.len() != self.dests.len() {
+            return Err(format!(
+                "{} destinations in use but {} port sets",
+                expect.len(),
+                self.dests.len()
+            ));
+        }
+        for (dest, offs) in &expect {
+            let set = self
+                .dests
+                .get(dest)
+                .ok_or_else(|| format!("no port set for {dest:?}"))?;
+            if set.len as usize != offs.len() || !offs.iter().all(|&o| set.contains(o)) {
+                return Err(format!("port set of {dest:?} disagrees with its flows"));
+            }
+        }
+        let mut specific: HashMap<FamilyPort, u32> = HashMap::new();
+        for key in self.binds.keys().filter(|k| !k.addr.is_unspecified()) {
+            *specific.entry(key.family_port()).or_default() += 1;
+        }
+        if specific.len() != self.specific.len()
+            || specific
+                .iter()
+                .any(|(k, v)| self.specific.get(k) != Some(v))
+        {
+            return Err("specific-bind counts disagree with the bind map".into());
+        }
+        Ok(())
+    }
+}
+
+// ---- PortSet ---------------------------------------------------------------
+
+/// Offsets (port − range start) taken towards one destination.
+///
+/// Small sets are a sorted vector; past [`SPARSE_MAX`] entries the set turns
+/// into a two-level bitmap: one bit per port, plus one bit per 64-port word
+/// saying "this word is full", so a search skips 4096 taken ports per
+/// summary word it reads.
+#[derive(Clone, Debug)]
+struct PortSet {
+    len: u32,
+    repr: PortSetRepr,
+}
+
+#[derive(Clone, Debug)]
+enum PortSetRepr {
+    Sparse(Vec<u32>),
+    Dense { words: Box<[u64]>, full: Box<[u64]> },
+}
+
+const SPARSE_MAX: usize = 64;
+
+impl PortSet {
+    fn new() -> PortSet {
+        PortSet {
+            len: 0,
+            repr: PortSetRepr::Sparse(Vec::new()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn contains(&self, off: u32) -> bool {
+        match &self.repr {
+            PortSetRepr::Sparse(v) => v.binary_search(&off).is_ok(),
+            PortSetRepr::Dense { words, .. } => words[off as usize / 64] & (1 << (off % 64)) != 0,
+        }
+    }
+
+    fn insert(&mut self, off: u32, n: u32) {
+        match &mut self.repr {
+            PortSetRepr::Sparse(v) => match v.binary_search(&off) {
+                Ok(_) => return,
+                Err(i) if v.len() < SPARSE_MAX => v.insert(i, off),
+                Err(_) => {
+                    let taken = std::mem::take(v);
+                    self.repr = dense(n, &taken);
+                    return self.insert(off, n);
+                }
+            },
+            PortSetRepr::Dense { words, full } => {
+                let w = off as usize / 64;
+                let bit = 1u64 << (off % 64);
+                if words[w] & bit != 0 {
+                    return;
+                }
+                words[w] |= bit;
+                if words[w] == u64::MAX {
+                    full[w / 64] |= 1 << (w % 64);
+                }
+            }
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, off: u32) {
+        match &mut self.repr {
+            PortSetRepr::Sparse(v) => match v.binary_search(&off) {
+                Ok(i) => {
+                    v.remove(i);
+                }
+                Err(_) => return,
+            },
+            PortSetRepr::Dense { words, full } => {
+                let w = off as usize / 64;
+                let bit = 1u64 << (off % 64);
+                if words[w] & bit == 0 {
+                    return;
+                }
+                words[w] &= !bit;
+                full[w / 64] &= !(1 << (w % 64));
+            }
+        }
+        self.len -= 1;
+    }
+
+    /// The first offset at or after `from`, wrapping at `n`, not in the set.
+    fn first_free_from(&self, from: u32, n: u32) -> Option<u32> {
+        if self.len >= n {
+            return None;
+        }
+        match &self.repr {
+            PortSetRepr::Sparse(v) => {
+                // At most SPARSE_MAX taken offsets can stand in the way.
+                let mut off = from;
+                while v.binary_search(&off).is_ok() {
+                    off = (off + 1) % n;
+                }
+                Some(off)
+            }
+            PortSetRepr::Dense { words, full } => {
+                let nw = words.len();
+                let w0 = from as usize / 64;
+                let here = !words[w0] & (u64::MAX << (from % 64));
+                if here != 0 {
+                    return Some((w0 * 64) as u32 + here.trailing_zeros());
+                }
+                // Next word (cyclically after w0) that is not full.
+                let w = next_clear_bit(full, (w0 + 1) % nw, nw)?;
+                if w == w0 {
+                    // Wrapped all the way: only bits below `from` remain.
+                    let below = !words[w0] & !(u64::MAX << (from % 64));
+                    return (below != 0).then(|| (w0 * 64) as u32 + below.trailing_zeros());
+                }
+                Some((w * 64) as u32 + (!words[w]).trailing_zeros())
+            }
+        }
+    }
+}
+
+/// A bitmap of `n` bits with `taken` set; padding bits past `n` are set so
+/// they are never found free.
+fn dense(n: u32, taken: &[u32]) -> PortSetRepr {
+    let nw = (n as usize).div_ceil(64);
+    let mut words = vec![0u64; nw].into_boxed_slice();
+    let mut full = vec![0u64; nw.div_ceil(64)].into_boxed_slice();
+    if n % 64 != 0 {
+        words[nw - 1] = u64::MAX << (n % 64);
+    }
+    for &off in taken {
+        words[off as usize / 64] |= 1 << (off % 64);
+    }
+    for (w, &word) in words.iter().enumerate() {
+        if word == u64::MAX {
+            full[w / 64] |= 1 << (w % 64);
+        }
+    }
+    PortSetRepr::Dense { words, full }
+}
+
+/// The first clear bit at or after `from` among the first `nbits` bits of
+/// `bits`, wrapping around once.
+fn next_clear_bit(bits: &[u64], from: usize, nbits: usize) -> Option<usize> {
+    let scan = |lo: usize, hi: usize| -> Option<usize> {
+        let mut i = lo;
+        while i < hi {
+            let word = !bits[i / 64] & (u64::MAX << (i % 64));
+            if word != 0 {
+                let found = (i / 64) * 64 + word.trailing_zeros() as usize;
+                return (found < hi).then_some(found);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    };
+    scan(from, nbits).or_else(|| scan(0, from.min(nbits)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+    use std::collections::HashSet;
+
+    type Table = PortTable<u32>;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn table(range: RangeInclusive<u16>, tw_secs: u64) -> (Table, SeededRng) {
+        let mut rng = SeededRng::new(42);
+        let cfg = PortTableConfig {
+            ephemeral: range,
+            time_wait: Duration::from_secs(tw_secs),
+            ..Default::default()
+        };
+        (Table::new(cfg, &mut rng).unwrap(), rng)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bad_ranges_are_rejected_at_construction() {
+        let mut rng = SeededRng::new(1);
+        let inverted = PortTableConfig {
+            ephemeral: 60000..=50000,
+            ..Default::default()
+        };
+        assert_eq!(
+            Table::new(inverted, &mut rng).err(),
+            Some(ConfigError::EmptyRange {
+                start: 60000,
+                end: 50000
+            })
+        );
+        let zero = PortTableConfig {
+            ephemeral: 0..=10,
+            ..Default::default()
+        };
+        assert_eq!(
+            Table::new(zero, &mut rng).err(),
+            Some(ConfigError::PortZero)
+        );
+        let one = PortTableConfig {
+            ephemeral: 5000..=5000,
+            ..Default::default()
+        };
+        assert!(Table::new(one, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn specific_and_wildcard_binds_conflict_by_family() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let tcp = Protocol::Tcp;
+        assert_eq!(
+            t.bind(tcp, sa("10.0.0.1:80"), 1, &mut rng),
+            Ok(sa("10.0.0.1:80"))
+        );
+        // Same address and port: taken.
+        assert_eq!(
+            t.bind(tcp, sa("10.0.0.1:80"), 2, &mut rng),
+            Err(BindError::AddrInUse)
+        );
+        // Wildcard overlaps the specific bind.
+        assert_eq!(
+            t.bind(tcp, sa("0.0.0.0:80"), 2, &mut rng),
+            Err(BindError::AddrInUse)
+        );
+        // Another specific address on the same port is fine.
+        assert!(t.bind(tcp, sa("10.0.0.2:80"), 3, &mut rng).is_ok());
+        // Other family, other protocol: separate spaces.
+        assert!(t.bind(tcp, sa("[::]:80"), 4, &mut rng).is_ok());
+        assert!(t.bind(Protocol::Udp, sa("0.0.0.0:80"), 5, &mut rng).is_ok());
+        // A wildcard blocks later specific binds.
+        assert!(t.bind(tcp, sa("0.0.0.0:81"), 6, &mut rng).is_ok());
+        assert_eq!(
+            t.bind(tcp, sa("10.0.0.9:81"), 7, &mut rng),
+            Err(BindError::AddrInUse)
+        );
+        // Releasing the specific binds frees the wildcard.
+        assert_eq!(t.unbind(tcp, sa("10.0.0.1:80")), Some(1));
+        assert_eq!(t.unbind(tcp, sa("10.0.0.2:80")), Some(3));
+        assert!(t.bind(tcp, sa("0.0.0.0:80"), 8, &mut rng).is_ok());
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn lookup_prefers_flow_then_exact_then_wildcard() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let tcp = Protocol::Tcp;
+        t.bind(tcp, sa("0.0.0.0:80"), 1, &mut rng).unwrap();
+        t.bind(tcp, sa("[::]:80"), 6, &mut rng).unwrap();
+        let key = FlowKey::new(tcp, sa("10.0.0.1:80"), sa("10.0.0.9:5555"));
+        assert_eq!(t.lookup(&key), Lookup::Bound(1));
+        t.insert(key, 2).unwrap();
+        assert_eq!(t.lookup(&key), Lookup::Flow(2));
+        let other = FlowKey::new(tcp, sa("10.0.0.1:80"), sa("10.0.0.9:5556"));
+        assert_eq!(t.lookup(&other), Lookup::Bound(1));
+        // An IPv6 packet finds the IPv6 wildcard, not the IPv4 one.
+        let v6 = FlowKey::new(tcp, sa("[fd00::1]:80"), sa("[fd00::9]:5555"));
+        assert_eq!(t.lookup(&v6), Lookup::Bound(6));
+        // UDP is a separate space.
+        let udp = FlowKey::new(Protocol::Udp, sa("10.0.0.1:80"), sa("10.0.0.9:5555"));
+        assert_eq!(t.lookup(&udp), Lookup::Nothing);
+        // Nothing on port 81.
+        let miss = FlowKey::new(tcp, sa("10.0.0.1:81"), sa("10.0.0.9:5555"));
+        assert_eq!(t.lookup(&miss), Lookup::Nothing);
+    }
+
+    #[test]
+    fn the_same_four_tuple_is_never_inserted_twice() {
+        let (mut t, _) = table(49152..=65535, 60);
+        let key = FlowKey::new(Protocol::Tcp, sa("10.0.0.1:80"), sa("10.0.0.9:5555"));
+        assert!(t.insert(key, 1).is_ok());
+        assert_eq!(t.insert(key, 2), Err(AllocError::AddrNotAvailable));
+        // IPv6 scope ids and flow labels do not make a different tuple.
+        let v6a = FlowKey::new(Protocol::Tcp, sa("[fd00::1]:80"), sa("[fd00::9]:1"));
+        let mut scoped: SocketAddr = sa("[fd00::9]:1");
+        if let SocketAddr::V6(ref mut s) = scoped {
+            s.set_flowinfo(7);
+            s.set_scope_id(3);
+        }
+        let v6b = FlowKey::new(Protocol::Tcp, sa("[fd00::1]:80"), scoped);
+        t.insert(v6a, 3).unwrap();
+        assert_eq!(t.insert(v6b, 4), Err(AllocError::AddrNotAvailable));
+    }
+
+    #[test]
+    fn ephemeral_ports_stay_in_range_and_are_unique_per_destination() {
+        let (mut t, mut rng) = table(40000..=40999, 60);
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        let mut seen = HashSet::new();
+        for i in 0..1000 {
+            let key = t.allocate(Protocol::Tcp, local, dst, i, &mut rng).unwrap();
+            assert!((40000..=40999).contains(&key.local.port()));
+            assert_eq!(key.local.ip(), local);
+            assert_eq!(key.remote, dst);
+            assert!(
+                seen.insert(key.local.port()),
+                "port {} twice",
+                key.local.port()
+            );
+        }
+        // Exhausted for this destination ...
+        assert_eq!(
+            t.allocate(Protocol::Tcp, local, dst, 9999, &mut rng),
+            Err(AllocError::AddrNotAvailable)
+        );
+        // ... but other destinations, including another port on the same
+        // host, still get ports: uniqueness is per 4-tuple.
+        for other in ["10.0.0.9:81", "10.0.0.10:80"] {
+            let key = t
+                .allocate(Protocol::Tcp, local, sa(other), 1, &mut rng)
+                .unwrap();
+            assert!((40000..=40999).contains(&key.local.port()));
+        }
+        // UDP has its own space.
+        assert!(t.allocate(Protocol::Udp, local, dst, 1, &mut rng).is_ok());
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn more_than_a_range_of_connections_from_one_address() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let local = ip("10.0.0.1");
+        let mut tuples = HashSet::new();
+        for server_port in [80u16, 443, 8080, 8443, 9000] {
+            for i in 0..16384u32 {
+                let key = t
+                    .allocate(
+                        Protocol::Tcp,
+                        local,
+                        SocketAddr::new(ip("10.0.0.9"), server_port),
+                        i,
+                        &mut rng,
+                    )
+                    .unwrap();
+                assert!(tuples.insert(key));
+            }
+        }
+        assert_eq!(tuples.len(), 5 * 16384);
+        assert_eq!(t.live_flows(), 5 * 16384);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn allocation_skips_ports_held_by_listeners() {
+        let (mut t, mut rng) = table(50000..=50009, 60);
+        let local = ip("10.0.0.1");
+        t.bind(Protocol::Tcp, sa("0.0.0.0:50003"), 100, &mut rng)
+            .unwrap();
+        t.bind(Protocol::Tcp, sa("10.0.0.1:50007"), 101, &mut rng)
+            .unwrap();
+        let mut ports: Vec<u16> = (0..8)
+            .map(|i| {
+                t.allocate(Protocol::Tcp, local, sa("10.0.0.9:80"), i, &mut rng)
+                    .unwrap()
+                    .local
+                    .port()
+            })
+            .collect();
+        ports.sort();
+        assert_eq!(
+            ports,
+            [50000, 50001, 50002, 50004, 50005, 50006, 50008, 50009]
+        );
+        assert!(t
+            .allocate(Protocol::Tcp, local, sa("10.0.0.9:80"), 9, &mut rng)
+            .is_err());
+    }
+
+    #[test]
+    fn time_wait_blocks_reuse_until_two_msl_then_releases() {
+        let (mut t, mut rng) = table(50000..=50001, 60);
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        let a = t.allocate(Protocol::Tcp, local, dst, 1, &mut rng).unwrap();
+        let b = t.allocate(Protocol::Tcp, local, dst, 2, &mut rng).unwrap();
+        assert_ne!(a.local.port(), b.local.port());
+        let t0 = Duration::from_secs(100);
+        assert_eq!(t.enter_time_wait(&a, t0), Some(1));
+        assert_eq!(t.release(&b), Some(2));
+        assert_eq!(t.lookup(&a), Lookup::TimeWait);
+        assert_eq!(t.time_wait_flows(), 1);
+        // b's port is free at once, a's is not.
+        let c = t.allocate(Protocol::Tcp, local, dst, 3, &mut rng).unwrap();
+        assert_eq!(c.local.port(), b.local.port());
+        assert!(t.allocate(Protocol::Tcp, local, dst, 4, &mut rng).is_err());
+        // An explicit connect onto the TIME-WAIT tuple is refused too.
+        assert_eq!(t.insert(a, 5), Err(AllocError::AddrNotAvailable));
+        assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(60)));
+        // Just before 2·MSL: still held.
+        assert_eq!(t.expire(t0 + Duration::from_millis(59_999)), 0);
+        assert!(t.allocate(Protocol::Tcp, local, dst, 4, &mut rng).is_err());
+        // At 2·MSL: released.
+        assert_eq!(t.expire(t0 + Duration::from_secs(60)), 1);
+        assert_eq!(t.lookup(&a), Lookup::Nothing);
+        let d = t.allocate(Protocol::Tcp, local, dst, 6, &mut rng).unwrap();
+        assert_eq!(d.local.port(), a.local.port());
+        assert_eq!(t.next_expiry(), None);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn zero_time_wait_releases_at_once() {
+        let (mut t, mut rng) = table(50000..=50000, 0);
+        let a = t
+            .allocate(
+                Protocol::Tcp,
+                ip("10.0.0.1"),
+                sa("10.0.0.9:80"),
+                1,
+                &mut rng,
+            )
+            .unwrap();
+        t.enter_time_wait(&a, Duration::from_secs(1));
+        assert!(t
+            .allocate(
+                Protocol::Tcp,
+                ip("10.0.0.1"),
+                sa("10.0.0.9:80"),
+                2,
+                &mut rng
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn bind_port_zero_picks_a_free_ephemeral_port_and_exhausts_cleanly() {
+        let (mut t, mut rng) = table(50000..=50003, 60);
+        let mut got = HashSet::new();
+        for i in 0..4 {
+            let a = t.bind(Protocol::Udp, sa("0.0.0.0:0"), i, &mut rng).unwrap();
+            assert!((50000..=50003).contains(&a.port()));
+            assert!(got.insert(a.port()));
+        }
+        assert_eq!(
+            t.bind(Protocol::Udp, sa("10.0.0.1:0"), 9, &mut rng),
+            Err(BindError::AddrInUse)
+        );
+    }
+
+    #[test]
+    fn successive_ports_to_one_destination_are_spread_not_sequential() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        let ports: Vec<u16> = (0..2048)
+            .map(|i| {
+                let k = t.allocate(Protocol::Tcp, local, dst, i, &mut rng).unwrap();
+                t.release(&k);
+                k.local.port()
+            })
+            .collect();
+        let sequential = ports
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(sequential < 20, "{sequential} sequential successors");
+        // Roughly uniform over 16 buckets of the range (expect 128 each).
+        let mut buckets = [0u32; 16];
+        for p in &ports {
+            buckets[(*p as usize - 49152) / 1024] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (64..=192).contains(&b)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn different_destinations_start_at_independent_points() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let local = ip("10.0.0.1");
+        let firsts: HashSet<u16> = (0..64u16)
+            .map(|p| {
+                t.allocate(
+                    Protocol::Tcp,
+                    local,
+                    SocketAddr::new(ip("10.0.0.9"), 1000 + p),
+                    0,
+                    &mut rng,
+                )
+                .unwrap()
+                .local
+                .port()
+            })
+            .collect();
+        // 64 independent uniform picks from 16384 ports: collisions are rare.
+        assert!(firsts.len() >= 60, "only {} distinct", firsts.len());
+    }
+
+    #[test]
+    fn tables_with_the_same_seed_agree_and_other_seeds_differ() {
+        let run = |seed| {
+            let mut rng = SeededRng::new(seed);
+            let mut t = Table::new(PortTableConfig::default(), &mut rng).unwrap();
+            (0..10)
+                .map(|i| {
+                    t.allocate(
+                        Protocol::Tcp,
+                        ip("10.0.0.1"),
+                        sa("10.0.0.9:80"),
+                        i,
+                        &mut rng,
+                    )
+                    .unwrap()
+                    .local
+                    .port()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(5), run(5));
+        assert_ne!(run(5), run(6));
+    }
+
+    #[test]
+    fn high_occupancy_still_finds_the_last_free_ports() {
+        let (mut t, mut rng) = table(49152..=65535, 60);
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        let keys: Vec<FlowKey> = (0..16384)
+            .map(|i| t.allocate(Protocol::Tcp, local, dst, i, &mut rng).unwrap())
+            .collect();
+        // Free 1% at random, then take them all back.
+        let mut freed = HashSet::new();
+        while freed.len() < 164 {
+            let k = keys[rng.below(keys.len() as u64) as usize];
+            if freed.insert(k.local.port()) {
+                t.release(&k);
+            }
+        }
+        let mut again = HashSet::new();
+        for i in 0..164 {
+            let k = t.allocate(Protocol::Tcp, local, dst, i, &mut rng).unwrap();
+            again.insert(k.local.port());
+        }
+        assert_eq!(again, freed);
+        assert!(t.allocate(Protocol::Tcp, local, dst, 0, &mut rng).is_err());
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn port_set_matches_a_naive_model() {
+        let mut rng = SeededRng::new(9);
+        for n in [1u32, 63, 64, 65, 200, 4097] {
+            let mut set = PortSet::new();
+            let mut model = vec![false; n as usize];
+            for _ in 0..5000 {
+                let off = rng.below(n as u64) as u32;
+                if rng.below(3) == 0 {
+                    set.remove(off);
+                    model[off as usize] = false;
+                } else {
+                    set.insert(off, n);
+                    model[off as usize] = true;
+                }
+                let from = rng.below(n as u64) as u32;
+                let want = (0..n).map(|i| (from + i) % n).find(|&o| !model[o as usize]);
+                assert_eq!(set.first_free_from(from, n), want, "n={n} from={from}");
+                assert_eq!(set.len as usize, model.iter().filter(|&&b| b).count());
+            }
+        }
+    }
+}
