@@ -838,7 +838,7 @@ fn dense(n: u32, taken: &[u32]) -> PortSetRepr {
     let nw = (n as usize).div_ceil(64);
     let mut words = vec![0u64; nw].into_boxed_slice();
     let mut full = vec![0u64; nw.div_ceil(64)].into_boxed_slice();
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         words[nw - 1] = u64::MAX << (n % 64);
     }
     for &off in taken {
@@ -897,6 +897,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)]
     fn bad_ranges_are_rejected_at_construction() {
         let mut rng = SeededRng::new(1);
         let inverted = PortTableConfig {
