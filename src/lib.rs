@@ -3,3 +3,4 @@
 
 pub mod port_table;
 pub mod rng;
+pub mod device;
