@@ -1,6 +1,6 @@
 //! ephemera: a user-space TCP/IP stack on smoltcp that owns its own port table.
 #![deny(missing_docs)]
 
+pub mod device;
 pub mod port_table;
 pub mod rng;
-pub mod device;
