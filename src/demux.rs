@@ -1,0 +1,427 @@
+//! Packet classification: raw IP bytes in, a small [`Class`] out.
+//!
+//! This is the one place a packet from the wire is parsed (with
+//! etherparse) and checked before anything trusts it: lengths, header
+//! fields, checksums (IPv4 header, TCP, UDP), source sanity. What fails is a
+//! [`Drop`] with a reason that the stack counts; what passes is reduced to
+//! the flow key and the few TCP fields the stack needs to route it, so no
+//! later stage walks the headers again to find its connection.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{IpNumber, NetSlice, SlicedPacket, TransportSlice};
+use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
+
+use crate::port_table::{FlowKey, Protocol};
+
+/// The TCP fields demultiplexing and TIME-WAIT handling look at.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TcpSeg {
+    /// SEG.SEQ.
+    pub seq: u32,
+    /// SEG.ACK (meaningful only with `ack` set).
+    pub ack_number: u32,
+    /// SYN flag.
+    pub syn: bool,
+    /// ACK flag.
+    pub ack: bool,
+    /// RST flag.
+    pub rst: bool,
+    /// FIN flag.
+    pub fin: bool,
+    /// Payload length in octets.
+    pub len: u32,
+}
+
+impl TcpSeg {
+    /// A connection request: SYN without ACK, RST or FIN.
+    pub fn is_initial_syn(&self) -> bool {
+        self.syn && !self.ack && !self.rst && !self.fin
+    }
+}
+
+/// An ICMP error's meaning for the connection it names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Port or protocol unreachable, or administratively prohibited: the
+    /// peer refused (RFC 1122 §4.2.3.9 treats these as hard errors).
+    Refused,
+    /// Network/host unreachable, time exceeded, and the like: transient,
+    /// reported but not fatal for an established connection.
+    Soft,
+}
+
+/// What a packet is, once checked.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// A TCP segment for `key` (local = destination of the packet).
+    Tcp {
+        /// The 4-tuple, seen from our side.
+        key: FlowKey,
+        /// Its header fields.
+        seg: TcpSeg,
+    },
+    /// A UDP datagram for `key`.
+    Udp {
+        /// The 4-tuple, seen from our side.
+        key: FlowKey,
+    },
+    /// An ICMP error about a packet we sent on flow `key`.
+    IcmpError {
+        /// The flow named inside the error, seen from our side.
+        key: FlowKey,
+        /// How serious it is.
+        error: IcmpError,
+    },
+    /// Any other ICMP message (echo request, …): smoltcp answers it.
+    Icmp,
+    /// Another transport protocol: smoltcp answers "protocol unreachable".
+    OtherProtocol,
+}
+
+/// Why a packet was dropped before reaching any socket; each has a counter.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Truncated, or header fields that lie about lengths.
+    Malformed,
+    /// IPv4 header, TCP or UDP checksum wrong.
+    BadChecksum,
+    /// An IP fragment: ephemera does not reassemble.
+    Fragment,
+    /// IPv4 options present (source routing and friends; RFC 7126).
+    IpOptions,
+    /// Destination is not one of our addresses.
+    NotForUs,
+    /// Source is unspecified, multicast, broadcast, loopback or ours.
+    MartianSource,
+    /// Source equals destination (the "land" attack).
+    Land,
+    /// TCP or UDP port 0 on either side.
+    PortZero,
+}
+
+/// Our addresses, as demultiplexing needs them.
+pub trait LocalAddrs {
+    /// Whether `ip` is one of ours.
+    fn is_local(&self, ip: IpAddr) -> bool;
+    /// Whether `ip` is a broadcast address of one of our IPv4 subnets.
+    fn is_subnet_broadcast(&self, ip: IpAddr) -> bool;
+}
+
+/// Check and classify one IP packet.
+pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
+    let sliced = SlicedPacket::from_ip(packet).map_err(|_| Drop::Malformed)?;
+    let (src, dst, fragmented) = match &sliced.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            if h.ihl() > 5 {
+                return Err(Drop::IpOptions);
+            }
+            // etherparse checks lengths, not the header checksum.
+            if !Ipv4Packet::new_unchecked(h.slice()).verify_checksum() {
+                return Err(Drop::BadChecksum);
+            }
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                v4.is_payload_fragmented(),
+            )
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                v6.is_payload_fragmented(),
+            )
+        }
+        None => return Err(Drop::Malformed),
+    };
+    if fragmented {
+        return Err(Drop::Fragment);
+    }
+    if !addrs.is_local(dst) {
+        return Err(Drop::NotForUs);
+    }
+    if src == dst {
+        return Err(Drop::Land);
+    }
+    if is_martian(src) || addrs.is_local(src) || addrs.is_subnet_broadcast(src) {
+        return Err(Drop::MartianSource);
+    }
+    let ip_payload = sliced
+        .net
+        .as_ref()
+        .and_then(|n| n.ip_payload_ref())
+        .ok_or(Drop::Malformed)?;
+    let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
+    match sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            if !TcpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
+                return Err(Drop::BadChecksum);
+            }
+            if tcp.source_port() == 0 || tcp.destination_port() == 0 {
+                return Err(Drop::PortZero);
+            }
+            Ok(Class::Tcp {
+                key: FlowKey::new(
+                    Protocol::Tcp,
+                    SocketAddr::new(dst, tcp.destination_port()),
+                    SocketAddr::new(src, tcp.source_port()),
+                ),
+                seg: TcpSeg {
+                    seq: tcp.sequence_number(),
+                    ack_number: tcp.acknowledgment_number(),
+                    syn: tcp.syn(),
+                    ack: tcp.ack(),
+                    rst: tcp.rst(),
+                    fin: tcp.fin(),
+                    len: tcp.payload().len() as u32,
+                },
+            })
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            // A zero UDP checksum over IPv4 means "not computed" (RFC 768).
+            let skip = src.is_ipv4() && udp.checksum() == 0;
+            if !skip && !UdpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
+                return Err(Drop::BadChecksum);
+            }
+            if udp.source_port() == 0 || udp.destination_port() == 0 {
+                return Err(Drop::PortZero);
+            }
+            Ok(Class::Udp {
+                key: FlowKey::new(
+                    Protocol::Udp,
+                    SocketAddr::new(dst, udp.destination_port()),
+                    SocketAddr::new(src, udp.source_port()),
+                ),
+            })
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            // Type 3 destination unreachable, 11 time exceeded.
+            let error = match (icmp.type_u8(), icmp.code_u8()) {
+                (3, 2 | 3 | 9 | 10 | 13) => Some(IcmpError::Refused),
+                (3, _) | (11, _) => Some(IcmpError::Soft),
+                _ => None,
+            };
+            Ok(icmp_error(error, icmp.payload(), dst).unwrap_or(Class::Icmp))
+        }
+        Some(TransportSlice::Icmpv6(icmp)) => {
+            // Type 1 destination unreachable (code 1 prohibited, 4 port
+            // unreachable), 3 time exceeded.
+            let error = match (icmp.type_u8(), icmp.code_u8()) {
+                (1, 1 | 4) => Some(IcmpError::Refused),
+                (1, _) | (3, _) => Some(IcmpError::Soft),
+                _ => None,
+            };
+            Ok(icmp_error(error, icmp.payload(), dst).unwrap_or(Class::Icmp))
+        }
+        None => match ip_payload.ip_number {
+            IpNumber::TCP | IpNumber::UDP | IpNumber::ICMP | IpNumber::IPV6_ICMP => {
+                Err(Drop::Malformed)
+            }
+            _ => Ok(Class::OtherProtocol),
+        },
+    }
+}
+
+/// The flow an ICMP error is about: the quoted packet was sent by us, so
+/// its source is our side. Quoted packets are often cut short, so only the
+/// first eight transport octets (the ports) are required.
+fn icmp_error(error: Option<IcmpError>, quoted: &[u8], our_dst: IpAddr) -> Option<Class> {
+    let error = error?;
+    let (src, dst, proto, rest) = match quoted.first()? >> 4 {
+        4 => {
+            let h = etherparse::Ipv4HeaderSlice::from_slice(quoted).ok()?;
+            let hl = h.slice().len();
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                h.protocol(),
+                &quoted[hl..],
+            )
+        }
+        6 => {
+            let h = etherparse::Ipv6HeaderSlice::from_slice(quoted).ok()?;
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                h.next_header(),
+                &quoted[40..],
+            )
+        }
+        _ => return None,
+    };
+    if src != our_dst || rest.len() < 4 {
+        return None;
+    }
+    let proto = match proto {
+        IpNumber::TCP => Protocol::Tcp,
+        IpNumber::UDP => Protocol::Udp,
+        _ => return None,
+    };
+    let sport = u16::from_be_bytes([rest[0], rest[1]]);
+    let dport = u16::from_be_bytes([rest[2], rest[3]]);
+    Some(Class::IcmpError {
+        key: FlowKey::new(
+            proto,
+            SocketAddr::new(src, sport),
+            SocketAddr::new(dst, dport),
+        ),
+        error,
+    })
+}
+
+fn is_martian(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback()
+        }
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast() || v6.is_loopback(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    struct Ours;
+    impl LocalAddrs for Ours {
+        fn is_local(&self, ip: IpAddr) -> bool {
+            ip == "10.0.0.1".parse::<IpAddr>().unwrap()
+                || ip == "fd00::1".parse::<IpAddr>().unwrap()
+        }
+        fn is_subnet_broadcast(&self, ip: IpAddr) -> bool {
+            ip == "10.0.0.255".parse::<IpAddr>().unwrap()
+        }
+    }
+
+    fn tcp_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ipv4(src, dst, 64)
+            .tcp(sport, dport, 1000, 4096)
+            .syn();
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_syn_is_keyed_from_our_side() {
+        let p = tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80, b"");
+        let Ok(Class::Tcp { key, seg }) = classify(&p, &Ours) else {
+            panic!("not tcp")
+        };
+        assert_eq!(key.local, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(key.remote, "10.0.0.2:40000".parse().unwrap());
+        assert!(seg.is_initial_syn());
+        assert_eq!(seg.seq, 1000);
+    }
+
+    #[test]
+    fn udp_over_ipv6_is_classified() {
+        let b = PacketBuilder::ipv6(
+            "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .udp(5000, 53);
+        let mut p = Vec::new();
+        b.write(&mut p, b"hi").unwrap();
+        let Ok(Class::Udp { key }) = classify(&p, &Ours) else {
+            panic!()
+        };
+        assert_eq!(key.local, "[fd00::1]:53".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_packets_are_named() {
+        let good = tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80, b"data");
+        let mut bad_sum = good.clone();
+        *bad_sum.last_mut().unwrap() ^= 0xff;
+        let mut bad_ip_sum = good.clone();
+        bad_ip_sum[10] ^= 0xff;
+        let mut frag = good.clone();
+        frag[6] = 0x20; // more fragments
+        Ipv4Packet::new_unchecked(&mut frag[..]).fill_checksum();
+        let cases: Vec<(&str, Vec<u8>, Drop)> = vec![
+            ("empty", vec![], Drop::Malformed),
+            ("truncated", good[..30].to_vec(), Drop::Malformed),
+            ("bad tcp checksum", bad_sum, Drop::BadChecksum),
+            ("bad ip checksum", bad_ip_sum, Drop::BadChecksum),
+            ("fragment", frag, Drop::Fragment),
+            (
+                "not ours",
+                tcp_v4([10, 0, 0, 2], [10, 0, 0, 7], 1, 80, b""),
+                Drop::NotForUs,
+            ),
+            (
+                "land",
+                tcp_v4([10, 0, 0, 1], [10, 0, 0, 1], 80, 80, b""),
+                Drop::Land,
+            ),
+            (
+                "broadcast src",
+                tcp_v4([10, 0, 0, 255], [10, 0, 0, 1], 1, 80, b""),
+                Drop::MartianSource,
+            ),
+            (
+                "multicast src",
+                tcp_v4([224, 0, 0, 1], [10, 0, 0, 1], 1, 80, b""),
+                Drop::MartianSource,
+            ),
+            (
+                "port zero",
+                tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 0, 80, b""),
+                Drop::PortZero,
+            ),
+        ];
+        for (name, p, want) in cases {
+            assert_eq!(classify(&p, &Ours), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn icmp_port_unreachable_names_our_flow() {
+        // We (10.0.0.1:50000) sent UDP to 10.0.0.2:9; it answers unreachable.
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(50000, 9)
+            .write(&mut quoted, b"x")
+            .unwrap();
+        let mut p = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut p, &quoted)
+            .unwrap();
+        assert_eq!(
+            classify(&p, &Ours),
+            Ok(Class::IcmpError {
+                key: FlowKey::new(
+                    Protocol::Udp,
+                    "10.0.0.1:50000".parse().unwrap(),
+                    "10.0.0.2:9".parse().unwrap()
+                ),
+                error: IcmpError::Refused
+            })
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = crate::rng::SeededRng::new(3);
+        use crate::rng::Rng;
+        let seed = tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80, b"payload");
+        for _ in 0..20_000 {
+            let mut p = seed.clone();
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(p.len() as u64) as usize;
+                p[i] = rng.next_u64() as u8;
+            }
+            p.truncate(rng.below(p.len() as u64 + 1) as usize);
+            let _ = classify(&p, &Ours);
+        }
+    }
+}
