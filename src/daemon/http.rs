@@ -1,0 +1,1924 @@
+//! HTTP/1.1 for the built-in web service and for `ephemera fetch`, sans-IO.
+//!
+//! [`ServerConn`] is one server-side connection: received bytes go in through
+//! [`ServerConn::handle_input`], bytes to send come out of
+//! [`ServerConn::poll_output`], and [`ServerConn::should_close`] says when the
+//! daemon should send FIN. It never touches a socket or a clock, so the daemon
+//! drives it over ephemera's own TCP connections and the tests drive it with
+//! byte slices. Idle timeouts belong to the driver.
+//!
+//! Invariants: responses leave in request order (RFC 9112 §9.3.2); bodies are
+//! produced lazily, so `/bytes/N` never holds more than the caller's output
+//! buffer; once a response that closes the connection is queued, no further
+//! input is parsed.
+//!
+//! The client half is the same idea for one GET: [`Url`] parses the command
+//! line, [`Url::request`] builds the request, and [`ResponseParser`] decodes
+//! the response incrementally (Content-Length, chunked, or read-until-close),
+//! handing body bytes over as they arrive.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Largest request line plus header fields the server accepts; beyond it the
+/// answer is 431 and the connection closes.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Largest response head (status line plus header fields) the client accepts.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Responses queued before [`ServerConn::wants_input`] asks the driver to stop
+/// reading, so a client that pipelines without reading meets TCP back-pressure.
+const MAX_QUEUED_RESPONSES: usize = 32;
+/// Longest chunk-size line (with extensions) the client accepts.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// The period of the `/bytes/N` body: 62 alphanumerics and a newline. An odd
+/// length makes an off-by-some offset visible in a diff.
+const PATTERN: &[u8; 63] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\n";
+
+/// The byte at `offset` of every `/bytes/N` body.
+pub fn pattern_byte(offset: u64) -> u8 {
+    PATTERN[(offset % PATTERN.len() as u64) as usize]
+}
+
+/// Fills `buf` with the `/bytes/N` body starting at `offset`.
+pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
+    let mut phase = (offset % PATTERN.len() as u64) as usize;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = (PATTERN.len() - phase).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&PATTERN[phase..phase + n]);
+        done += n;
+        phase = 0;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/// What the server knows about the connection when a request arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerContext<'a> {
+    /// The stack's end of the connection (address and port the client dialled).
+    pub local: SocketAddr,
+    /// The client's end, as the stack saw it (its kernel-chosen ephemeral port).
+    pub remote: SocketAddr,
+    /// The port table, already rendered as text, shown on the `/` page.
+    pub port_table: &'a str,
+}
+
+/// Where a response body comes from.
+#[derive(Debug)]
+enum Body {
+    /// Bytes already rendered; shared so pipelined `/` requests cost one copy.
+    Bytes { data: Arc<[u8]>, pos: usize },
+    /// The `/bytes/N` pattern, generated on demand.
+    Pattern { pos: u64, end: u64 },
+}
+
+#[derive(Debug)]
+struct Response {
+    head: Vec<u8>,
+    head_pos: usize,
+    body: Body,
+}
+
+impl Response {
+    /// Copies as much as fits into `buf`; returns the count.
+    fn fill(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        if self.head_pos < self.head.len() {
+            let k = (self.head.len() - self.head_pos).min(buf.len());
+            buf[..k].copy_from_slice(&self.head[self.head_pos..self.head_pos + k]);
+            self.head_pos += k;
+            n = k;
+        }
+        let buf = &mut buf[n..];
+        match &mut self.body {
+            Body::Bytes { data, pos } => {
+                let k = (data.len() - *pos).min(buf.len());
+                buf[..k].copy_from_slice(&data[*pos..*pos + k]);
+                *pos += k;
+                n + k
+            }
+            Body::Pattern { pos, end } => {
+                let k = (*end - *pos).min(buf.len() as u64) as usize;
+                fill_pattern(*pos, &mut buf[..k]);
+                *pos += k as u64;
+                n + k
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.head_pos == self.head.len()
+            && match &self.body {
+                Body::Bytes { data, pos } => *pos == data.len(),
+                Body::Pattern { pos, end } => pos == end,
+            }
+    }
+}
+
+/// Whether the connection still reads requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerState {
+    /// Parsing requests.
+    Open,
+    /// The last response is queued (or the peer is gone); close once it is sent.
+    Closing,
+}
+
+/// One server-side HTTP/1.1 connection of the built-in web service.
+///
+/// Routes: `/` is a text page naming the client's 4-tuple and showing the
+/// port table; `/bytes/N` is N bytes of [`fill_pattern`]; anything else is 404.
+/// Only GET and HEAD are served (others get 405 with `Allow`).
+#[derive(Debug)]
+pub struct ServerConn {
+    /// Received bytes not yet consumed; `inbuf[start..]` is the live part.
+    inbuf: Vec<u8>,
+    start: usize,
+    /// Where the search for the end of the current head resumes.
+    scan: usize,
+    /// Request body bytes still to skip (we never use request bodies).
+    discard: u64,
+    /// The current head's request line is complete and valid.
+    line_checked: bool,
+    queue: VecDeque<Response>,
+    state: ServerState,
+}
+
+impl Default for ServerConn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerConn {
+    /// A fresh connection, ready for the first request.
+    pub fn new() -> Self {
+        ServerConn {
+            inbuf: Vec::new(),
+            start: 0,
+            scan: 0,
+            discard: 0,
+            line_checked: false,
+            queue: VecDeque::new(),
+            state: ServerState::Open,
+        }
+    }
+
+    /// Consumes bytes received from the client. Every complete request in
+    /// them is answered (the responses wait in [`Self::poll_output`]); a
+    /// partial request is kept until the rest arrives. `ctx` is used for the
+    /// `/` page of any request completed by these bytes.
+    pub fn handle_input(&mut self, data: &[u8], ctx: &ServerContext<'_>) {
+        if self.state != ServerState::Open {
+            return;
+        }
+        self.inbuf.extend_from_slice(data);
+        let mut page: Option<Arc<[u8]>> = None;
+        while self.state == ServerState::Open {
+            if self.discard > 0 {
+                let avail = (self.inbuf.len() - self.start) as u64;
+                let n = avail.min(self.discard);
+                self.start += n as usize;
+                self.scan = self.start;
+                self.line_checked = false;
+                self.discard -= n;
+                if self.discard > 0 {
+                    break;
+                }
+            }
+            // RFC 9112 §2.2: ignore empty lines before a request line.
+            if !self.line_checked {
+                loop {
+                    let rest = &self.inbuf[self.start..];
+                    if rest.starts_with(b"\r\n") {
+                        self.start += 2;
+                    } else if rest.starts_with(b"\n") {
+                        self.start += 1;
+                    } else {
+                        break;
+                    }
+                }
+                self.scan = self.scan.max(self.start);
+                // Reject a bad request line at once rather than waiting for
+                // a blank line that a non-HTTP client may never send.
+                if let Some(rel) = self.inbuf[self.scan..].iter().position(|&b| b == b'\n') {
+                    let line = &self.inbuf[self.start..self.scan + rel];
+                    if let Err(status) = parse_request_line(line) {
+                        self.queue_error(status);
+                        break;
+                    }
+                    self.line_checked = true;
+                }
+            }
+            let Some(end) = find_head_end(&self.inbuf, self.start, self.scan) else {
+                self.scan = self.inbuf.len();
+                if self.inbuf.len() - self.start > MAX_REQUEST_HEAD {
+                    self.queue_error(Status::HEADERS_TOO_LARGE);
+                }
+                break;
+            };
+            let head_start = self.start;
+            self.start = end;
+            self.scan = end;
+            self.line_checked = false;
+            if end - head_start > MAX_REQUEST_HEAD {
+                self.queue_error(Status::HEADERS_TOO_LARGE);
+                break;
+            }
+            let parsed = parse_request(&self.inbuf[head_start..end]);
+            match parsed {
+                Ok(req) => {
+                    self.discard = req.content_length;
+                    self.respond(&req, ctx, &mut page);
+                }
+                Err(status) => self.queue_error(status),
+            }
+        }
+        if self.state == ServerState::Open {
+            self.inbuf.drain(..self.start);
+            self.scan -= self.start;
+            self.start = 0;
+        } else {
+            self.inbuf = Vec::new();
+            self.start = 0;
+            self.scan = 0;
+        }
+    }
+
+    /// The client closed its sending side (FIN). Requests already complete
+    /// are still answered; a partial one is dropped; then the connection closes.
+    pub fn handle_eof(&mut self) {
+        self.state = ServerState::Closing;
+        self.inbuf = Vec::new();
+        self.start = 0;
+        self.scan = 0;
+    }
+
+    /// Writes pending response bytes into `buf`; returns how many. Bodies are
+    /// generated here, one buffer at a time.
+    pub fn poll_output(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(resp) = self.queue.front_mut() else {
+                break;
+            };
+            n += resp.fill(&mut buf[n..]);
+            if resp.is_done() {
+                self.queue.pop_front();
+            }
+        }
+        n
+    }
+
+    /// Whether [`Self::poll_output`] has anything to write.
+    pub fn has_output(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Whether the driver should keep reading from the client. False while
+    /// many responses are queued (back-pressure on pipelining) or once the
+    /// connection is closing.
+    pub fn wants_input(&self) -> bool {
+        self.state == ServerState::Open && self.queue.len() < MAX_QUEUED_RESPONSES
+    }
+
+    /// True once everything is sent and the connection should be closed.
+    pub fn should_close(&self) -> bool {
+        self.state == ServerState::Closing && self.queue.is_empty()
+    }
+
+    fn respond(&mut self, req: &Request, ctx: &ServerContext<'_>, page: &mut Option<Arc<[u8]>>) {
+        let keep = req.keep_alive;
+        let conn = connection_header(keep, req.http10);
+        if !req.method.is_served() {
+            // RFC 9110 §15.5.6: a 405 carries Allow.
+            let body = status_body(Status::METHOD_NOT_ALLOWED);
+            let head = response_head(
+                Status::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                body.len() as u64,
+                &format!("Allow: GET, HEAD\r\n{conn}"),
+            );
+            self.push(head, bytes_body(body.as_bytes(), false), keep);
+            return;
+        }
+        let head_only = req.method == Method::Head;
+        let path = req.path.as_str();
+        if path == "/" {
+            let data = page
+                .get_or_insert_with(|| Arc::from(render_page(ctx).into_bytes()))
+                .clone();
+            let head = response_head(
+                Status::OK,
+                "text/plain; charset=utf-8",
+                data.len() as u64,
+                conn,
+            );
+            let body = if head_only {
+                bytes_body(b"", false)
+            } else {
+                Body::Bytes { data, pos: 0 }
+            };
+            self.push(head, body, keep);
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
+            match parse_decimal(n.as_bytes()) {
+                Some(len) => {
+                    let head = response_head(Status::OK, "application/octet-stream", len, conn);
+                    let end = if head_only { 0 } else { len };
+                    self.push(head, Body::Pattern { pos: 0, end }, keep);
+                }
+                None => self.queue_error(Status::BAD_REQUEST),
+            }
+        } else {
+            let body = status_body(Status::NOT_FOUND);
+            let head = response_head(
+                Status::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                body.len() as u64,
+                conn,
+            );
+            self.push(head, bytes_body(body.as_bytes(), head_only), keep);
+        }
+    }
+
+    /// Queues an error response after which the connection closes: the
+    /// framing of whatever follows a bad request cannot be trusted.
+    fn queue_error(&mut self, status: Status) {
+        let body = status_body(status);
+        let conn = connection_header(false, false);
+        let head = response_head(status, "text/plain; charset=utf-8", body.len() as u64, conn);
+        self.push(head, bytes_body(body.as_bytes(), false), false);
+    }
+
+    fn push(&mut self, head: Vec<u8>, body: Body, keep_alive: bool) {
+        self.queue.push_back(Response {
+            head,
+            head_pos: 0,
+            body,
+        });
+        if !keep_alive {
+            self.state = ServerState::Closing;
+        }
+    }
+}
+
+fn bytes_body(data: &[u8], head_only: bool) -> Body {
+    Body::Bytes {
+        data: if head_only {
+            Arc::from(&b""[..])
+        } else {
+            Arc::from(data)
+        },
+        pos: 0,
+    }
+}
+
+fn render_page(ctx: &ServerContext<'_>) -> String {
+    let mut page = format!(
+        "ephemera: a user-space TCP/IP stack with its own port table\n\n\
+         you are {} -> {}\n\nport table:\n",
+        ctx.remote, ctx.local
+    );
+    page.push_str(ctx.port_table);
+    if !page.ends_with('\n') {
+        page.push('\n');
+    }
+    page
+}
+
+fn connection_header(keep_alive: bool, http10: bool) -> &'static str {
+    match (keep_alive, http10) {
+        (false, _) => "Connection: close\r\n",
+        // RFC 9112 §9.3: an HTTP/1.0 client needs to be told the connection persists.
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    }
+}
+
+/// A status code with its reason phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Status(u16, &'static str);
+
+impl Status {
+    const OK: Status = Status(200, "OK");
+    const BAD_REQUEST: Status = Status(400, "Bad Request");
+    const NOT_FOUND: Status = Status(404, "Not Found");
+    const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
+    const HEADERS_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
+    const NOT_IMPLEMENTED: Status = Status(501, "Not Implemented");
+    const VERSION_NOT_SUPPORTED: Status = Status(505, "HTTP Version Not Supported");
+}
+
+fn status_body(status: Status) -> String {
+    format!("{} {}\n", status.0, status.1)
+}
+
+/// The status line and header fields. No `Date`: RFC 9110 §6.6.1 says a
+/// server without a reliable clock must not send one, and this module has no clock.
+fn response_head(status: Status, content_type: &str, len: u64, extra: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\nServer: ephemera\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {len}\r\n{extra}\r\n",
+        status.0, status.1
+    )
+    .into_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+impl Method {
+    fn is_served(self) -> bool {
+        self != Method::Other
+    }
+}
+
+#[derive(Debug)]
+struct Request {
+    method: Method,
+    /// The path without query, from origin-form or absolute-form.
+    path: String,
+    http10: bool,
+    keep_alive: bool,
+    content_length: u64,
+}
+
+/// Index just past the blank line that ends a message head starting at
+/// `start`, searching for line ends from `scan` on (earlier ones were checked).
+fn find_head_end(buf: &[u8], start: usize, scan: usize) -> Option<usize> {
+    let mut i = scan.max(start);
+    while let Some(rel) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + rel;
+        if nl > start && buf[nl - 1] == b'\n' {
+            return Some(nl + 1);
+        }
+        if nl > start + 1 && buf[nl - 1] == b'\r' && buf[nl - 2] == b'\n' {
+            return Some(nl + 1);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Splits a head into lines, dropping the CR of CRLF (RFC 9112 §2.2 lets a
+/// recipient accept a bare LF). A bare CR elsewhere is an error.
+fn head_lines(head: &[u8]) -> Result<Vec<&[u8]>, ()> {
+    let mut lines = Vec::new();
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.contains(&b'\r') {
+            return Err(());
+        }
+        lines.push(line);
+    }
+    // The head ends with a blank line, so the split leaves two empty tails.
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    Ok(lines)
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// A decimal u64 with digits only (no sign, no spaces).
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// A header field as (name, value).
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// Header fields as (name, value) with the value's surrounding whitespace trimmed.
+fn parse_fields<'a>(lines: &[&'a [u8]]) -> Result<Vec<Field<'a>>, ()> {
+    let mut fields = Vec::with_capacity(lines.len());
+    for line in lines {
+        // RFC 9112 §5.2: obs-fold in a request is rejected with 400.
+        let colon = line.iter().position(|&b| b == b':').ok_or(())?;
+        let name = &line[..colon];
+        // RFC 9112 §5.1: no whitespace between the name and the colon.
+        if !is_token(name) {
+            return Err(());
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(());
+        }
+        fields.push((name, value));
+    }
+    Ok(fields)
+}
+
+/// All values of `name`, comma-split and trimmed (RFC 9110 §5.3).
+fn list_values<'a>(fields: &[Field<'a>], name: &str) -> Vec<&'a [u8]> {
+    fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// RFC 9110 §8.6: several identical Content-Length values are one value;
+/// differing or malformed ones are an error.
+fn content_length(fields: &[Field<'_>]) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for (name, value) in fields {
+        if !name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        for v in value.split(|&b| b == b',') {
+            let n = parse_decimal(trim_ows(v)).ok_or(())?;
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// The parts of a request line we act on.
+struct RequestLine {
+    method: Method,
+    path: String,
+    http10: bool,
+}
+
+/// Parses a request line (its LF excluded, a final CR allowed).
+fn parse_request_line(line: &[u8]) -> Result<RequestLine, Status> {
+    let bad = Status::BAD_REQUEST;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // RFC 9112 §3: method SP request-target SP HTTP-version.
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad);
+    };
+    if !is_token(method) || target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(bad);
+    }
+    let http10 = match version {
+        b"HTTP/1.0" => true,
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => false,
+        [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+            return Err(Status::VERSION_NOT_SUPPORTED);
+        }
+        _ => return Err(bad),
+    };
+    let method = match method {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let path = request_path(target).ok_or(bad)?;
+    Ok(RequestLine {
+        method,
+        path,
+        http10,
+    })
+}
+
+fn parse_request(head: &[u8]) -> Result<Request, Status> {
+    let bad = Status::BAD_REQUEST;
+    let lines = head_lines(head).map_err(|()| bad)?;
+    let (request_line, field_lines) = lines.split_first().ok_or(bad)?;
+    let RequestLine {
+        method,
+        path,
+        http10,
+    } = parse_request_line(request_line)?;
+    let fields = parse_fields(field_lines).map_err(|()| bad)?;
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
+    let hosts = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+        .count();
+    if hosts > 1 || (!http10 && hosts == 0) {
+        return Err(bad);
+    }
+    // RFC 9112 §6.1: a transfer coding we do not decode gets 501.
+    if fields
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
+    {
+        return Err(Status::NOT_IMPLEMENTED);
+    }
+    let content_length = content_length(&fields).map_err(|()| bad)?.unwrap_or(0);
+    // RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
+    let conn = list_values(&fields, "connection");
+    let has = |t: &str| conn.iter().any(|v| v.eq_ignore_ascii_case(t.as_bytes()));
+    let keep_alive = !has("close") && (!http10 || has("keep-alive"));
+    Ok(Request {
+        method,
+        path,
+        http10,
+        keep_alive,
+        content_length,
+    })
+}
+
+/// The path of an origin-form or absolute-form target, without its query.
+/// Asterisk-form (`*`) maps to itself, which no route matches.
+fn request_path(target: &[u8]) -> Option<String> {
+    let target = std::str::from_utf8(target).ok()?;
+    let path = if target.starts_with('/') || target == "*" {
+        target
+    } else {
+        // RFC 9112 §3.2.2: a server must accept absolute-form.
+        let scheme_end = target.find("://")?;
+        if !target[..scheme_end].eq_ignore_ascii_case("http") {
+            return None;
+        }
+        let rest = &target[scheme_end + 3..];
+        rest.find('/').map_or("/", |i| &rest[i..])
+    };
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    Some(path.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Client: URL
+// ---------------------------------------------------------------------------
+
+/// The host part of a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// An IPv4 literal, or an IPv6 literal written in brackets.
+    Ip(IpAddr),
+    /// A name to resolve, lower-cased.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A parsed `http://host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Where to connect.
+    pub host: Host,
+    /// The TCP port, 80 unless given.
+    pub port: u16,
+    /// The request target: path plus query, starting with `/`, percent-encoded
+    /// where the input had spaces or non-ASCII bytes. No fragment.
+    pub path: String,
+}
+
+/// Why a URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlError {
+    /// No `scheme://` prefix.
+    MissingScheme,
+    /// `https://`: ephemera has no TLS.
+    Https,
+    /// A scheme other than http or https.
+    UnsupportedScheme(String),
+    /// `user@host` is not supported.
+    UserInfo,
+    /// The host is empty.
+    EmptyHost,
+    /// The host is neither a name nor an IP literal.
+    BadHost(String),
+    /// The port is not a number in 1..=65535.
+    BadPort(String),
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlError::MissingScheme => {
+                f.write_str("URL has no scheme: write it as http://host[:port]/path")
+            }
+            UrlError::Https => f.write_str(
+                "https is not supported: ephemera speaks plain HTTP only (no TLS); use an http:// URL",
+            ),
+            UrlError::UnsupportedScheme(s) => {
+                write!(f, "unsupported URL scheme {s:?}: only http:// is supported")
+            }
+            UrlError::UserInfo => f.write_str("user@host URLs are not supported"),
+            UrlError::EmptyHost => f.write_str("URL has an empty host"),
+            UrlError::BadHost(h) => write!(
+                f,
+                "bad host {h:?} in URL (IPv6 literals go in brackets: http://[fd00::1]:8080/)"
+            ),
+            UrlError::BadPort(p) => write!(f, "bad port {p:?} in URL: expected 1-65535"),
+        }
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+impl FromStr for Url {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Url::parse(s)
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.host_header())?;
+        f.write_str(&self.path)
+    }
+}
+
+impl Url {
+    /// Parses `http://host[:port][/path][?query][#fragment]`.
+    pub fn parse(s: &str) -> Result<Url, UrlError> {
+        let s = s.trim();
+        let (scheme, rest) = s.split_once("://").ok_or(UrlError::MissingScheme)?;
+        if scheme.eq_ignore_ascii_case("https") {
+            return Err(UrlError::Https);
+        }
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(UrlError::UnsupportedScheme(scheme.to_owned()));
+        }
+        let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(auth_end);
+        if authority.contains('@') {
+            return Err(UrlError::UserInfo);
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or_else(|| UrlError::BadHost(authority.to_owned()))?;
+            let addr: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| UrlError::BadHost(authority.to_owned()))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| UrlError::BadHost(authority.to_owned()))?,
+                ),
+            };
+            (Host::Ip(IpAddr::V6(addr)), port)
+        } else {
+            let (h, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if h.is_empty() {
+                return Err(UrlError::EmptyHost);
+            }
+            if let Ok(ip) = h.parse() {
+                (Host::Ip(ip), port)
+            } else if h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            {
+                (Host::Name(h.to_ascii_lowercase()), port)
+            } else {
+                return Err(UrlError::BadHost(h.to_owned()));
+            }
+        };
+        let port = match port {
+            // RFC 3986 §3.2.3: an empty port means the default.
+            None | Some("") => 80,
+            Some(p) => match parse_decimal(p.as_bytes()) {
+                Some(n @ 1..=65535) => n as u16,
+                _ => return Err(UrlError::BadPort(p.to_owned())),
+            },
+        };
+        let mut target = String::with_capacity(path.len() + 1);
+        if !path.starts_with('/') {
+            target.push('/');
+        }
+        for b in path.bytes() {
+            if b.is_ascii_graphic() {
+                target.push(b as char);
+            } else {
+                target.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Ok(Url {
+            host,
+            port,
+            path: target,
+        })
+    }
+
+    /// The `Host` header value: the host, plus `:port` unless it is 80.
+    pub fn host_header(&self) -> String {
+        if self.port == 80 {
+            self.host.to_string()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The bytes of a GET for this URL. It asks the server to close after the
+    /// response, so read-until-close bodies end cleanly.
+    pub fn request(&self) -> Vec<u8> {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ephemera/{}\r\nAccept: */*\r\n\
+             Connection: close\r\n\r\n",
+            self.path,
+            self.host_header(),
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client: response parser
+// ---------------------------------------------------------------------------
+
+/// The status line and header fields of a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code, e.g. 200.
+    pub status: u16,
+    /// The reason phrase, possibly empty.
+    pub reason: String,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a response could not be parsed. After one, the parser stays failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseError {
+    /// The status line is not `HTTP/1.x NNN reason`.
+    BadStatusLine,
+    /// A header line is malformed.
+    BadHeader,
+    /// The head exceeds [`MAX_RESPONSE_HEAD`].
+    HeadTooLarge,
+    /// Content-Length is malformed or given twice with different values.
+    BadContentLength,
+    /// Chunked framing is malformed.
+    BadChunk,
+    /// 101 Switching Protocols was not asked for.
+    UnexpectedUpgrade,
+    /// The connection closed before the response was complete.
+    Truncated,
+}
+
+impl fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResponseError::BadStatusLine => "malformed HTTP status line",
+            ResponseError::BadHeader => "malformed HTTP header line",
+            ResponseError::HeadTooLarge => "HTTP response head too large",
+            ResponseError::BadContentLength => "malformed Content-Length",
+            ResponseError::BadChunk => "malformed chunked encoding",
+            ResponseError::UnexpectedUpgrade => "unexpected 101 Switching Protocols",
+            ResponseError::Truncated => "connection closed before the response was complete",
+        })
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line into `buf`.
+    Size,
+    /// This many chunk-data bytes to go.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer lines until a blank one.
+    Trailer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ResponseState {
+    Head,
+    Length(u64),
+    Chunked(ChunkState),
+    UntilClose,
+    Done,
+    Failed(ResponseError),
+}
+
+/// Incremental parser for the response to one GET (RFC 9112 §6.3 framing).
+#[derive(Debug)]
+pub struct ResponseParser {
+    state: ResponseState,
+    /// Partial head, chunk-size line or trailer section.
+    buf: Vec<u8>,
+    scan: usize,
+    head: Option<ResponseHead>,
+}
+
+impl Default for ResponseParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResponseParser {
+    /// A parser for the response to a GET (not HEAD: a HEAD response has no
+    /// body whatever its Content-Length says).
+    pub fn new() -> Self {
+        ResponseParser {
+            state: ResponseState::Head,
+            buf: Vec::new(),
+            scan: 0,
+            head: None,
+        }
+    }
+
+    /// Consumes received bytes, appending decoded body bytes to `body`. The
+    /// caller may drain `body` between calls, so a large body is never held
+    /// whole. Bytes after a complete response are ignored.
+    pub fn handle_input(&mut self, data: &[u8], body: &mut Vec<u8>) -> Result<(), ResponseError> {
+        let mut data = data;
+        while !data.is_empty() {
+            let used = match self.step(data, body) {
+                Ok(used) => used,
+                Err(e) => {
+                    self.state = ResponseState::Failed(e.clone());
+                    self.buf = Vec::new();
+                    return Err(e);
+                }
+            };
+            data = &data[used..];
+        }
+        match &self.state {
+            ResponseState::Failed(e) => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server closed the connection. Completes a read-until-close body;
+    /// anything else unfinished is [`ResponseError::Truncated`].
+    pub fn handle_eof(&mut self) -> Result<(), ResponseError> {
+        match &self.state {
+            ResponseState::UntilClose | ResponseState::Done => {
+                self.state = ResponseState::Done;
+                Ok(())
+            }
+            ResponseState::Failed(e) => Err(e.clone()),
+            _ => {
+                self.state = ResponseState::Failed(ResponseError::Truncated);
+                Err(ResponseError::Truncated)
+            }
+        }
+    }
+
+    /// The final (non-1xx) response head, once parsed.
+    pub fn head(&self) -> Option<&ResponseHead> {
+        self.head.as_ref()
+    }
+
+    /// The status code, once the head is parsed.
+    pub fn status(&self) -> Option<u16> {
+        self.head.as_ref().map(|h| h.status)
+    }
+
+    /// Whether the whole response has been received.
+    pub fn is_complete(&self) -> bool {
+        self.state == ResponseState::Done
+    }
+
+    /// Handles a prefix of `data`; returns how many bytes it used (at least one
+    /// unless the state is terminal, where it swallows everything).
+    fn step(&mut self, data: &[u8], body: &mut Vec<u8>) -> Result<usize, ResponseError> {
+        match self.state.clone() {
+            ResponseState::Done | ResponseState::Failed(_) => Ok(data.len()),
+            ResponseState::Head => {
+                let old = self.buf.len();
+                let room = MAX_RESPONSE_HEAD + 1 - old;
+                let take = data.len().min(room);
+                self.buf.extend_from_slice(&data[..take]);
+                let Some(end) = find_head_end(&self.buf, 0, self.scan) else {
+                    self.scan = self.buf.len();
+                    if self.buf.len() > MAX_RESPONSE_HEAD {
+                        return Err(ResponseError::HeadTooLarge);
+                    }
+                    return Ok(take);
+                };
+                let head = parse_response_head(&self.buf[..end])?;
+                self.buf = Vec::new();
+                self.scan = 0;
+                let used = end - old;
+                match head.status {
+                    101 => return Err(ResponseError::UnexpectedUpgrade),
+                    // RFC 9110 §15.2: interim responses precede the final one.
+                    100..=199 => return Ok(used),
+                    _ => {}
+                }
+                self.state = response_framing(&head)?;
+                self.head = Some(head);
+                Ok(used)
+            }
+            ResponseState::Length(left) => {
+                let k = (data.len() as u64).min(left) as usize;
+                body.extend_from_slice(&data[..k]);
+                self.state = if left - k as u64 == 0 {
+                    ResponseState::Done
+                } else {
+                    ResponseState::Length(left - k as u64)
+                };
+                Ok(k)
+            }
+            ResponseState::UntilClose => {
+                body.extend_from_slice(data);
+                Ok(data.len())
+            }
+            ResponseState::Chunked(ChunkState::Data(left)) => {
+                let k = (data.len() as u64).min(left) as usize;
+                body.extend_from_slice(&data[..k]);
+                let left = left - k as u64;
+                self.state = ResponseState::Chunked(if left == 0 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left)
+                });
+                Ok(k)
+            }
+            ResponseState::Chunked(ChunkState::DataEnd) => {
+                match (self.buf.as_slice(), data[0]) {
+                    ([], b'\r') => self.buf.push(b'\r'),
+                    ([] | [b'\r'], b'\n') => {
+                        self.buf.clear();
+                        self.state = ResponseState::Chunked(ChunkState::Size);
+                    }
+                    _ => return Err(ResponseError::BadChunk),
+                }
+                Ok(1)
+            }
+            ResponseState::Chunked(ChunkState::Size) => {
+                let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                    self.buf.extend_from_slice(data);
+                    if self.buf.len() > MAX_CHUNK_LINE {
+                        return Err(ResponseError::BadChunk);
+                    }
+                    return Ok(data.len());
+                };
+                self.buf.extend_from_slice(&data[..nl]);
+                if self.buf.len() > MAX_CHUNK_LINE {
+                    return Err(ResponseError::BadChunk);
+                }
+                let size = parse_chunk_size(&self.buf).ok_or(ResponseError::BadChunk)?;
+                self.buf.clear();
+                self.state = ResponseState::Chunked(if size == 0 {
+                    // The zero chunk's CRLF is consumed: the trailer section
+                    // starts on a fresh line, so seed the blank-line search.
+                    self.buf.push(b'\n');
+                    ChunkState::Trailer
+                } else {
+                    ChunkState::Data(size)
+                });
+                Ok(nl + 1)
+            }
+            ResponseState::Chunked(ChunkState::Trailer) => {
+                // `buf` starts with the '\n' that ended the last-chunk line, so
+                // an immediately blank line is found as "\n\r\n" or "\n\n".
+                let old = self.buf.len();
+                let take = data.len().min(MAX_RESPONSE_HEAD + 2 - old);
+                self.buf.extend_from_slice(&data[..take]);
+                match find_head_end(&self.buf, 0, self.scan.max(1)) {
+                    Some(end) => {
+                        self.buf = Vec::new();
+                        self.scan = 0;
+                        self.state = ResponseState::Done;
+                        Ok(end - old)
+                    }
+                    None => {
+                        self.scan = self.buf.len();
+                        if self.buf.len() > MAX_RESPONSE_HEAD + 1 {
+                            return Err(ResponseError::HeadTooLarge);
+                        }
+                        Ok(take)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `1*HEXDIG [BWS ; ext...]` (RFC 9112 §7.1), with an optional trailing CR.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex = line.split(|&b| b == b';').next().unwrap_or_default();
+    let hex = trim_ows(hex);
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    hex.iter().try_fold(0u64, |acc, &b| {
+        let d = (b as char).to_digit(16)?;
+        Some(acc << 4 | u64::from(d))
+    })
+}
+
+fn parse_response_head(head: &[u8]) -> Result<ResponseHead, ResponseError> {
+    let lines = head_lines(head).map_err(|()| ResponseError::BadHeader)?;
+    let (status_line, field_lines) = lines.split_first().ok_or(ResponseError::BadStatusLine)?;
+    let status_line = std::str::from_utf8(status_line).map_err(|_| ResponseError::BadStatusLine)?;
+    let (version, rest) = status_line
+        .split_once(' ')
+        .ok_or(ResponseError::BadStatusLine)?;
+    let vb = version.as_bytes();
+    if !(vb.len() == 8 && vb.starts_with(b"HTTP/1.") && vb[7].is_ascii_digit()) {
+        return Err(ResponseError::BadStatusLine);
+    }
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 {
+        return Err(ResponseError::BadStatusLine);
+    }
+    let status = parse_decimal(code.as_bytes())
+        .filter(|s| (100..=999).contains(s))
+        .ok_or(ResponseError::BadStatusLine)? as u16;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in field_lines {
+        let text = String::from_utf8_lossy(line);
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            // RFC 9112 §5.2: a user agent may replace obs-fold with SP.
+            let (_, value) = headers.last_mut().ok_or(ResponseError::BadHeader)?;
+            value.push(' ');
+            value.push_str(text.trim());
+            continue;
+        }
+        let (name, value) = text.split_once(':').ok_or(ResponseError::BadHeader)?;
+        if !is_token(name.as_bytes()) {
+            return Err(ResponseError::BadHeader);
+        }
+        headers.push((name.to_owned(), value.trim_matches([' ', '\t']).to_owned()));
+    }
+    Ok(ResponseHead {
+        status,
+        reason: reason.to_owned(),
+        headers,
+    })
+}
+
+/// RFC 9112 §6.3: how the body of this (GET) response is delimited.
+fn response_framing(head: &ResponseHead) -> Result<ResponseState, ResponseError> {
+    if head.status == 204 || head.status == 304 {
+        return Ok(ResponseState::Done);
+    }
+    let fields: Vec<Field<'_>> = head
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    let codings = list_values(&fields, "transfer-encoding");
+    if let Some(last) = codings.last() {
+        // Transfer-Encoding overrides Content-Length; a final coding other
+        // than chunked means the body runs until close.
+        return Ok(if last.eq_ignore_ascii_case(b"chunked") {
+            ResponseState::Chunked(ChunkState::Size)
+        } else {
+            ResponseState::UntilClose
+        });
+    }
+    match content_length(&fields).map_err(|()| ResponseError::BadContentLength)? {
+        Some(0) => Ok(ResponseState::Done),
+        Some(n) => Ok(ResponseState::Length(n)),
+        None => Ok(ResponseState::UntilClose),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "tcp LISTEN 10.7.0.2:80 *:*\n";
+
+    fn ctx() -> ServerContext<'static> {
+        ServerContext {
+            local: "10.7.0.2:80".parse().unwrap(),
+            remote: "10.7.0.1:43512".parse().unwrap(),
+            port_table: TABLE,
+        }
+    }
+
+    /// Drains all output in small buffers, as a congested socket would.
+    fn drain(conn: &mut ServerConn) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            let n = conn.poll_output(&mut buf);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    fn exchange(input: &[u8]) -> (String, ServerConn) {
+        let mut conn = ServerConn::new();
+        conn.handle_input(input, &ctx());
+        let out = drain(&mut conn);
+        (String::from_utf8(out).unwrap(), conn)
+    }
+
+    /// Splits a byte stream of responses into (status, headers, body) with the
+    /// client parser, one response per Content-Length.
+    fn statuses(out: &str) -> Vec<u16> {
+        out.match_indices("HTTP/1.1 ")
+            .map(|(i, _)| out[i + 9..i + 12].parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn root_page_names_the_four_tuple_and_the_port_table() {
+        let (out, conn) = exchange(b"GET / HTTP/1.1\r\nHost: 10.7.0.2\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("Content-Type: text/plain; charset=utf-8\r\n"));
+        assert!(out.contains("you are 10.7.0.1:43512 -> 10.7.0.2:80\n"));
+        assert!(out.contains(TABLE));
+        assert!(!out.contains("Connection: close"));
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
+        assert!(!conn.should_close(), "HTTP/1.1 keeps the connection alive");
+        assert!(conn.wants_input());
+    }
+
+    #[test]
+    fn ipv6_four_tuple_is_shown_in_brackets() {
+        let mut conn = ServerConn::new();
+        let ctx = ServerContext {
+            local: "[fd00:7::2]:80".parse().unwrap(),
+            remote: "[fd00:7::1]:50000".parse().unwrap(),
+            port_table: "",
+        };
+        conn.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &ctx);
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert!(out.contains("you are [fd00:7::1]:50000 -> [fd00:7::2]:80\n"));
+    }
+
+    #[test]
+    fn request_split_at_every_byte_gives_the_same_response() {
+        let req = b"GET /bytes/100?x=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\n\r\n";
+        let (whole, _) = exchange(req);
+        let mut conn = ServerConn::new();
+        for b in req {
+            assert!(!conn.has_output());
+            conn.handle_input(std::slice::from_ref(b), &ctx());
+        }
+        assert_eq!(String::from_utf8(drain(&mut conn)).unwrap(), whole);
+        assert!(whole.starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_read_are_answered_in_order() {
+        let reqs = b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\n\
+                     GET /nope HTTP/1.1\r\nHost: a\r\n\r\n\
+                     HEAD / HTTP/1.1\r\nHost: a\r\n\r\n\
+                     GET /bytes/2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\
+                     GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (out, conn) = exchange(reqs);
+        assert_eq!(statuses(&out), [200, 404, 200, 200], "{out}");
+        assert!(out.contains("Content-Length: 3\r\n\r\n012HTTP/1.1 404"));
+        assert!(out.ends_with("Connection: close\r\n\r\n01"), "{out}");
+        assert!(conn.should_close(), "the fifth request is never answered");
+    }
+
+    #[test]
+    fn bytes_route_has_exact_length_and_pattern() {
+        let (out, _) = exchange(b"GET /bytes/200 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Content-Length: 200"));
+        assert!(head.contains("Content-Type: application/octet-stream\r\n"));
+        assert_eq!(body.len(), 200);
+        let expected: Vec<u8> = (0..200).map(pattern_byte).collect();
+        assert_eq!(body.as_bytes(), expected);
+        assert!(body.starts_with("0123456789ABC"));
+        assert_eq!(&body[62..64], "\n0");
+    }
+
+    #[test]
+    fn ten_gigabytes_stream_lazily() {
+        let n: u64 = 10_000_000_000;
+        let mut conn = ServerConn::new();
+        let req = format!("GET /bytes/{n} HTTP/1.1\r\nHost: a\r\n\r\n");
+        conn.handle_input(req.as_bytes(), &ctx());
+        let mut buf = vec![0u8; 64 * 1024];
+        let k = conn.poll_output(&mut buf);
+        assert_eq!(k, buf.len());
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.ends_with(&format!("Content-Length: {n}")));
+        let mut offset = body.len() as u64;
+        assert!(body
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == pattern_byte(i as u64)));
+        // A few more chunks continue the pattern where the last left off.
+        for _ in 0..16 {
+            assert_eq!(conn.poll_output(&mut buf), buf.len());
+            assert_eq!(buf[0], pattern_byte(offset));
+            assert_eq!(
+                buf[buf.len() - 1],
+                pattern_byte(offset + buf.len() as u64 - 1)
+            );
+            offset += buf.len() as u64;
+        }
+        assert!(conn.has_output());
+    }
+
+    #[test]
+    fn head_gets_headers_without_body() {
+        let (out, _) = exchange(b"HEAD /bytes/10000000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(out.contains("Content-Length: 10000000000\r\n"));
+        assert!(out.ends_with("\r\n\r\n"));
+        let (out, _) = exchange(b"HEAD /missing HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(out.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn bad_byte_counts_are_400_and_close() {
+        for path in [
+            "/bytes/",
+            "/bytes/-1",
+            "/bytes/1x",
+            "/bytes/99999999999999999999",
+            "/bytes/+5",
+        ] {
+            let (out, conn) =
+                exchange(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{path}: {out}"
+            );
+            assert!(out.contains("Connection: close\r\n"));
+            assert!(conn.should_close());
+        }
+    }
+
+    #[test]
+    fn unknown_path_is_404_and_keeps_alive() {
+        let (out, conn) = exchange(b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(out.ends_with("\r\n\r\n404 Not Found\n"));
+        assert!(!conn.should_close());
+    }
+
+    #[test]
+    fn other_methods_get_405_with_allow_and_their_body_is_skipped() {
+        let (out, conn) = exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+              GET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        assert_eq!(statuses(&out), [405, 200], "{out}");
+        assert!(out.contains("Allow: GET, HEAD\r\n"));
+        assert!(!conn.should_close());
+    }
+
+    #[test]
+    fn request_body_split_across_reads_is_skipped() {
+        let mut conn = ServerConn::new();
+        conn.handle_input(
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+            &ctx(),
+        );
+        conn.handle_input(b"defg", &ctx());
+        conn.handle_input(b"hijGET / HTTP/1.1\r\nHost: a\r\n\r\n", &ctx());
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert_eq!(statuses(&out), [405, 200]);
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let (out, conn) = exchange(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(out.contains("Connection: close\r\n"));
+        assert!(conn.should_close());
+        assert!(!conn.wants_input());
+    }
+
+    #[test]
+    fn should_close_waits_until_output_is_drained() {
+        let mut conn = ServerConn::new();
+        conn.handle_input(b"GET /bytes/100 HTTP/1.0\r\n\r\n", &ctx());
+        assert!(!conn.should_close());
+        let mut buf = [0u8; 50];
+        conn.poll_output(&mut buf);
+        assert!(!conn.should_close());
+        drain(&mut conn);
+        assert!(conn.should_close());
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive() {
+        let (out, conn) = exchange(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(out.contains("Connection: close\r\n"));
+        assert!(conn.should_close());
+        let (out, conn) = exchange(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(out.contains("Connection: keep-alive\r\n"));
+        assert!(!conn.should_close());
+    }
+
+    #[test]
+    fn missing_or_duplicate_host_in_http11_is_400() {
+        let (out, conn) = exchange(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 400 "));
+        assert!(conn.should_close());
+        let (out, _) = exchange(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 400 "));
+    }
+
+    #[test]
+    fn malformed_request_lines_are_400_and_close() {
+        let cases: &[&[u8]] = &[
+            b"GET\r\n\r\n",
+            b"GET /\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+            b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / FTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: a\r\n\r\n",
+            b"GET ftp://x/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n",
+            b"\xff\xfe / HTTP/1.1\r\n\r\n",
+        ];
+        for case in cases {
+            let (out, conn) = exchange(case);
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{:?}: {out}",
+                String::from_utf8_lossy(case)
+            );
+            assert!(out.contains("Connection: close\r\n"));
+            assert!(conn.should_close());
+        }
+    }
+
+    #[test]
+    fn bad_request_line_is_rejected_before_any_blank_line() {
+        // A non-HTTP client (here SSH) never sends the blank line that ends a head.
+        let mut conn = ServerConn::new();
+        conn.handle_input(b"SSH-2.0-Open", &ctx());
+        assert!(!conn.has_output());
+        conn.handle_input(b"SSH_9.6\r\n", &ctx());
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(conn.should_close());
+    }
+
+    #[test]
+    fn other_protocol_errors() {
+        let (out, conn) = exchange(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 505 "));
+        assert!(conn.should_close());
+        let (out, conn) =
+            exchange(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 501 "));
+        assert!(conn.should_close());
+    }
+
+    #[test]
+    fn absolute_form_lf_only_and_leading_blank_lines_are_accepted() {
+        let (out, _) = exchange(b"\r\n\nGET http://10.7.0.2/bytes/4 HTTP/1.1\nHost: a\n\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n0123"));
+    }
+
+    #[test]
+    fn oversized_head_is_431_and_close() {
+        let mut conn = ServerConn::new();
+        conn.handle_input(b"GET / HTTP/1.1\r\nHost: a\r\n", &ctx());
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(1000));
+        for _ in 0..17 {
+            conn.handle_input(filler.as_bytes(), &ctx());
+        }
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{out}"
+        );
+        assert!(conn.should_close());
+        // A complete head that arrives in one read but is too large is also 431.
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(MAX_REQUEST_HEAD)
+        );
+        let (out, _) = exchange(big.as_bytes());
+        assert!(out.starts_with("HTTP/1.1 431 "));
+        // Just under the limit is fine.
+        let ok = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(MAX_REQUEST_HEAD - 100)
+        );
+        let (out, _) = exchange(ok.as_bytes());
+        assert!(out.starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn eof_answers_complete_requests_then_closes() {
+        let mut conn = ServerConn::new();
+        conn.handle_input(b"GET /bytes/2 HTTP/1.1\r\nHost: a\r\n\r\nGET / HT", &ctx());
+        conn.handle_eof();
+        assert!(!conn.should_close());
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert_eq!(statuses(&out), [200]);
+        assert!(conn.should_close());
+    }
+
+    #[test]
+    fn pipelining_without_reading_applies_back_pressure() {
+        let mut conn = ServerConn::new();
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(MAX_QUEUED_RESPONSES);
+        conn.handle_input(&req, &ctx());
+        assert!(!conn.wants_input());
+        drain(&mut conn);
+        assert!(conn.wants_input());
+    }
+
+    /// xorshift64: deterministic randomness without a crate.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics_and_gets_an_error_reply() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for round in 0..300 {
+            let len = (rng.next() % 40_000) as usize + 1;
+            let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut conn = ServerConn::new();
+            let mut out = Vec::new();
+            let mut rest = &garbage[..];
+            while !rest.is_empty() {
+                let k = ((rng.next() % 300) as usize + 1).min(rest.len());
+                conn.handle_input(&rest[..k], &ctx());
+                rest = &rest[k..];
+                let mut buf = [0u8; 97];
+                let n = conn.poll_output(&mut buf[..(rng.next() % 97) as usize]);
+                out.extend_from_slice(&buf[..n]);
+            }
+            conn.handle_eof();
+            out.extend(drain(&mut conn));
+            assert!(conn.should_close());
+            // Either the garbage never formed a line (then EOF just closes) or
+            // it got a 4xx/5xx.
+            if garbage.len() > MAX_REQUEST_HEAD || garbage.contains(&b'\n') {
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    text.contains("HTTP/1.1 4") || text.contains("HTTP/1.1 5"),
+                    "round {round}: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_garbage_after_a_valid_prefix_never_panics() {
+        let mut rng = XorShift(42);
+        let alphabet = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n:,;\t 0123456789";
+        for _ in 0..2000 {
+            let len = (rng.next() % 400) as usize;
+            let mut input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+            input.extend((0..len).map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize]));
+            let mut conn = ServerConn::new();
+            for piece in input.chunks((rng.next() % 9) as usize + 1) {
+                conn.handle_input(piece, &ctx());
+            }
+            let out = drain(&mut conn);
+            assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        }
+    }
+
+    // ---- client ----
+
+    #[test]
+    fn url_parsing() {
+        let u = Url::parse("http://10.7.0.1:8000/file.bin?x=1#frag").unwrap();
+        assert_eq!(u.host, Host::Ip("10.7.0.1".parse().unwrap()));
+        assert_eq!(u.port, 8000);
+        assert_eq!(u.path, "/file.bin?x=1");
+        assert_eq!(u.to_string(), "http://10.7.0.1:8000/file.bin?x=1");
+
+        let u = Url::parse("http://[fd00:7::1]:8080").unwrap();
+        assert_eq!(u.host, Host::Ip("fd00:7::1".parse().unwrap()));
+        assert_eq!(u.port, 8080);
+        assert_eq!(u.path, "/");
+        assert_eq!(u.host_header(), "[fd00:7::1]:8080");
+
+        let u: Url = "HTTP://Example.COM?q".parse().unwrap();
+        assert_eq!(u.host, Host::Name("example.com".into()));
+        assert_eq!(u.port, 80);
+        assert_eq!(u.path, "/?q");
+        assert_eq!(u.host_header(), "example.com");
+
+        let u = Url::parse("http://h:/a b/é").unwrap();
+        assert_eq!(u.port, 80);
+        assert_eq!(u.path, "/a%20b/%C3%A9");
+    }
+
+    #[test]
+    fn url_errors_say_what_is_wrong() {
+        assert_eq!(Url::parse("https://x/"), Err(UrlError::Https));
+        assert!(UrlError::Https
+            .to_string()
+            .contains("https is not supported"));
+        assert_eq!(Url::parse("x/y"), Err(UrlError::MissingScheme));
+        assert_eq!(
+            Url::parse("ftp://x/"),
+            Err(UrlError::UnsupportedScheme("ftp".into()))
+        );
+        assert_eq!(Url::parse("http:///p"), Err(UrlError::EmptyHost));
+        assert_eq!(Url::parse("http://u:p@h/"), Err(UrlError::UserInfo));
+        assert!(matches!(
+            Url::parse("http://h:0/"),
+            Err(UrlError::BadPort(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://h:65536/"),
+            Err(UrlError::BadPort(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://h:x/"),
+            Err(UrlError::BadPort(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://fd00::1/"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://[nope]/"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://[::1]x/"),
+            Err(UrlError::BadHost(_))
+        ));
+        assert!(matches!(
+            Url::parse("http://a b/"),
+            Err(UrlError::BadHost(_))
+        ));
+    }
+
+    #[test]
+    fn request_bytes() {
+        let u = Url::parse("http://[::1]:8080/f?x").unwrap();
+        let req = String::from_utf8(u.request()).unwrap();
+        assert!(
+            req.starts_with("GET /f?x HTTP/1.1\r\nHost: [::1]:8080\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("Connection: close\r\n"));
+        assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    /// Feeds `input` in pieces of `split` bytes, returns (status, body, complete).
+    fn parse_response(
+        input: &[u8],
+        split: usize,
+        eof: bool,
+    ) -> Result<(u16, Vec<u8>), ResponseError> {
+        let mut p = ResponseParser::new();
+        let mut body = Vec::new();
+        for piece in input.chunks(split.max(1)) {
+            p.handle_input(piece, &mut body)?;
+        }
+        if eof {
+            p.handle_eof()?;
+        }
+        assert!(p.is_complete());
+        Ok((p.status().unwrap(), body))
+    }
+
+    #[test]
+    fn content_length_response_at_every_split() {
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloIGNORED";
+        for split in 1..resp.len() {
+            assert_eq!(
+                parse_response(resp, split, false).unwrap(),
+                (200, b"hello".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_response_at_every_split() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                     5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 1..resp.len() {
+            let (status, body) = parse_response(resp, split, false).unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
+        }
+        let bare = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n";
+        for split in 1..bare.len() {
+            assert_eq!(parse_response(bare, split, false).unwrap().1, b"abc");
+        }
+    }
+
+    #[test]
+    fn read_until_close_response() {
+        let resp = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nall of it";
+        let (status, body) = parse_response(resp, 3, true).unwrap();
+        assert_eq!((status, body.as_slice()), (200, &b"all of it"[..]));
+    }
+
+    #[test]
+    fn interim_and_bodyless_responses() {
+        let resp =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno";
+        let mut p = ResponseParser::new();
+        let mut body = Vec::new();
+        p.handle_input(resp, &mut body).unwrap();
+        assert_eq!(p.head().unwrap().status, 404);
+        assert_eq!(p.head().unwrap().reason, "Not Found");
+        assert_eq!(p.head().unwrap().header("content-length"), Some("2"));
+        assert_eq!(body, b"no");
+        assert!(p.is_complete());
+        let (s, b) = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 1, false).unwrap();
+        assert_eq!((s, b.len()), (204, 0));
+    }
+
+    #[test]
+    fn body_streams_as_it_arrives() {
+        let mut p = ResponseParser::new();
+        let mut body = Vec::new();
+        p.handle_input(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc",
+            &mut body,
+        )
+        .unwrap();
+        assert_eq!(p.status(), Some(200));
+        assert_eq!(body, b"abc");
+        body.clear();
+        p.handle_input(b"de", &mut body).unwrap();
+        assert_eq!(body, b"de");
+        assert!(!p.is_complete());
+        assert_eq!(p.handle_eof(), Err(ResponseError::Truncated));
+    }
+
+    #[test]
+    fn malformed_responses_are_errors() {
+        let cases: &[(&[u8], ResponseError)] = &[
+            (b"HTTP/2 200 OK\r\n\r\n", ResponseError::BadStatusLine),
+            (b"HTTP/1.1 20 OK\r\n\r\n", ResponseError::BadStatusLine),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", ResponseError::BadStatusLine),
+            (
+                b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                ResponseError::BadHeader,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                ResponseError::BadContentLength,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                ResponseError::BadContentLength,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                ResponseError::BadChunk,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXY",
+                ResponseError::BadChunk,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
+                ResponseError::BadChunk,
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                ResponseError::UnexpectedUpgrade,
+            ),
+        ];
+        for (input, err) in cases {
+            let mut p = ResponseParser::new();
+            let mut body = Vec::new();
+            assert_eq!(
+                p.handle_input(input, &mut body).as_ref(),
+                Err(err),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            // Stays failed.
+            assert_eq!(p.handle_input(b"more", &mut body).as_ref(), Err(err));
+        }
+        let mut p = ResponseParser::new();
+        let huge = vec![b'a'; MAX_RESPONSE_HEAD + 10];
+        assert_eq!(
+            p.handle_input(&huge, &mut Vec::new()),
+            Err(ResponseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn client_round_trip_against_the_server() {
+        let mut conn = ServerConn::new();
+        let url = Url::parse("http://10.7.0.2/bytes/100000").unwrap();
+        conn.handle_input(&url.request(), &ctx());
+        let mut p = ResponseParser::new();
+        let mut body = Vec::new();
+        let mut buf = [0u8; 1500];
+        let mut total = 0;
+        loop {
+            let n = conn.poll_output(&mut buf);
+            if n == 0 {
+                break;
+            }
+            p.handle_input(&buf[..n], &mut body).unwrap();
+            for (i, b) in body.iter().enumerate() {
+                assert_eq!(*b, pattern_byte((total + i) as u64));
+            }
+            total += body.len();
+            body.clear();
+        }
+        assert!(p.is_complete());
+        assert_eq!(total, 100_000);
+        assert!(
+            conn.should_close(),
+            "the client asked for Connection: close"
+        );
+    }
+
+    #[test]
+    fn random_garbage_never_panics_the_client_parser() {
+        let mut rng = XorShift(7);
+        let alphabet =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12;\r\n0a";
+        for round in 0..3000 {
+            let len = (rng.next() % 600) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = rng.next();
+                    if round % 2 == 0 {
+                        r as u8
+                    } else {
+                        alphabet[(r % alphabet.len() as u64) as usize]
+                    }
+                })
+                .collect();
+            let mut p = ResponseParser::new();
+            let mut body = Vec::new();
+            let mut failed = false;
+            for piece in input.chunks((rng.next() % 17) as usize + 1) {
+                failed |= p.handle_input(piece, &mut body).is_err();
+            }
+            failed |= p.handle_eof().is_err();
+            // Random bytes essentially never start with "HTTP/1.".
+            if round % 2 == 0 && len > 8 {
+                assert!(failed, "round {round}");
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The daemon: event loop, control socket and built-in services.
+
+pub mod http;
