@@ -8,6 +8,7 @@
 
 pub mod pcap;
 pub mod tun;
+pub mod virtual_link;
 
 pub use pcap::PcapWriter;
 pub use tun::Tun;

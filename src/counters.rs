@@ -1,0 +1,108 @@
+//! Counters: every packet the stack drops, and every connection event, is
+//! counted here under a name (netstack3's habit), not only logged.
+
+use crate::demux::Drop;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Event and drop counters of a [`Stack`](crate::Stack). All start at
+        /// zero and only grow.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// Every counter with its name, in declaration order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    /// IP packets handed to the stack.
+    packets_in,
+    /// IP packets the stack emitted.
+    packets_out,
+    /// Dropped: truncated or lying header lengths.
+    drop_malformed,
+    /// Dropped: IPv4 header, TCP or UDP checksum wrong.
+    drop_bad_checksum,
+    /// Dropped: IP fragment (no reassembly).
+    drop_fragment,
+    /// Dropped: IPv4 options present.
+    drop_ip_options,
+    /// Dropped: destination is not one of our addresses.
+    drop_not_for_us,
+    /// Dropped: source unspecified, multicast, broadcast, loopback or ours.
+    drop_martian_source,
+    /// Dropped: source equals destination.
+    drop_land,
+    /// Dropped: TCP or UDP port 0.
+    drop_port_zero,
+    /// Segments for a 4-tuple in TIME-WAIT that were not a retransmitted FIN.
+    drop_time_wait,
+    /// SYNs dropped because the listener's half-open queue was full.
+    drop_syn_queue_full,
+    /// Connections dropped because the listener's accept queue was full.
+    drop_accept_queue_full,
+    /// TCP connections we opened (`connect`).
+    tcp_active_opens,
+    /// TCP connections a peer opened and that reached the accept queue.
+    tcp_passive_opens,
+    /// Connections handed to the application by `accept`.
+    tcp_accepted,
+    /// SYNs to a port with no listener, answered with RST.
+    tcp_refused,
+    /// Our connection attempts refused by the peer (RST or ICMP).
+    tcp_connect_refused,
+    /// Established connections reset by the peer.
+    tcp_reset_by_peer,
+    /// Connections aborted by the application (RST sent).
+    tcp_aborted,
+    /// Connections that timed out (retransmission or user timeout).
+    tcp_timed_out,
+    /// Connections that closed gracefully.
+    tcp_closed,
+    /// ACKs sent for a retransmitted FIN in TIME-WAIT.
+    tcp_time_wait_acks,
+    /// RSTs sent for segments that matched nothing.
+    tcp_rst_sent,
+    /// UDP datagrams to a port with no socket (ICMP port unreachable sent).
+    udp_no_port,
+    /// UDP datagrams dropped because the socket's receive buffer was full.
+    udp_rx_overflow,
+    /// ICMP errors that named one of our flows.
+    icmp_errors,
+    /// Other ICMP messages passed to the ICMP layer (echo, …).
+    icmp_other,
+    /// Packets of another transport protocol (protocol unreachable).
+    other_protocol,
+}
+
+impl Counters {
+    /// Count a drop by its reason.
+    pub fn count_drop(&mut self, reason: Drop) {
+        let c = match reason {
+            Drop::Malformed => &mut self.drop_malformed,
+            Drop::BadChecksum => &mut self.drop_bad_checksum,
+            Drop::Fragment => &mut self.drop_fragment,
+            Drop::IpOptions => &mut self.drop_ip_options,
+            Drop::NotForUs => &mut self.drop_not_for_us,
+            Drop::MartianSource => &mut self.drop_martian_source,
+            Drop::Land => &mut self.drop_land,
+            Drop::PortZero => &mut self.drop_port_zero,
+        };
+        *c += 1;
+    }
+
+    /// Sum of every `drop_*` counter.
+    pub fn drops(&self) -> u64 {
+        self.iter()
+            .filter(|(name, _)| name.starts_with("drop_"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}

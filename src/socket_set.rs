@@ -1,0 +1,335 @@
+//! The socket set: every socket in a slab, addressed by small `Copy` ids.
+//!
+//! Each TCP connection and UDP socket owns a smoltcp `SocketSet` holding
+//! exactly one smoltcp socket. smoltcp's interface scans the set it is
+//! given for a socket that accepts a packet, so by handing it a one-socket
+//! set the stack makes that scan O(1): the port table already decided which
+//! connection a packet is for.
+//!
+//! Listeners are ours alone (smoltcp's listen socket turns into the
+//! connection it accepts): a listener is a bound port, a count of half-open
+//! connections and a bounded accept queue.
+//!
+//! Egress is driven by a dirty list (sockets with something new to send)
+//! and a timer queue fed by each socket's own `poll_at`, so nothing walks
+//! all sockets on a timer tick.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::Instant;
+
+use crate::error::ConnError;
+use crate::port_table::FlowKey;
+
+/// A socket's id: slab index plus a generation, so a stale id never reaches
+/// a socket that reused its slot.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId {
+    index: u32,
+    generation: u32,
+}
+
+/// A slab of values addressed by [`SocketId`].
+pub struct Slab<T> {
+    slots: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    /// The id the next [`insert`](Self::insert) will return.
+    pub fn next_id(&self) -> SocketId {
+        match self.free.last() {
+            Some(&index) => SocketId {
+                index,
+                generation: self.slots[index as usize].0,
+            },
+            None => SocketId {
+                index: self.slots.len() as u32,
+                generation: 0,
+            },
+        }
+    }
+
+    /// Store `value`, returning its id.
+    pub fn insert(&mut self, value: T) -> SocketId {
+        let id = self.next_id();
+        match self.free.pop() {
+            Some(index) => self.slots[index as usize].1 = Some(value),
+            None => self.slots.push((0, Some(value))),
+        }
+        self.len += 1;
+        id
+    }
+
+    /// The value at `id`, if it is still there.
+    pub fn get(&self, id: SocketId) -> Option<&T> {
+        match self.slots.get(id.index as usize) {
+            Some((generation, Some(v))) if *generation == id.generation => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value at `id`, mutably.
+    pub fn get_mut(&mut self, id: SocketId) -> Option<&mut T> {
+        match self.slots.get_mut(id.index as usize) {
+            Some((generation, Some(v))) if *generation == id.generation => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Take the value out; the slot's generation moves on so `id` goes stale.
+    pub fn remove(&mut self, id: SocketId) -> Option<T> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.0 != id.generation || slot.1.is_none() {
+            return None;
+        }
+        let v = slot.1.take();
+        slot.0 = slot.0.wrapping_add(1);
+        self.free.push(id.index);
+        self.len -= 1;
+        v
+    }
+
+    /// Number of values stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slab is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every stored value with its id (O(capacity): for display only).
+    pub fn iter(&self) -> impl Iterator<Item = (SocketId, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (generation, v))| {
+                v.as_ref().map(|v| {
+                    (
+                        SocketId {
+                            index: i as u32,
+                            generation: *generation,
+                        },
+                        v,
+                    )
+                })
+            })
+    }
+}
+
+/// Where a TCP connection is in its life, from the stack's side.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Opened by a SYN to this listener; not yet established.
+    HalfOpen(SocketId),
+    /// Established, waiting in this listener's accept queue.
+    Queued(SocketId),
+    /// The application holds the handle.
+    Owned,
+    /// The application closed or aborted it; freed once it reaches CLOSED
+    /// or TIME-WAIT.
+    Released,
+}
+
+/// One TCP connection: its smoltcp socket and our bookkeeping.
+pub struct TcpConn {
+    /// A set holding exactly this connection's smoltcp socket.
+    pub set: SocketSet<'static>,
+    /// The socket's handle inside `set`.
+    pub handle: SocketHandle,
+    /// Its 4-tuple.
+    pub key: FlowKey,
+    /// Whether `key` is still live in the port table.
+    pub registered: bool,
+    /// Ownership phase.
+    pub phase: Phase,
+    /// Why it failed, if it did.
+    pub error: Option<ConnError>,
+    /// The state seen after the last event, to detect transitions.
+    pub last_state: tcp::State,
+    /// When it was created.
+    pub created: Instant,
+    /// The deadline it is queued under in the timer heap, if any.
+    pub scheduled: Option<Instant>,
+    /// Whether it sits on the dirty list.
+    pub dirty: bool,
+    /// Whether an event for it is queued for the application.
+    pub event_queued: bool,
+}
+
+impl TcpConn {
+    /// The smoltcp socket.
+    pub fn socket(&self) -> &tcp::Socket<'static> {
+        self.set.get(self.handle)
+    }
+
+    /// The smoltcp socket, mutably.
+    pub fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut(self.handle)
+    }
+}
+
+/// A TCP listener: a bound port with its queues (RFC 9293 §3.10.1 "LISTEN").
+pub struct Listener {
+    /// The bound address (may be a wildcard).
+    pub local: SocketAddr,
+    /// Accept-queue limit.
+    pub backlog: usize,
+    /// Half-open (SYN-RECEIVED) connections it has spawned.
+    pub half_open: usize,
+    /// Established connections waiting for `accept`.
+    pub queue: VecDeque<SocketId>,
+    /// When it was created.
+    pub created: Instant,
+    /// Whether an `Incoming` event is queued for it.
+    pub event_queued: bool,
+}
+
+/// A UDP socket.
+pub struct UdpSock {
+    /// A set holding exactly this socket's smoltcp socket.
+    pub set: SocketSet<'static>,
+    /// The socket's handle inside `set`.
+    pub handle: SocketHandle,
+    /// The bound address.
+    pub local: SocketAddr,
+    /// When it was created.
+    pub created: Instant,
+    /// Whether it sits on the dirty list.
+    pub dirty: bool,
+    /// Whether an event for it is queued for the application.
+    pub event_queued: bool,
+}
+
+impl UdpSock {
+    /// The smoltcp socket.
+    pub fn socket(&self) -> &udp::Socket<'static> {
+        self.set.get(self.handle)
+    }
+
+    /// The smoltcp socket, mutably.
+    pub fn socket_mut(&mut self) -> &mut udp::Socket<'static> {
+        self.set.get_mut(self.handle)
+    }
+}
+
+/// Anything the slab holds.
+pub enum Socket {
+    /// A TCP connection.
+    Tcp(Box<TcpConn>),
+    /// A TCP listener.
+    Listener(Listener),
+    /// A UDP socket.
+    Udp(Box<UdpSock>),
+}
+
+/// Deadlines of sockets, earliest first. Entries go stale when a socket is
+/// rescheduled or freed; the owner checks `scheduled` when popping.
+#[derive(Default)]
+pub struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Instant, SocketId)>>,
+}
+
+impl TimerQueue {
+    /// Queue `id` for `at`.
+    pub fn push(&mut self, at: Instant, id: SocketId) {
+        self.heap.push(Reverse((at, id)));
+    }
+
+    /// The earliest deadline (possibly stale, so possibly early).
+    pub fn peek(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Pop the earliest entry if it is due by `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, SocketId)> {
+        match self.heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
+            _ => None,
+        }
+    }
+
+    /// Number of entries, stale ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether no entry is queued.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_ids_go_stale_after_remove() {
+        let mut s: Slab<&str> = Slab::default();
+        let a = s.insert("a");
+        let b = s.insert("b");
+        assert_eq!(s.get(a), Some(&"a"));
+        assert_eq!(s.remove(a), Some("a"));
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.remove(a), None);
+        let c = s.insert("c");
+        // Slot reused, generation moved on.
+        assert_ne!(a, c);
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.get(c), Some(&"c"));
+        assert_eq!(s.get(b), Some(&"b"));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.iter().count(), 2);
+    }
+
+    #[test]
+    fn next_id_predicts_insert() {
+        let mut s: Slab<u8> = Slab::default();
+        for i in 0..10 {
+            let want = s.next_id();
+            assert_eq!(s.insert(i), want);
+        }
+        let third = s.iter().nth(3).unwrap().0;
+        s.remove(third);
+        let want = s.next_id();
+        assert_eq!(s.insert(99), want);
+    }
+
+    #[test]
+    fn timers_pop_in_order_and_only_when_due() {
+        let mut s: Slab<u8> = Slab::default();
+        let (a, b) = (s.insert(1), s.insert(2));
+        let mut q = TimerQueue::default();
+        q.push(Instant::from_millis(20), a);
+        q.push(Instant::from_millis(10), b);
+        assert_eq!(q.peek(), Some(Instant::from_millis(10)));
+        assert_eq!(q.pop_due(Instant::from_millis(5)), None);
+        assert_eq!(
+            q.pop_due(Instant::from_millis(25)),
+            Some((Instant::from_millis(10), b))
+        );
+        assert_eq!(
+            q.pop_due(Instant::from_millis(25)),
+            Some((Instant::from_millis(20), a))
+        );
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,1340 @@
+//! The sans-IO stack: packets and time in, packets and deadlines out.
+//!
+//! ```text
+//!  bytes ─▶ handle_packet ─▶ demux::classify ─▶ PortTable::lookup ─┬─▶ connection's 1-socket set ─▶ smoltcp
+//!                                                                  ├─▶ listener: new half-open conn
+//!                                                                  └─▶ nothing: smoltcp RST / ICMP unreachable
+//!  poll_transmit ◀─ tx queue ◀─ smoltcp egress ◀─ dirty list + timer queue
+//! ```
+//!
+//! The stack never reads a clock or touches a file descriptor: the driver
+//! (TUN loop, virtual link, test) passes `now` in and moves the bytes.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration as StdDuration;
+
+use log::debug;
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, IpRepr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+use crate::counters::Counters;
+use crate::demux::{self, Class, IcmpError, LocalAddrs, TcpSeg};
+use crate::error::{
+    AcceptError, BindError, ConnError, ConnectError, ListenError, RecvError, SendError,
+};
+use crate::port_table::{self, FlowKey, Lookup, PortTable, PortTableConfig, Protocol};
+use crate::rng::{Rng, SeededRng};
+use crate::socket_set::{Listener, Phase, Slab, Socket, SocketId, TcpConn, TimerQueue, UdpSock};
+
+pub use smoltcp::socket::tcp::State as TcpState;
+
+/// Handle of a TCP connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct TcpHandle(SocketId);
+
+/// Handle of a TCP listener.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct ListenerHandle(SocketId);
+
+/// Handle of a UDP socket.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct UdpHandle(SocketId);
+
+/// Something the application may want to act on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The listener has connections waiting in its accept queue.
+    Incoming(ListenerHandle),
+    /// The connection changed: data, buffer space, state or error.
+    Tcp(TcpHandle),
+    /// The UDP socket received datagrams.
+    Udp(UdpHandle),
+}
+
+/// Configuration of a [`Stack`].
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// The stack's own addresses with their prefix lengths.
+    pub addrs: Vec<(IpAddr, u8)>,
+    /// IP MTU of the link (smoltcp derives the TCP MSS from it).
+    pub mtu: usize,
+    /// Ephemeral range, TIME-WAIT length, allocation step.
+    pub ports: PortTableConfig,
+    /// Default accept-queue length for `listen` (Linux `somaxconn`).
+    pub backlog: usize,
+    /// Half-open (SYN-RECEIVED) connections allowed per listener.
+    pub syn_backlog: usize,
+    /// Receive buffer per TCP connection, octets.
+    pub tcp_rx_buffer: usize,
+    /// Send buffer per TCP connection, octets.
+    pub tcp_tx_buffer: usize,
+    /// Datagrams buffered per UDP socket and direction.
+    pub udp_packets: usize,
+    /// Nagle's algorithm (RFC 896); off by default, as servers set
+    /// `TCP_NODELAY`.
+    pub nagle: bool,
+    /// Delayed-ACK time (RFC 1122 §4.2.3.2); smoltcp's default is 10 ms.
+    pub ack_delay: Option<Duration>,
+    /// Give up on a peer that stops answering after this long (user
+    /// timeout, RFC 9293 §3.8.4).
+    pub user_timeout: Option<Duration>,
+    /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
+    /// one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            addrs: Vec::new(),
+            mtu: 1500,
+            ports: PortTableConfig::default(),
+            backlog: 128,
+            syn_backlog: 128,
+            tcp_rx_buffer: 64 * 1024,
+            tcp_tx_buffer: 64 * 1024,
+            udp_packets: 64,
+            nagle: false,
+            ack_delay: Some(Duration::from_millis(10)),
+            user_timeout: Some(Duration::from_secs(120)),
+            seed: None,
+        }
+    }
+}
+
+/// A [`StackConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No address given.
+    NoAddress,
+    /// An address is unspecified, multicast, or has a prefix longer than
+    /// its family allows.
+    BadAddress(IpAddr, u8),
+    /// The MTU is below the minimum the families need (576 / 1280) or
+    /// above 65535.
+    BadMtu(usize),
+    /// The port table's configuration is invalid.
+    Ports(port_table::ConfigError),
+    /// A backlog or buffer size of zero.
+    ZeroSize(&'static str),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::NoAddress => write!(f, "the stack needs at least one address"),
+            ConfigError::BadAddress(a, p) => write!(f, "{a}/{p} is not a usable unicast address"),
+            ConfigError::BadMtu(m) => {
+                write!(f, "MTU {m} is out of range (576..=65535, 1280 with IPv6)")
+            }
+            ConfigError::Ports(e) => e.fmt(f),
+            ConfigError::ZeroSize(what) => write!(f, "{what} must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A row of [`Stack::snapshot`], like a line of `ss -tuan`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// TCP or UDP.
+    pub proto: Protocol,
+    /// RFC 9293 state name (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, …), or
+    /// `UNCONN` for UDP.
+    pub state: String,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address, for connections.
+    pub remote: Option<SocketAddr>,
+    /// Octets (or, for a listener, connections) waiting to be read.
+    pub recv_queue: usize,
+    /// Octets not yet acknowledged (or, for a listener, its backlog).
+    pub send_queue: usize,
+    /// Time since creation (for TIME-WAIT: since entering it).
+    pub age: StdDuration,
+}
+
+// ---- the device smoltcp sees -----------------------------------------------
+
+/// One packet in, any number out: the device handed to smoltcp for a single
+/// ingress or egress call.
+struct OneShot<'a> {
+    rx: Option<&'a [u8]>,
+    tx: &'a mut VecDeque<Vec<u8>>,
+    mtu: usize,
+}
+
+struct RxOne<'a>(&'a [u8]);
+struct TxOne<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for RxOne<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::TxToken for TxOne<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl phy::Device for OneShot<'_> {
+    type RxToken<'b>
+        = RxOne<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxOne<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxOne<'_>, TxOne<'_>)> {
+        let p = self.rx.take()?;
+        Some((RxOne(p), TxOne(self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxOne<'_>> {
+        Some(TxOne(self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        // demux verified IPv4, TCP and UDP checksums already; smoltcp only
+        // computes them on the way out.
+        let mut sums = ChecksumCapabilities::default();
+        sums.ipv4 = Checksum::Tx;
+        sums.tcp = Checksum::Tx;
+        sums.udp = Checksum::Tx;
+        caps.checksum = sums;
+        caps
+    }
+}
+
+struct Addrs<'a>(&'a [IpCidr]);
+
+impl LocalAddrs for Addrs<'_> {
+    fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = IpAddress::from(ip);
+        self.0.iter().any(|c| c.address() == ip)
+    }
+    fn is_subnet_broadcast(&self, ip: IpAddr) -> bool {
+        let IpAddr::V4(v4) = ip else { return false };
+        self.0.iter().any(|c| match c {
+            IpCidr::Ipv4(c) => c.prefix_len() < 31 && c.broadcast() == Some(v4),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        })
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Cause {
+    Ingress,
+    Egress,
+    App,
+}
+
+/// The stack. See the [module docs](self) for the packet's path.
+pub struct Stack {
+    iface: Interface,
+    tx: VecDeque<Vec<u8>>,
+    mtu: usize,
+    addrs: Vec<IpCidr>,
+    table: PortTable<SocketId>,
+    sockets: Slab<Socket>,
+    dirty: Vec<SocketId>,
+    timers: TimerQueue,
+    events: VecDeque<Event>,
+    counters: Counters,
+    config: StackConfig,
+    rng: SeededRng,
+    empty: SocketSet<'static>,
+    now: Instant,
+}
+
+fn since_epoch(t: Instant) -> StdDuration {
+    StdDuration::from_micros(t.total_micros().max(0) as u64)
+}
+
+fn from_std(d: StdDuration) -> Instant {
+    Instant::from_micros(d.as_micros() as i64)
+}
+
+impl Stack {
+    /// A stack with the given addresses and limits, starting at time `now`.
+    pub fn new(config: StackConfig, now: Instant) -> Result<Stack, ConfigError> {
+        if config.addrs.is_empty() {
+            return Err(ConfigError::NoAddress);
+        }
+        let mut cidrs = Vec::new();
+        for &(ip, prefix) in &config.addrs {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if prefix > max || ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::BadAddress(ip, prefix));
+            }
+            cidrs.push(IpCidr::new(ip.into(), prefix));
+        }
+        let min_mtu = if config.addrs.iter().any(|(a, _)| a.is_ipv6()) {
+            1280
+        } else {
+            576
+        };
+        if config.mtu < min_mtu || config.mtu > 65535 {
+            return Err(ConfigError::BadMtu(config.mtu));
+        }
+        for (what, n) in [
+            ("backlog", config.backlog),
+            ("syn backlog", config.syn_backlog),
+            ("TCP receive buffer", config.tcp_rx_buffer),
+            ("TCP send buffer", config.tcp_tx_buffer),
+            ("UDP buffer", config.udp_packets),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroSize(what));
+            }
+        }
+        let mut rng = match config.seed {
+            Some(seed) => SeededRng::new(seed),
+            None => SeededRng::from_entropy(),
+        };
+        let table = PortTable::new(config.ports.clone(), &mut rng).map_err(ConfigError::Ports)?;
+
+        let mut tx = VecDeque::new();
+        let mut dev = OneShot {
+            rx: None,
+            tx: &mut tx,
+            mtu: config.mtu,
+        };
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = rng.next_u64();
+        let mut iface = Interface::new(iface_config, &mut dev, now);
+        iface.update_ip_addrs(|a| {
+            for c in &cidrs {
+                let _ = a.push(*c);
+            }
+        });
+        // Medium::Ip needs no neighbours, but smoltcp asks for a route to
+        // any remote before it sends; the link is point-to-point, so route
+        // everything through ourselves.
+        for c in &cidrs {
+            match c {
+                IpCidr::Ipv4(v4) => {
+                    let _ = iface.routes_mut().add_default_ipv4_route(v4.address());
+                }
+                IpCidr::Ipv6(v6) => {
+                    let _ = iface.routes_mut().add_default_ipv6_route(v6.address());
+                }
+            }
+        }
+        Ok(Stack {
+            iface,
+            tx,
+            mtu: config.mtu,
+            addrs: cidrs,
+            table,
+            sockets: Slab::default(),
+            dirty: Vec::new(),
+            timers: TimerQueue::default(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            config,
+            rng,
+            empty: SocketSet::new(Vec::new()),
+            now,
+        })
+    }
+
+    // ---- sans-IO driving ---------------------------------------------------
+
+    /// Take in one IP packet received at `now`.
+    pub fn handle_packet(&mut self, now: Instant, packet: &[u8]) {
+        self.now = now;
+        self.counters.packets_in += 1;
+        let class = match demux::classify(packet, &Addrs(&self.addrs)) {
+            Ok(c) => c,
+            Err(reason) => {
+                debug!("drop {reason:?}: {} octets", packet.len());
+                self.counters.count_drop(reason);
+                return;
+            }
+        };
+        match class {
+            Class::Tcp { key, seg } => match self.table.lookup(&key) {
+                Lookup::Flow(id) => self.ingress(id, packet),
+                Lookup::TimeWait => self.time_wait_segment(&key, &seg),
+                Lookup::Bound(l) if seg.is_initial_syn() => self.syn_to_listener(l, key, packet),
+                Lookup::Bound(_) | Lookup::Nothing => {
+                    if seg.is_initial_syn() {
+                        self.counters.tcp_refused += 1;
+                    }
+                    if !seg.rst {
+                        self.counters.tcp_rst_sent += 1;
+                    }
+                    self.answer_unmatched(packet);
+                }
+            },
+            Class::Udp { key } => match self.table.lookup_bound(Protocol::Udp, key.local) {
+                Some(id) => self.ingress(id, packet),
+                None => {
+                    self.counters.udp_no_port += 1;
+                    self.answer_unmatched(packet);
+                }
+            },
+            Class::IcmpError { key, error } => self.icmp_error(&key, error),
+            Class::Icmp => {
+                self.counters.icmp_other += 1;
+                self.answer_unmatched(packet);
+            }
+            Class::OtherProtocol => {
+                self.counters.other_protocol += 1;
+                self.answer_unmatched(packet);
+            }
+        }
+    }
+
+    /// The next packet to put on the wire at `now`, if any. Runs due timers
+    /// and flushes sockets with pending output first.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.now = now;
+        if self.tx.is_empty() {
+            self.table.expire(since_epoch(now));
+            while let Some((at, id)) = self.timers.pop_due(now) {
+                if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                    if c.scheduled == Some(at) {
+                        c.scheduled = None;
+                        self.mark_dirty(id);
+                    }
+                }
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for id in dirty {
+                self.egress(id);
+            }
+        }
+        let p = self.tx.pop_front()?;
+        self.counters.packets_out += 1;
+        Some(p)
+    }
+
+    /// When [`poll_transmit`](Self::poll_transmit) next has work, if ever.
+    /// May be early (harmless), never late.
+    #[must_use]
+    pub fn poll_at(&self) -> Option<Instant> {
+        if !self.tx.is_empty() || !self.dirty.is_empty() {
+            return Some(self.now);
+        }
+        let tw = self.table.next_expiry().map(from_std);
+        match (self.timers.peek(), tw) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next application event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let ev = self.events.pop_front()?;
+        match ev {
+            Event::Incoming(ListenerHandle(id)) => {
+                if let Some(Socket::Listener(l)) = self.sockets.get_mut(id) {
+                    l.event_queued = false;
+                }
+            }
+            Event::Tcp(TcpHandle(id)) => {
+                if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                    c.event_queued = false;
+                }
+            }
+            Event::Udp(UdpHandle(id)) => {
+                if let Some(Socket::Udp(u)) = self.sockets.get_mut(id) {
+                    u.event_queued = false;
+                }
+            }
+        }
+        Some(ev)
+    }
+
+    /// The stack's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The port table (read-only), for inspection.
+    pub fn port_table(&self) -> &PortTable<SocketId> {
+        &self.table
+    }
+
+    /// The time last passed in.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    // ---- TCP API -----------------------------------------------------------
+
+    /// Listen on `local` (port 0 picks an ephemeral port; the address may be
+    /// the wildcard). `backlog` bounds the accept queue; `None` uses the
+    /// configured default.
+    pub fn listen(
+        &mut self,
+        local: SocketAddr,
+        backlog: Option<usize>,
+    ) -> Result<ListenerHandle, ListenError> {
+        if !local.ip().is_unspecified() && !self.is_local(local.ip()) {
+            return Err(ListenError::AddrNotAvailable);
+        }
+        let id = self.sockets.next_id();
+        let bound = self
+            .table
+            .bind(Protocol::Tcp, local, id, &mut self.rng)
+            .map_err(|_| ListenError::AddrInUse)?;
+        let got = self.sockets.insert(Socket::Listener(Listener {
+            local: bound,
+            backlog: backlog.unwrap_or(self.config.backlog).max(1),
+            half_open: 0,
+            queue: VecDeque::new(),
+            created: self.now,
+            event_queued: false,
+        }));
+        debug_assert_eq!(got, id);
+        debug!("listen {bound}");
+        Ok(ListenerHandle(id))
+    }
+
+    /// The address a listener is bound to.
+    pub fn listener_addr(&self, l: ListenerHandle) -> Option<SocketAddr> {
+        match self.sockets.get(l.0) {
+            Some(Socket::Listener(l)) => Some(l.local),
+            _ => None,
+        }
+    }
+
+    /// Take the oldest established connection from the accept queue.
+    pub fn accept(&mut self, l: ListenerHandle) -> Result<TcpHandle, AcceptError> {
+        loop {
+            let id = match self.sockets.get_mut(l.0) {
+                Some(Socket::Listener(listener)) => listener.queue.pop_front(),
+                _ => return Err(AcceptError::InvalidHandle),
+            };
+            let id = id.ok_or(AcceptError::WouldBlock)?;
+            if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                c.phase = Phase::Owned;
+                self.counters.tcp_accepted += 1;
+                debug!("accept {} <- {}", c.key.local, c.key.remote);
+                return Ok(TcpHandle(id));
+            }
+        }
+    }
+
+    /// Stop listening. Connections still in the accept queue are reset;
+    /// half-open ones are reset when they next make progress.
+    pub fn close_listener(&mut self, l: ListenerHandle) {
+        let Some(Socket::Listener(listener)) = self.sockets.remove(l.0) else {
+            return;
+        };
+        self.table.unbind(Protocol::Tcp, listener.local);
+        for id in listener.queue {
+            self.abort(TcpHandle(id));
+        }
+    }
+
+    /// Open a connection to `remote` from an ephemeral port that the port
+    /// table assigns (RFC 6056).
+    pub fn connect(&mut self, remote: SocketAddr) -> Result<TcpHandle, ConnectError> {
+        let local_ip = self.source_for(remote)?;
+        self.connect_from(SocketAddr::new(local_ip, 0), remote)
+    }
+
+    /// Open a connection from an explicit `local` address; port 0 means an
+    /// ephemeral port.
+    pub fn connect_from(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<TcpHandle, ConnectError> {
+        if remote.ip().is_unspecified() || remote.port() == 0 || remote.ip().is_multicast() {
+            return Err(ConnectError::InvalidAddress);
+        }
+        if !self.is_local(local.ip()) {
+            return Err(ConnectError::AddrNotAvailable);
+        }
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(ConnectError::NetworkUnreachable);
+        }
+        let id = self.sockets.next_id();
+        let key = if local.port() == 0 {
+            self.table
+                .allocate(Protocol::Tcp, local.ip(), remote, id, &mut self.rng)
+        } else {
+            let key = FlowKey::new(Protocol::Tcp, local, remote);
+            self.table.insert(key, id).map(|_| key)
+        }
+        .map_err(|_| ConnectError::AddrNotAvailable)?;
+
+        let mut socket = self.new_tcp_socket();
+        let r = socket.connect(
+            self.iface.context(),
+            IpEndpoint::from(key.remote),
+            IpEndpoint::from(key.local),
+        );
+        if r.is_err() {
+            self.table.release(&key);
+            return Err(ConnectError::AddrNotAvailable);
+        }
+        let got = self.insert_conn(socket, key, Phase::Owned);
+        debug_assert_eq!(got, id);
+        self.counters.tcp_active_opens += 1;
+        debug!("connect {} -> {}", key.local, key.remote);
+        self.mark_dirty(id);
+        Ok(TcpHandle(id))
+    }
+
+    /// Queue `data` for sending; returns how much fit in the send buffer.
+    pub fn send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, SendError> {
+        let c = self.conn_mut(h).ok_or(SendError::InvalidHandle)?;
+        if let Some(e) = c.error {
+            return Err(e.into());
+        }
+        let state = c.socket().state();
+        let r = c.socket_mut().send_slice(data);
+        let n = match r {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(match state {
+                    TcpState::SynSent | TcpState::SynReceived => SendError::WouldBlock,
+                    TcpState::Closed | TcpState::Listen => SendError::NotConnected,
+                    _ => SendError::BrokenPipe,
+                })
+            }
+        };
+        if n == 0 && !data.is_empty() {
+            return Err(SendError::WouldBlock);
+        }
+        self.mark_dirty(h.0);
+        Ok(n)
+    }
+
+    /// Read received data into `buf`. `Ok(0)` is end of stream (the peer
+    /// sent FIN and everything before it has been read).
+    pub fn recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let c = self.conn_mut(h).ok_or(RecvError::InvalidHandle)?;
+        let state = c.socket().state();
+        let error = c.error;
+        let r = c.socket_mut().recv_slice(buf);
+        match r {
+            Ok(0) if !buf.is_empty() => match error {
+                Some(e) => Err(e.into()),
+                None if matches!(state, TcpState::Closed) => Err(RecvError::NotConnected),
+                None => Err(RecvError::WouldBlock),
+            },
+            Ok(n) => {
+                // The window opened: let the peer know.
+                self.mark_dirty(h.0);
+                Ok(n)
+            }
+            Err(tcp::RecvError::Finished) => Ok(0),
+            Err(tcp::RecvError::InvalidState) => match (error, state) {
+                (Some(e), _) => Err(e.into()),
+                (None, TcpState::SynSent | TcpState::SynReceived) => Err(RecvError::WouldBlock),
+                (None, TcpState::TimeWait | TcpState::LastAck | TcpState::Closing) => Ok(0),
+                (None, _) => Err(RecvError::NotConnected),
+            },
+        }
+    }
+
+    /// Send FIN but keep reading (`shutdown(SHUT_WR)`).
+    pub fn shutdown(&mut self, h: TcpHandle) -> Result<(), SendError> {
+        let c = self.conn_mut(h).ok_or(SendError::InvalidHandle)?;
+        c.socket_mut().close();
+        self.after_io(h.0, Cause::App);
+        self.mark_dirty(h.0);
+        Ok(())
+    }
+
+    /// Close gracefully: FIN after the queued data, and give up the handle.
+    /// The connection lingers through FIN-WAIT and TIME-WAIT on its own.
+    pub fn close(&mut self, h: TcpHandle) {
+        let Some(c) = self.conn_mut(h) else { return };
+        c.socket_mut().close();
+        c.phase = Phase::Released;
+        self.mark_dirty(h.0);
+        self.after_io(h.0, Cause::App);
+    }
+
+    /// Reset the connection (RST) and give up the handle at once.
+    pub fn abort(&mut self, h: TcpHandle) {
+        let Some(c) = self.conn_mut(h) else { return };
+        let was_open = c.socket().is_open();
+        c.socket_mut().abort();
+        c.phase = Phase::Released;
+        if was_open {
+            self.counters.tcp_aborted += 1;
+        }
+        // Send the RST now, then reap.
+        self.egress(h.0);
+    }
+
+    /// The connection's RFC 9293 state; `None` once the handle is stale.
+    pub fn tcp_state(&self, h: TcpHandle) -> Option<TcpState> {
+        self.conn(h).map(|c| c.socket().state())
+    }
+
+    /// Why the connection failed, if it did.
+    pub fn tcp_error(&self, h: TcpHandle) -> Option<ConnError> {
+        self.conn(h).and_then(|c| c.error)
+    }
+
+    /// Whether `send` would accept data now.
+    pub fn can_send(&self, h: TcpHandle) -> bool {
+        self.conn(h).is_some_and(|c| c.socket().can_send())
+    }
+
+    /// Whether `recv` would return data or end of stream now.
+    pub fn can_recv(&self, h: TcpHandle) -> bool {
+        self.conn(h).is_some_and(|c| {
+            let s = c.socket();
+            s.can_recv()
+                || (!s.may_recv()
+                    && s.state() != TcpState::SynSent
+                    && s.state() != TcpState::SynReceived)
+                || c.error.is_some()
+        })
+    }
+
+    /// Octets queued but not yet acknowledged by the peer.
+    pub fn send_queue(&self, h: TcpHandle) -> usize {
+        self.conn(h).map_or(0, |c| c.socket().send_queue())
+    }
+
+    /// The connection's local address.
+    pub fn local_addr(&self, h: TcpHandle) -> Option<SocketAddr> {
+        self.conn(h).map(|c| c.key.local)
+    }
+
+    /// The connection's remote address.
+    pub fn peer_addr(&self, h: TcpHandle) -> Option<SocketAddr> {
+        self.conn(h).map(|c| c.key.remote)
+    }
+
+    // ---- UDP API -----------------------------------------------------------
+
+    /// Bind a UDP socket to `local` (port 0 picks an ephemeral port; the
+    /// address may be the wildcard).
+    pub fn udp_bind(&mut self, local: SocketAddr) -> Result<UdpHandle, BindError> {
+        if !local.ip().is_unspecified() && !self.is_local(local.ip()) {
+            return Err(BindError::AddrNotAvailable);
+        }
+        let id = self.sockets.next_id();
+        let bound = self
+            .table
+            .bind(Protocol::Udp, local, id, &mut self.rng)
+            .map_err(|_| BindError::AddrInUse)?;
+        let n = self.config.udp_packets;
+        let payload = n * self.mtu.min(2048);
+        let mut socket = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; n], vec![0; payload]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; n], vec![0; payload]),
+        );
+        let endpoint = IpListenEndpoint {
+            addr: (!bound.ip().is_unspecified()).then(|| bound.ip().into()),
+            port: bound.port(),
+        };
+        socket
+            .bind(endpoint)
+            .expect("port table handed out a non-zero port");
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        let got = self.sockets.insert(Socket::Udp(Box::new(UdpSock {
+            set,
+            handle,
+            local: bound,
+            created: self.now,
+            dirty: false,
+            event_queued: false,
+        })));
+        debug_assert_eq!(got, id);
+        Ok(UdpHandle(id))
+    }
+
+    /// The address a UDP socket is bound to.
+    pub fn udp_local_addr(&self, h: UdpHandle) -> Option<SocketAddr> {
+        match self.sockets.get(h.0) {
+            Some(Socket::Udp(u)) => Some(u.local),
+            _ => None,
+        }
+    }
+
+    /// Send one datagram to `remote`.
+    pub fn udp_send_to(
+        &mut self,
+        h: UdpHandle,
+        data: &[u8],
+        remote: SocketAddr,
+    ) -> Result<(), SendError> {
+        if remote.ip().is_unspecified() || remote.port() == 0 {
+            return Err(SendError::InvalidAddress);
+        }
+        let header = if remote.is_ipv4() { 28 } else { 48 };
+        if data.len() + header > self.mtu {
+            return Err(SendError::MessageTooLong);
+        }
+        let Some(Socket::Udp(u)) = self.sockets.get_mut(h.0) else {
+            return Err(SendError::InvalidHandle);
+        };
+        if u.local.is_ipv4() != remote.is_ipv4() {
+            return Err(SendError::InvalidAddress);
+        }
+        u.socket_mut()
+            .send_slice(data, IpEndpoint::from(remote))
+            .map_err(|e| match e {
+                udp::SendError::BufferFull => SendError::WouldBlock,
+                udp::SendError::Unaddressable => SendError::InvalidAddress,
+            })?;
+        self.mark_dirty(h.0);
+        Ok(())
+    }
+
+    /// Receive one datagram; a datagram longer than `buf` is truncated, as
+    /// with a socket. Returns its length as copied and its sender.
+    pub fn udp_recv_from(
+        &mut self,
+        h: UdpHandle,
+        buf: &mut [u8],
+    ) -> Result<(usize, SocketAddr), RecvError> {
+        let Some(Socket::Udp(u)) = self.sockets.get_mut(h.0) else {
+            return Err(RecvError::InvalidHandle);
+        };
+        let (data, meta) = u.socket_mut().recv().map_err(|_| RecvError::WouldBlock)?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        let ep = meta.endpoint;
+        Ok((n, SocketAddr::new(ep.addr.into(), ep.port)))
+    }
+
+    /// Close a UDP socket and free its port.
+    pub fn udp_close(&mut self, h: UdpHandle) {
+        if let Some(Socket::Udp(u)) = self.sockets.remove(h.0) {
+            self.table.unbind(Protocol::Udp, u.local);
+        }
+    }
+
+    // ---- inspection ----------------------------------------------------
+
+    /// Every socket and TIME-WAIT record, like `ss -tuan`. O(sockets): for
+    /// display, never on the packet path.
+    pub fn snapshot(&self) -> Vec<SocketInfo> {
+        let age = |t: Instant| since_epoch(self.now).saturating_sub(since_epoch(t));
+        let mut rows = Vec::new();
+        for (_, s) in self.sockets.iter() {
+            rows.push(match s {
+                Socket::Listener(l) => SocketInfo {
+                    proto: Protocol::Tcp,
+                    state: "LISTEN".into(),
+                    local: l.local,
+                    remote: None,
+                    recv_queue: l.queue.len(),
+                    send_queue: l.backlog,
+                    age: age(l.created),
+                },
+                Socket::Tcp(c) => SocketInfo {
+                    proto: Protocol::Tcp,
+                    state: c.socket().state().to_string(),
+                    local: c.key.local,
+                    remote: Some(c.key.remote),
+                    recv_queue: c.socket().recv_queue(),
+                    send_queue: c.socket().send_queue(),
+                    age: age(c.created),
+                },
+                Socket::Udp(u) => SocketInfo {
+                    proto: Protocol::Udp,
+                    state: "UNCONN".into(),
+                    local: u.local,
+                    remote: None,
+                    recv_queue: u.socket().recv_queue(),
+                    send_queue: u.socket().send_queue(),
+                    age: age(u.created),
+                },
+            });
+        }
+        let tw = self.table.config().time_wait;
+        for (key, until) in self.table.time_wait_entries() {
+            let left = until.saturating_sub(since_epoch(self.now));
+            rows.push(SocketInfo {
+                proto: key.proto,
+                state: "TIME-WAIT".into(),
+                local: key.local,
+                remote: Some(key.remote),
+                recv_queue: 0,
+                send_queue: 0,
+                age: tw.saturating_sub(left),
+            });
+        }
+        rows
+    }
+
+    /// Number of sockets (connections, listeners, UDP) alive in the slab.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Verify that the port table, the slab and the queues agree. For
+    /// tests and fuzzers; O(sockets).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.table.check_invariants()?;
+        let mut live = 0;
+        for (id, s) in self.sockets.iter() {
+            match s {
+                Socket::Tcp(c) => {
+                    if c.registered {
+                        live += 1;
+                        if self.table.flow(&c.key) != Some(id) {
+                            return Err(format!("{:?} registered but not in the table", c.key));
+                        }
+                    }
+                    if let Phase::HalfOpen(l) | Phase::Queued(l) = c.phase {
+                        if !matches!(self.sockets.get(l), Some(Socket::Listener(_)) | None) {
+                            return Err("half-open connection names a non-listener".into());
+                        }
+                    }
+                }
+                Socket::Listener(l) => {
+                    if l.half_open > self.config.syn_backlog {
+                        return Err(format!("{} half-open over the limit", l.half_open));
+                    }
+                    if l.queue.len() > l.backlog {
+                        return Err(format!("accept queue {} over backlog", l.queue.len()));
+                    }
+                    if self.table.lookup_bound(Protocol::Tcp, l.local) != Some(id) {
+                        return Err(format!("listener {} not bound", l.local));
+                    }
+                }
+                Socket::Udp(u) => {
+                    if self.table.lookup_bound(Protocol::Udp, u.local) != Some(id) {
+                        return Err(format!("UDP socket {} not bound", u.local));
+                    }
+                }
+            }
+        }
+        if live != self.table.live_flows() {
+            return Err(format!(
+                "{live} registered connections but {} live flows",
+                self.table.live_flows()
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        Addrs(&self.addrs).is_local(ip)
+    }
+
+    /// Source address for a connection to `remote`: one of ours in the
+    /// same subnet if there is one, else the first of the same family.
+    fn source_for(&self, remote: SocketAddr) -> Result<IpAddr, ConnectError> {
+        let r = IpAddress::from(remote.ip());
+        let same_family = |c: &&IpCidr| c.address().version() == r.version();
+        self.addrs
+            .iter()
+            .filter(same_family)
+            .find(|c| c.contains_addr(&r))
+            .or_else(|| self.addrs.iter().find(same_family))
+            .map(|c| c.address().into())
+            .ok_or(ConnectError::NetworkUnreachable)
+    }
+
+    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        let c = &self.config;
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; c.tcp_rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; c.tcp_tx_buffer]),
+        );
+        s.set_nagle_enabled(c.nagle);
+        s.set_ack_delay(c.ack_delay);
+        s.set_timeout(c.user_timeout);
+        s
+    }
+
+    fn insert_conn(
+        &mut self,
+        socket: tcp::Socket<'static>,
+        key: FlowKey,
+        phase: Phase,
+    ) -> SocketId {
+        let state = socket.state();
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        self.sockets.insert(Socket::Tcp(Box::new(TcpConn {
+            set,
+            handle,
+            key,
+            registered: true,
+            phase,
+            error: None,
+            last_state: state,
+            created: self.now,
+            scheduled: None,
+            dirty: false,
+            event_queued: false,
+        })))
+    }
+
+    fn conn(&self, h: TcpHandle) -> Option<&TcpConn> {
+        match self.sockets.get(h.0) {
+            Some(Socket::Tcp(c)) if c.phase == Phase::Owned => Some(c),
+            _ => None,
+        }
+    }
+
+    fn conn_mut(&mut self, h: TcpHandle) -> Option<&mut TcpConn> {
+        match self.sockets.get_mut(h.0) {
+            Some(Socket::Tcp(c)) if c.phase == Phase::Owned => Some(c),
+            _ => None,
+        }
+    }
+
+    fn mark_dirty(&mut self, id: SocketId) {
+        let flag = match self.sockets.get_mut(id) {
+            Some(Socket::Tcp(c)) => &mut c.dirty,
+            Some(Socket::Udp(u)) => &mut u.dirty,
+            _ => return,
+        };
+        if !*flag {
+            *flag = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Let smoltcp answer a packet no socket owns: RST for TCP (RFC 9293
+    /// §3.10.7.1), ICMP port unreachable for UDP, echo reply for ping.
+    fn answer_unmatched(&mut self, packet: &[u8]) {
+        let mut dev = OneShot {
+            rx: Some(packet),
+            tx: &mut self.tx,
+            mtu: self.mtu,
+        };
+        let _ = self
+            .iface
+            .poll_ingress_single(self.now, &mut dev, &mut self.empty);
+    }
+
+    /// Hand a packet to the one socket that owns it.
+    fn ingress(&mut self, id: SocketId, packet: &[u8]) {
+        let mut dev = OneShot {
+            rx: Some(packet),
+            tx: &mut self.tx,
+            mtu: self.mtu,
+        };
+        let set = match self.sockets.get_mut(id) {
+            Some(Socket::Tcp(c)) => &mut c.set,
+            Some(Socket::Udp(u)) => {
+                let before = u.socket().recv_queue();
+                let r = self
+                    .iface
+                    .poll_ingress_single(self.now, &mut dev, &mut u.set);
+                if r == PollIngressSingleResult::PacketProcessed
+                    && u.socket().recv_queue() == before
+                {
+                    self.counters.udp_rx_overflow += 1;
+                }
+                if !u.event_queued {
+                    u.event_queued = true;
+                    self.events.push_back(Event::Udp(UdpHandle(id)));
+                }
+                return;
+            }
+            _ => return,
+        };
+        let _ = self.iface.poll_ingress_single(self.now, &mut dev, set);
+        self.mark_dirty(id);
+        self.after_io(id, Cause::Ingress);
+    }
+
+    /// Flush one socket's output (and its due timers).
+    fn egress(&mut self, id: SocketId) {
+        let mut dev = OneShot {
+            rx: None,
+            tx: &mut self.tx,
+            mtu: self.mtu,
+        };
+        let set = match self.sockets.get_mut(id) {
+            Some(Socket::Tcp(c)) => {
+                c.dirty = false;
+                &mut c.set
+            }
+            Some(Socket::Udp(u)) => {
+                u.dirty = false;
+                &mut u.set
+            }
+            _ => return,
+        };
+        // Each call sends at most one segment; the window bounds the loop,
+        // the cap guards against a socket that never says it is done.
+        for _ in 0..4096 {
+            if self.iface.poll_egress(self.now, &mut dev, set) == PollResult::None {
+                break;
+            }
+        }
+        if matches!(self.sockets.get(id), Some(Socket::Tcp(_))) {
+            self.after_io(id, Cause::Egress);
+        }
+    }
+
+    /// React to whatever the last ingress, egress or call did to a TCP
+    /// connection: state transitions, queues, reaping, its next timer.
+    fn after_io(&mut self, id: SocketId, cause: Cause) {
+        let now = self.now;
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return;
+        };
+        let state = c.socket().state();
+        let prev = c.last_state;
+        c.last_state = state;
+
+        // How did it end, if it did? (RFC 9293 §3.10.7 for RST, §3.8.4 for
+        // timeouts.)
+        if state == TcpState::Closed && prev != TcpState::Closed && c.error.is_none() {
+            c.error = match (prev, cause) {
+                (TcpState::SynSent, Cause::Ingress) => Some(ConnError::Refused),
+                (TcpState::LastAck | TcpState::TimeWait | TcpState::Listen, _) => None,
+                (_, Cause::Ingress) => Some(ConnError::Reset),
+                (_, Cause::Egress) if c.phase != Phase::Released => Some(ConnError::TimedOut),
+                _ => None,
+            };
+            match c.error {
+                Some(ConnError::Refused) => self.counters.tcp_connect_refused += 1,
+                Some(ConnError::Reset) => self.counters.tcp_reset_by_peer += 1,
+                Some(ConnError::TimedOut) => self.counters.tcp_timed_out += 1,
+                None if prev == TcpState::LastAck => self.counters.tcp_closed += 1,
+                None => {}
+            }
+        }
+
+        // Half-open connections either reach the accept queue or vanish.
+        if let Phase::HalfOpen(l) = c.phase {
+            let established = matches!(
+                state,
+                TcpState::Established | TcpState::CloseWait | TcpState::FinWait1
+            );
+            let failed = matches!(
+                state,
+                TcpState::Closed | TcpState::Listen | TcpState::TimeWait
+            );
+            if established || failed {
+                let queued = match self.sockets.get_mut(l) {
+                    Some(Socket::Listener(listener)) => {
+                        listener.half_open -= 1;
+                        if established && listener.queue.len() < listener.backlog {
+                            listener.queue.push_back(id);
+                            if !listener.event_queued {
+                                listener.event_queued = true;
+                                self.events.push_back(Event::Incoming(ListenerHandle(l)));
+                            }
+                            true
+                        } else {
+                            if established {
+                                self.counters.drop_accept_queue_full += 1;
+                            }
+                            false
+                        }
+                    }
+                    // The listener closed while this was half-open.
+                    _ => false,
+                };
+                if !queued {
+                    self.reset_and_free(id);
+                    return;
+                }
+                self.counters.tcp_passive_opens += 1;
+                if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                    c.phase = Phase::Queued(l);
+                }
+            }
+        }
+
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return;
+        };
+        let released = c.phase == Phase::Released;
+        match state {
+            // Our side closed first: the 4-tuple goes to TIME-WAIT as a
+            // compact record and the socket is freed (RFC 9293 §3.6.1).
+            TcpState::TimeWait if released => {
+                let key = c.key;
+                if c.registered {
+                    self.table.enter_time_wait(&key, since_epoch(now));
+                }
+                self.counters.tcp_closed += 1;
+                self.sockets.remove(id);
+                return;
+            }
+            TcpState::Closed | TcpState::Listen => {
+                if c.registered {
+                    c.registered = false;
+                    let key = c.key;
+                    self.table.release(&key);
+                }
+                if released {
+                    self.sockets.remove(id);
+                    return;
+                }
+            }
+            _ => {}
+        }
+
+        // Tell the application.
+        if c.phase == Phase::Owned && (cause == Cause::Ingress || state != prev) && !c.event_queued
+        {
+            c.event_queued = true;
+            self.events.push_back(Event::Tcp(TcpHandle(id)));
+        }
+
+        // Schedule its next timer. After an egress round smoltcp has sent
+        // all it could, so "now" can only mean a timer that fired in the
+        // same instant: look again a millisecond later rather than spin.
+        let at = self.iface.poll_at(now, &c.set);
+        let at = match at {
+            Some(t) if t <= now && cause == Cause::Egress => Some(now + Duration::from_millis(1)),
+            other => other,
+        };
+        match at {
+            Some(t) if t <= now => self.mark_dirty(id),
+            Some(t) => {
+                if c.scheduled != Some(t) {
+                    c.scheduled = Some(t);
+                    self.timers.push(t, id);
+                }
+            }
+            None => c.scheduled = None,
+        }
+    }
+
+    /// Send RST for a connection the application never saw, and free it.
+    fn reset_and_free(&mut self, id: SocketId) {
+        if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+            c.socket_mut().abort();
+            c.phase = Phase::Released;
+        }
+        self.egress(id);
+        if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
+            if c.registered {
+                let key = c.key;
+                self.table.release(&key);
+            }
+            self.sockets.remove(id);
+        }
+    }
+
+    /// A SYN for a listener: make a half-open connection of its own, unless
+    /// the listener's queues are full (then drop and count: the peer will
+    /// retransmit, RFC 9293 §3.10.7.2).
+    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, packet: &[u8]) {
+        let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
+            return;
+        };
+        if listener.half_open >= self.config.syn_backlog {
+            self.counters.drop_syn_queue_full += 1;
+            return;
+        }
+        if listener.queue.len() >= listener.backlog {
+            self.counters.drop_accept_queue_full += 1;
+            return;
+        }
+        listener.half_open += 1;
+        let mut socket = self.new_tcp_socket();
+        socket
+            .listen(IpListenEndpoint {
+                addr: Some(key.local.ip().into()),
+                port: key.local.port(),
+            })
+            .expect("listening on a non-zero port of ours");
+        let id = self.sockets.next_id();
+        self.table
+            .insert(key, id)
+            .expect("lookup found no flow for this 4-tuple");
+        let got = self.insert_conn(socket, key, Phase::HalfOpen(l));
+        debug_assert_eq!(got, id);
+        self.ingress(id, packet);
+    }
+
+    /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our
+    /// last ACK was lost: ACK it again (RFC 9293 §3.10.7.4). RSTs are
+    /// ignored (RFC 1337); anything else is dropped.
+    fn time_wait_segment(&mut self, key: &FlowKey, seg: &TcpSeg) {
+        let retransmitted_fin = seg.fin && seg.ack && !seg.rst && !seg.syn;
+        if !retransmitted_fin {
+            self.counters.drop_time_wait += 1;
+            return;
+        }
+        let ip = IpRepr::new(
+            key.local.ip().into(),
+            key.remote.ip().into(),
+            IpProtocol::Tcp,
+            20,
+            64,
+        );
+        let tcp = TcpRepr {
+            src_port: key.local.port(),
+            dst_port: key.remote.port(),
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(seg.ack_number as i32),
+            ack_number: Some(TcpSeqNumber(seg.seq.wrapping_add(seg.len + 1) as i32)),
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
+        ip.emit(&mut buf[..], &ChecksumCapabilities::default());
+        let hl = ip.header_len();
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut buf[hl..]),
+            &ip.src_addr(),
+            &ip.dst_addr(),
+            &ChecksumCapabilities::default(),
+        );
+        self.tx.push_back(buf);
+        self.counters.tcp_time_wait_acks += 1;
+    }
+
+    /// An ICMP error about one of our flows (RFC 1122 §4.2.3.9): a hard
+    /// error aborts a connection still in SYN-SENT; soft errors are only
+    /// counted, as Linux does for established connections.
+    fn icmp_error(&mut self, key: &FlowKey, error: IcmpError) {
+        self.counters.icmp_errors += 1;
+        if key.proto != Protocol::Tcp || error != IcmpError::Refused {
+            return;
+        }
+        let Some(id) = self.table.flow(key) else {
+            return;
+        };
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return;
+        };
+        if c.socket().state() == TcpState::SynSent {
+            c.socket_mut().abort();
+            c.error = Some(ConnError::Refused);
+            self.counters.tcp_connect_refused += 1;
+            self.after_io(id, Cause::Ingress);
+        }
+    }
+}
