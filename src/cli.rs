@@ -1,0 +1,810 @@
+//! The command line: clap definitions and the pure parsers behind them.
+//!
+//! Every argument is parsed and checked here, before anything touches the
+//! OS, so a bad address, range or forward spec is a one-line error naming
+//! the argument and exits non-zero with nothing configured. `main.rs` only
+//! dispatches.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::device::kernel_peer_addr;
+use crate::device::tun::{MAX_MTU, MAX_NAME_LEN};
+
+/// `ephemera`: a user-space TCP/IP stack on a TUN device.
+#[derive(Debug, Parser)]
+#[command(name = "ephemera", version, about, propagate_version = true)]
+#[command(
+    long_about = "A user-space TCP/IP stack on a TUN device, with its own port table.\n\n\
+    `ephemera up` attaches the stack to a TUN interface and serves; `ephemera ports` and \
+    `ephemera fetch` talk to the running daemon over its control socket."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bring up a TUN interface and serve on ephemera's own stack until SIGINT/SIGTERM.
+    Up(UpArgs),
+    /// Show the running daemon's port table, like `ss -tuan`.
+    Ports(PortsArgs),
+    /// Make an HTTP/1.1 GET through the running daemon's stack and print the body.
+    Fetch(FetchArgs),
+}
+
+/// Arguments of `ephemera up`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    sudo ephemera up --tun tun0 --addr 10.7.0.2/24 --http 80 --echo 7\n  \
+    curl http://10.7.0.2/\n\n\
+    The kernel's end of the interface gets the lowest other host address of the subnet \
+    (10.7.0.1 for 10.7.0.2/24), so the kernel and ephemera are two hosts on one link.\n\n\
+    Without root: sudo ip tuntap add dev tun0 mode tun user $USER, configure it with ip(8), \
+    then ephemera up --no-configure ...")]
+pub struct UpArgs {
+    /// TUN interface to create (or attach to, with --no-configure).
+    #[arg(long, value_name = "NAME", value_parser = parse_ifname)]
+    pub tun: String,
+    /// The stack's IPv4 address and prefix length; the kernel gets another host of the subnet.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_v4)]
+    pub addr: Cidr,
+    /// The stack's IPv6 address and prefix length, e.g. fd00:7::2/64.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_v6)]
+    pub addr6: Option<Cidr>,
+    /// Interface MTU, up to 65535 (at least 1280 with --addr6).
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = parse_mtu)]
+    pub mtu: u32,
+    /// Serve HTTP/1.1 on this TCP port (`/` shows your 4-tuple and the port table; `/bytes/N`).
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub http: Option<u16>,
+    /// Serve echo (RFC 862) on this TCP and UDP port.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub echo: Option<u16>,
+    /// Serve discard (RFC 863) on this TCP and UDP port.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub discard: Option<u16>,
+    /// Serve SOCKS5 (RFC 1928, CONNECT, no auth) on this TCP port.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub socks: Option<u16>,
+    /// Forward TCP connections on LPORT to HOST:PORT (repeatable); HOST may be [IPv6] or a name.
+    #[arg(long, value_name = "LPORT=HOST:PORT", value_parser = parse_forward)]
+    pub forward: Vec<Forward>,
+    /// Ports ephemera's own table hands out for outgoing connections.
+    #[arg(long, value_name = "A-B", default_value = "49152-65535", value_parser = parse_range)]
+    pub ephemeral_range: PortRange,
+    /// Accept-queue length of each listener.
+    #[arg(long, value_name = "N", value_parser = parse_backlog)]
+    pub backlog: Option<usize>,
+    /// Drop privileges to this user once the interface is open and configured.
+    #[arg(long, value_name = "NAME", value_parser = parse_user)]
+    pub user: Option<String>,
+    /// Use the interface as it is: do not set address, MTU or link state (needs no privilege
+    /// on an interface created with `ip tuntap add ... user $USER`).
+    #[arg(long)]
+    pub no_configure: bool,
+    /// Write every packet in and out to this pcap file (tcpdump -r FILE).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Control socket path [default: /run/ephemera/TUN.sock as root, else
+    /// $XDG_RUNTIME_DIR/ephemera-TUN.sock or /tmp/ephemera-UID-TUN.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// Arguments of `ephemera ports`.
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the stack's counters.
+    #[arg(long)]
+    pub stats: bool,
+    /// The daemon's TUN name, to find its default control socket.
+    #[arg(long, value_name = "NAME", default_value = "tun0", value_parser = parse_ifname)]
+    pub tun: String,
+    /// Control socket path (overrides --tun).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// Arguments of `ephemera fetch`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The request leaves from an ephemeral port assigned by ephemera's own \
+    port table; the 4-tuple used is printed on stderr."
+)]
+pub struct FetchArgs {
+    /// The http:// URL to GET.
+    #[arg(value_name = "URL", value_parser = parse_http_url)]
+    pub url: String,
+    /// Write the body to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The daemon's TUN name, to find its default control socket.
+    #[arg(long, value_name = "NAME", default_value = "tun0", value_parser = parse_ifname)]
+    pub tun: String,
+    /// Control socket path (overrides --tun).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// An address with a prefix length, e.g. `10.7.0.2/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address.
+    pub addr: IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// The kernel side's address on the same subnet (see
+    /// [`kernel_peer_addr`]). Always succeeds for a `Cidr` from the parsers.
+    pub fn kernel_peer(&self) -> Option<IpAddr> {
+        kernel_peer_addr(self.addr, self.prefix).ok()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An inclusive port range `first-last`, `1 <= first <= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// A forward target's host: an address, or a name the daemon resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A literal IPv4 or IPv6 address.
+    Ip(IpAddr),
+    /// A DNS name.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Ip(a) => write!(f, "{a}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// `--forward LPORT=HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The stack's listening port.
+    pub listen_port: u16,
+    /// Where connections go.
+    pub host: Host,
+    /// The target port.
+    pub port: u16,
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}:{}", self.listen_port, self.host, self.port)
+    }
+}
+
+/// A port 1-65535.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port to listen on; use 1-65535".into()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{s:?} is not a port number (1-65535)")),
+    }
+}
+
+/// A range `A-B` of ports with `1 <= A <= B <= 65535`.
+pub fn parse_range(s: &str) -> Result<PortRange, String> {
+    let Some((a, b)) = s.split_once('-') else {
+        return Err(format!(
+            "{s:?} is not a range; write FIRST-LAST, e.g. 49152-65535"
+        ));
+    };
+    let first = parse_port(a)?;
+    let last = parse_port(b)?;
+    if first > last {
+        return Err(format!("range {s:?} is backwards: {first} > {last}"));
+    }
+    Ok(PortRange { first, last })
+}
+
+fn split_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let Some((a, p)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} has no prefix length; write ADDRESS/PREFIX, e.g. 10.7.0.2/24"
+        ));
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IP address"))?;
+    let prefix: u8 = p
+        .parse()
+        .map_err(|_| format!("{p:?} is not a prefix length"))?;
+    Ok((addr, prefix))
+}
+
+fn check_peer(cidr: Cidr) -> Result<Cidr, String> {
+    kernel_peer_addr(cidr.addr, cidr.prefix).map_err(|e| format!("{cidr}: {e}"))?;
+    Ok(cidr)
+}
+
+/// The stack's IPv4 address `A.B.C.D/N`: a unicast host address on a subnet
+/// with room for the kernel's address too (N <= 31).
+pub fn parse_cidr_v4(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = split_cidr(s)?;
+    let IpAddr::V4(a) = addr else {
+        return Err(format!("{s:?} is IPv6; use --addr6 for it"));
+    };
+    if prefix > 32 {
+        return Err(format!("{s:?}: an IPv4 prefix is 0-32"));
+    }
+    if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+        return Err(format!("{s:?}: {a} is not a unicast host address"));
+    }
+    check_peer(Cidr { addr, prefix })
+}
+
+/// The stack's IPv6 address `X::Y/N`: global or unique-local unicast, with
+/// room for the kernel's address too (N <= 127).
+pub fn parse_cidr_v6(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = split_cidr(s)?;
+    let IpAddr::V6(a) = addr else {
+        return Err(format!("{s:?} is IPv4; use --addr for it"));
+    };
+    if prefix > 128 {
+        return Err(format!("{s:?}: an IPv6 prefix is 0-128"));
+    }
+    let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+    if a.is_unspecified()
+        || a.is_multicast()
+        || a.is_loopback()
+        || a.to_ipv4_mapped().is_some()
+        || link_local
+    {
+        return Err(format!(
+            "{s:?}: {a} is not a global or unique-local unicast address (try fd00:7::2/64)"
+        ));
+    }
+    check_peer(Cidr { addr, prefix })
+}
+
+/// An interface name: 1-15 bytes, no `/`, `:`, `%` or whitespace.
+pub fn parse_ifname(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == b'%' || b.is_ascii_whitespace() || b == 0);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an interface name (1-{MAX_NAME_LEN} bytes, no '/', ':', '%' or spaces)"
+        ))
+    }
+}
+
+/// An MTU from 68 (the IPv4 minimum, RFC 791) to 65535.
+pub fn parse_mtu(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(m) if (68..=MAX_MTU).contains(&m) => Ok(m),
+        _ => Err(format!("{s:?} is not an MTU (68-{MAX_MTU})")),
+    }
+}
+
+/// A listen backlog of 1-65535.
+pub fn parse_backlog(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a backlog (1-65535)")),
+    }
+}
+
+/// A user name for `--user`: non-empty, no NUL, no `:` or whitespace.
+pub fn parse_user(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 256
+        || s.bytes()
+            .any(|b| b == 0 || b == b':' || b.is_ascii_whitespace())
+    {
+        return Err(format!("{s:?} is not a user name"));
+    }
+    Ok(s.to_string())
+}
+
+/// Whether `s` is a DNS name: dot-separated labels of 1-63 letters,
+/// digits, `-` or `_`, not starting or ending with `-`, 253 bytes at most.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// `HOST:PORT` with HOST an IPv4 address, a bracketed IPv6 address or a
+/// DNS name.
+pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((h, p)) = rest.split_once("]:") else {
+            return Err(format!("{s:?}: write an IPv6 target as [ADDRESS]:PORT"));
+        };
+        let a: Ipv6Addr = h
+            .parse()
+            .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
+        (Host::Ip(IpAddr::V6(a)), p)
+    } else {
+        let Some((h, p)) = s.rsplit_once(':') else {
+            return Err(format!("{s:?} has no port; write HOST:PORT"));
+        };
+        if h.contains(':') {
+            return Err(format!("{s:?}: write an IPv6 target as [ADDRESS]:PORT"));
+        }
+        let host = if let Ok(a) = h.parse::<Ipv4Addr>() {
+            Host::Ip(IpAddr::V4(a))
+        } else if is_dns_name(h) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            Host::Name(h.to_ascii_lowercase())
+        } else {
+            return Err(format!("{h:?} is not an IP address or host name"));
+        };
+        (host, p)
+    };
+    Ok((host, parse_port(port)?))
+}
+
+/// `LPORT=HOST:PORT`.
+pub fn parse_forward(s: &str) -> Result<Forward, String> {
+    let Some((l, target)) = s.split_once('=') else {
+        return Err(format!(
+            "{s:?} is not a forward; write LPORT=HOST:PORT, e.g. 8080=10.7.0.1:8000"
+        ));
+    };
+    let listen_port = parse_port(l)?;
+    let (host, port) = parse_host_port(target)?;
+    Ok(Forward {
+        listen_port,
+        host,
+        port,
+    })
+}
+
+/// A plain `http://` URL with a host (the daemon speaks no TLS).
+pub fn parse_http_url(s: &str) -> Result<String, String> {
+    let Some(rest) = s.strip_prefix("http://") else {
+        if s.starts_with("https://") {
+            return Err(format!("{s:?}: https is not supported; use http://"));
+        }
+        return Err(format!("{s:?} is not an http:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{s:?} has no host"));
+    }
+    if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("{s:?} contains spaces or control characters"));
+    }
+    Ok(s.to_string())
+}
+
+impl UpArgs {
+    /// Checks across arguments: no two services on one port, and an MTU
+    /// IPv6 can use when `--addr6` is given (RFC 8200 section 5).
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen: Vec<(u16, String)> = Vec::new();
+        let named = [
+            ("--http", self.http),
+            ("--echo", self.echo),
+            ("--discard", self.discard),
+            ("--socks", self.socks),
+        ];
+        let services = named
+            .iter()
+            .filter_map(|(n, p)| p.map(|p| (p, n.to_string())))
+            .chain(
+                self.forward
+                    .iter()
+                    .map(|f| (f.listen_port, format!("--forward {f}"))),
+            );
+        for (port, name) in services {
+            if let Some((_, other)) = seen.iter().find(|(p, _)| *p == port) {
+                return Err(format!("{name} and {other} both want TCP port {port}"));
+            }
+            seen.push((port, name));
+        }
+        if self.addr6.is_some() && self.mtu < 1280 {
+            return Err(format!(
+                "--mtu {} is below 1280, the IPv6 minimum; raise it or drop --addr6",
+                self.mtu
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The control socket used when `--control` is not given: under
+/// `/run/ephemera/` for root, else in `$XDG_RUNTIME_DIR`, else in `/tmp`
+/// with the uid in the name.
+pub fn default_control_path(euid: u32, xdg_runtime_dir: Option<&OsStr>, tun: &str) -> PathBuf {
+    if euid == 0 {
+        return Path::new("/run/ephemera").join(format!("{tun}.sock"));
+    }
+    match xdg_runtime_dir {
+        Some(dir) if !dir.is_empty() && Path::new(dir).is_absolute() => {
+            Path::new(dir).join(format!("ephemera-{tun}.sock"))
+        }
+        _ => PathBuf::from(format!("/tmp/ephemera-{euid}-{tun}.sock")),
+    }
+}
+
+/// [`default_control_path`] for this process.
+pub fn control_path(explicit: Option<&Path>, tun: &str) -> PathBuf {
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            // SAFETY: geteuid(2) cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            default_control_path(euid, std::env::var_os("XDG_RUNTIME_DIR").as_deref(), tun)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn up(args: &[&str]) -> Result<UpArgs, String> {
+        let mut full = vec!["ephemera", "up"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full) {
+            Ok(Cli {
+                command: Command::Up(a),
+            }) => Ok(a),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(parse_port("80"), Ok(80));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in ["0", "65536", "-1", "", "8o", " 80"] {
+            assert!(parse_port(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_range("49152-65535"),
+            Ok(PortRange {
+                first: 49152,
+                last: 65535
+            })
+        );
+        assert_eq!(parse_range("5-5"), Ok(PortRange { first: 5, last: 5 }));
+        for bad in [
+            "10-9", "0-10", "1-65536", "100", "-", "1-", "-5", "1-2-3", "a-b",
+        ] {
+            assert!(parse_range(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_range("10-9").unwrap_err().contains("backwards"));
+        let r = parse_range("100-200").unwrap();
+        assert!(r.contains(100) && r.contains(200) && !r.contains(99) && !r.contains(201));
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = parse_cidr_v4("10.7.0.2/24").unwrap();
+        assert_eq!(
+            c,
+            Cidr {
+                addr: "10.7.0.2".parse().unwrap(),
+                prefix: 24
+            }
+        );
+        assert_eq!(c.kernel_peer(), Some("10.7.0.1".parse().unwrap()));
+        assert_eq!(c.to_string(), "10.7.0.2/24");
+        for bad in [
+            "10.7.0.2",
+            "10.7.0.2/33",
+            "10.7.0.2/32",
+            "10.7.0.0/24",
+            "10.7.0.255/24",
+            "0.0.0.0/8",
+            "127.0.0.2/8",
+            "224.0.0.1/24",
+            "10.7.0/24",
+            "fd00::2/64",
+            "10.7.0.2/x",
+            "",
+        ] {
+            assert!(parse_cidr_v4(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_cidr_v4("10.7.0.2").unwrap_err().contains("prefix"));
+        assert!(parse_cidr_v4("fd00::2/64").unwrap_err().contains("--addr6"));
+
+        let c = parse_cidr_v6("fd00:7::2/64").unwrap();
+        assert_eq!(c.kernel_peer(), Some("fd00:7::1".parse().unwrap()));
+        for bad in [
+            "fd00:7::2",
+            "fd00:7::2/129",
+            "fd00:7::2/128",
+            "fd00:7::/64",
+            "::/0",
+            "::1/64",
+            "fe80::2/64",
+            "ff02::2/64",
+            "::ffff:10.0.0.2/96",
+            "10.7.0.2/24",
+        ] {
+            assert!(parse_cidr_v6(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forwards() {
+        assert_eq!(
+            parse_forward("8080=10.7.0.1:8000"),
+            Ok(Forward {
+                listen_port: 8080,
+                host: Host::Ip("10.7.0.1".parse().unwrap()),
+                port: 8000
+            })
+        );
+        assert_eq!(
+            parse_forward("8080=[fd00:7::1]:80"),
+            Ok(Forward {
+                listen_port: 8080,
+                host: Host::Ip("fd00:7::1".parse().unwrap()),
+                port: 80
+            })
+        );
+        assert_eq!(
+            parse_forward("22=Example.COM:22"),
+            Ok(Forward {
+                listen_port: 22,
+                host: Host::Name("example.com".into()),
+                port: 22
+            })
+        );
+        assert_eq!(
+            parse_forward("8080=[fd00:7::1]:80").unwrap().to_string(),
+            "8080=[fd00:7::1]:80"
+        );
+        for bad in [
+            "8080",
+            "8080=host",
+            "0=h:1",
+            "8080=h:0",
+            "8080=fd00::1:80",
+            "8080=[fd00::1]80",
+            "8080=[nope]:80",
+            "8080=-bad-.com:80",
+            "8080=a..b:80",
+            "8080=:80",
+            "8080=1.2.3:80",
+            "8080=h h:80",
+            "x=h:80",
+        ] {
+            assert!(parse_forward(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn small_parsers() {
+        assert_eq!(parse_mtu("65535"), Ok(65535));
+        assert_eq!(parse_mtu("1500"), Ok(1500));
+        assert!(
+            parse_mtu("65536").is_err() && parse_mtu("67").is_err() && parse_mtu("big").is_err()
+        );
+        assert_eq!(parse_backlog("128"), Ok(128));
+        assert!(parse_backlog("0").is_err() && parse_backlog("-1").is_err());
+        assert_eq!(parse_ifname("tun0"), Ok("tun0".into()));
+        assert!(
+            parse_ifname("averyverylongname").is_err()
+                && parse_ifname("a/b").is_err()
+                && parse_ifname("").is_err()
+        );
+        assert!(
+            parse_user("nobody").is_ok() && parse_user("").is_err() && parse_user("a b").is_err()
+        );
+        assert!(parse_http_url("http://10.7.0.1:8000/file").is_ok());
+        assert!(parse_http_url("http://host").is_ok());
+        for bad in [
+            "https://x/",
+            "ftp://x/",
+            "http://",
+            "http:///x",
+            "http://u@h/",
+            "x",
+            "http://h/a b",
+        ] {
+            assert!(parse_http_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn up_parses_and_validates() {
+        let a = up(&["--tun", "tun0", "--addr", "10.7.0.2/24"]).unwrap();
+        assert_eq!(a.mtu, 1500);
+        assert_eq!(
+            a.ephemeral_range,
+            PortRange {
+                first: 49152,
+                last: 65535
+            }
+        );
+        assert!(a.validate().is_ok());
+
+        let a = up(&[
+            "--tun",
+            "tun0",
+            "--addr",
+            "10.7.0.2/24",
+            "--addr6",
+            "fd00:7::2/64",
+            "--mtu",
+            "65535",
+            "--http",
+            "80",
+            "--echo",
+            "7",
+            "--discard",
+            "9",
+            "--socks",
+            "1080",
+            "--forward",
+            "8080=10.7.0.1:8000",
+            "--forward",
+            "2222=[fd00:7::1]:22",
+            "--ephemeral-range",
+            "40000-40099",
+            "--backlog",
+            "16",
+            "--user",
+            "nobody",
+            "--no-configure",
+            "--pcap",
+            "/tmp/x.pcap",
+            "--control",
+            "/tmp/c.sock",
+        ])
+        .unwrap();
+        assert!(a.validate().is_ok());
+        assert_eq!(a.forward.len(), 2);
+        assert_eq!(a.http, Some(80));
+        assert!(a.no_configure);
+
+        let a = up(&[
+            "--tun",
+            "tun0",
+            "--addr",
+            "10.7.0.2/24",
+            "--http",
+            "80",
+            "--forward",
+            "80=h:1",
+        ])
+        .unwrap();
+        assert!(a.validate().unwrap_err().contains("port 80"));
+        let a = up(&[
+            "--tun",
+            "tun0",
+            "--addr",
+            "10.7.0.2/24",
+            "--addr6",
+            "fd00::2/64",
+            "--mtu",
+            "1000",
+        ])
+        .unwrap();
+        assert!(a.validate().unwrap_err().contains("1280"));
+
+        let e = up(&["--tun", "tun0", "--addr", "10.7.0.0/24"]).unwrap_err();
+        assert!(
+            e.contains("--addr") && e.contains("network or broadcast"),
+            "{e}"
+        );
+        let e = up(&[
+            "--tun",
+            "tun0",
+            "--addr",
+            "10.7.0.2/24",
+            "--ephemeral-range",
+            "9-8",
+        ])
+        .unwrap_err();
+        assert!(e.contains("backwards"), "{e}");
+        assert!(up(&["--addr", "10.7.0.2/24"]).is_err());
+        assert!(up(&["--tun", "tun0"]).is_err());
+    }
+
+    #[test]
+    fn other_subcommands_parse() {
+        let c = Cli::try_parse_from(["ephemera", "ports", "--json", "--stats"]).unwrap();
+        let Command::Ports(p) = c.command else {
+            panic!()
+        };
+        assert!(p.json && p.stats && p.tun == "tun0" && p.control.is_none());
+        let c = Cli::try_parse_from(["ephemera", "fetch", "http://10.7.0.1:8000/f", "-o", "out"])
+            .unwrap();
+        let Command::Fetch(f) = c.command else {
+            panic!()
+        };
+        assert_eq!(f.output, Some(PathBuf::from("out")));
+        assert!(Cli::try_parse_from(["ephemera", "fetch", "https://x/"]).is_err());
+        assert!(Cli::try_parse_from(["ephemera"]).is_err());
+    }
+
+    #[test]
+    fn control_paths() {
+        assert_eq!(
+            default_control_path(0, Some(OsStr::new("/run/user/0")), "tun0"),
+            PathBuf::from("/run/ephemera/tun0.sock")
+        );
+        assert_eq!(
+            default_control_path(1000, Some(OsStr::new("/run/user/1000")), "tun0"),
+            PathBuf::from("/run/user/1000/ephemera-tun0.sock")
+        );
+        assert_eq!(
+            default_control_path(1000, None, "tun1"),
+            PathBuf::from("/tmp/ephemera-1000-tun1.sock")
+        );
+        assert_eq!(
+            default_control_path(1000, Some(OsStr::new("")), "t"),
+            PathBuf::from("/tmp/ephemera-1000-t.sock")
+        );
+        assert_eq!(
+            default_control_path(1000, Some(OsStr::new("rel")), "t"),
+            PathBuf::from("/tmp/ephemera-1000-t.sock")
+        );
+        assert_eq!(
+            control_path(Some(Path::new("/x/y.sock")), "tun0"),
+            PathBuf::from("/x/y.sock")
+        );
+    }
+}
