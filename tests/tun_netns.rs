@@ -137,7 +137,15 @@ fn open_configure_and_exchange_packets() {
         assert_eq!(icmp.payload(), &payload[..]);
 
         // The same over IPv6.
-        let sock6 = UdpSocket::bind((kernel6, 0)).unwrap();
+        // The address stays tentative until the kernel's address
+        // configuration work runs, a moment after link up.
+        let sock6 = (0..200)
+            .find_map(|_| {
+                UdpSocket::bind((kernel6, 0))
+                    .map_err(|_| std::thread::sleep(Duration::from_millis(10)))
+                    .ok()
+            })
+            .expect("IPv6 address never became usable");
         sock6.send_to(b"hello v6", (stack6, 9998)).unwrap();
         let pkt = recv_matching(&dev, |p| p.len() > 40 && p[0] >> 4 == 6 && p[6] == 17);
         let ip = etherparse::SlicedPacket::from_ip(&pkt).unwrap();
