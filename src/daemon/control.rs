@@ -115,6 +115,14 @@ pub enum Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(u64);
 
+#[cfg(test)]
+impl ClientId {
+    /// An id for tests that need one without a socket.
+    pub(crate) fn for_test(n: u64) -> ClientId {
+        ClientId(n)
+    }
+}
+
 #[derive(Debug)]
 struct Client {
     id: ClientId,

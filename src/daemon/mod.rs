@@ -11,6 +11,7 @@
 pub mod control;
 pub mod http;
 pub mod privileges;
+pub mod services;
 pub mod signals;
 pub mod socks;
 
@@ -19,8 +20,13 @@ use std::io::{self, BufWriter};
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::cli::{control_path, UpArgs};
-use crate::device::{tun, PcapWriter, Tun};
+use crate::cli::{control_path, Host, UpArgs};
+use crate::device::{tun, PcapWriter, PollFd, Tun};
+use crate::port_table::PortTableConfig;
+use crate::stack::{Stack, StackConfig};
+use crate::Instant;
+use control::Request;
+use services::{counter_map, port_entries, ForwardSpec as ServiceForward, ServiceSpec, Services};
 
 /// Which setup step an OS error came from, for [`explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,8 +223,242 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
 
 /// `ephemera up`: open the edge, then serve until SIGINT/SIGTERM.
 pub fn run(args: &UpArgs) -> Result<(), String> {
-    let _edge = open_edge(args)?;
-    Err("the event loop is not wired to the stack yet".to_string())
+    let edge = open_edge(args)?;
+    let mut addrs = vec![(args.addr.addr, args.addr.prefix)];
+    if let Some(c) = args.addr6 {
+        addrs.push((c.addr, c.prefix));
+    }
+    let config = StackConfig {
+        addrs,
+        mtu: edge.mtu as usize,
+        ports: PortTableConfig {
+            ephemeral: args.ephemeral_range.first..=args.ephemeral_range.last,
+            ..PortTableConfig::default()
+        },
+        backlog: args.backlog.unwrap_or(StackConfig::default().backlog),
+        ..StackConfig::default()
+    };
+    let spec = ServiceSpec {
+        http: args.http,
+        echo: args.echo,
+        discard: args.discard,
+        socks: args.socks,
+        forwards: args
+            .forward
+            .iter()
+            .map(|f| ServiceForward {
+                listen_port: f.listen_port,
+                host: match &f.host {
+                    Host::Ip(ip) => ip.to_string(),
+                    Host::Name(n) => n.clone(),
+                },
+                port: f.port,
+            })
+            .collect(),
+        backlog: args.backlog,
+    };
+    EventLoop::new(edge, config, &spec, args.addr6.is_some())?.run()
+}
+
+/// How long a graceful shutdown waits for connections to close.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Packets read from the TUN per loop turn, so timers and the control
+/// socket are served under a flood too.
+const READ_BATCH: usize = 256;
+
+/// The daemon's event loop: TUN, stack, services, control socket, signals.
+struct EventLoop {
+    edge: Edge,
+    stack: Stack,
+    services: Services,
+    /// The clock's origin: stack time is time since this.
+    start: std::time::Instant,
+    v6: bool,
+    buf: Vec<u8>,
+}
+
+impl EventLoop {
+    fn new(
+        edge: Edge,
+        config: StackConfig,
+        spec: &ServiceSpec,
+        v6: bool,
+    ) -> Result<EventLoop, String> {
+        let start = std::time::Instant::now();
+        let mut stack = Stack::new(config, Instant::from_micros(0))
+            .map_err(|e| format!("stack configuration: {e}"))?;
+        let services = Services::start(&mut stack, spec, true, v6)?;
+        Ok(EventLoop {
+            edge,
+            stack,
+            services,
+            start,
+            v6,
+            buf: vec![0u8; 65536],
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros().min(i64::MAX as u128) as i64)
+    }
+
+    fn capture(&mut self, packet: &[u8]) {
+        if let Some(pcap) = &mut self.edge.pcap {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if let Err(e) = pcap.write_packet(wall, packet) {
+                log::warn!("pcap: {e}; no longer capturing");
+                self.edge.pcap = None;
+            }
+        }
+    }
+
+    /// Read every queued packet (up to a batch) into the stack.
+    fn read_tun(&mut self) -> Result<(), String> {
+        for _ in 0..READ_BATCH {
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = self.edge.tun.recv(&mut buf);
+            let result = match r {
+                Ok(n) => {
+                    self.capture(&buf[..n]);
+                    let now = self.now();
+                    self.stack.handle_packet(now, &buf[..n]);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+                Err(e) => Err(format!("reading {}: {e}", self.edge.tun.name())),
+            };
+            self.buf = buf;
+            if !result? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand application events to the services; true if there were any.
+    fn dispatch_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(ev) = self.stack.poll_event() {
+            any = true;
+            self.services
+                .handle_event(&mut self.stack, ev, &mut self.edge.control);
+        }
+        any
+    }
+
+    fn serve_control(&mut self) {
+        self.edge.control.handle_io();
+        while let Some((id, req)) = self.edge.control.poll_request() {
+            match req {
+                Request::Ports => {
+                    let ports = port_entries(&self.stack);
+                    self.edge
+                        .control
+                        .reply(id, &control::Response::Ports { ports });
+                }
+                Request::Stats => {
+                    let counters = counter_map(&self.stack);
+                    self.edge
+                        .control
+                        .reply(id, &control::Response::Stats { counters });
+                }
+                Request::Fetch { url } => {
+                    let v6 = self.v6;
+                    self.services.start_fetch(
+                        &mut self.stack,
+                        id,
+                        &url,
+                        &mut self.edge.control,
+                        true,
+                        v6,
+                    );
+                }
+            }
+        }
+        self.services
+            .resume(&mut self.stack, &mut self.edge.control);
+    }
+
+    fn transmit(&mut self) {
+        let now = self.now();
+        while let Some(p) = self.stack.poll_transmit(now) {
+            self.capture(&p);
+            match self.edge.tun.send(&p) {
+                Ok(_) => {}
+                // The kernel queue is full or the packet was refused: drop
+                // it, as a link would; TCP retransmits.
+                Err(e) => log::debug!("tun write of {} bytes failed: {e}", p.len()),
+            }
+        }
+    }
+
+    fn run(mut self) -> Result<(), String> {
+        let mut deadline: Option<std::time::Instant> = None;
+        log::info!("serving on {}", self.edge.tun.name());
+        loop {
+            self.read_tun()?;
+            self.dispatch_events();
+            self.serve_control();
+            self.transmit();
+            // Sending may have produced events (timers, state changes).
+            if self.dispatch_events() {
+                self.transmit();
+            }
+
+            if let Some(sig) = self.edge.signals.take() {
+                if deadline.is_some() {
+                    log::info!("{sig:?} again: exiting now");
+                    break;
+                }
+                log::info!("{sig:?}: closing connections");
+                self.services
+                    .shutdown(&mut self.stack, &mut self.edge.control);
+                deadline = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
+                self.transmit();
+            }
+            if let Some(d) = deadline {
+                if self.stack.socket_count() == 0 {
+                    break;
+                }
+                if std::time::Instant::now() >= d {
+                    log::warn!(
+                        "{} connections still open after {:?}; exiting",
+                        self.stack.socket_count(),
+                        SHUTDOWN_GRACE
+                    );
+                    break;
+                }
+            }
+
+            let now = self.now();
+            let mut timeout = self.stack.poll_at().map(|at| {
+                let micros = (at - now).total_micros();
+                std::time::Duration::from_micros(if at > now { micros } else { 0 })
+            });
+            if let Some(d) = deadline {
+                let left = d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .max(std::time::Duration::from_millis(10));
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            let mut fds = vec![
+                PollFd::new(self.edge.tun.raw_fd(), false),
+                PollFd::new(self.edge.signals.fd(), false),
+            ];
+            self.edge.control.poll_fds(&mut fds);
+            crate::device::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
+        }
+        if let Some(pcap) = &mut self.edge.pcap {
+            if let Err(e) = pcap.flush() {
+                log::warn!("pcap: {e}");
+            }
+        }
+        log::info!("stopped");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
