@@ -320,11 +320,12 @@ pub fn parse_ifname(s: &str) -> Result<String, String> {
     }
 }
 
-/// An MTU from 68 (the IPv4 minimum, RFC 791) to 65535.
+/// An MTU from 576 (the IPv4 datagram every host must accept, RFC 791)
+/// to 65535.
 pub fn parse_mtu(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(m) if (68..=MAX_MTU).contains(&m) => Ok(m),
-        _ => Err(format!("{s:?} is not an MTU (68-{MAX_MTU})")),
+        Ok(m) if (576..=MAX_MTU).contains(&m) => Ok(m),
+        _ => Err(format!("{s:?} is not an MTU (576-{MAX_MTU})")),
     }
 }
 
@@ -639,7 +640,7 @@ mod tests {
         assert_eq!(parse_mtu("65535"), Ok(65535));
         assert_eq!(parse_mtu("1500"), Ok(1500));
         assert!(
-            parse_mtu("65536").is_err() && parse_mtu("67").is_err() && parse_mtu("big").is_err()
+            parse_mtu("65536").is_err() && parse_mtu("575").is_err() && parse_mtu("big").is_err()
         );
         assert_eq!(parse_backlog("128"), Ok(128));
         assert!(parse_backlog("0").is_err() && parse_backlog("-1").is_err());
