@@ -68,6 +68,8 @@ counters! {
     tcp_closed,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
+    /// FINs re-sent by the FIN watchdog (see `Stack` docs).
+    tcp_fin_resent,
     /// RSTs sent for segments that matched nothing.
     tcp_rst_sent,
     /// UDP datagrams to a port with no socket (ICMP port unreachable sent).

@@ -172,6 +172,18 @@ pub struct TcpConn {
     pub dirty: bool,
     /// Whether an event for it is queued for the application.
     pub event_queued: bool,
+    /// Last time the connection made progress: an ACK that freed send
+    /// buffer, a state change, or nothing outstanding at all.
+    pub progress_at: Instant,
+    /// Send-queue length at the last check, to see ACKs free it.
+    pub last_send_queue: usize,
+    /// The peer's latest SEG.ACK.
+    pub peer_ack: u32,
+    /// The sequence number just past the peer's latest segment (our
+    /// RCV.NXT when segments arrive in order).
+    pub peer_next: u32,
+    /// FIN watchdog: when to re-send our FIN ourselves, and the backoff.
+    pub fin_watch: Option<(Instant, u32)>,
 }
 
 impl TcpConn {
@@ -216,6 +228,8 @@ pub struct UdpSock {
     pub dirty: bool,
     /// Whether an event for it is queued for the application.
     pub event_queued: bool,
+    /// An ICMP "port unreachable" for a datagram it sent, not yet reported.
+    pub refused: bool,
 }
 
 impl UdpSock {

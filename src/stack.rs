@@ -85,8 +85,10 @@ pub struct StackConfig {
     pub nagle: bool,
     /// Delayed-ACK time (RFC 1122 §4.2.3.2); smoltcp's default is 10 ms.
     pub ack_delay: Option<Duration>,
-    /// Give up on a peer that stops answering after this long (user
-    /// timeout, RFC 9293 §3.8.4).
+    /// Give up on a connection whose outstanding data, SYN or FIN has seen
+    /// no progress for this long (user timeout, RFC 9293 §3.8.4; RFC 5482).
+    /// Idle connections with nothing outstanding never time out. This also
+    /// ends a peer that keeps its window at zero forever.
     pub user_timeout: Option<Duration>,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
@@ -377,7 +379,20 @@ impl Stack {
         };
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
-                Lookup::Flow(id) => self.ingress(id, packet),
+                Lookup::Flow(id) => {
+                    if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                        if seg.ack {
+                            c.peer_ack = seg.ack_number;
+                        }
+                        let next = seg
+                            .seq
+                            .wrapping_add(seg.len + seg.syn as u32 + seg.fin as u32);
+                        if (next.wrapping_sub(c.peer_next) as i32) > 0 || c.peer_next == 0 {
+                            c.peer_next = next;
+                        }
+                    }
+                    self.ingress(id, packet)
+                }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg),
                 Lookup::Bound(l) if seg.is_initial_syn() => self.syn_to_listener(l, key, packet),
                 Lookup::Bound(_) | Lookup::Nothing => {
@@ -766,6 +781,7 @@ impl Stack {
             created: self.now,
             dirty: false,
             event_queued: false,
+            refused: false,
         })));
         debug_assert_eq!(got, id);
         Ok(UdpHandle(id))
@@ -819,6 +835,11 @@ impl Stack {
         let Some(Socket::Udp(u)) = self.sockets.get_mut(h.0) else {
             return Err(RecvError::InvalidHandle);
         };
+        // A pending ICMP error is reported once, as Linux does on a UDP
+        // socket (`IP_RECVERR` aside).
+        if std::mem::take(&mut u.refused) {
+            return Err(RecvError::ConnectionRefused);
+        }
         let (data, meta) = u.socket_mut().recv().map_err(|_| RecvError::WouldBlock)?;
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);
@@ -967,7 +988,9 @@ impl Stack {
         );
         s.set_nagle_enabled(c.nagle);
         s.set_ack_delay(c.ack_delay);
-        s.set_timeout(c.user_timeout);
+        // smoltcp's own timeout also fires on idle connections; ephemera
+        // applies the user timeout itself, only to outstanding data.
+        s.set_timeout(None);
         s
     }
 
@@ -992,6 +1015,11 @@ impl Stack {
             scheduled: None,
             dirty: false,
             event_queued: false,
+            progress_at: self.now,
+            last_send_queue: 0,
+            peer_ack: 0,
+            peer_next: 0,
+            fin_watch: None,
         })))
     }
 
@@ -1205,6 +1233,57 @@ impl Stack {
             self.events.push_back(Event::Tcp(TcpHandle(id)));
         }
 
+        // The user timeout: outstanding data, SYN or FIN with no progress.
+        let sq = c.socket().send_queue();
+        let outstanding = sq > 0
+            || matches!(
+                state,
+                TcpState::SynSent
+                    | TcpState::SynReceived
+                    | TcpState::FinWait1
+                    | TcpState::Closing
+                    | TcpState::LastAck
+            );
+        if !outstanding || sq < c.last_send_queue || state != prev {
+            c.progress_at = now;
+        }
+        c.last_send_queue = sq;
+        let give_up = match self.config.user_timeout {
+            Some(t) if outstanding => Some(c.progress_at + t),
+            _ => None,
+        };
+        if give_up.is_some_and(|t| t <= now) {
+            debug!("user timeout {} -> {}", c.key.local, c.key.remote);
+            c.error = Some(ConnError::TimedOut);
+            self.counters.tcp_timed_out += 1;
+            c.socket_mut().abort();
+            self.mark_dirty(id);
+            return;
+        }
+
+        // FIN watchdog. smoltcp 0.14 can lose the retransmission timer of a
+        // FIN: a fast retransmit that finds the send buffer empty resets the
+        // timer to idle, and the FIN is never sent again. Once all data is
+        // acknowledged and only our FIN is outstanding, re-send it ourselves
+        // with exponential backoff until the state moves on.
+        let fin_only = sq == 0
+            && matches!(
+                state,
+                TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+            );
+        let mut resend_fin = None;
+        if !fin_only || state != prev || c.fin_watch.is_none() {
+            c.fin_watch = fin_only.then(|| (now + Duration::from_millis(1500), 1500));
+        } else if let Some((at, backoff)) = c.fin_watch {
+            if at <= now {
+                let backoff = (backoff * 2).min(60_000);
+                c.fin_watch = Some((now + Duration::from_millis(backoff as u64), backoff));
+                let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
+                resend_fin = Some((c.key, c.peer_ack, c.peer_next, window as u16));
+            }
+        }
+        let fin_at = c.fin_watch.map(|(at, _)| at);
+
         // Schedule its next timer. After an egress round smoltcp has sent
         // all it could, so "now" can only mean a timer that fired in the
         // same instant: look again a millisecond later rather than spin.
@@ -1213,6 +1292,7 @@ impl Stack {
             Some(t) if t <= now && cause == Cause::Egress => Some(now + Duration::from_millis(1)),
             other => other,
         };
+        let at = [at, give_up, fin_at].into_iter().flatten().min();
         match at {
             Some(t) if t <= now => self.mark_dirty(id),
             Some(t) => {
@@ -1222,6 +1302,11 @@ impl Stack {
                 }
             }
             None => c.scheduled = None,
+        }
+        if let Some((key, seq, ack, window)) = resend_fin {
+            debug!("re-sending FIN {} -> {}", key.local, key.remote);
+            self.counters.tcp_fin_resent += 1;
+            self.emit_segment(&key, seq, ack, TcpControl::Fin, window);
         }
     }
 
@@ -1252,7 +1337,10 @@ impl Stack {
             self.counters.drop_syn_queue_full += 1;
             return;
         }
-        if listener.queue.len() >= listener.backlog {
+        // Half-open connections count against the backlog too, so a
+        // connection that completes always finds room in the accept queue;
+        // a SYN beyond it is dropped and the peer retransmits it.
+        if listener.queue.len() + listener.half_open >= listener.backlog {
             self.counters.drop_accept_queue_full += 1;
             return;
         }
@@ -1282,20 +1370,33 @@ impl Stack {
             self.counters.drop_time_wait += 1;
             return;
         }
-        let ip = IpRepr::new(
-            key.local.ip().into(),
-            key.remote.ip().into(),
-            IpProtocol::Tcp,
-            20,
-            64,
+        self.emit_segment(
+            key,
+            seg.ack_number,
+            seg.seq.wrapping_add(seg.len + 1),
+            TcpControl::None,
+            0,
         );
+        self.counters.tcp_time_wait_acks += 1;
+    }
+
+    /// Put a bare segment (no payload) for `key` on the wire, built here
+    /// rather than by a socket: the TIME-WAIT ACK and the FIN watchdog.
+    fn emit_segment(
+        &mut self,
+        key: &FlowKey,
+        seq: u32,
+        ack: u32,
+        control: TcpControl,
+        window: u16,
+    ) {
         let tcp = TcpRepr {
             src_port: key.local.port(),
             dst_port: key.remote.port(),
-            control: TcpControl::None,
-            seq_number: TcpSeqNumber(seg.ack_number as i32),
-            ack_number: Some(TcpSeqNumber(seg.seq.wrapping_add(seg.len + 1) as i32)),
-            window_len: 0,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: window,
             window_scale: None,
             max_seg_size: None,
             sack_permitted: false,
@@ -1303,6 +1404,13 @@ impl Stack {
             timestamp: None,
             payload: &[],
         };
+        let ip = IpRepr::new(
+            key.local.ip().into(),
+            key.remote.ip().into(),
+            IpProtocol::Tcp,
+            tcp.header_len(),
+            64,
+        );
         let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
         ip.emit(&mut buf[..], &ChecksumCapabilities::default());
         let hl = ip.header_len();
@@ -1313,15 +1421,27 @@ impl Stack {
             &ChecksumCapabilities::default(),
         );
         self.tx.push_back(buf);
-        self.counters.tcp_time_wait_acks += 1;
     }
 
     /// An ICMP error about one of our flows (RFC 1122 §4.2.3.9): a hard
-    /// error aborts a connection still in SYN-SENT; soft errors are only
-    /// counted, as Linux does for established connections.
+    /// error aborts a connection still in SYN-SENT, or is reported by the
+    /// next receive on a UDP socket; soft errors are only counted, as Linux
+    /// does for established connections.
     fn icmp_error(&mut self, key: &FlowKey, error: IcmpError) {
         self.counters.icmp_errors += 1;
-        if key.proto != Protocol::Tcp || error != IcmpError::Refused {
+        if error != IcmpError::Refused {
+            return;
+        }
+        if key.proto == Protocol::Udp {
+            if let Some(id) = self.table.lookup_bound(Protocol::Udp, key.local) {
+                if let Some(Socket::Udp(u)) = self.sockets.get_mut(id) {
+                    u.refused = true;
+                    if !u.event_queued {
+                        u.event_queued = true;
+                        self.events.push_back(Event::Udp(UdpHandle(id)));
+                    }
+                }
+            }
             return;
         }
         let Some(id) = self.table.flow(key) else {

@@ -1,0 +1,460 @@
+//! The core's promises, end to end over the virtual link: scale, 4-tuple
+//! demultiplexing, refusals, loss recovery and listener backlogs.
+
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use ephemera::device::virtual_link::LinkConfig;
+use ephemera::{
+    ConnError, ConnectError, Event, ListenerHandle, Protocol, RecvError, StackConfig, TcpHandle,
+    TcpState,
+};
+
+fn small_buffers(addr: &str, seed: u64) -> StackConfig {
+    StackConfig {
+        tcp_rx_buffer: 1024,
+        tcp_tx_buffer: 1024,
+        backlog: 100_000,
+        syn_backlog: 100_000,
+        ..config(addr, seed)
+    }
+}
+
+/// Accept everything waiting on `l`.
+fn accept_all(
+    net: &mut ephemera::device::virtual_link::Network,
+    i: usize,
+    l: ListenerHandle,
+) -> Vec<TcpHandle> {
+    let mut out = Vec::new();
+    while let Ok(h) = net.stack(i).accept(l) {
+        out.push(h);
+    }
+    out
+}
+
+/// Open `n` connections from stack 0 to `servers` (round robin), send each
+/// a message naming its own local port, and check every server-side
+/// connection receives exactly the message of the peer it names, then
+/// echoes it back to the right client.
+fn many_connections(n: usize, server_ports: &[u16]) {
+    let mut net = pair(
+        LinkConfig {
+            seed: 7,
+            ..Default::default()
+        },
+        small_buffers(CLIENT, 7),
+        small_buffers(SERVER, 8),
+    );
+    let listeners: Vec<ListenerHandle> = server_ports
+        .iter()
+        .map(|p| {
+            net.stack(1)
+                .listen(SocketAddr::new(ip(SERVER), *p), None)
+                .unwrap()
+        })
+        .collect();
+
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let port = server_ports[i % server_ports.len()];
+        let h = net
+            .stack(0)
+            .connect(SocketAddr::new(ip(SERVER), port))
+            .unwrap_or_else(|e| panic!("connect #{i}: {e}"));
+        clients.push(h);
+    }
+    // Every 4-tuple is distinct, and all share one local address.
+    let mut tuples = std::collections::HashSet::new();
+    for &h in &clients {
+        let (l, r) = (
+            net.stack(0).local_addr(h).unwrap(),
+            net.stack(0).peer_addr(h).unwrap(),
+        );
+        assert_eq!(l.ip(), ip(CLIENT));
+        assert!(tuples.insert((l, r)), "4-tuple {l} -> {r} handed out twice");
+    }
+
+    let mut servers = Vec::with_capacity(n);
+    net.run_until(200_000, |net| {
+        for &l in &listeners {
+            servers.extend(accept_all(net, 1, l));
+        }
+        servers.len() == n
+    })
+    .expect("all connections accepted");
+    net.run_until(100_000, |net| {
+        clients
+            .iter()
+            .all(|&c| net.stack_ref(0).tcp_state(c) == Some(TcpState::Established))
+    })
+    .expect("all clients established");
+
+    for &c in &clients {
+        let msg = format!("from {}", net.stack(0).local_addr(c).unwrap());
+        assert_eq!(net.stack(0).send(c, msg.as_bytes()), Ok(msg.len()));
+    }
+    // Server side: read, check the message names the peer, echo it.
+    let mut pending: HashMap<TcpHandle, Vec<u8>> =
+        servers.iter().map(|&s| (s, Vec::new())).collect();
+    let mut echoed = 0;
+    let mut buf = [0u8; 256];
+    net.run_until(200_000, |net| {
+        while let Some(ev) = net.stack(1).poll_event() {
+            let Event::Tcp(s) = ev else { continue };
+            let Some(acc) = pending.get_mut(&s) else {
+                continue;
+            };
+            while let Ok(k) = net.stack(1).recv(s, &mut buf) {
+                if k == 0 {
+                    break;
+                }
+                acc.extend_from_slice(&buf[..k]);
+            }
+            let want = format!("from {}", net.stack(1).peer_addr(s).unwrap());
+            if acc.len() == want.len() {
+                assert_eq!(
+                    String::from_utf8_lossy(acc),
+                    want,
+                    "message reached the wrong connection"
+                );
+                net.stack(1).send(s, acc).unwrap();
+                pending.remove(&s);
+                echoed += 1;
+            }
+        }
+        echoed == n
+    })
+    .expect("every server connection got its message");
+
+    let mut done = 0;
+    let mut got: HashMap<TcpHandle, Vec<u8>> = HashMap::new();
+    net.run_until(200_000, |net| {
+        while let Some(ev) = net.stack(0).poll_event() {
+            let Event::Tcp(c) = ev else { continue };
+            let acc = got.entry(c).or_default();
+            while let Ok(k) = net.stack(0).recv(c, &mut buf) {
+                if k == 0 {
+                    break;
+                }
+                acc.extend_from_slice(&buf[..k]);
+            }
+            let want = format!("from {}", net.stack(0).local_addr(c).unwrap());
+            if acc.len() == want.len() {
+                assert_eq!(
+                    String::from_utf8_lossy(acc),
+                    want,
+                    "echo reached the wrong client"
+                );
+                done += 1;
+            }
+        }
+        done == n
+    })
+    .expect("every client got its echo");
+    assert_eq!(net.stack(0).port_table().live_flows(), n);
+    assert_eq!(net.stack(1).port_table().live_flows(), n);
+    net.stack(0).check_invariants().unwrap();
+    net.stack(1).check_invariants().unwrap();
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_each_get_their_own_bytes() {
+    many_connections(10_000, &[80]);
+}
+
+#[test]
+fn more_than_65536_outbound_connections_from_one_address() {
+    // 16,384 ephemeral ports per destination, five server ports: 70,000
+    // concurrent connections from 10.0.0.1 alone.
+    many_connections(70_000, &[80, 81, 82, 83, 84]);
+}
+
+#[test]
+fn connect_to_a_closed_port_is_refused_by_rst() {
+    let mut net = default_pair(3);
+    let c = net.stack(0).connect(sa("10.0.0.2:4444")).unwrap();
+    net.run_until(100, |n| n.stack(0).tcp_error(c).is_some())
+        .unwrap();
+    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Refused));
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        net.stack(0).recv(c, &mut buf),
+        Err(RecvError::ConnectionRefused)
+    );
+    assert_eq!(net.stack(1).counters().tcp_refused, 1);
+    assert_eq!(net.stack(1).counters().tcp_rst_sent, 1);
+    assert_eq!(net.stack(0).counters().tcp_connect_refused, 1);
+    // Refused well before any retransmission (RTO is 1 s).
+    assert!(net.now().total_millis() < 100);
+    // The port is free again at once.
+    assert_eq!(net.stack(0).port_table().live_flows(), 0);
+    net.stack(0).close(c);
+    assert_eq!(net.stack(0).socket_count(), 0);
+}
+
+#[test]
+fn udp_to_a_closed_port_gets_port_unreachable() {
+    let mut net = default_pair(4);
+    let u = net.stack(0).udp_bind(sa("0.0.0.0:0")).unwrap();
+    let local = net.stack(0).udp_local_addr(u).unwrap();
+    assert!((49152..=65535).contains(&local.port()));
+    net.stack(0)
+        .udp_send_to(u, b"anyone?", sa("10.0.0.2:9999"))
+        .unwrap();
+    net.run_until(100, |n| n.stack(0).counters().icmp_errors == 1)
+        .unwrap();
+    assert_eq!(net.stack(1).counters().udp_no_port, 1);
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        net.stack(0).udp_recv_from(u, &mut buf),
+        Err(RecvError::ConnectionRefused)
+    );
+    // Reported once; then the socket works as before.
+    assert_eq!(
+        net.stack(0).udp_recv_from(u, &mut buf),
+        Err(RecvError::WouldBlock)
+    );
+
+    // And an open port answers.
+    let s = net.stack(1).udp_bind(sa("10.0.0.2:9999")).unwrap();
+    net.stack(0)
+        .udp_send_to(u, b"hello", sa("10.0.0.2:9999"))
+        .unwrap();
+    net.run_until(100, |n| n.stack(1).udp_recv_from(s, &mut buf).is_ok())
+        .unwrap();
+}
+
+#[test]
+fn udp_round_trip_names_both_ends() {
+    let mut net = default_pair(5);
+    let s = net.stack(1).udp_bind(sa("0.0.0.0:53")).unwrap();
+    let c = net.stack(0).udp_bind(sa("10.0.0.1:0")).unwrap();
+    let cl = net.stack(0).udp_local_addr(c).unwrap();
+    net.stack(0)
+        .udp_send_to(c, b"query", sa("10.0.0.2:53"))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = None;
+    net.run_until(100, |n| {
+        got = n.stack(1).udp_recv_from(s, &mut buf).ok();
+        got.is_some()
+    })
+    .unwrap();
+    let (k, from) = got.unwrap();
+    assert_eq!(&buf[..k], b"query");
+    assert_eq!(from, cl);
+    net.stack(1).udp_send_to(s, b"answer", from).unwrap();
+    net.run_until(100, |n| {
+        got = n.stack(0).udp_recv_from(c, &mut buf).ok();
+        got.is_some()
+    })
+    .unwrap();
+    assert_eq!(got.unwrap(), (6, sa("10.0.0.2:53")));
+    assert_eq!(&buf[..6], b"answer");
+    // Binding the same port twice is EADDRINUSE.
+    assert_eq!(
+        net.stack(1)
+            .udp_bind(sa("10.0.0.2:53"))
+            .err()
+            .map(|e| e.errno()),
+        Some(98)
+    );
+}
+
+/// Send `total` bytes one way and check they arrive byte-exact.
+fn bulk(link: LinkConfig, total: usize) -> ephemera::device::virtual_link::Network {
+    let seed = link.seed;
+    let mut net = pair(link, config(CLIENT, seed), config(SERVER, seed + 1));
+    let l = net.stack(1).listen(sa("0.0.0.0:9"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:9")).unwrap();
+    let mut s = None;
+    net.run_until(10_000, |n| {
+        s = s.or_else(|| n.stack(1).accept(l).ok());
+        s.is_some()
+    })
+    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let s = s.unwrap();
+
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 256) as u8).collect();
+    let (mut sent, mut got) = (0usize, Vec::with_capacity(total));
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut closed = false;
+    net.run_until(2_000_000, |n| {
+        if sent < total {
+            if let Ok(k) = n.stack(0).send(c, &data[sent..]) {
+                sent += k;
+            }
+        } else if !closed {
+            n.stack(0).close(c);
+            closed = true;
+        }
+        loop {
+            match n.stack(1).recv(s, &mut buf) {
+                Ok(0) => return true,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(_) => return false,
+            }
+        }
+    })
+    .unwrap_or_else(|e| panic!("seed {seed}: {e}; got {} of {total}", got.len()));
+    assert_eq!(got.len(), total, "seed {seed}");
+    assert!(got == data, "seed {seed}: bytes differ");
+    net
+}
+
+#[test]
+fn bulk_transfer_is_byte_exact_on_a_clean_link() {
+    bulk(LinkConfig::default(), 4 << 20);
+}
+
+#[test]
+fn bulk_transfer_survives_five_percent_loss_and_reordering() {
+    for seed in 11..17 {
+        let net = bulk(
+            LinkConfig {
+                delay: ephemera::Duration::from_millis(5),
+                loss: 0.05,
+                reorder: 0.05,
+                seed,
+                ..Default::default()
+            },
+            1 << 20,
+        );
+        assert!(
+            net.stats().lost > 10,
+            "seed {seed}: the link lost too little to test anything"
+        );
+        assert!(net.stats().reordered > 10, "seed {seed}");
+    }
+}
+
+#[test]
+fn backlog_overflow_is_counted_and_the_listener_keeps_serving() {
+    let mut net = default_pair(21);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), Some(4)).unwrap();
+    // Ten clients, nobody accepting: four fit the accept queue.
+    let clients: Vec<TcpHandle> = (0..10)
+        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .collect();
+    net.run_for(ephemera::Duration::from_millis(200), 100_000)
+        .unwrap();
+    let c = net.stack(1).counters().clone();
+    assert!(c.drop_accept_queue_full >= 6, "{c:?}");
+    assert_eq!(c.tcp_passive_opens, 4);
+    let snap = net.stack(1).snapshot();
+    let row = snap.iter().find(|r| r.state == "LISTEN").unwrap();
+    assert_eq!((row.recv_queue, row.send_queue), (4, 4));
+    net.stack(1).check_invariants().unwrap();
+
+    // Accept as they come: the SYN retransmissions of the others get in.
+    let mut accepted = Vec::new();
+    net.run_until(1_000_000, |n| {
+        accepted.extend(accept_all(n, 1, l));
+        accepted.len() == 10
+    })
+    .expect("all ten eventually served");
+    let mut peers: Vec<_> = accepted
+        .iter()
+        .map(|&s| net.stack(1).peer_addr(s).unwrap())
+        .collect();
+    let mut locals: Vec<_> = clients
+        .iter()
+        .map(|&c| net.stack(0).local_addr(c).unwrap())
+        .collect();
+    peers.sort();
+    locals.sort();
+    assert_eq!(peers, locals);
+}
+
+#[test]
+fn listen_conflicts_follow_linux() {
+    let mut net = default_pair(31);
+    let s = net.stack(1);
+    let _l = s.listen(sa("10.0.0.2:80"), None).unwrap();
+    assert_eq!(
+        s.listen(sa("0.0.0.0:80"), None).err().map(|e| e.errno()),
+        Some(98)
+    );
+    assert_eq!(
+        s.listen(sa("10.0.0.2:80"), None).err().map(|e| e.errno()),
+        Some(98)
+    );
+    // Not our address: EADDRNOTAVAIL.
+    assert_eq!(
+        s.listen(sa("10.0.0.77:80"), None).err().map(|e| e.errno()),
+        Some(99)
+    );
+    // Port 0 picks an ephemeral port.
+    let l = s.listen(sa("0.0.0.0:0"), None).unwrap();
+    assert!(s.listener_addr(l).unwrap().port() >= 49152);
+    // UDP on the same port is a different space.
+    assert!(s.udp_bind(sa("0.0.0.0:80")).is_ok());
+    assert_eq!(s.port_table().binds(), 3);
+    assert!(matches!(
+        s.connect(sa("[fd00::1]:80")),
+        Err(ConnectError::NetworkUnreachable)
+    ));
+    assert!(matches!(
+        s.connect(sa("0.0.0.0:80")),
+        Err(ConnectError::InvalidAddress)
+    ));
+}
+
+#[test]
+fn exhausting_one_destination_leaves_others_working_and_time_wait_releases() {
+    let mut cfg = config(CLIENT, 41);
+    cfg.ports.ephemeral = 50000..=50003;
+    cfg.ports.time_wait = std::time::Duration::from_secs(30);
+    let mut net = pair(LinkConfig::default(), cfg, config(SERVER, 42));
+    let l80 = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let _l81 = net.stack(1).listen(sa("0.0.0.0:81"), None).unwrap();
+    let cs: Vec<_> = (0..4)
+        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .collect();
+    assert_eq!(
+        net.stack(0).connect(sa("10.0.0.2:80")).err(),
+        Some(ConnectError::AddrNotAvailable)
+    );
+    assert!(net.stack(0).connect(sa("10.0.0.2:81")).is_ok());
+
+    // Close all four from the client side: TIME-WAIT holds the ports.
+    let mut servers = Vec::new();
+    net.run_until(10_000, |n| {
+        servers.extend(accept_all(n, 1, l80));
+        servers.len() == 4
+    })
+    .unwrap();
+    for c in cs {
+        net.stack(0).close(c);
+    }
+    net.run_until(10_000, |n| {
+        let mut buf = [0u8; 4];
+        for &s in &servers {
+            if n.stack(1).recv(s, &mut buf) == Ok(0) {
+                n.stack(1).close(s);
+            }
+        }
+        n.stack_ref(0).port_table().time_wait_flows() == 4
+    })
+    .unwrap();
+    assert_eq!(
+        net.stack(0).connect(sa("10.0.0.2:80")).err(),
+        Some(ConnectError::AddrNotAvailable)
+    );
+    let tw_rows = net
+        .stack(0)
+        .snapshot()
+        .into_iter()
+        .filter(|r| r.state == "TIME-WAIT" && r.proto == Protocol::Tcp)
+        .count();
+    assert_eq!(tw_rows, 4);
+    // After 2·MSL the range is usable again.
+    net.run_for(ephemera::Duration::from_secs(31), 100_000)
+        .unwrap();
+    assert_eq!(net.stack(0).port_table().time_wait_flows(), 0);
+    assert!(net.stack(0).connect(sa("10.0.0.2:80")).is_ok());
+}
