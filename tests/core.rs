@@ -458,3 +458,31 @@ fn exhausting_one_destination_leaves_others_working_and_time_wait_releases() {
     assert_eq!(net.stack(0).port_table().time_wait_flows(), 0);
     assert!(net.stack(0).connect(sa("10.0.0.2:80")).is_ok());
 }
+
+#[test]
+fn a_retransmitted_syn_reaches_the_half_open_connection_it_created() {
+    // Every packet is delivered twice: each SYN arrives again while its
+    // half-open connection exists.
+    let mut net = pair(
+        LinkConfig {
+            duplicate: 1.0,
+            seed: 51,
+            ..Default::default()
+        },
+        config(CLIENT, 51),
+        config(SERVER, 52),
+    );
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let mut accepted = Vec::new();
+    net.run_for(ephemera::Duration::from_millis(100), 10_000)
+        .unwrap();
+    accepted.extend(accept_all(&mut net, 1, l));
+    assert_eq!(accepted.len(), 1, "one SYN, twice, makes one connection");
+    assert_eq!(net.stack(1).counters().tcp_passive_opens, 1);
+    // Listener + the one connection.
+    assert_eq!(net.stack(1).socket_count(), 2);
+    assert_eq!(net.stack(0).tcp_state(c), Some(TcpState::Established));
+    assert!(net.stats().duplicated > 0);
+    net.stack(1).check_invariants().unwrap();
+}
