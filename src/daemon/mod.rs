@@ -26,7 +26,10 @@ use crate::port_table::PortTableConfig;
 use crate::stack::{Stack, StackConfig};
 use crate::Instant;
 use control::Request;
-use services::{counter_map, port_entries, ForwardSpec as ServiceForward, ServiceSpec, Services};
+use services::{
+    counter_map, port_entries, DaemonServices as Services, ForwardSpec as ServiceForward,
+    ServiceSpec,
+};
 
 /// Which setup step an OS error came from, for [`explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,571 @@
+//! The services as the daemon's event loop drives them: one event at a
+//! time, with `fetch` answers going straight to control-socket clients.
+//!
+//! A thin adapter over [`Services`]: it maps the command line's service
+//! spec onto [`ServicesConfig`], resolves names with the host's resolver
+//! limited to the stack's address families, and turns [`FetchEvent`]s into
+//! control [`Response`]s, reading no further ahead than the control client
+//! takes (back-pressure).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use crate::daemon::control::{ClientId, PortEntry, Response};
+use crate::daemon::http::Url;
+use crate::stack::{Event, Stack};
+
+use super::{
+    port_entry, system_resolve, FetchEvent, FetchId, ForwardTarget, Services, ServicesConfig,
+};
+
+/// Fetch body bytes queued to a control client before reading pauses.
+const FETCH_BACKLOG: usize = 1024 * 1024;
+
+/// Where answers to control clients go.
+pub trait ControlSink {
+    /// Queue a response line; false if the client is gone.
+    fn reply(&mut self, id: ClientId, response: &Response) -> bool;
+    /// Queue raw body bytes; false if the client is gone.
+    fn send_body(&mut self, id: ClientId, data: &[u8]) -> bool;
+    /// Bytes queued and not yet taken by the client; `None` if it is gone.
+    fn pending_output(&self, id: ClientId) -> Option<usize>;
+    /// Close the client once its output is sent.
+    fn finish(&mut self, id: ClientId);
+}
+
+impl ControlSink for crate::daemon::control::ControlServer {
+    fn reply(&mut self, id: ClientId, response: &Response) -> bool {
+        crate::daemon::control::ControlServer::reply(self, id, response)
+    }
+    fn send_body(&mut self, id: ClientId, data: &[u8]) -> bool {
+        crate::daemon::control::ControlServer::send_body(self, id, data)
+    }
+    fn pending_output(&self, id: ClientId) -> Option<usize> {
+        crate::daemon::control::ControlServer::pending_output(self, id)
+    }
+    fn finish(&mut self, id: ClientId) {
+        crate::daemon::control::ControlServer::finish(self, id)
+    }
+}
+
+/// A forward target, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// The stack's listening port.
+    pub listen_port: u16,
+    /// Host name or address literal.
+    pub host: String,
+    /// Target port.
+    pub port: u16,
+}
+
+/// Which services to run.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpec {
+    /// HTTP port.
+    pub http: Option<u16>,
+    /// Echo port (TCP and UDP).
+    pub echo: Option<u16>,
+    /// Discard port (TCP and UDP).
+    pub discard: Option<u16>,
+    /// SOCKS5 port.
+    pub socks: Option<u16>,
+    /// Port forwards.
+    pub forwards: Vec<ForwardSpec>,
+    /// Listen backlog (`None`: the stack's default).
+    pub backlog: Option<usize>,
+}
+
+/// The stack's sockets as control-protocol rows.
+pub fn port_entries(stack: &Stack) -> Vec<PortEntry> {
+    stack.snapshot().iter().map(port_entry).collect()
+}
+
+/// The stack's counters by name.
+pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
+    stack
+        .counters()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Resolve `host:port` to an address of a family the stack has (`v4`,
+/// `v6`). Literals need no lookup; names use the host's resolver.
+pub fn resolve(host: &str, port: u16, v4: bool, v6: bool) -> Option<SocketAddr> {
+    let fits = |a: &SocketAddr| (a.is_ipv4() && v4) || (a.is_ipv6() && v6);
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port)).filter(fits);
+    }
+    (host, port).to_socket_addrs().ok()?.find(fits)
+}
+
+/// A fetch on behalf of a control client.
+#[derive(Debug)]
+struct ClientFetch {
+    id: FetchId,
+    client: ClientId,
+    tuple: Option<(SocketAddr, SocketAddr)>,
+    bytes: u64,
+}
+
+/// [`Services`] with the event loop's calling convention.
+#[derive(Debug)]
+pub struct DaemonServices {
+    inner: Services,
+    fetches: Vec<ClientFetch>,
+    closing: bool,
+}
+
+impl DaemonServices {
+    /// Bind every configured service on the wildcard of each of the
+    /// stack's families (`v4` always, `v6` if asked). A port already taken
+    /// is an error naming it, and leaves nothing bound.
+    pub fn start(
+        stack: &mut Stack,
+        spec: &ServiceSpec,
+        v4: bool,
+        v6: bool,
+    ) -> Result<DaemonServices, String> {
+        let forwards = spec
+            .forwards
+            .iter()
+            .map(|f| {
+                let literal = f.host.trim_start_matches('[').trim_end_matches(']');
+                let target = match literal.parse::<IpAddr>() {
+                    Ok(ip) => ForwardTarget::Addr(SocketAddr::new(ip, f.port)),
+                    Err(_) => ForwardTarget::Name(f.host.clone(), f.port),
+                };
+                (f.listen_port, target)
+            })
+            .collect();
+        let cfg = ServicesConfig {
+            http: spec.http,
+            echo: spec.echo,
+            discard: spec.discard,
+            socks: spec.socks,
+            forwards,
+            backlog: spec.backlog,
+            ipv6: v6,
+            ..ServicesConfig::default()
+        };
+        let mut inner = Services::new(stack, cfg).map_err(|e| e.to_string())?;
+        inner.set_resolver(Box::new(move |host: &str, port: u16| {
+            Ok(system_resolve(host, port)?
+                .into_iter()
+                .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
+                .collect())
+        }));
+        Ok(DaemonServices {
+            inner,
+            fetches: Vec::new(),
+            closing: false,
+        })
+    }
+
+    /// The services underneath.
+    pub fn services(&mut self) -> &mut Services {
+        &mut self.inner
+    }
+
+    /// Number of live TCP connections the services hold.
+    pub fn connection_count(&self) -> usize {
+        self.inner.connection_count()
+    }
+
+    /// When [`Self::resume`] should next run even without I/O (idle
+    /// timeouts); the loop should sleep no longer.
+    #[must_use]
+    pub fn poll_at(&self) -> Option<crate::Instant> {
+        self.inner.poll_at()
+    }
+
+    /// Act on one stack event.
+    pub fn handle_event(&mut self, stack: &mut Stack, event: Event, ctl: &mut dyn ControlSink) {
+        let now = stack.now();
+        self.inner.handle_event(stack, event, now);
+        self.answer_fetches(stack, ctl);
+    }
+
+    /// Start `ephemera fetch`: connect to the URL's host from an ephemeral
+    /// port of the stack's own table. Errors go to the client at once.
+    pub fn start_fetch(
+        &mut self,
+        stack: &mut Stack,
+        client: ClientId,
+        url: &str,
+        ctl: &mut dyn ControlSink,
+        v4: bool,
+        v6: bool,
+    ) {
+        let fail = |ctl: &mut dyn ControlSink, message: String| {
+            ctl.reply(client, &Response::Error { message });
+            ctl.finish(client);
+        };
+        if self.closing {
+            return fail(ctl, "the daemon is shutting down".into());
+        }
+        let url = match Url::parse(url) {
+            Ok(u) => u,
+            Err(e) => return fail(ctl, e.to_string()),
+        };
+        let resolver = |host: &str, port: u16| -> std::io::Result<Vec<SocketAddr>> {
+            Ok(system_resolve(host, port)?
+                .into_iter()
+                .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
+                .collect())
+        };
+        match self.inner.start_fetch(stack, &url, &resolver) {
+            Ok(id) => self.fetches.push(ClientFetch {
+                id,
+                client,
+                tuple: None,
+                bytes: 0,
+            }),
+            Err(e) => fail(ctl, e.to_string()),
+        }
+    }
+
+    /// Once per loop turn: idle timeouts, and fetches paused because their
+    /// control client was slow.
+    pub fn resume(&mut self, stack: &mut Stack, ctl: &mut dyn ControlSink) {
+        let now = stack.now();
+        self.inner.handle_events(stack, now);
+        self.answer_fetches(stack, ctl);
+    }
+
+    /// Stop accepting, close every connection gracefully, fail pending
+    /// fetches. The loop then runs until the stack has no sockets left.
+    pub fn shutdown(&mut self, stack: &mut Stack, ctl: &mut dyn ControlSink) {
+        self.closing = true;
+        self.inner.shutdown(stack);
+        self.answer_fetches(stack, ctl);
+    }
+
+    /// Move fetch events to their control clients, as far as each takes.
+    fn answer_fetches(&mut self, stack: &mut Stack, ctl: &mut dyn ControlSink) {
+        let inner = &mut self.inner;
+        self.fetches.retain_mut(|f| loop {
+            let Some(pending) = ctl.pending_output(f.client) else {
+                // The `fetch` command went away.
+                inner.cancel_fetch(stack, f.id);
+                return false;
+            };
+            if pending >= FETCH_BACKLOG {
+                return true;
+            }
+            let Some(ev) = inner.poll_fetch(f.id) else {
+                return true;
+            };
+            match ev {
+                FetchEvent::Connected { local, remote } => f.tuple = Some((local, remote)),
+                FetchEvent::Head { status } => {
+                    if let Some((local, remote)) = f.tuple {
+                        ctl.reply(
+                            f.client,
+                            &Response::FetchStarted {
+                                local,
+                                remote,
+                                status,
+                            },
+                        );
+                    }
+                }
+                FetchEvent::Body(b) => {
+                    f.bytes += b.len() as u64;
+                    ctl.send_body(f.client, &b);
+                }
+                FetchEvent::Done => {
+                    ctl.reply(f.client, &Response::FetchDone { bytes: f.bytes });
+                    ctl.finish(f.client);
+                    return false;
+                }
+                FetchEvent::Failed(message) => {
+                    ctl.reply(f.client, &Response::Error { message });
+                    ctl.finish(f.client);
+                    return false;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DaemonServices as Services;
+    use super::*;
+    use crate::daemon::http;
+    use crate::device::virtual_link::{LinkConfig, Network};
+    use crate::stack::StackConfig;
+    use crate::stack::TcpState;
+    use crate::Instant;
+    use std::collections::VecDeque;
+
+    /// Control answers collected in memory.
+    #[derive(Default)]
+    struct Sink {
+        lines: Vec<(ClientId, Response)>,
+        body: Vec<u8>,
+        finished: bool,
+    }
+    impl ControlSink for Sink {
+        fn reply(&mut self, id: ClientId, r: &Response) -> bool {
+            self.lines.push((id, r.clone()));
+            true
+        }
+        fn send_body(&mut self, _: ClientId, d: &[u8]) -> bool {
+            self.body.extend_from_slice(d);
+            true
+        }
+        fn pending_output(&self, _: ClientId) -> Option<usize> {
+            Some(0)
+        }
+        fn finish(&mut self, _: ClientId) {
+            self.finished = true;
+        }
+    }
+
+    fn config(addr: &str, seed: u64) -> StackConfig {
+        StackConfig {
+            addrs: vec![(addr.parse().unwrap(), 24)],
+            seed: Some(seed),
+            ..Default::default()
+        }
+    }
+
+    /// Client stack 0 at 10.0.0.1, daemon stack 1 at 10.0.0.2.
+    fn net() -> Network {
+        let mut net = Network::new(LinkConfig {
+            seed: 1,
+            ..Default::default()
+        });
+        let t0 = Instant::from_millis(0);
+        net.add(
+            Stack::new(config("10.0.0.1", 1), t0).unwrap(),
+            &["10.0.0.1".parse().unwrap()],
+        );
+        net.add(
+            Stack::new(config("10.0.0.2", 2), t0).unwrap(),
+            &["10.0.0.2".parse().unwrap()],
+        );
+        net
+    }
+
+    /// Step the link, feeding the daemon stack's events to `svc`.
+    fn run(net: &mut Network, svc: &mut Services, sink: &mut Sink, steps: usize) {
+        for _ in 0..steps {
+            net.step();
+            while let Some(ev) = net.stack(1).poll_event() {
+                let stack = net.stack(1);
+                svc.handle_event(stack, ev, sink);
+            }
+        }
+    }
+
+    fn exchange(
+        net: &mut Network,
+        svc: &mut Services,
+        sink: &mut Sink,
+        port: u16,
+        send: &[u8],
+    ) -> Vec<u8> {
+        let c = net
+            .stack(0)
+            .connect(format!("10.0.0.2:{port}").parse().unwrap())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut to_send: VecDeque<u8> = send.iter().copied().collect();
+        let mut shut = false;
+        for _ in 0..2000 {
+            run(net, svc, sink, 1);
+            let cl = net.stack(0);
+            if !to_send.is_empty() {
+                let (a, _) = to_send.as_slices();
+                if let Ok(n) = cl.send(c, a) {
+                    to_send.drain(..n);
+                }
+            } else if !shut && cl.tcp_state(c) == Some(TcpState::Established) {
+                let _ = cl.shutdown(c);
+                shut = true;
+            }
+            let mut buf = [0u8; 4096];
+            match cl.recv(c, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        net.stack(0).close(c);
+        got
+    }
+
+    #[test]
+    fn echo_discard_and_http_over_a_virtual_link() {
+        let mut net = net();
+        let spec = ServiceSpec {
+            http: Some(80),
+            echo: Some(7),
+            discard: Some(9),
+            ..Default::default()
+        };
+        let mut svc = Services::start(net.stack(1), &spec, true, false).unwrap();
+        let mut sink = Sink::default();
+
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        assert_eq!(exchange(&mut net, &mut svc, &mut sink, 7, &data), data);
+        assert!(exchange(&mut net, &mut svc, &mut sink, 9, &data).is_empty());
+
+        let page = exchange(
+            &mut net,
+            &mut svc,
+            &mut sink,
+            80,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("10.0.0.1:"), "{page}");
+        let bytes = exchange(
+            &mut net,
+            &mut svc,
+            &mut sink,
+            80,
+            b"GET /bytes/100000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(bytes.len() > 100_000 && bytes.ends_with(&[http::pattern_byte(99_999)]));
+
+        // UDP echo.
+        let u = net
+            .stack(0)
+            .udp_bind("10.0.0.1:5000".parse().unwrap())
+            .unwrap();
+        net.stack(0)
+            .udp_send_to(u, b"ping", "10.0.0.2:7".parse().unwrap())
+            .unwrap();
+        run(&mut net, &mut svc, &mut sink, 50);
+        let mut buf = [0u8; 16];
+        let (n, from) = net.stack(0).udp_recv_from(u, &mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"ping"[..], "10.0.0.2:7".parse().unwrap())
+        );
+        // A busy port is an error naming it.
+        let err = Services::start(net.stack(1), &spec, true, false).unwrap_err();
+        assert!(err.contains("port 80"), "{err}");
+    }
+
+    #[test]
+    fn fetch_and_forward_over_a_virtual_link() {
+        let mut net = net();
+        // The "client" stack 0 plays the HTTP server for the daemon's fetch.
+        let mut origin = Services::start(
+            net.stack(0),
+            &ServiceSpec {
+                http: Some(8000),
+                ..Default::default()
+            },
+            true,
+            false,
+        )
+        .unwrap();
+        let spec = ServiceSpec {
+            socks: Some(1080),
+            forwards: vec![ForwardSpec {
+                listen_port: 8080,
+                host: "10.0.0.1".into(),
+                port: 8000,
+            }],
+            ..Default::default()
+        };
+        let mut svc = Services::start(net.stack(1), &spec, true, false).unwrap();
+        let mut sink = Sink::default();
+        let mut origin_sink = Sink::default();
+        let id = ClientId::for_test(7);
+        svc.start_fetch(
+            net.stack(1),
+            id,
+            "http://10.0.0.1:8000/bytes/5000",
+            &mut sink,
+            true,
+            false,
+        );
+        for _ in 0..3000 {
+            net.step();
+            while let Some(ev) = net.stack(1).poll_event() {
+                svc.handle_event(net.stack(1), ev, &mut sink);
+            }
+            while let Some(ev) = net.stack(0).poll_event() {
+                origin.handle_event(net.stack(0), ev, &mut origin_sink);
+            }
+            if sink.finished {
+                break;
+            }
+        }
+        assert!(sink.finished);
+        let expected: Vec<u8> = (0..5000).map(http::pattern_byte).collect();
+        assert_eq!(sink.body, expected);
+        let Response::FetchStarted {
+            local,
+            remote,
+            status,
+        } = sink.lines[0].1.clone()
+        else {
+            panic!("{:?}", sink.lines)
+        };
+        assert_eq!((remote, status), ("10.0.0.1:8000".parse().unwrap(), 200));
+        assert!((49152..=65535).contains(&local.port()));
+        assert_eq!(
+            sink.lines.last().unwrap().1,
+            Response::FetchDone { bytes: 5000 }
+        );
+
+        // Through the forward and through SOCKS, from stack 0 back to its own
+        // HTTP service: the daemon's outbound legs use its ephemeral ports.
+        let get = b"GET /bytes/70000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+        let mut socks_req = vec![5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 1, 0x1f, 0x40];
+        socks_req.extend_from_slice(&get);
+        for (port, request, skip) in [(8080u16, get.clone(), 0usize), (1080, socks_req, 2 + 10)] {
+            let c = net
+                .stack(0)
+                .connect(format!("10.0.0.2:{port}").parse().unwrap())
+                .unwrap();
+            let mut sent = 0;
+            let mut got = Vec::new();
+            for _ in 0..5000 {
+                net.step();
+                while let Some(ev) = net.stack(1).poll_event() {
+                    svc.handle_event(net.stack(1), ev, &mut sink);
+                }
+                while let Some(ev) = net.stack(0).poll_event() {
+                    origin.handle_event(net.stack(0), ev, &mut origin_sink);
+                }
+                let cl = net.stack(0);
+                if sent < request.len() {
+                    if let Ok(n) = cl.send(c, &request[sent..]) {
+                        sent += n;
+                    }
+                }
+                let mut buf = [0u8; 8192];
+                match cl.recv(c, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            net.stack(0).close(c);
+            if port == 1080 {
+                // Method reply, then VER 5, REP 0 (succeeded), RSV, ATYP IPv4.
+                assert_eq!(&got[..6], &[5, 0, 5, 0, 0, 1], "SOCKS replies");
+            }
+            let text = String::from_utf8_lossy(&got[skip..]);
+            assert!(text.starts_with("HTTP/1.1 200"), "port {port}: {text:.200}");
+            assert!(got.ends_with(&[http::pattern_byte(69_999)]), "port {port}");
+        }
+
+        // A bad URL is refused at once.
+        let mut bad = Sink::default();
+        svc.start_fetch(net.stack(1), id, "https://x/", &mut bad, true, false);
+        assert!(bad.finished && matches!(bad.lines[0].1, Response::Error { .. }));
+    }
+}
