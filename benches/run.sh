@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every benchmark of issue 6 and regenerates docs/performance.md and
+# docs/perf-segment.svg:
+#
+#   benches/run.sh            micro-benchmarks + memory (no root needed)
+#   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
+#
+# About 3 minutes for the micro-benchmarks on two cores, plus ~1 for E2E.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+OUT=$CARGO_TARGET_DIR/ephemera-bench
+mkdir -p "$OUT"
+
+cargo bench --bench segment --bench port_table
+cargo bench --bench memory > "$OUT/memory.tsv"
+if [ "${E2E:-0}" = 1 ]; then
+    cargo build --release --bin ephemera
+    bash benches/e2e.sh "$CARGO_TARGET_DIR/release/ephemera" > "$OUT/e2e.tsv"
+else
+    rm -f "$OUT/e2e.tsv"
+fi
+cmd="benches/run.sh"
+[ "${E2E:-0}" = 1 ] && cmd="E2E=1 benches/run.sh"
+REPORT_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') REPORT_COMMAND="$cmd" \
+    cargo run --release --example perf_report -- \
+    "$CARGO_TARGET_DIR/criterion" "$OUT/memory.tsv" "$OUT/e2e.tsv" \
+    docs/performance.md docs/perf-segment.svg
