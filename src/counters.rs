@@ -44,8 +44,12 @@ counters! {
     drop_port_zero,
     /// Segments for a 4-tuple in TIME-WAIT that were not a retransmitted FIN.
     drop_time_wait,
-    /// SYNs dropped because the listener's half-open queue was full.
+    /// SYNs dropped because the listener's half-open queue was full and
+    /// held nothing to evict.
     drop_syn_queue_full,
+    /// Half-open connections evicted, oldest first, to make room for a new
+    /// SYN when the listener's half-open queue was full (SYN-flood defence).
+    drop_half_open_evicted,
     /// Connections dropped because the listener's accept queue was full.
     drop_accept_queue_full,
     /// TCP connections we opened (`connect`).

@@ -206,6 +206,10 @@ pub struct Listener {
     pub backlog: usize,
     /// Half-open (SYN-RECEIVED) connections it has spawned.
     pub half_open: usize,
+    /// Ids of the half-open connections in arrival order, oldest first;
+    /// may hold stale ids (connections that completed or failed), which
+    /// eviction skips and pruning drops.
+    pub half_open_order: VecDeque<SocketId>,
     /// Established connections waiting for `accept`.
     pub queue: VecDeque<SocketId>,
     /// When it was created.

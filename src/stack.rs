@@ -522,6 +522,7 @@ impl Stack {
             local: bound,
             backlog: backlog.unwrap_or(self.config.backlog).max(1),
             half_open: 0,
+            half_open_order: VecDeque::new(),
             queue: VecDeque::new(),
             created: self.now,
             event_queued: false,
@@ -1326,24 +1327,31 @@ impl Stack {
         }
     }
 
-    /// A SYN for a listener: make a half-open connection of its own, unless
-    /// the listener's queues are full (then drop and count: the peer will
-    /// retransmit, RFC 9293 §3.10.7.2).
+    /// A SYN for a listener: make a half-open connection of its own.
+    /// Half-open connections count against the backlog too, so a connection
+    /// that completes always finds room in the accept queue. When the
+    /// half-open limit or the backlog is reached, the oldest half-open
+    /// connection makes room (see
+    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)); when the
+    /// accept queue alone is full the SYN is dropped and counted (the peer
+    /// will retransmit, RFC 9293 §3.10.7.2).
     fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, packet: &[u8]) {
-        let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
+        let Some(Socket::Listener(listener)) = self.sockets.get(l) else {
             return;
         };
-        if listener.half_open >= self.config.syn_backlog {
-            self.counters.drop_syn_queue_full += 1;
-            return;
-        }
-        // Half-open connections count against the backlog too, so a
-        // connection that completes always finds room in the accept queue;
-        // a SYN beyond it is dropped and the peer retransmits it.
-        if listener.queue.len() + listener.half_open >= listener.backlog {
+        if listener.queue.len() >= listener.backlog {
             self.counters.drop_accept_queue_full += 1;
             return;
         }
+        let full = listener.half_open >= self.config.syn_backlog
+            || listener.queue.len() + listener.half_open >= listener.backlog;
+        if full && !self.evict_oldest_half_open(l) {
+            self.counters.drop_syn_queue_full += 1;
+            return;
+        }
+        let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
+            return;
+        };
         listener.half_open += 1;
         let mut socket = self.new_tcp_socket();
         socket
@@ -1358,7 +1366,55 @@ impl Stack {
             .expect("lookup found no flow for this 4-tuple");
         let got = self.insert_conn(socket, key, Phase::HalfOpen(l));
         debug_assert_eq!(got, id);
+        if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
+            listener.half_open_order.push_back(id);
+            // Drop stale ids now and then, so the order stays within twice
+            // the half-open limit (amortised O(1) per SYN).
+            if listener.half_open_order.len() > 2 * self.config.syn_backlog {
+                let mut order = std::mem::take(&mut listener.half_open_order);
+                order.retain(|&h| {
+                    matches!(self.sockets.get(h), Some(Socket::Tcp(c)) if c.phase == Phase::HalfOpen(l))
+                });
+                if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
+                    listener.half_open_order = order;
+                }
+            }
+        }
         self.ingress(id, packet);
+    }
+
+    /// SYN-flood defence: free the listener's oldest half-open connection
+    /// silently (no RST: under a flood its peer is usually spoofed, and a
+    /// RST would be backscatter). A real client answers a SYN-ACK within
+    /// one round trip, so it survives as long as fewer than `syn_backlog`
+    /// SYNs arrive per round trip; this is the "SYN cache with oldest-first
+    /// eviction" of RFC 4987 §3.3/§3.4, chosen over SYN cookies (§3.6)
+    /// because smoltcp cannot build an established socket from a cookie.
+    /// Returns whether one was evicted.
+    fn evict_oldest_half_open(&mut self, l: SocketId) -> bool {
+        loop {
+            let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
+                return false;
+            };
+            let Some(id) = listener.half_open_order.pop_front() else {
+                return false;
+            };
+            let key = match self.sockets.get(id) {
+                Some(Socket::Tcp(c)) if c.phase == Phase::HalfOpen(l) => {
+                    c.registered.then_some(c.key)
+                }
+                _ => continue,
+            };
+            if let Some(key) = key {
+                self.table.release(&key);
+            }
+            self.sockets.remove(id);
+            if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
+                listener.half_open -= 1;
+            }
+            self.counters.drop_half_open_evicted += 1;
+            return true;
+        }
     }
 
     /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our
