@@ -552,6 +552,16 @@ impl Stack {
                 c.phase = Phase::Owned;
                 self.counters.tcp_accepted += 1;
                 debug!("accept {} <- {}", c.key.local, c.key.remote);
+                // Data (or FIN, or RST) that arrived while it was queued
+                // raised no event, as nobody owned it: raise one now, as a
+                // socket registered with epoll reports it readable.
+                let s = c.socket();
+                if (s.can_recv() || s.state() != TcpState::Established || c.error.is_some())
+                    && !c.event_queued
+                {
+                    c.event_queued = true;
+                    self.events.push_back(Event::Tcp(TcpHandle(id)));
+                }
                 return Ok(TcpHandle(id));
             }
         }
