@@ -391,7 +391,13 @@ impl Stack {
                             c.peer_next = next;
                         }
                     }
-                    self.ingress(id, packet)
+                    self.ingress(id, packet);
+                    // This segment moved a closed connection into TIME-WAIT
+                    // and its socket is gone, with smoltcp's (delayed) ACK
+                    // of it unsent: send that ACK from the record.
+                    if self.table.lookup(&key) == Lookup::TimeWait && !seg.rst {
+                        self.time_wait_ack(&key, &seg);
+                    }
                 }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg),
                 Lookup::Bound(l) if seg.is_initial_syn() => self.syn_to_listener(l, key, packet),
@@ -1436,10 +1442,16 @@ impl Stack {
             self.counters.drop_time_wait += 1;
             return;
         }
+        self.time_wait_ack(key, seg);
+    }
+
+    /// ACK `seg` on behalf of a TIME-WAIT record: SEQ is what the peer
+    /// acknowledged (our FIN is acked), ACK the end of `seg`, FIN included.
+    fn time_wait_ack(&mut self, key: &FlowKey, seg: &TcpSeg) {
         self.emit_segment(
             key,
             seg.ack_number,
-            seg.seq.wrapping_add(seg.len + 1),
+            seg.seq.wrapping_add(seg.len + seg.fin as u32),
             TcpControl::None,
             0,
         );
