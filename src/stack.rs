@@ -1345,24 +1345,22 @@ impl Stack {
 
     /// A SYN for a listener: make a half-open connection of its own.
     /// Half-open connections count against the backlog too, so a connection
-    /// that completes always finds room in the accept queue. When the
-    /// half-open limit or the backlog is reached, the oldest half-open
-    /// connection makes room (see
-    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)); when the
-    /// accept queue alone is full the SYN is dropped and counted (the peer
-    /// will retransmit, RFC 9293 §3.10.7.2).
+    /// that completes always finds room in the accept queue; a SYN beyond
+    /// the backlog is dropped and counted (the peer retransmits it, RFC 9293
+    /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
+    /// oldest half-open connection makes room instead (see
+    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
     fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, packet: &[u8]) {
         let Some(Socket::Listener(listener)) = self.sockets.get(l) else {
             return;
         };
-        if listener.queue.len() >= listener.backlog {
+        if listener.half_open >= self.config.syn_backlog {
+            if !self.evict_oldest_half_open(l) {
+                self.counters.drop_syn_queue_full += 1;
+                return;
+            }
+        } else if listener.queue.len() + listener.half_open >= listener.backlog {
             self.counters.drop_accept_queue_full += 1;
-            return;
-        }
-        let full = listener.half_open >= self.config.syn_backlog
-            || listener.queue.len() + listener.half_open >= listener.backlog;
-        if full && !self.evict_oldest_half_open(l) {
-            self.counters.drop_syn_queue_full += 1;
             return;
         }
         let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {

@@ -53,11 +53,13 @@ pub fn live_bytes() -> usize {
 }
 
 /// The highest `live_bytes` seen since the last `reset_peak`.
+#[allow(dead_code)]
 pub fn peak_bytes() -> usize {
     PEAK.load(Relaxed)
 }
 
 /// Start measuring the peak from the current live size.
+#[allow(dead_code)]
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Relaxed), Relaxed);
 }
