@@ -402,6 +402,9 @@ impl EventLoop {
         let mut deadline: Option<std::time::Instant> = None;
         log::info!("serving on {}", self.edge.tun.name());
         loop {
+            // Run due timers first: this also brings the stack's clock to
+            // now, which the services read for their idle timeouts.
+            self.transmit();
             self.read_tun()?;
             self.dispatch_events();
             self.serve_control();
@@ -437,7 +440,11 @@ impl EventLoop {
             }
 
             let now = self.now();
-            let mut timeout = self.stack.poll_at().map(|at| {
+            let wake = match (self.stack.poll_at(), self.services.poll_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let mut timeout = wake.map(|at| {
                 let micros = (at - now).total_micros();
                 std::time::Duration::from_micros(if at > now { micros } else { 0 })
             });

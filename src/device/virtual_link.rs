@@ -172,6 +172,11 @@ impl Network {
     /// was due, jump the clock to the next delivery or deadline. Returns
     /// `false` when nothing is pending anywhere (the network is idle).
     pub fn step(&mut self) -> bool {
+        self.step_bounded(None)
+    }
+
+    /// [`step`](Self::step), but the clock never jumps past `limit`.
+    fn step_bounded(&mut self, limit: Option<Instant>) -> bool {
         let now = self.now;
         for i in 0..self.stacks.len() {
             while let Some(p) = self.stacks[i].poll_transmit(now) {
@@ -198,16 +203,23 @@ impl Network {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => match a.or(b) {
                 Some(t) => t,
-                None => return false,
+                None => {
+                    // Idle: nothing will happen before the limit.
+                    if let Some(l) = limit {
+                        self.now = l.max(now);
+                    }
+                    return false;
+                }
             },
         };
         // A deadline in the past means "poll again now"; step time forward
         // by at least a microsecond only when nothing else can progress.
-        self.now = if next > now {
+        let next = if next > now {
             next
         } else {
             now + Duration::from_micros(1)
         };
+        self.now = limit.map_or(next, |l| next.min(l.max(now)));
         true
     }
 
@@ -232,20 +244,23 @@ impl Network {
         })
     }
 
-    /// Step until simulated time reaches `until` (or the network idles
-    /// with nothing pending, in which case the clock jumps there).
+    /// Step until simulated time reaches `now + d`; the clock never jumps
+    /// past that point.
     pub fn run_for(&mut self, d: Duration, max_steps: u64) -> Result<u64, StepLimit> {
         let until = self.now + d;
-        let r = self.run_until(max_steps, |n| {
-            let pending = n.queue.peek().map(|Reverse((at, _))| *at);
-            let deadline = n.stacks.iter().filter_map(|s| s.poll_at()).min();
-            let next = [pending, deadline].into_iter().flatten().min();
-            n.now >= until || next.is_none_or(|t| t > until)
-        });
-        if self.now < until {
-            self.now = until;
+        for steps in 0..max_steps {
+            if self.now >= until {
+                return Ok(steps);
+            }
+            self.step_bounded(Some(until));
         }
-        r
+        if self.now >= until {
+            return Ok(max_steps);
+        }
+        Err(StepLimit {
+            steps: max_steps,
+            now: self.now,
+        })
     }
 
     fn chance(&mut self, p: f64) -> bool {
