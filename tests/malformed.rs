@@ -72,6 +72,7 @@ fn v6_tcp_with_ext(ext: &[(IpNumber, Vec<u8>)], last: IpNumber) -> Vec<u8> {
     p
 }
 
+#[allow(clippy::vec_init_then_push)] // one case per line reads best
 fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let syn = syn_to_server();
     let mut v: Vec<(&'static str, Vec<u8>, &'static str)> = Vec::new();
