@@ -1,0 +1,376 @@
+//! Hostile segments at live connections (RFC 5961), ICMP errors, and the
+//! unpredictability of ephemeral ports (RFC 6056).
+
+mod common;
+use common::*;
+#[path = "common/raw.rs"]
+mod raw;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use ephemera::device::virtual_link::Network;
+use ephemera::{ConnError, StackConfig, TcpHandle, TcpState};
+use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, PacketBuilder};
+
+/// Client, server, two established connections, and a tap remembering the
+/// last segment each 4-tuple carried from the client.
+struct World {
+    net: Network,
+    listener: ephemera::ListenerHandle,
+    last: Rc<RefCell<HashMap<(SocketAddr, SocketAddr), raw::Seg>>>,
+}
+
+fn world(seed: u64) -> (World, Vec<(TcpHandle, TcpHandle)>) {
+    let mut net = default_pair(seed);
+    let last = Rc::new(RefCell::new(HashMap::new()));
+    {
+        let last = last.clone();
+        net.set_tap(move |_, p| {
+            if let Some(s) = raw::parse(p) {
+                last.borrow_mut().insert((s.src, s.dst), s);
+            }
+        });
+    }
+    let listener = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let mut w = World {
+        net,
+        listener,
+        last,
+    };
+    let conns = (0..2).map(|_| open(&mut w)).collect();
+    (w, conns)
+}
+
+fn open(w: &mut World) -> (TcpHandle, TcpHandle) {
+    let c = w.net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let l = w.listener;
+    let mut s = None;
+    w.net
+        .run_until(10_000, |n| {
+            s = s.or_else(|| n.stack(1).accept(l).ok());
+            s.is_some() && n.stack(0).tcp_state(c) == Some(TcpState::Established)
+        })
+        .unwrap();
+    let s = s.unwrap();
+    exchange(w, c, s);
+    (c, s)
+}
+
+/// Send a line each way and let the link go quiet.
+fn exchange(w: &mut World, c: TcpHandle, s: TcpHandle) {
+    let net = &mut w.net;
+    assert_eq!(net.stack(0).send(c, b"ping"), Ok(4));
+    assert_eq!(net.stack(1).send(s, b"pong"), Ok(4));
+    let mut buf = [0u8; 16];
+    let (mut a, mut b) = (0, 0);
+    net.run_until(10_000, |n| {
+        a += n.stack(1).recv(s, &mut buf).unwrap_or(0);
+        b += n.stack(0).recv(c, &mut buf).unwrap_or(0);
+        a == 4 && b == 4
+    })
+    .unwrap();
+    net.run_for(ephemera::Duration::from_millis(100), 10_000)
+        .unwrap();
+}
+
+/// The client's side of connection `c` as the server sees it: (client
+/// address, RCV.NXT of the server, SND.NXT of the server).
+fn seqs(w: &mut World, c: TcpHandle) -> (SocketAddr, u32, u32) {
+    let local = w.net.stack(0).local_addr(c).unwrap();
+    let s = w.last.borrow()[&(local, sa("10.0.0.2:80"))];
+    (local, s.seq.wrapping_add(s.len), s.ack)
+}
+
+/// Inject at the server and collect what it sends back at once.
+fn poke(w: &mut World, p: &[u8]) -> Vec<raw::Seg> {
+    w.net.inject(1, p);
+    let now = w.net.now();
+    let mut out = Vec::new();
+    while let Some(p) = w.net.stack(1).poll_transmit(now) {
+        out.extend(raw::parse(&p));
+    }
+    out
+}
+
+#[test]
+fn rfc5961_blind_segments_do_not_break_connections() {
+    let seed = 0x5961;
+    let _guard = raw::SeedGuard("rfc5961", seed);
+    let (mut w, conns) = world(seed);
+    let (c, s) = conns[0];
+    let (c2, s2) = conns[1];
+    let server = sa("10.0.0.2:80");
+    let (client, rcv_nxt, snd_nxt) = seqs(&mut w, c);
+
+    // Out-of-window RST: silently dropped (RFC 5961 §3.2).
+    for off in [1u32 << 20, 1 << 30, 3 << 30] {
+        let r = poke(
+            &mut w,
+            &raw::tcp(
+                client,
+                server,
+                rcv_nxt.wrapping_add(off),
+                0,
+                raw::RST,
+                0,
+                b"",
+            ),
+        );
+        assert!(r.is_empty(), "out-of-window RST answered: {r:?}");
+        assert_eq!(w.net.stack(1).tcp_state(s), Some(TcpState::Established));
+    }
+
+    // An ACK for data never sent: challenge ACK <SEQ=SND.NXT><ACK=RCV.NXT>
+    // (RFC 5961 §5.2), and the connection stays.
+    let r = poke(
+        &mut w,
+        &raw::tcp(
+            client,
+            server,
+            rcv_nxt,
+            snd_nxt.wrapping_add(1 << 20),
+            raw::ACK,
+            1000,
+            b"",
+        ),
+    );
+    assert_eq!(r.len(), 1, "no challenge ACK: {r:?}");
+    assert!(r[0].flags.ack && !r[0].flags.rst);
+    assert_eq!((r[0].seq, r[0].ack), (snd_nxt, rcv_nxt));
+    assert_eq!(w.net.stack(1).tcp_state(s), Some(TcpState::Established));
+
+    // Out-of-window data: answered with an ACK carrying the real numbers,
+    // never accepted.
+    let r = poke(
+        &mut w,
+        &raw::tcp(
+            client,
+            server,
+            rcv_nxt.wrapping_add(1 << 30),
+            snd_nxt,
+            raw::ACK,
+            1000,
+            b"forged",
+        ),
+    );
+    assert!(r.iter().all(|x| x.ack == rcv_nxt && !x.flags.rst), "{r:?}");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        w.net.stack(1).recv(s, &mut buf),
+        Err(ephemera::RecvError::WouldBlock)
+    );
+
+    // A SYN on the synchronized 4-tuple never resets it or opens another.
+    let sockets = w.net.stack(1).socket_count();
+    for seq in [rcv_nxt, rcv_nxt.wrapping_add(1 << 30)] {
+        poke(
+            &mut w,
+            &raw::tcp(client, server, seq, 0, raw::SYN, 1000, b""),
+        );
+        assert_eq!(w.net.stack(1).tcp_state(s), Some(TcpState::Established));
+        assert_eq!(w.net.stack(1).socket_count(), sockets);
+    }
+
+    // Both connections still work.
+    exchange(&mut w, c, s);
+    exchange(&mut w, c2, s2);
+
+    // An in-window RST closes exactly its connection.
+    let (client, rcv_nxt, _) = seqs(&mut w, c);
+    poke(
+        &mut w,
+        &raw::tcp(client, server, rcv_nxt, 0, raw::RST, 0, b""),
+    );
+    assert_eq!(w.net.stack(1).tcp_error(s), Some(ConnError::Reset));
+    assert_eq!(w.net.stack(1).counters().tcp_reset_by_peer, 1);
+    exchange(&mut w, c2, s2);
+    w.net.stack(1).check_invariants().unwrap();
+}
+
+#[test]
+fn rst_at_a_listener_never_removes_it() {
+    let seed = 0x1157;
+    let _guard = raw::SeedGuard("rst at listener", seed);
+    let (mut w, _) = world(seed);
+    let server = sa("10.0.0.2:80");
+    use ephemera::{Rng, SeededRng};
+    let mut rng = SeededRng::new(seed);
+    for i in 0..1000u32 {
+        let src = SocketAddr::new(ip("10.0.0.1"), 1024 + (rng.below(60_000) as u16));
+        let flags = if i % 2 == 0 { raw::RST } else { raw::RST_ACK };
+        let r = poke(
+            &mut w,
+            &raw::tcp(
+                src,
+                server,
+                rng.next_u64() as u32,
+                rng.next_u64() as u32,
+                flags,
+                0,
+                b"",
+            ),
+        );
+        assert!(r.is_empty(), "a RST was answered: {r:?}");
+    }
+    assert!(w.net.stack(1).listener_addr(w.listener).is_some());
+    let (c, s) = open(&mut w);
+    exchange(&mut w, c, s);
+    w.net.stack(1).check_invariants().unwrap();
+}
+
+fn icmp_unreachable(code: DestUnreachableHeader, quoted: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(code))
+        .write(&mut p, &quoted[..28])
+        .unwrap();
+    p
+}
+
+#[test]
+fn icmp_errors_reach_the_connection_they_name() {
+    let seed = 0x1c3f;
+    let _guard = raw::SeedGuard("icmp", seed);
+    let (mut w, conns) = world(seed);
+    // A connection to a port that will never answer (nobody delivers).
+    let c = w.net.stack(0).connect(sa("10.0.0.2:81")).unwrap();
+    let local = w.net.stack(0).local_addr(c).unwrap();
+    let now = w.net.now();
+    let syn = w.net.stack(0).poll_transmit(now).unwrap();
+    assert!(raw::parse(&syn).unwrap().flags.syn);
+    // A soft error (host unreachable) is counted but not fatal.
+    w.net
+        .inject(0, &icmp_unreachable(DestUnreachableHeader::Host, &syn));
+    assert_eq!(w.net.stack(0).tcp_state(c), Some(TcpState::SynSent));
+    // Port unreachable (hard) refuses it, and only it.
+    w.net
+        .inject(0, &icmp_unreachable(DestUnreachableHeader::Port, &syn));
+    assert_eq!(w.net.stack(0).tcp_error(c), Some(ConnError::Refused));
+    assert_eq!(
+        w.net.stack(0).send(c, b"x"),
+        Err(ephemera::SendError::ConnectionRefused)
+    );
+    assert_eq!(w.net.stack(0).counters().icmp_errors, 2);
+    assert_eq!(w.net.stack(0).counters().tcp_connect_refused, 1);
+    // Its port is free again; the established connections never noticed.
+    assert_eq!(
+        w.net.stack(0).port_table().ports_in_use(
+            ephemera::Protocol::Tcp,
+            local.ip(),
+            sa("10.0.0.2:81")
+        ),
+        0
+    );
+    for (c, s) in conns {
+        // An error quoting an established flow is soft: it survives.
+        let key_pkt = raw::tcp(
+            w.net.stack(0).local_addr(c).unwrap(),
+            sa("10.0.0.2:80"),
+            1,
+            1,
+            raw::ACK,
+            0,
+            b"",
+        );
+        w.net
+            .inject(0, &icmp_unreachable(DestUnreachableHeader::Host, &key_pkt));
+        exchange(&mut w, c, s);
+    }
+    w.net.stack(0).check_invariants().unwrap();
+}
+
+// ---- RFC 6056: ephemeral ports ----------------------------------------
+
+fn ports(stack_seed: u64, dests: &[SocketAddr], n: usize) -> Vec<Vec<u16>> {
+    let mut net = pair(
+        Default::default(),
+        StackConfig {
+            tcp_rx_buffer: 64,
+            tcp_tx_buffer: 64,
+            ..config(CLIENT, stack_seed)
+        },
+        config(SERVER, 99),
+    );
+    let st = net.stack(0);
+    let mut out = vec![Vec::new(); dests.len()];
+    for _ in 0..n {
+        for (i, d) in dests.iter().enumerate() {
+            let c = st.connect(*d).unwrap();
+            out[i].push(st.local_addr(c).unwrap().port());
+            st.abort(c);
+        }
+        while st.poll_transmit(ephemera::Instant::ZERO).is_some() {}
+    }
+    out
+}
+
+fn chi_square(ps: &[u16], buckets: usize) -> f64 {
+    let (lo, span) = (49152u32, 16384u32);
+    let mut count = vec![0f64; buckets];
+    for &p in ps {
+        count[((p as u32 - lo) * buckets as u32 / span) as usize] += 1.0;
+    }
+    let e = ps.len() as f64 / buckets as f64;
+    count.iter().map(|c| (c - e) * (c - e) / e).sum()
+}
+
+#[test]
+fn ephemeral_ports_are_unpredictable() {
+    let seed = 0x6056;
+    let _guard = raw::SeedGuard("ephemeral ports", seed);
+    let n = 8192;
+    let dests = [sa("10.0.0.2:80"), sa("10.0.0.2:443"), sa("10.0.0.3:80")];
+    let seqs = ports(seed, &dests, n);
+    for (d, ps) in dests.iter().zip(&seqs) {
+        // Roughly uniform over the range: chi-square over 32 buckets,
+        // 31 degrees of freedom, 0.1% critical value 61.1.
+        let chi = chi_square(ps, 32);
+        assert!(chi < 61.1, "{d}: chi-square {chi:.1}");
+        // No sequential pattern: the observer's best single guess (the most
+        // common step so far, or +1) rarely names the next port.
+        let deltas: Vec<u16> = ps.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        let mut freq: HashMap<u16, usize> = HashMap::new();
+        for &x in &deltas {
+            *freq.entry(x).or_default() += 1;
+        }
+        let top = freq.values().max().copied().unwrap_or(0);
+        let plus_one = freq.get(&1).copied().unwrap_or(0);
+        let rate = top.max(plus_one) as f64 / deltas.len() as f64;
+        assert!(
+            rate < 0.01,
+            "{d}: best step guess right {:.2}% of the time",
+            rate * 100.0
+        );
+        println!(
+            "{d}: chi-square(31) {chi:.1}, best step-guess hit rate {:.3}%, distinct steps {}",
+            rate * 100.0,
+            freq.len()
+        );
+    }
+    // Independent per destination: knowing one sequence says nothing of
+    // another (same-index ports rarely close, correlation near zero).
+    let (a, b) = (&seqs[0], &seqs[2]);
+    let near = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.abs_diff(**y) < 64)
+        .count();
+    assert!((near as f64 / n as f64) < 0.02, "{near} of {n} within 64");
+    let mean = |v: &[u16]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    let (ma, mb) = (mean(a), mean(b));
+    let cov: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb))
+        .sum();
+    let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|&y| (y as f64 - mb).powi(2)).sum();
+    let r = cov / (va * vb).sqrt();
+    assert!(r.abs() < 0.1, "correlation {r}");
+    // And a different secret gives a different sequence to the same place.
+    let other = ports(seed + 1, &dests[..1], 64);
+    assert_ne!(other[0], seqs[0][..64]);
+}
