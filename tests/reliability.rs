@@ -8,7 +8,7 @@ mod raw;
 use std::collections::HashMap;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
-use ephemera::{Duration, Event, ListenerHandle, StackConfig, TcpHandle, TcpState};
+use ephemera::{Duration, Event, ListenerHandle, StackConfig, TcpHandle};
 
 const CONNS: usize = 1000;
 const BYTES: usize = 8 * 1024;
@@ -26,7 +26,6 @@ struct End {
     got: usize,
     sent: usize,
     id: u32,
-    eof: bool,
     closed: bool,
 }
 
@@ -39,7 +38,6 @@ impl End {
             got: 0,
             sent: 0,
             id,
-            eof: false,
             closed: false,
         }
     }
@@ -75,7 +73,6 @@ fn pump(st: &mut ephemera::Stack, h: TcpHandle, e: &mut End) {
     loop {
         match st.recv(h, &mut buf) {
             Ok(0) => {
-                e.eof = true;
                 break;
             }
             Ok(n) => {
