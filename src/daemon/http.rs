@@ -1577,35 +1577,23 @@ mod tests {
         assert!(conn.wants_input());
     }
 
-    /// xorshift64: deterministic randomness without a crate.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-    }
+    use crate::rng::{Rng, SeededRng};
 
     #[test]
     fn random_garbage_never_panics_and_gets_an_error_reply() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = SeededRng::new(0x9e37_79b9_7f4a_7c15);
         for round in 0..300 {
-            let len = (rng.next() % 40_000) as usize + 1;
-            let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let len = (rng.next_u64() % 40_000) as usize + 1;
+            let garbage: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let mut conn = ServerConn::new();
             let mut out = Vec::new();
             let mut rest = &garbage[..];
             while !rest.is_empty() {
-                let k = ((rng.next() % 300) as usize + 1).min(rest.len());
+                let k = ((rng.next_u64() % 300) as usize + 1).min(rest.len());
                 conn.handle_input(&rest[..k], &ctx());
                 rest = &rest[k..];
                 let mut buf = [0u8; 97];
-                let n = conn.poll_output(&mut buf[..(rng.next() % 97) as usize]);
+                let n = conn.poll_output(&mut buf[..(rng.next_u64() % 97) as usize]);
                 out.extend_from_slice(&buf[..n]);
             }
             conn.handle_eof();
@@ -1625,14 +1613,16 @@ mod tests {
 
     #[test]
     fn random_garbage_after_a_valid_prefix_never_panics() {
-        let mut rng = XorShift(42);
+        let mut rng = SeededRng::new(42);
         let alphabet = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n:,;\t 0123456789";
         for _ in 0..2000 {
-            let len = (rng.next() % 400) as usize;
+            let len = (rng.next_u64() % 400) as usize;
             let mut input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
-            input.extend((0..len).map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize]));
+            input.extend(
+                (0..len).map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize]),
+            );
             let mut conn = ServerConn::new();
-            for piece in input.chunks((rng.next() % 9) as usize + 1) {
+            for piece in input.chunks((rng.next_u64() % 9) as usize + 1) {
                 conn.handle_input(piece, &ctx());
             }
             let out = drain(&mut conn);
@@ -1893,14 +1883,14 @@ mod tests {
 
     #[test]
     fn random_garbage_never_panics_the_client_parser() {
-        let mut rng = XorShift(7);
+        let mut rng = SeededRng::new(7);
         let alphabet =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 12;\r\n0a";
         for round in 0..3000 {
-            let len = (rng.next() % 600) as usize;
+            let len = (rng.next_u64() % 600) as usize;
             let input: Vec<u8> = (0..len)
                 .map(|_| {
-                    let r = rng.next();
+                    let r = rng.next_u64();
                     if round % 2 == 0 {
                         r as u8
                     } else {
@@ -1911,7 +1901,7 @@ mod tests {
             let mut p = ResponseParser::new();
             let mut body = Vec::new();
             let mut failed = false;
-            for piece in input.chunks((rng.next() % 17) as usize + 1) {
+            for piece in input.chunks((rng.next_u64() % 17) as usize + 1) {
                 failed |= p.handle_input(piece, &mut body).is_err();
             }
             failed |= p.handle_eof().is_err();

@@ -607,30 +607,19 @@ mod tests {
         assert!(s.wants_input());
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-    }
+    use crate::rng::{Rng, SeededRng};
 
     /// Feeds `input` in random pieces, draining output in random sizes.
-    fn feed(rng: &mut XorShift, input: &[u8]) -> (SocksServer, Vec<u8>) {
+    fn feed(rng: &mut SeededRng, input: &[u8]) -> (SocksServer, Vec<u8>) {
         let mut s = SocksServer::new();
         let mut out = Vec::new();
         let mut rest = input;
         while !rest.is_empty() {
-            let k = ((rng.next() % 7) as usize + 1).min(rest.len());
+            let k = ((rng.next_u64() % 7) as usize + 1).min(rest.len());
             s.handle_input(&rest[..k]);
             rest = &rest[k..];
             let mut buf = [0u8; 3];
-            let n = s.poll_output(&mut buf[..(rng.next() % 4) as usize]);
+            let n = s.poll_output(&mut buf[..(rng.next_u64() % 4) as usize]);
             out.extend_from_slice(&buf[..n]);
         }
         out.extend(drain(&mut s));
@@ -639,10 +628,10 @@ mod tests {
 
     #[test]
     fn random_garbage_never_panics() {
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = SeededRng::new(0x2545_f491_4f6c_dd1d);
         for _ in 0..5000 {
-            let len = (rng.next() % 64) as usize + 1;
-            let garbage: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let len = (rng.next_u64() % 64) as usize + 1;
+            let garbage: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let (s, out) = feed(&mut rng, &garbage);
             if garbage[0] != VERSION {
                 assert!(s.should_close());
@@ -653,16 +642,16 @@ mod tests {
 
     #[test]
     fn random_requests_get_a_reply_or_a_target() {
-        let mut rng = XorShift(99);
+        let mut rng = SeededRng::new(99);
         for _ in 0..5000 {
-            let len = (rng.next() % 40) as usize + 1;
+            let len = (rng.next_u64() % 40) as usize + 1;
             let mut input = GREETING.to_vec();
             input.push(VERSION);
             // Bias CMD and ATYP towards the interesting values.
-            input.push((rng.next() % 4) as u8);
+            input.push((rng.next_u64() % 4) as u8);
             input.push(0);
-            input.push((rng.next() % 6) as u8);
-            input.extend((0..len).map(|_| rng.next() as u8));
+            input.push((rng.next_u64() % 6) as u8);
+            input.extend((0..len).map(|_| rng.next_u64() as u8));
             let (mut s, out) = feed(&mut rng, &input);
             assert_eq!(out[..2], [5, 0]);
             match s.state() {
