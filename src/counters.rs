@@ -26,6 +26,10 @@ counters! {
     packets_in,
     /// IP packets the stack emitted.
     packets_out,
+    /// TCP segments that passed the checks and were demultiplexed.
+    tcp_segments_in,
+    /// UDP datagrams that passed the checks and were demultiplexed.
+    udp_datagrams_in,
     /// Dropped: truncated or lying header lengths.
     drop_malformed,
     /// Dropped: IPv4 header, TCP or UDP checksum wrong.
@@ -102,6 +106,38 @@ impl Counters {
             Drop::PortZero => &mut self.drop_port_zero,
         };
         *c += 1;
+    }
+
+    /// Packets `classify` rejected: the `drop_*` counters of [`Drop`]
+    /// reasons (the others count drops later on the path).
+    pub fn classify_drops(&self) -> u64 {
+        self.drop_malformed
+            + self.drop_bad_checksum
+            + self.drop_fragment
+            + self.drop_ip_options
+            + self.drop_not_for_us
+            + self.drop_martian_source
+            + self.drop_land
+            + self.drop_port_zero
+    }
+
+    /// Every packet in is counted exactly once: dropped by `classify`, or
+    /// demultiplexed as TCP, UDP, ICMP error, other ICMP or other protocol.
+    /// `Err` says how the books disagree.
+    pub fn check_accounting(&self) -> Result<(), String> {
+        let classified = self.tcp_segments_in
+            + self.udp_datagrams_in
+            + self.icmp_errors
+            + self.icmp_other
+            + self.other_protocol;
+        let drops = self.classify_drops();
+        if self.packets_in != classified + drops {
+            return Err(format!(
+                "{} packets in, but {classified} classified and {drops} dropped",
+                self.packets_in
+            ));
+        }
+        Ok(())
     }
 
     /// Sum of every `drop_*` counter.

@@ -377,6 +377,13 @@ impl Stack {
                 return;
             }
         };
+        // Every packet is counted once: as a drop above, or by its class
+        // (`Counters::check_accounting`).
+        match class {
+            Class::Tcp { .. } => self.counters.tcp_segments_in += 1,
+            Class::Udp { .. } => self.counters.udp_datagrams_in += 1,
+            _ => {}
+        }
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
                 Lookup::Flow(id) => {
@@ -934,6 +941,7 @@ impl Stack {
     /// tests and fuzzers; O(sockets).
     pub fn check_invariants(&self) -> Result<(), String> {
         self.table.check_invariants()?;
+        self.counters.check_accounting()?;
         let mut live = 0;
         for (id, s) in self.sockets.iter() {
             match s {
