@@ -23,3 +23,5 @@ pub use stack::{
     ConfigError, Event, ListenerHandle, SocketInfo, Stack, StackConfig, TcpHandle, TcpState,
     UdpHandle,
 };
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
