@@ -38,8 +38,10 @@ for t in $targets; do
         grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" || true
     else
         status=1
-        echo "!! $t FAILED; last lines of $log:"
-        tail -n 60 "$log"
+        echo "!! $t FAILED; the panic and the last lines of $log:"
+        grep -m 3 -A 4 'panicked' "$log" || true
+        echo "..."
+        tail -n 40 "$log"
         found=0
         while IFS= read -r f; do
             found=1
