@@ -1260,7 +1260,11 @@ impl Stack {
 
         // The user timeout: outstanding data, SYN or FIN with no progress.
         let sq = c.socket().send_queue();
-        let outstanding = sq > 0
+        // A closed socket keeps its unsent data but has nothing in flight:
+        // timing it out again would mark it dirty forever (found by the
+        // demux fuzzer: poll_at stuck at `now`).
+        let open = !matches!(state, TcpState::Closed | TcpState::Listen);
+        let outstanding = open && sq > 0
             || matches!(
                 state,
                 TcpState::SynSent
