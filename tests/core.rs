@@ -486,3 +486,36 @@ fn a_retransmitted_syn_reaches_the_half_open_connection_it_created() {
     assert!(net.stats().duplicated > 0);
     net.stack(1).check_invariants().unwrap();
 }
+
+#[test]
+fn active_close_acks_the_peers_fin_at_once() {
+    // The side that closes first must ACK the peer's FIN as it enters
+    // TIME-WAIT (RFC 9293 §3.6), so the peer leaves LAST-ACK in one round
+    // trip instead of after a FIN retransmission (RTO is 1 s).
+    let mut net = default_pair(51);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let mut server = Vec::new();
+    net.run_until(1000, |n| {
+        server.extend(accept_all(n, 1, l));
+        !server.is_empty()
+    })
+    .unwrap();
+    let s = server[0];
+    let start = net.now();
+    net.stack(0).close(c);
+    net.run_until(1000, |n| {
+        let mut buf = [0u8; 4];
+        if n.stack(1).recv(s, &mut buf) == Ok(0) {
+            n.stack(1).close(s);
+        }
+        n.stack_ref(1).counters().tcp_closed == 1
+    })
+    .unwrap();
+    assert!(
+        (net.now() - start).total_millis() < 100,
+        "peer left LAST-ACK only after {} ms",
+        (net.now() - start).total_millis()
+    );
+    assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
+}
