@@ -83,6 +83,10 @@ pub struct UpArgs {
     /// Accept-queue length of each listener.
     #[arg(long, value_name = "N", value_parser = parse_backlog)]
     pub backlog: Option<usize>,
+    /// How long a connection ephemera closed first stays in TIME-WAIT, holding its
+    /// 4-tuple (2*MSL, RFC 9293 section 3.6.1); 0 skips TIME-WAIT.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_time_wait)]
+    pub time_wait: u64,
     /// Drop privileges to this user once the interface is open and configured.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     pub user: Option<String>,
@@ -337,6 +341,14 @@ pub fn parse_backlog(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A TIME-WAIT duration in whole seconds, 0-3600.
+pub fn parse_time_wait(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= 3600 => Ok(n),
+        _ => Err(format!("{s:?} is not a TIME-WAIT in seconds (0-3600)")),
+    }
+}
+
 /// A user name for `--user`: non-empty, no NUL, no `:` or whitespace.
 pub fn parse_user(s: &str) -> Result<String, String> {
     if s.is_empty()
@@ -510,6 +522,21 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn time_wait_seconds() {
+        assert_eq!(parse_time_wait("0"), Ok(0));
+        assert_eq!(parse_time_wait("60"), Ok(60));
+        assert_eq!(parse_time_wait("3600"), Ok(3600));
+        for bad in ["3601", "-1", "1.5", "", "1s"] {
+            assert!(parse_time_wait(bad).is_err(), "{bad:?}");
+        }
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        let a = up(&[&base[..], &["--time-wait", "2"]].concat()).unwrap();
+        assert_eq!(a.time_wait, 2);
+        assert_eq!(up(&base).unwrap().time_wait, 60);
+        assert!(up(&[&base[..], &["--time-wait", "-1"]].concat()).is_err());
     }
 
     #[test]

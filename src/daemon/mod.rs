@@ -236,6 +236,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         mtu: edge.mtu as usize,
         ports: PortTableConfig {
             ephemeral: args.ephemeral_range.first..=args.ephemeral_range.last,
+            time_wait: std::time::Duration::from_secs(args.time_wait),
             ..PortTableConfig::default()
         },
         backlog: args.backlog.unwrap_or(StackConfig::default().backlog),
