@@ -587,9 +587,36 @@ impl Stack {
             return;
         };
         self.table.unbind(Protocol::Tcp, listener.local);
+        // Nobody will accept these: reset them (they are not the
+        // application's yet, so `abort` would not touch them).
         for id in listener.queue {
-            self.abort(TcpHandle(id));
+            if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
+                if c.socket().is_open() {
+                    self.counters.tcp_aborted += 1;
+                }
+            }
+            self.reset_and_free(id);
         }
+    }
+
+    /// Reset (RST) and free every connection the application has already
+    /// closed but that is still open: draining its send queue, or waiting
+    /// for the peer's FIN or ACK. For a shutdown deadline, so no peer is
+    /// left waiting on a stack that is gone. Returns how many were reset.
+    pub fn abort_released(&mut self) -> usize {
+        let ids: Vec<SocketId> = self
+            .sockets
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Socket::Tcp(c) if c.phase == Phase::Released && c.socket().is_open() => Some(id),
+                _ => None,
+            })
+            .collect();
+        self.counters.tcp_aborted += ids.len() as u64;
+        for &id in &ids {
+            self.reset_and_free(id);
+        }
+        ids.len()
     }
 
     /// Open a connection to `remote` from an ephemeral port that the port

@@ -519,3 +519,60 @@ fn active_close_acks_the_peers_fin_at_once() {
     );
     assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
 }
+
+#[test]
+fn closing_a_listener_resets_connections_still_in_its_accept_queue() {
+    let mut net = default_pair(61);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    net.run_until(1000, |n| {
+        n.stack(0).tcp_state(c) == Some(TcpState::Established)
+    })
+    .unwrap();
+    net.run_for(ephemera::Duration::from_millis(10), 1000)
+        .unwrap();
+    // Never accepted: closing the listener must not leave it orphaned.
+    net.stack(1).close_listener(l);
+    net.run_until(1000, |n| n.stack(0).tcp_error(c).is_some())
+        .unwrap();
+    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Reset));
+    assert_eq!(net.stack(1).socket_count(), 0);
+    assert_eq!(net.stack(1).port_table().live_flows(), 0);
+    net.stack(1).check_invariants().unwrap();
+}
+
+#[test]
+fn abort_released_resets_connections_still_draining() {
+    // A server closes while the client is not reading: its FIN waits
+    // behind unsent data. At a shutdown deadline, abort_released resets it.
+    let mut net = pair(
+        LinkConfig::default(),
+        small_buffers(CLIENT, 71),
+        small_buffers(SERVER, 72),
+    );
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let mut server = Vec::new();
+    net.run_until(1000, |n| {
+        server.extend(accept_all(n, 1, l));
+        !server.is_empty()
+    })
+    .unwrap();
+    let s = server[0];
+    assert_eq!(net.stack(1).send(s, &[7u8; 1024]), Ok(1024));
+    net.run_for(ephemera::Duration::from_millis(50), 10_000)
+        .unwrap();
+    assert_eq!(net.stack(1).send(s, &[7u8; 1024]), Ok(1024));
+    net.stack(1).close(s);
+    net.stack(1).close_listener(l);
+    net.run_for(ephemera::Duration::from_millis(50), 10_000)
+        .unwrap();
+    assert_eq!(net.stack(1).socket_count(), 1, "still draining");
+    assert_eq!(net.stack(1).abort_released(), 1);
+    assert_eq!(net.stack(1).socket_count(), 0);
+    assert_eq!(net.stack(1).port_table().live_flows(), 0);
+    net.run_until(1000, |n| n.stack(0).tcp_error(c).is_some())
+        .unwrap();
+    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Reset));
+    assert_eq!(net.stack(1).abort_released(), 0);
+}

@@ -431,10 +431,12 @@ impl EventLoop {
                     break;
                 }
                 if std::time::Instant::now() >= d {
+                    // Reset what is left, so no peer waits on a stack
+                    // that is gone.
+                    let reset = self.stack.abort_released();
+                    self.transmit();
                     log::warn!(
-                        "{} connections still open after {:?}; exiting",
-                        self.stack.socket_count(),
-                        SHUTDOWN_GRACE
+                        "{reset} connections still open after {SHUTDOWN_GRACE:?}; reset them and exiting"
                     );
                     break;
                 }
