@@ -241,7 +241,9 @@ pub fn parse_range(s: &str) -> Result<PortRange, String> {
     let first = parse_port(a)?;
     let last = parse_port(b)?;
     if first > last {
-        return Err(format!("range {s:?} is backwards: {first} > {last}"));
+        return Err(format!(
+            "range {s:?} is backwards: {first} > {last}; write {last}-{first}"
+        ));
     }
     Ok(PortRange { first, last })
 }
@@ -252,12 +254,16 @@ fn split_cidr(s: &str) -> Result<(IpAddr, u8), String> {
             "{s:?} has no prefix length; write ADDRESS/PREFIX, e.g. 10.7.0.2/24"
         ));
     };
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("{a:?} is not an IP address"))?;
-    let prefix: u8 = p
-        .parse()
-        .map_err(|_| format!("{p:?} is not a prefix length"))?;
+    let addr: IpAddr = a.parse().map_err(|_| {
+        format!(
+            "{a:?} is not an IP address; write ADDRESS/PREFIX, e.g. 10.7.0.2/24 or fd00:7::2/64"
+        )
+    })?;
+    let prefix: u8 = p.parse().map_err(|_| {
+        format!(
+            "{p:?} is not a prefix length; write ADDRESS/PREFIX, e.g. 10.7.0.2/24 or fd00:7::2/64"
+        )
+    })?;
     Ok((addr, prefix))
 }
 
@@ -560,6 +566,7 @@ mod tests {
             assert!(parse_range(bad).is_err(), "{bad:?}");
         }
         assert!(parse_range("10-9").unwrap_err().contains("backwards"));
+        assert!(parse_range("10-9").unwrap_err().contains("write 9-10"));
         let r = parse_range("100-200").unwrap();
         assert!(r.contains(100) && r.contains(200) && !r.contains(99) && !r.contains(201));
     }
