@@ -1,0 +1,960 @@
+//! `ephemera up` with real clients: curl, ping, python3's `http.server`
+//! and plain sockets, each test in a network namespace of its own.
+//!
+//! Every test makes a namespace `eph-t-<pid>-<n>` with `ip netns add`,
+//! runs the daemon there with `ip netns exec`, talks to it from the
+//! namespace's kernel side (10.7.0.1) and deletes the namespace when it
+//! ends, pass or fail ([`Netns`]'s `Drop`). Nothing is configured in the
+//! host's namespace and no packet leaves the test's own namespace. The
+//! control socket lives in the test's temporary directory; it is a Unix
+//! socket, so `ephemera ports` and `ephemera fetch` reach it from anywhere.
+//!
+//! Needs root, `ip` (iproute2), `/dev/net/tun`, curl and python3; without
+//! them each test prints `SKIP <test>: <reason>` on stderr and passes.
+//! `ping` (iputils-ping) and `setpriv` (util-linux) are optional: without
+//! them the assertions that need them are skipped, also with a message.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ephemera");
+/// The stack's address; the kernel side of the TUN gets 10.7.0.1.
+const STACK: &str = "10.7.0.2";
+const KERNEL: &str = "10.7.0.1";
+/// A distinctive ephemeral range, so ports from ephemera's own table are
+/// easy to tell from the kernel's (32768-60999 on Linux).
+const RANGE: std::ops::RangeInclusive<u16> = 40000..=40999;
+const RANGE_ARG: &str = "40000-40999";
+
+/// Print a line the test harness does not capture (it only captures the
+/// `print!` family), so a skip is visible in a plain `cargo test`.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn skip(test: &str, reason: &str) {
+    say(&format!("SKIP {test}: {reason}"));
+}
+
+/// Whether `program` runs (`program arg` exits 0).
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A network namespace and a scratch directory, both removed on drop,
+/// with every process started in it (daemon, servers, clients) killed
+/// first.
+struct Netns {
+    name: String,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Netns {
+    /// A fresh namespace with its loopback up, or `None` after printing
+    /// why this test is skipped.
+    fn new(test: &str) -> Option<Netns> {
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            skip(test, "needs root (ip netns, TUN)");
+            return None;
+        }
+        if !Path::new("/dev/net/tun").exists() {
+            skip(test, "/dev/net/tun is missing (modprobe tun)");
+            return None;
+        }
+        for (program, arg, package) in [
+            ("ip", "-V", "iproute2"),
+            ("curl", "--version", "curl"),
+            ("python3", "--version", "python3"),
+        ] {
+            if !have(program, arg) {
+                skip(
+                    test,
+                    &format!("{program} not found (apt install {package})"),
+                );
+                return None;
+            }
+        }
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("eph-t-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        if !out.status.success() {
+            skip(
+                test,
+                &format!("ip netns add failed: {}", text(&out.stderr).trim()),
+            );
+            return None;
+        }
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        // World-readable, so a binary copied here runs as `nobody`.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ns = Netns {
+            name,
+            dir,
+            children: Vec::new(),
+        };
+        let up = ns.run(&["ip", "link", "set", "lo", "up"]);
+        assert!(up.status.success(), "{}", text(&up.stderr));
+        Some(ns)
+    }
+
+    /// `ip netns exec NS args…`, not yet run.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    /// Run `args` in the namespace to completion.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ip netns exec")
+    }
+
+    /// Start `args` in the namespace; it is killed when the test ends.
+    /// Returns its index in `children`.
+    fn spawn(&mut self, mut cmd: Command) -> usize {
+        self.children.push(cmd.spawn().expect("spawn"));
+        self.children.len() - 1
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Interface names in the namespace.
+    fn links(&self) -> Vec<String> {
+        let out = self.run(&["ip", "-o", "link", "show"]);
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Start `ephemera up --tun eph0 --addr 10.7.0.2/24 --ephemeral-range
+    /// 40000-40999 extra…` and wait until it answers `ephemera ports`.
+    fn start_daemon(&mut self, extra: &[&str]) -> Daemon {
+        let control = self.path("ctl.sock");
+        let log = self.path("daemon.log");
+        let mut cmd = self.command(&[BIN, "up", "--tun", "eph0", "--addr", "10.7.0.2/24"]);
+        cmd.args(["--ephemeral-range", RANGE_ARG])
+            .arg("--control")
+            .arg(&control)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let index = self.spawn(cmd);
+        let daemon = Daemon {
+            index,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if daemon.try_ports().is_ok() {
+                return daemon;
+            }
+            if let Some(status) = self.children[index].try_wait().unwrap() {
+                panic!("daemon exited ({status}) at start:\n{}", daemon.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer `ephemera ports` within 10 s:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for child `index` to exit, at most `limit`.
+    fn wait_child(&mut self, index: usize, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.children[index].try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start a python3 HTTP server on 10.7.0.1:8000 serving the scratch
+    /// directory, logging `client-ip:client-port "request line" status`
+    /// per request to `server.log`. Returns once it is listening.
+    fn start_file_server(&mut self) -> PathBuf {
+        const SERVER: &str = r#"
+import functools, http.server, sys
+log = open(sys.argv[2], "a", buffering=1)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_request(self, code="-", size="-"):
+        log.write('%s:%d "%s" %s\n' % (self.client_address[0], self.client_address[1], self.requestline, code))
+handler = functools.partial(Handler, directory=sys.argv[1])
+server = http.server.ThreadingHTTPServer(("10.7.0.1", 8000), handler)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+        let log = self.path("server.log");
+        let mut cmd = self.command(&["python3", "-c", SERVER]);
+        cmd.arg(&self.dir)
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let i = self.spawn(cmd);
+        let stdout = self.children[i].stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "python3 http.server did not start");
+        log
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Clients started through a shell inside the namespace.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in text(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) on a process of this test's namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `ephemera up` (child `index` of its [`Netns`]).
+struct Daemon {
+    index: usize,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+/// One row of `ephemera ports --json`.
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    proto: String,
+    state: String,
+    local: SocketAddr,
+    remote: Option<SocketAddr>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Ports {
+    ports: Vec<Row>,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ephemera <cmd> --control PATH args…`.
+    fn client(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg(cmd)
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("run ephemera")
+    }
+
+    fn try_ports(&self) -> Result<Vec<Row>, String> {
+        let out = self.client("ports", &["--json"]);
+        if !out.status.success() {
+            return Err(text(&out.stderr));
+        }
+        let p: Ports = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        Ok(p.ports)
+    }
+
+    fn ports(&self) -> Vec<Row> {
+        self.try_ports()
+            .unwrap_or_else(|e| panic!("ephemera ports: {e}\n{}", self.log()))
+    }
+}
+
+/// TCP connections (not listeners) in a port table.
+fn connections(rows: &[Row]) -> Vec<&Row> {
+    rows.iter()
+        .filter(|r| r.proto == "tcp" && r.state != "LISTEN")
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), so a corrupted or
+/// shifted byte cannot go unnoticed.
+fn test_file(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `client-ip:client-port` of each logged request for `path`.
+fn server_clients(log: &Path, path: &str) -> Vec<SocketAddr> {
+    let needle = format!("\"GET {path} HTTP/1.1\" 200");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn curl_gets_a_page_naming_its_own_source_port() {
+    let Some(mut ns) = Netns::new("curl_gets_a_page_naming_its_own_source_port") else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--http", "80"]);
+    // curl picks its source port from a range we choose, and reports it.
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--local-port",
+        "45100-45199",
+        "-w",
+        "\n%{http_code} %{local_port}",
+        "http://10.7.0.2/",
+    ]);
+    let page = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let (body, trailer) = page.rsplit_once('\n').unwrap();
+    let (code, port) = trailer.split_once(' ').unwrap();
+    assert_eq!(code, "200", "{page}");
+    let port: u16 = port.parse().unwrap();
+    assert!((45100..=45199).contains(&port), "curl used port {port}");
+    assert!(
+        body.contains(&format!("you are {KERNEL}:{port} -> {STACK}:80")),
+        "the page does not name curl's 4-tuple {KERNEL}:{port}:\n{body}"
+    );
+    // The page's live port table shows the connection serving it.
+    assert!(
+        body.lines()
+            .any(|l| l.contains("ESTABLISHED") && l.contains(&format!("{KERNEL}:{port}"))),
+        "{body}"
+    );
+
+    // /bytes/N is N bytes; other paths are 404; keep-alive serves both
+    // on one connection.
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download} %{num_connects}\n",
+        "http://10.7.0.2/bytes/1000000",
+        "-o",
+        "/dev/null",
+        "http://10.7.0.2/nope",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines, ["200 1000000 1", "404 14 0"], "{}", daemon.log());
+}
+
+#[test]
+fn socks5_forward_and_fetch_download_byte_exact_from_ephemeras_port_range() {
+    let test = "socks5_forward_and_fetch_download_byte_exact_from_ephemeras_port_range";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--socks", "1080", "--forward", "8080=10.7.0.1:8000"]);
+    let data = test_file(3 << 20);
+    std::fs::write(ns.path("file"), &data).unwrap();
+    let log = ns.start_file_server();
+
+    let check_source = |who: &str, clients: &[SocketAddr]| {
+        assert_eq!(clients.len(), 1, "{who}: server log {clients:?}");
+        let c = clients[0];
+        assert_eq!(c.ip().to_string(), STACK, "{who}: request came from {c}");
+        assert!(
+            RANGE.contains(&c.port()),
+            "{who}: source port {} is outside --ephemeral-range {RANGE_ARG}",
+            c.port()
+        );
+        c
+    };
+
+    // SOCKS5 with the name resolved by the daemon (ATYP domain), then with
+    // an address (ATYP IPv4).
+    for (flag, name) in [
+        ("--socks5-hostname", "socks-hostname"),
+        ("--socks5", "socks-ipv4"),
+    ] {
+        let got = ns.path(name);
+        let out = ns.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            flag,
+            "10.7.0.2:1080",
+            "-o",
+            got.to_str().unwrap(),
+            &format!("http://10.7.0.1:8000/file?{name}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            text(&out.stderr),
+            daemon.log()
+        );
+        assert!(std::fs::read(&got).unwrap() == data, "{name}: body differs");
+        check_source(name, &server_clients(&log, &format!("/file?{name}")));
+    }
+
+    // The port forward.
+    let got = ns.path("forwarded");
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "-o",
+        got.to_str().unwrap(),
+        "http://10.7.0.2:8080/file?forward",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "forward: body differs"
+    );
+    check_source("forward", &server_clients(&log, "/file?forward"));
+
+    // `ephemera fetch`: byte-exact, and the 4-tuple it reports is the one
+    // the server saw.
+    let got = ns.path("fetched");
+    let out = daemon.client(
+        "fetch",
+        &[
+            "http://10.7.0.1:8000/file?fetch",
+            "-o",
+            got.to_str().unwrap(),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", daemon.log());
+    assert!(std::fs::read(&got).unwrap() == data, "fetch: body differs");
+    let tuple = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("ephemera: ")?.strip_suffix(": HTTP 200"))
+        .unwrap_or_else(|| panic!("no 4-tuple on stderr: {stderr}"));
+    let (local, remote) = tuple.split_once(" -> ").unwrap();
+    let local: SocketAddr = local.parse().unwrap();
+    assert_eq!(remote, "10.7.0.1:8000");
+    let seen = check_source("fetch", &server_clients(&log, "/file?fetch"));
+    assert_eq!(local, seen, "fetch reported {local}, the server saw {seen}");
+    assert!(
+        stderr.contains(&format!("ephemera: {} bytes", data.len())),
+        "{stderr}"
+    );
+
+    // `ephemera fetch` to stdout is byte-exact too.
+    let out = daemon.client("fetch", &["http://10.7.0.1:8000/file?stdout"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout == data, "fetch to stdout: body differs");
+}
+
+#[test]
+fn two_hundred_concurrent_curls_then_time_wait_then_nothing() {
+    let test = "two_hundred_concurrent_curls_then_time_wait_then_nothing";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    const N: usize = 200;
+    const TIME_WAIT: u64 = 5;
+    let daemon = ns.start_daemon(&["--http", "80", "--time-wait", &TIME_WAIT.to_string()]);
+    // Each transfer takes about two seconds (100 kB at 50 kB/s), so all
+    // are visible while they run (ESTABLISHED, or FIN-WAIT once ephemera
+    // has queued the whole body and closed). `Connection: close` makes
+    // ephemera close first, so the TIME-WAIT is on its side, in its table.
+    let script = format!(
+        "for i in $(seq {N}); do curl -sS --max-time 60 -o /dev/null -H 'Connection: close' \
+         --limit-rate 50k -w '%{{http_code}} %{{local_port}}\\n' http://10.7.0.2/bytes/100000 & \
+         done; wait"
+    );
+    let mut cmd = ns.command(&["sh", "-c", &script]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let curls = ns.spawn(cmd);
+
+    // Watch the table while they run.
+    let mut seen_open: HashSet<u16> = HashSet::new();
+    let mut most_open = 0;
+    let mut states: BTreeSet<String> = BTreeSet::new();
+    while ns.children[curls].try_wait().unwrap().is_none() {
+        let rows = daemon.ports();
+        let open: Vec<u16> = connections(&rows)
+            .iter()
+            .filter(|r| r.local.port() == 80)
+            .filter_map(|r| r.remote)
+            .filter(|a| a.ip().to_string() == KERNEL)
+            .map(|a| a.port())
+            .collect();
+        most_open = most_open.max(open.len());
+        states.extend(connections(&rows).iter().map(|r| r.state.clone()));
+        seen_open.extend(open);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ns.children[curls].wait_with_output_ref();
+    let stdout = text(&out.0);
+    let results: Vec<(String, u16)> = stdout
+        .lines()
+        .map(|l| {
+            let (code, port) = l.split_once(' ').unwrap();
+            (code.to_string(), port.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(results.len(), N, "{stdout}\n{}", text(&out.1));
+    assert!(
+        results.iter().all(|(code, _)| code == "200"),
+        "not all curls got 200:\n{stdout}\n{}\n{}",
+        text(&out.1),
+        daemon.log()
+    );
+    let ports: BTreeSet<u16> = results.iter().map(|r| r.1).collect();
+    assert_eq!(ports.len(), N, "curls shared a source port: {stdout}");
+    let unseen: Vec<u16> = ports
+        .iter()
+        .filter(|p| !seen_open.contains(p))
+        .copied()
+        .collect();
+    assert!(
+        unseen.is_empty(),
+        "ephemera ports never listed these curls' connections: {unseen:?}"
+    );
+    say(&format!(
+        "{test}: up to {most_open} connections at once, seen in {states:?}"
+    ));
+
+    // Right after: what is left is TIME-WAIT, on 4-tuples of these curls.
+    let rows = daemon.ports();
+    let left = connections(&rows);
+    assert!(
+        left.iter().all(|r| r.state == "TIME-WAIT"),
+        "after the curls, not only TIME-WAIT: {left:?}"
+    );
+    assert!(!left.is_empty(), "no TIME-WAIT after the curls");
+    for r in &left {
+        let remote = r.remote.unwrap();
+        assert!(
+            r.local.port() == 80 && ports.contains(&remote.port()),
+            "TIME-WAIT for an unknown 4-tuple: {r:?}"
+        );
+    }
+    // Then nothing, once TIME-WAIT (--time-wait) has passed.
+    let deadline = Instant::now() + Duration::from_secs(TIME_WAIT + 5);
+    loop {
+        let rows = daemon.ports();
+        if connections(&rows).is_empty() {
+            // The listener is still there.
+            assert!(rows
+                .iter()
+                .any(|r| r.state == "LISTEN" && r.local.port() == 80));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections left {TIME_WAIT} s after TIME-WAIT began: {:?}",
+            connections(&rows)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `wait_with_output` without giving up the `Child` (it stays in the
+/// namespace's list, to be reaped on drop).
+trait WaitRef {
+    fn wait_with_output_ref(&mut self) -> (Vec<u8>, Vec<u8>);
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> (Vec<u8>, Vec<u8>) {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        if let Some(mut s) = self.stdout.take() {
+            s.read_to_end(&mut out).unwrap();
+        }
+        if let Some(mut s) = self.stderr.take() {
+            s.read_to_end(&mut err).unwrap();
+        }
+        let _ = self.wait();
+        (out, err)
+    }
+}
+
+#[test]
+fn ping_answers_closed_tcp_port_is_refused_closed_udp_port_is_unreachable() {
+    let test = "ping_answers_closed_tcp_port_is_refused_closed_udp_port_is_unreachable";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--http", "80", "--echo", "7"]);
+
+    if have("ping", "-V") {
+        let out = ns.run(&["ping", "-c", "1", "-W", "3", STACK]);
+        assert!(
+            out.status.success(),
+            "ping {STACK}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("1 received"),
+            "{}",
+            text(&out.stdout)
+        );
+    } else {
+        skip(
+            &format!("{test} (ping part)"),
+            "ping not found (apt install iputils-ping)",
+        );
+    }
+
+    // A closed TCP port: RST at once, so curl fails with "couldn't
+    // connect" (exit 7) well before any retransmission (1 s).
+    let start = Instant::now();
+    let out = ns.run(&["curl", "-sS", "--max-time", "10", "http://10.7.0.2:81/"]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(took < Duration::from_millis(900), "refusal took {took:?}");
+
+    // UDP: a closed port answers ICMP port unreachable, which Linux
+    // reports on a connected socket as ECONNREFUSED; the echo port echoes.
+    const PROBE: &str = r#"
+import socket
+def probe(port, data):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect(("10.7.0.2", port))
+    s.send(data)
+    try:
+        return repr(s.recv(100))
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+print(probe(9999, b"anyone?"), probe(7, b"hello"))
+"#;
+    let out = ns.run(&["python3", "-c", PROBE]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "refused b'hello'",
+        "{}",
+        daemon.log()
+    );
+    // And the daemon counted it.
+    let stats = text(&daemon.client("ports", &["--stats"]).stdout);
+    let no_port = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("udp_no_port"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(no_port, Some(1), "{stats}");
+}
+
+#[test]
+fn malformed_requests_get_protocol_errors_and_others_are_still_served() {
+    let test = "malformed_requests_get_protocol_errors_and_others_are_still_served";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--http", "80", "--socks", "1080"]);
+    const CLIENT: &str = r#"
+import socket
+def exchange(port, data):
+    s = socket.create_connection(("10.7.0.2", port), timeout=5)
+    s.sendall(data)
+    got = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            return got
+        got += b
+http = exchange(80, b"NONSENSE\r\n\r\n")
+print(http.split(b"\r\n")[0].decode())
+# SOCKS5: no-auth greeting, then BIND (0x02), which is not supported.
+socks = exchange(1080, b"\x05\x01\x00" + b"\x05\x02\x00\x01\x0a\x07\x00\x01\x1f\x40")
+print(socks[:4].hex())
+"#;
+    let out = ns.run(&["python3", "-c", CLIENT]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines[0], "HTTP/1.1 400 Bad Request");
+    // Method reply 05 00, then reply 05 07: command not supported.
+    assert_eq!(lines[1], "05000507");
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.7.0.2/",
+    ]);
+    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+}
+
+#[test]
+fn sigterm_with_open_connections_exits_zero_and_resets_what_is_left() {
+    let test = "sigterm_with_open_connections_exits_zero_and_resets_what_is_left";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--http", "80"]);
+    // Slow readers that will not finish: the daemon must not wait for them
+    // forever, and must not leave them hanging when it goes.
+    let mut curls = Vec::new();
+    for _ in 0..5 {
+        let mut cmd = ns.command(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "--limit-rate",
+            "20k",
+            "http://10.7.0.2/bytes/100000000",
+        ]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        curls.push(ns.spawn(cmd));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connections(&daemon.ports())
+        .iter()
+        .filter(|r| r.state == "ESTABLISHED")
+        .count()
+        < 5
+    {
+        assert!(Instant::now() < deadline, "{:?}", daemon.ports());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let pid = ns.children[daemon.index].id() as i32;
+    // SAFETY: kill(2) on the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = ns
+        .wait_child(daemon.index, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("daemon still running 15 s after SIGTERM:\n{}", daemon.log()));
+    let log = daemon.log();
+    assert!(status.success(), "daemon exited with {status}:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("closing connections"), "{log}");
+    // Its interface went with it.
+    assert_eq!(ns.links(), ["lo"], "{log}");
+    // No client is left waiting on a stack that is gone: every kernel
+    // socket was reset (or got a FIN), none is still ESTABLISHED...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ns.run(&["ss", "-Htn", "state", "established"]);
+        let established = text(&out.stdout);
+        if established.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still established after the daemon exited:\n{established}\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...and every curl ends, with an error. One that got a FIN first
+    // reads what its kernel buffered at 20 kB/s before it sees it.
+    for c in curls {
+        let s = ns.wait_child(c, Duration::from_secs(20));
+        assert!(
+            s.is_some(),
+            "a curl still hangs after the daemon exited:\n{log}"
+        );
+        assert!(
+            !s.unwrap().success(),
+            "a 100 MB transfer at 20 kB/s cannot have finished"
+        );
+    }
+}
+
+/// The lines of an error exit: non-zero status, and exactly one line of
+/// substance on stderr (clap adds a blank line and a `--help` hint).
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "succeeded: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+        // The daemon's info log of what it set up before failing.
+        .filter(|l| !l.contains(" INFO "))
+        .collect();
+    assert_eq!(lines.len(), 1, "not one line: {stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_input_fails_in_one_line_and_leaves_no_interface_behind() {
+    let test = "bad_input_fails_in_one_line_and_leaves_no_interface_behind";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let control = ns.path("bad.sock");
+    let control = control.to_str().unwrap();
+    let up = |args: &[&str]| {
+        let mut all = vec![BIN, "up", "--tun", "eph1", "--control", control];
+        all.extend_from_slice(args);
+        ns.run(&all)
+    };
+
+    let e = error_line(&up(&["--addr", "10.7.0.300/24"]));
+    assert!(e.contains("--addr") && e.contains("10.7.0.300"), "{e}");
+    assert!(e.contains("write ADDRESS/PREFIX"), "{e}");
+    let e = error_line(&up(&[
+        "--addr",
+        "10.7.0.2/24",
+        "--ephemeral-range",
+        "40999-40000",
+    ]));
+    assert!(
+        e.contains("--ephemeral-range") && e.contains("backwards"),
+        "{e}"
+    );
+    assert!(e.contains("write 40000-40999"), "{e}");
+    assert_eq!(ns.links(), ["lo"]);
+
+    // Without privilege, as nobody.
+    if have("setpriv", "--version") {
+        // A copy `nobody` can surely execute (the target dir may be private).
+        let bin = ns.path("ephemera");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = ns.run(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin.to_str().unwrap(),
+            "up",
+            "--tun",
+            "eph1",
+            "--addr",
+            "10.7.0.2/24",
+            "--control",
+            control,
+        ]);
+        let e = error_line(&out);
+        assert!(e.starts_with("ephemera: error: "), "{e}");
+        assert!(
+            e.contains("permission denied") && e.contains("run as root"),
+            "{e}"
+        );
+        assert!(e.contains("--no-configure"), "{e}");
+        assert_eq!(ns.links(), ["lo"]);
+    } else {
+        skip(
+            &format!("{test} (nobody part)"),
+            "setpriv not found (apt install util-linux)",
+        );
+    }
+
+    // With a daemon on eph0: the same interface is busy; the same control
+    // socket is in use, and the interface opened for it is gone again.
+    let daemon = ns.start_daemon(&["--http", "80"]);
+    let e = error_line(&ns.run(&[
+        BIN,
+        "up",
+        "--tun",
+        "eph0",
+        "--addr",
+        "10.7.0.2/24",
+        "--control",
+        control,
+    ]));
+    assert!(e.contains("eph0 is busy") && e.contains("--tun"), "{e}");
+    let e = error_line(&ns.run(&[
+        BIN,
+        "up",
+        "--tun",
+        "eph1",
+        "--addr",
+        "10.8.0.2/24",
+        "--control",
+        daemon.control.to_str().unwrap(),
+    ]));
+    assert!(e.contains("in use") && e.contains("--control"), "{e}");
+    assert_eq!(ns.links(), ["lo", "eph0"]);
+    // And the first daemon serves on.
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://10.7.0.2/",
+    ]);
+    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+}
