@@ -182,6 +182,9 @@ pub struct TcpConn {
     /// The sequence number just past the peer's latest segment (our
     /// RCV.NXT when segments arrive in order).
     pub peer_next: u32,
+    /// SEG.ACK of the last segment this connection sent, if any: when it
+    /// is behind `peer_next`, an ACK is still owed to the peer.
+    pub ack_sent: Option<u32>,
     /// FIN watchdog: when to re-send our FIN ourselves, and the backoff.
     pub fin_watch: Option<(Instant, u32)>,
 }

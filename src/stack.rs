@@ -271,6 +271,22 @@ pub struct Stack {
     now: Instant,
 }
 
+/// SEG.ACK of a TCP segment with ACK set that smoltcp emitted (IPv4
+/// with any header length, or IPv6 without extension headers); `None`
+/// for anything else.
+fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
+    let (proto, header) = match packet.first()? >> 4 {
+        4 => (*packet.get(9)?, usize::from(packet[0] & 0x0f) * 4),
+        6 => (*packet.get(6)?, 40),
+        _ => return None,
+    };
+    let tcp = packet.get(header..header + 20)?;
+    if proto != 6 || tcp[13] & 0x10 == 0 {
+        return None;
+    }
+    Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]))
+}
+
 fn since_epoch(t: Instant) -> StdDuration {
     StdDuration::from_micros(t.total_micros().max(0) as u64)
 }
@@ -1071,6 +1087,7 @@ impl Stack {
             last_send_queue: 0,
             peer_ack: 0,
             peer_next: 0,
+            ack_sent: None,
             fin_watch: None,
         })))
     }
@@ -1141,9 +1158,20 @@ impl Stack {
             }
             _ => return,
         };
+        let before = dev.tx.len();
         let _ = self.iface.poll_ingress_single(self.now, &mut dev, set);
+        self.note_ack_sent(id, before);
         self.mark_dirty(id);
         self.after_io(id, Cause::Ingress);
+    }
+
+    /// Remember the acknowledgment number of the last segment `id` put on
+    /// the tx queue from position `from` on.
+    fn note_ack_sent(&mut self, id: SocketId, from: usize) {
+        let ack = self.tx.range(from..).rev().find_map(|p| tcp_ack_number(p));
+        if let (Some(ack), Some(Socket::Tcp(c))) = (ack, self.sockets.get_mut(id)) {
+            c.ack_sent = Some(ack);
+        }
     }
 
     /// Flush one socket's output (and its due timers).
@@ -1164,6 +1192,7 @@ impl Stack {
             }
             _ => return,
         };
+        let before = dev.tx.len();
         // Each call sends at most one segment; the window bounds the loop,
         // the cap guards against a socket that never says it is done.
         for _ in 0..4096 {
@@ -1172,6 +1201,7 @@ impl Stack {
             }
         }
         if matches!(self.sockets.get(id), Some(Socket::Tcp(_))) {
+            self.note_ack_sent(id, before);
             self.after_io(id, Cause::Egress);
         }
     }
@@ -1257,6 +1287,20 @@ impl Stack {
             // compact record and the socket is freed (RFC 9293 §3.6.1).
             TcpState::TimeWait if released => {
                 let key = c.key;
+                // Freed later than the segment that brought it here (the
+                // application closed a handle already in TIME-WAIT): the
+                // peer's FIN may still be owed smoltcp's delayed ACK, so
+                // send it now or the peer waits in LAST-ACK for a FIN
+                // retransmission. (Freed by that very segment, the ACK is
+                // sent from the record in `handle_packet`.)
+                if cause != Cause::Ingress && c.ack_sent != Some(c.peer_next) {
+                    let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
+                    let (seq, ack) = (c.peer_ack, c.peer_next);
+                    self.emit_segment(&key, seq, ack, TcpControl::None, window as u16);
+                }
+                let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+                    return;
+                };
                 if c.registered {
                     self.table.enter_time_wait(&key, since_epoch(now));
                 }
@@ -1571,5 +1615,32 @@ impl Stack {
             self.counters.tcp_connect_refused += 1;
             self.after_io(id, Cause::Ingress);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_ack_number;
+
+    #[test]
+    fn ack_number_of_emitted_segments() {
+        let mut v4 = vec![0u8; 40];
+        v4[0] = 0x45;
+        v4[9] = 6;
+        v4[20 + 8..20 + 12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
+        assert_eq!(tcp_ack_number(&v4), None, "ACK flag clear");
+        v4[20 + 13] = 0x10;
+        assert_eq!(tcp_ack_number(&v4), Some(0xdead_beef));
+        v4[9] = 17;
+        assert_eq!(tcp_ack_number(&v4), None, "UDP");
+
+        let mut v6 = vec![0u8; 60];
+        v6[0] = 0x60;
+        v6[6] = 6;
+        v6[40 + 8..40 + 12].copy_from_slice(&7u32.to_be_bytes());
+        v6[40 + 13] = 0x18;
+        assert_eq!(tcp_ack_number(&v6), Some(7));
+        assert_eq!(tcp_ack_number(&v6[..50]), None, "truncated");
+        assert_eq!(tcp_ack_number(&[]), None);
     }
 }

@@ -576,3 +576,39 @@ fn abort_released_resets_connections_still_draining() {
     assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Reset));
     assert_eq!(net.stack(1).abort_released(), 0);
 }
+
+#[test]
+fn closing_a_handle_already_in_time_wait_still_acks_the_peers_fin() {
+    // The application half-closes, the peer's FIN arrives, and the
+    // application closes the handle at once (as a relay does on EOF),
+    // before the delayed ACK of that FIN went out.
+    let mut net = default_pair(81);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let mut server = Vec::new();
+    net.run_until(1000, |n| {
+        server.extend(accept_all(n, 1, l));
+        !server.is_empty()
+    })
+    .unwrap();
+    let s = server[0];
+    let start = net.now();
+    net.stack(0).shutdown(c).unwrap();
+    net.run_until(1000, |n| {
+        let mut buf = [0u8; 4];
+        if n.stack(1).recv(s, &mut buf) == Ok(0) {
+            n.stack(1).close(s);
+        }
+        n.stack(0).tcp_state(c) == Some(TcpState::TimeWait)
+    })
+    .unwrap();
+    net.stack(0).close(c);
+    net.run_until(1000, |n| n.stack_ref(1).counters().tcp_closed == 1)
+        .unwrap();
+    assert!(
+        (net.now() - start).total_millis() < 100,
+        "peer left LAST-ACK only after {} ms",
+        (net.now() - start).total_millis()
+    );
+    assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
+}
