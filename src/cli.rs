@@ -80,7 +80,8 @@ pub struct UpArgs {
     /// Ports ephemera's own table hands out for outgoing connections.
     #[arg(long, value_name = "A-B", default_value = "49152-65535", value_parser = parse_range)]
     pub ephemeral_range: PortRange,
-    /// Accept-queue length of each listener.
+    /// Accept-queue length of each listener; also raises the half-open (SYN-RECEIVED)
+    /// limit to at least N [default: 128].
     #[arg(long, value_name = "N", value_parser = parse_backlog)]
     pub backlog: Option<usize>,
     /// How long a connection ephemera closed first stays in TIME-WAIT, holding its

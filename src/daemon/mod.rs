@@ -240,6 +240,14 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             ..PortTableConfig::default()
         },
         backlog: args.backlog.unwrap_or(StackConfig::default().backlog),
+        // The half-open limit grows with the backlog, as Linux bounds its
+        // SYN queue by listen()'s backlog: a burst of N clients then gets
+        // N handshakes, not evictions (whose late RSTs reset real clients).
+        syn_backlog: args
+            .backlog
+            .map_or(StackConfig::default().syn_backlog, |b| {
+                b.max(StackConfig::default().syn_backlog)
+            }),
         ..StackConfig::default()
     };
     let spec = ServiceSpec {
