@@ -74,6 +74,9 @@ counters! {
     tcp_timed_out,
     /// Connections that closed gracefully.
     tcp_closed,
+    /// Closed connections freed (RST sent, port released) after
+    /// `StackConfig::fin_timeout` in FIN-WAIT-2 without the peer's FIN.
+    tcp_fin_wait2_timeouts,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).

@@ -187,6 +187,9 @@ pub struct TcpConn {
     pub ack_sent: Option<u32>,
     /// FIN watchdog: when to re-send our FIN ourselves, and the backoff.
     pub fin_watch: Option<(Instant, u32)>,
+    /// Since when it has been released and in FIN-WAIT-2 (for the
+    /// FIN-WAIT-2 timeout).
+    pub orphan_since: Option<Instant>,
 }
 
 impl TcpConn {

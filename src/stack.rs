@@ -90,6 +90,13 @@ pub struct StackConfig {
     /// Idle connections with nothing outstanding never time out. This also
     /// ends a peer that keeps its window at zero forever.
     pub user_timeout: Option<Duration>,
+    /// Free a connection the application has closed that has sat in
+    /// FIN-WAIT-2 this long without a state change, waiting for a peer FIN
+    /// that may never come (Linux `tcp_fin_timeout`, 60 s). The connection
+    /// is reset and its port released; counted in `tcp_fin_wait2_timeouts`.
+    /// Connections still held by the application (`shutdown` only) wait
+    /// for the peer indefinitely, as on Linux. `None` never gives up.
+    pub fin_timeout: Option<Duration>,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
@@ -109,6 +116,7 @@ impl Default for StackConfig {
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
             user_timeout: Some(Duration::from_secs(120)),
+            fin_timeout: Some(Duration::from_secs(60)),
             seed: None,
         }
     }
@@ -1089,6 +1097,7 @@ impl Stack {
             peer_next: 0,
             ack_sent: None,
             fin_watch: None,
+            orphan_since: None,
         })))
     }
 
@@ -1384,6 +1393,26 @@ impl Stack {
         }
         let fin_at = c.fin_watch.map(|(at, _)| at);
 
+        // FIN-WAIT-2 timeout (Linux `tcp_fin_timeout`): a released
+        // connection whose FIN is acknowledged waits for the peer's FIN only
+        // so long. Linux moves such an orphan into a TIME-WAIT-like
+        // minisocket that expires after the timeout; ephemera resets it and
+        // releases the port, so a peer still there learns the end at once.
+        let orphan = released && state == TcpState::FinWait2;
+        c.orphan_since = orphan.then(|| c.orphan_since.unwrap_or(now));
+        let fin2_at = c
+            .orphan_since
+            .zip(self.config.fin_timeout)
+            .map(|(t, d)| t + d);
+        if fin2_at.is_some_and(|t| t <= now) {
+            debug!("FIN-WAIT-2 timeout {} -> {}", c.key.local, c.key.remote);
+            self.counters.tcp_fin_wait2_timeouts += 1;
+            c.orphan_since = None;
+            c.socket_mut().abort();
+            self.mark_dirty(id);
+            return;
+        }
+
         // Schedule its next timer. After an egress round smoltcp has sent
         // all it could, so "now" can only mean a timer that fired in the
         // same instant: look again a millisecond later rather than spin.
@@ -1392,7 +1421,7 @@ impl Stack {
             Some(t) if t <= now && cause == Cause::Egress => Some(now + Duration::from_millis(1)),
             other => other,
         };
-        let at = [at, give_up, fin_at].into_iter().flatten().min();
+        let at = [at, give_up, fin_at, fin2_at].into_iter().flatten().min();
         match at {
             Some(t) if t <= now => self.mark_dirty(id),
             Some(t) => {
