@@ -62,6 +62,8 @@ pub struct LinkStats {
     pub corrupted: u64,
     /// Packets for an address no stack owns.
     pub unroutable: u64,
+    /// Packets the filter (see [`Network::set_filter`]) dropped.
+    pub filtered: u64,
 }
 
 /// The step limit ran out before the condition held.
@@ -88,6 +90,10 @@ impl std::error::Error for StepLimit {}
 /// A callback that sees every packet put on the link.
 type Tap = Box<dyn FnMut(Instant, &[u8])>;
 
+/// A callback that decides whether a packet from stack `from` to stack `to`
+/// is carried.
+type Filter = Box<dyn FnMut(usize, usize, &[u8]) -> bool>;
+
 struct InFlight {
     to: usize,
     bytes: Vec<u8>,
@@ -105,6 +111,7 @@ pub struct Network {
     rng: SeededRng,
     stats: LinkStats,
     tap: Option<Tap>,
+    filter: Option<Filter>,
 }
 
 impl Network {
@@ -121,6 +128,7 @@ impl Network {
             config,
             stats: LinkStats::default(),
             tap: None,
+            filter: None,
         }
     }
 
@@ -168,6 +176,20 @@ impl Network {
         self.tap = Some(Box::new(tap));
     }
 
+    /// Decide per packet whether the link carries it: `filter(from, to,
+    /// bytes)` returning `false` drops the packet (counted in
+    /// [`LinkStats::filtered`]). It runs after the tap, so the tap still
+    /// sees what was dropped, and before the random impairments. For
+    /// misbehaving peers: one that never ACKs, never answers a SYN.
+    pub fn set_filter(&mut self, filter: impl FnMut(usize, usize, &[u8]) -> bool + 'static) {
+        self.filter = Some(Box::new(filter));
+    }
+
+    /// Remove the filter: the link carries everything again.
+    pub fn clear_filter(&mut self) {
+        self.filter = None;
+    }
+
     /// Collect every stack's output, then deliver what is due. If nothing
     /// was due, jump the clock to the next delivery or deadline. Returns
     /// `false` when nothing is pending anywhere (the network is idle).
@@ -180,7 +202,7 @@ impl Network {
         let now = self.now;
         for i in 0..self.stacks.len() {
             while let Some(p) = self.stacks[i].poll_transmit(now) {
-                self.send(p);
+                self.send(i, p);
             }
         }
         let mut delivered = false;
@@ -267,7 +289,7 @@ impl Network {
         p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
     }
 
-    fn send(&mut self, mut bytes: Vec<u8>) {
+    fn send(&mut self, from: usize, mut bytes: Vec<u8>) {
         if let Some(tap) = self.tap.as_mut() {
             tap(self.now, &bytes);
         }
@@ -277,6 +299,12 @@ impl Network {
             self.stats.unroutable += 1;
             return;
         };
+        if let Some(filter) = self.filter.as_mut() {
+            if !filter(from, to, &bytes) {
+                self.stats.filtered += 1;
+                return;
+            }
+        }
         if self.chance(self.config.loss) {
             self.stats.lost += 1;
             return;
