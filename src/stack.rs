@@ -1224,7 +1224,13 @@ impl Stack {
         };
         let state = c.socket().state();
         let prev = c.last_state;
-        c.last_state = state;
+        // A call from the application brings no time of its own: `now` is
+        // the time last passed in, perhaps long ago. Such a pass reaps at
+        // once but leaves the transition, and every deadline measured from
+        // it, to the egress pass it scheduled (the caller marks it dirty).
+        if cause != Cause::App {
+            c.last_state = state;
+        }
 
         // How did it end, if it did? (RFC 9293 §3.10.7 for RST, §3.8.4 for
         // timeouts.)
@@ -1331,6 +1337,10 @@ impl Stack {
             _ => {}
         }
 
+        if cause == Cause::App {
+            return;
+        }
+
         // Tell the application.
         if c.phase == Phase::Owned && (cause == Cause::Ingress || state != prev) && !c.event_queued
         {
@@ -1353,7 +1363,10 @@ impl Stack {
                     | TcpState::Closing
                     | TcpState::LastAck
             );
-        if !outstanding || sq < c.last_send_queue || state != prev {
+        // Data queued on an empty send queue starts a new wait: an idle
+        // spell before it was no lack of progress.
+        let fresh = sq > 0 && c.last_send_queue == 0;
+        if !outstanding || fresh || sq < c.last_send_queue || state != prev {
             c.progress_at = now;
         }
         c.last_send_queue = sq;
