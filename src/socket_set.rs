@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 
 use crate::error::ConnError;
 use crate::port_table::FlowKey;
@@ -222,6 +222,8 @@ pub struct Listener {
     pub created: Instant,
     /// Whether an `Incoming` event is queued for it.
     pub event_queued: bool,
+    /// Smoothed time from SYN to ESTABLISHED of its connections.
+    pub handshake_rtt: Option<Duration>,
 }
 
 /// A UDP socket.

@@ -35,6 +35,11 @@ use crate::socket_set::{Listener, Phase, Slab, Socket, SocketId, TcpConn, TimerQ
 
 pub use smoltcp::socket::tcp::State as TcpState;
 
+/// A half-open connection is evicted for a new SYN only once it is older
+/// than this and than its listener's smoothed handshake time: a real
+/// client completes within about one handshake time, a spoofed SYN never.
+const MIN_EVICTION_AGE: Duration = Duration::from_millis(1);
+
 /// Handle of a TCP connection.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[must_use]
@@ -563,6 +568,7 @@ impl Stack {
             queue: VecDeque::new(),
             created: self.now,
             event_queued: false,
+            handshake_rtt: None,
         }));
         debug_assert_eq!(got, id);
         debug!("listen {bound}");
@@ -1262,10 +1268,17 @@ impl Stack {
                 TcpState::Closed | TcpState::Listen | TcpState::TimeWait
             );
             if established || failed {
+                let handshake = now - c.created;
                 let queued = match self.sockets.get_mut(l) {
                     Some(Socket::Listener(listener)) => {
                         listener.half_open -= 1;
                         if established && listener.queue.len() < listener.backlog {
+                            // Smoothed handshake time (RFC 6298 gain 1/8),
+                            // for the eviction age threshold.
+                            listener.handshake_rtt = Some(match listener.handshake_rtt {
+                                Some(r) => (r * 7 + handshake) / 8,
+                                None => handshake,
+                            });
                             listener.queue.push_back(id);
                             if !listener.event_queued {
                                 listener.event_queued = true;
@@ -1531,19 +1544,37 @@ impl Stack {
     /// because smoltcp cannot build an established socket from a cookie.
     /// Returns whether one was evicted.
     fn evict_oldest_half_open(&mut self, l: SocketId) -> bool {
+        let now = self.now;
         loop {
             let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
                 return false;
             };
-            let Some(id) = listener.half_open_order.pop_front() else {
+            let Some(&id) = listener.half_open_order.front() else {
                 return false;
             };
+            let threshold = listener
+                .handshake_rtt
+                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE));
             let key = match self.sockets.get(id) {
                 Some(Socket::Tcp(c)) if c.phase == Phase::HalfOpen(l) => {
+                    // Younger than a typical handshake: likely a burst of
+                    // real clients, not a flood. Drop the new SYN instead
+                    // (its sender retransmits) rather than reset one of them.
+                    if now - c.created < threshold {
+                        return false;
+                    }
                     c.registered.then_some(c.key)
                 }
-                _ => continue,
+                _ => {
+                    if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
+                        listener.half_open_order.pop_front();
+                    }
+                    continue;
+                }
             };
+            if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
+                listener.half_open_order.pop_front();
+            }
             if let Some(key) = key {
                 self.table.release(&key);
             }

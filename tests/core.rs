@@ -612,3 +612,34 @@ fn closing_a_handle_already_in_time_wait_still_acks_the_peers_fin() {
     );
     assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
 }
+
+#[test]
+fn a_burst_of_real_clients_beyond_the_backlog_all_get_in() {
+    // 200 SYNs in one instant at a listener with the default backlog and
+    // half-open limit of 128: the surplus is dropped and retransmitted, not
+    // reset, so every client connects.
+    let mut net = default_pair(61);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let clients: Vec<TcpHandle> = (0..200)
+        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .collect();
+    let mut accepted = Vec::new();
+    net.run_until(1_000_000, |n| {
+        accepted.extend(accept_all(n, 1, l));
+        accepted.len() == 200
+    })
+    .expect("all 200 accepted");
+    net.run_for(ephemera::Duration::from_millis(50), 100_000)
+        .unwrap();
+    for &c in &clients {
+        assert_eq!(net.stack(0).tcp_state(c), Some(TcpState::Established));
+        assert_eq!(net.stack(0).tcp_error(c), None);
+    }
+    let ctr = net.stack(1).counters();
+    assert_eq!(ctr.drop_half_open_evicted, 0, "{ctr:?}");
+    assert!(
+        ctr.drop_accept_queue_full + ctr.drop_syn_queue_full > 0,
+        "{ctr:?}"
+    );
+    assert_eq!(net.stack(0).counters().tcp_reset_by_peer, 0);
+}
