@@ -56,6 +56,8 @@ counters! {
     drop_half_open_evicted,
     /// Connections dropped because the listener's accept queue was full.
     drop_accept_queue_full,
+    /// Connections not made because no buffer memory could be reserved.
+    drop_no_buffers,
     /// TCP connections we opened (`connect`).
     tcp_active_opens,
     /// TCP connections a peer opened and that reached the accept queue.

@@ -22,6 +22,8 @@ pub mod errno {
     pub const EADDRNOTAVAIL: i32 = 99;
     /// Network is unreachable.
     pub const ENETUNREACH: i32 = 101;
+    /// No buffer space available.
+    pub const ENOBUFS: i32 = 105;
     /// Connection reset by peer.
     pub const ECONNRESET: i32 = 104;
     /// Transport endpoint is not connected.
@@ -94,6 +96,8 @@ error_enum! {
         NetworkUnreachable => (ENETUNREACH, "network is unreachable"),
         /// EINVAL: the remote address is unspecified or its port is 0.
         InvalidAddress => (EINVAL, "invalid remote address"),
+        /// ENOBUFS: no memory could be reserved for the socket's buffers.
+        NoBuffers => (ENOBUFS, "no buffer space available"),
     }
 }
 

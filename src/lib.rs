@@ -1,6 +1,7 @@
 //! ephemera: a user-space TCP/IP stack on smoltcp that owns its own port table.
 #![deny(missing_docs)]
 
+pub mod buffer_pool;
 pub mod cli;
 pub mod counters;
 pub mod daemon;

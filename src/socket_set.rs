@@ -22,6 +22,7 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 
+use crate::buffer_pool::Chunk;
 use crate::error::ConnError;
 use crate::port_table::FlowKey;
 
@@ -190,9 +191,43 @@ pub struct TcpConn {
     /// Since when it has been released and in FIN-WAIT-2 (for the
     /// FIN-WAIT-2 timeout).
     pub orphan_since: Option<Instant>,
+    /// The peer's initial sequence number, once its SYN is seen.
+    pub peer_isn: Option<u32>,
+    /// Octets the application has read (wrapping), to tell whether the
+    /// receive buffer may hold out-of-order data.
+    pub rx_read: u32,
+    /// Since when both buffers have been empty, if they are.
+    pub idle_since: Option<Instant>,
+    /// Whether the buffer pages were handed back since they last held data.
+    pub shrunk: bool,
+    /// The buffer memory the socket's two ring buffers live in. Declared
+    /// last: fields drop in order, so the socket in `set` goes first.
+    pub chunk: Option<Chunk>,
 }
 
 impl TcpConn {
+    /// Whether everything the peer sent up to the highest sequence number
+    /// seen has been read by the application: then the receive buffer holds
+    /// no out-of-order data either.
+    pub fn rx_drained(&self) -> bool {
+        let Some(isn) = self.peer_isn else {
+            return true;
+        };
+        let fin = matches!(
+            self.socket().state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) as u32;
+        self.socket().recv_queue() == 0
+            && self.peer_next
+                == isn
+                    .wrapping_add(1)
+                    .wrapping_add(self.rx_read)
+                    .wrapping_add(fin)
+    }
+
     /// The smoltcp socket.
     pub fn socket(&self) -> &tcp::Socket<'static> {
         self.set.get(self.handle)

@@ -24,6 +24,7 @@ use smoltcp::wire::{
     TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
+use crate::buffer_pool::{BufferPool, Chunk};
 use crate::counters::Counters;
 use crate::demux::{self, Class, IcmpError, LocalAddrs, TcpSeg};
 use crate::error::{
@@ -102,6 +103,10 @@ pub struct StackConfig {
     /// Connections still held by the application (`shutdown` only) wait
     /// for the peer indefinitely, as on Linux. `None` never gives up.
     pub fin_timeout: Option<Duration>,
+    /// Hand an idle connection's buffer pages back to the kernel after its
+    /// buffers have been empty this long (see [`crate::buffer_pool`]);
+    /// `None` keeps them. Default 1 s.
+    pub shrink_idle_after: Option<Duration>,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
@@ -122,6 +127,7 @@ impl Default for StackConfig {
             ack_delay: Some(Duration::from_millis(10)),
             user_timeout: Some(Duration::from_secs(120)),
             fin_timeout: Some(Duration::from_secs(60)),
+            shrink_idle_after: Some(Duration::from_secs(1)),
             seed: None,
         }
     }
@@ -282,6 +288,8 @@ pub struct Stack {
     rng: SeededRng,
     empty: SocketSet<'static>,
     now: Instant,
+    /// Declared after `sockets`, so it outlives every socket in it.
+    buffers: BufferPool,
 }
 
 /// SEG.ACK of a TCP segment with ACK set that smoltcp emitted (IPv4
@@ -374,6 +382,7 @@ impl Stack {
                 }
             }
         }
+        let buffers = BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer);
         Ok(Stack {
             iface,
             tx,
@@ -389,6 +398,7 @@ impl Stack {
             rng,
             empty: SocketSet::new(Vec::new()),
             now,
+            buffers,
         })
     }
 
@@ -420,6 +430,9 @@ impl Stack {
                         if seg.ack {
                             c.peer_ack = seg.ack_number;
                         }
+                        if seg.syn && c.peer_isn.is_none() {
+                            c.peer_isn = Some(seg.seq);
+                        }
                         let next = seg
                             .seq
                             .wrapping_add(seg.len + seg.syn as u32 + seg.fin as u32);
@@ -436,7 +449,9 @@ impl Stack {
                     }
                 }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg),
-                Lookup::Bound(l) if seg.is_initial_syn() => self.syn_to_listener(l, key, packet),
+                Lookup::Bound(l) if seg.is_initial_syn() => {
+                    self.syn_to_listener(l, key, seg.seq, packet)
+                }
                 Lookup::Bound(_) | Lookup::Nothing => {
                     if seg.is_initial_syn() {
                         self.counters.tcp_refused += 1;
@@ -682,17 +697,22 @@ impl Stack {
         }
         .map_err(|_| ConnectError::AddrNotAvailable)?;
 
-        let mut socket = self.new_tcp_socket();
+        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
+            self.table.release(&key);
+            return Err(ConnectError::NoBuffers);
+        };
         let r = socket.connect(
             self.iface.context(),
             IpEndpoint::from(key.remote),
             IpEndpoint::from(key.local),
         );
         if r.is_err() {
+            drop(socket);
+            self.buffers.release(chunk);
             self.table.release(&key);
             return Err(ConnectError::AddrNotAvailable);
         }
-        let got = self.insert_conn(socket, key, Phase::Owned);
+        let got = self.insert_conn((socket, chunk), key, Phase::Owned);
         debug_assert_eq!(got, id);
         self.counters.tcp_active_opens += 1;
         debug!("connect {} -> {}", key.local, key.remote);
@@ -739,6 +759,7 @@ impl Stack {
                 None => Err(RecvError::WouldBlock),
             },
             Ok(n) => {
+                c.rx_read = c.rx_read.wrapping_add(n as u32);
                 // The window opened: let the peer know.
                 self.mark_dirty(h.0);
                 Ok(n)
@@ -1033,6 +1054,17 @@ impl Stack {
                 }
             }
         }
+        let tcp = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| matches!(s, Socket::Tcp(_)))
+            .count();
+        if tcp != self.buffers.leased() {
+            return Err(format!(
+                "{tcp} TCP sockets but {} buffer chunks leased",
+                self.buffers.leased()
+            ));
+        }
         if live != self.table.live_flows() {
             return Err(format!(
                 "{live} registered connections but {} live flows",
@@ -1062,23 +1094,49 @@ impl Stack {
             .ok_or(ConnectError::NetworkUnreachable)
     }
 
-    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+    /// A fresh socket with buffers from the pool; `None` when the pool
+    /// cannot reserve more memory.
+    fn new_tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, Chunk)> {
+        let chunk = match self.buffers.lease() {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("no buffer memory: {e}");
+                self.counters.drop_no_buffers += 1;
+                return None;
+            }
+        };
+        // SAFETY: one set of slices per lease; the socket is dropped before
+        // the chunk is released (`free_tcp`), and the pool outlives both.
+        let (rx, tx) = unsafe { self.buffers.slices(&chunk) };
         let c = &self.config;
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; c.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; c.tcp_tx_buffer]),
-        );
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         s.set_nagle_enabled(c.nagle);
         s.set_ack_delay(c.ack_delay);
         // smoltcp's own timeout also fires on idle connections; ephemera
         // applies the user timeout itself, only to outstanding data.
         s.set_timeout(None);
-        s
+        Some((s, chunk))
+    }
+
+    /// Free a TCP connection's slot and give its buffer memory back.
+    fn free_tcp(&mut self, id: SocketId) {
+        if let Some(Socket::Tcp(mut c)) = self.sockets.remove(id) {
+            let chunk = c.chunk.take();
+            drop(c);
+            if let Some(chunk) = chunk {
+                self.buffers.release(chunk);
+            }
+        }
+    }
+
+    /// Resident bytes of all TCP buffers (for measurements).
+    pub fn buffer_resident_bytes(&self) -> usize {
+        self.buffers.resident_bytes()
     }
 
     fn insert_conn(
         &mut self,
-        socket: tcp::Socket<'static>,
+        (socket, chunk): (tcp::Socket<'static>, Chunk),
         key: FlowKey,
         phase: Phase,
     ) -> SocketId {
@@ -1104,6 +1162,11 @@ impl Stack {
             ack_sent: None,
             fin_watch: None,
             orphan_since: None,
+            peer_isn: None,
+            rx_read: 0,
+            idle_since: None,
+            shrunk: false,
+            chunk: Some(chunk),
         })))
     }
 
@@ -1333,7 +1396,7 @@ impl Stack {
                     self.table.enter_time_wait(&key, since_epoch(now));
                 }
                 self.counters.tcp_closed += 1;
-                self.sockets.remove(id);
+                self.free_tcp(id);
                 return;
             }
             TcpState::Closed | TcpState::Listen => {
@@ -1343,7 +1406,7 @@ impl Stack {
                     self.table.release(&key);
                 }
                 if released {
-                    self.sockets.remove(id);
+                    self.free_tcp(id);
                     return;
                 }
             }
@@ -1439,6 +1502,25 @@ impl Stack {
             return;
         }
 
+        // Idle buffers: once both have been empty (and nothing waits out of
+        // order) for `shrink_idle_after`, their pages go back to the kernel.
+        let quiet = sq == 0 && c.rx_drained();
+        let mut shrink_at = None;
+        if !quiet {
+            c.idle_since = None;
+            c.shrunk = false;
+        } else if let (false, Some(after)) = (c.shrunk, self.config.shrink_idle_after) {
+            let since = *c.idle_since.get_or_insert(now);
+            if since + after <= now {
+                if let Some(chunk) = &c.chunk {
+                    self.buffers.shrink(chunk);
+                }
+                c.shrunk = true;
+            } else {
+                shrink_at = Some(since + after);
+            }
+        }
+
         // Schedule its next timer. After an egress round smoltcp has sent
         // all it could, so "now" can only mean a timer that fired in the
         // same instant: look again a millisecond later rather than spin.
@@ -1447,7 +1529,10 @@ impl Stack {
             Some(t) if t <= now && cause == Cause::Egress => Some(now + Duration::from_millis(1)),
             other => other,
         };
-        let at = [at, give_up, fin_at, fin2_at].into_iter().flatten().min();
+        let at = [at, give_up, fin_at, fin2_at, shrink_at]
+            .into_iter()
+            .flatten()
+            .min();
         match at {
             Some(t) if t <= now => self.mark_dirty(id),
             Some(t) => {
@@ -1477,7 +1562,7 @@ impl Stack {
                 let key = c.key;
                 self.table.release(&key);
             }
-            self.sockets.remove(id);
+            self.free_tcp(id);
         }
     }
 
@@ -1488,7 +1573,7 @@ impl Stack {
     /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
     /// oldest half-open connection makes room instead (see
     /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
-    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, packet: &[u8]) {
+    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, isn: u32, packet: &[u8]) {
         let Some(Socket::Listener(listener)) = self.sockets.get(l) else {
             return;
         };
@@ -1501,11 +1586,15 @@ impl Stack {
             self.counters.drop_accept_queue_full += 1;
             return;
         }
+        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
+            return;
+        };
         let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) else {
+            drop(socket);
+            self.buffers.release(chunk);
             return;
         };
         listener.half_open += 1;
-        let mut socket = self.new_tcp_socket();
         socket
             .listen(IpListenEndpoint {
                 addr: Some(key.local.ip().into()),
@@ -1516,8 +1605,12 @@ impl Stack {
         self.table
             .insert(key, id)
             .expect("lookup found no flow for this 4-tuple");
-        let got = self.insert_conn(socket, key, Phase::HalfOpen(l));
+        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l));
         debug_assert_eq!(got, id);
+        if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+            c.peer_isn = Some(isn);
+            c.peer_next = isn.wrapping_add(1);
+        }
         if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
             listener.half_open_order.push_back(id);
             // Drop stale ids now and then, so the order stays within twice
@@ -1578,7 +1671,7 @@ impl Stack {
             if let Some(key) = key {
                 self.table.release(&key);
             }
-            self.sockets.remove(id);
+            self.free_tcp(id);
             if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
                 listener.half_open -= 1;
             }

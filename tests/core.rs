@@ -643,3 +643,62 @@ fn a_burst_of_real_clients_beyond_the_backlog_all_get_in() {
     );
     assert_eq!(net.stack(0).counters().tcp_reset_by_peer, 0);
 }
+
+#[test]
+fn idle_connections_give_their_buffer_pages_back_and_keep_working() {
+    let mut net = default_pair(71);
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let clients: Vec<TcpHandle> = (0..100)
+        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .collect();
+    let mut servers = Vec::new();
+    net.run_until(100_000, |n| {
+        servers.extend(accept_all(n, 1, l));
+        servers.len() == 100
+    })
+    .unwrap();
+    net.run_until(10_000, |n| {
+        clients.iter().all(|&c| n.stack_ref(0).can_send(c))
+    })
+    .unwrap();
+    // 20 kB each way on every connection: buffer pages get touched.
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut exchange = |net: &mut ephemera::device::virtual_link::Network, round: u8| {
+        let mut sent = vec![0usize; 100];
+        let mut got = vec![Vec::new(); 100];
+        net.run_until(1_000_000, |n| {
+            for i in 0..100 {
+                if sent[i] < data.len() {
+                    if let Ok(k) = n.stack(0).send(clients[i], &data[sent[i]..]) {
+                        sent[i] += k;
+                    }
+                }
+                while let Ok(k) = n.stack(1).recv(servers[i], &mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    got[i].extend_from_slice(&buf[..k]);
+                }
+            }
+            got.iter().all(|g| g.len() == data.len())
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            got.iter().all(|g| *g == data),
+            "round {round}: bytes differ"
+        );
+    };
+    exchange(&mut net, 1);
+    let busy = net.stack(0).buffer_resident_bytes() + net.stack(1).buffer_resident_bytes();
+    assert!(busy >= 100 * 20_000, "buffers were used: {busy}");
+    // Idle for longer than `shrink_idle_after` (1 s): every page goes back.
+    net.run_for(ephemera::Duration::from_secs(2), 100_000)
+        .unwrap();
+    assert_eq!(net.stack(0).buffer_resident_bytes(), 0);
+    assert_eq!(net.stack(1).buffer_resident_bytes(), 0);
+    // And the connections carry data as before.
+    exchange(&mut net, 2);
+    net.stack(0).check_invariants().unwrap();
+    net.stack(1).check_invariants().unwrap();
+}

@@ -1,0 +1,222 @@
+//! TCP buffers that hold memory only while they hold data.
+//!
+//! smoltcp's TCP socket takes its two ring buffers when it is created and
+//! can neither grow nor shrink them. So ephemera carves every connection's
+//! buffers out of large anonymous mappings reserved with `MAP_NORESERVE`:
+//! the kernel backs a page only when it is first written. When a
+//! connection's buffers are both empty the stack may hand their pages back
+//! with `madvise(MADV_DONTNEED)` ([`BufferPool::shrink`]); the next write
+//! faults in fresh zero pages. An idle connection then holds no buffer
+//! memory at all, whatever its configured buffer sizes — the kernel's own
+//! trick for idle sockets, done from user space.
+//!
+//! Safety rests on three rules, kept by [`Stack`](crate::Stack):
+//! - a chunk's slices are given to exactly one smoltcp socket, and the
+//!   chunk goes back to the pool only after that socket is dropped;
+//! - pages are released only while both ring buffers are empty, when
+//!   smoltcp never reads their contents;
+//! - the pool outlives every socket (it is declared after the socket slab
+//!   in `Stack`, so it is dropped after it).
+
+use std::io;
+use std::ptr::NonNull;
+
+const PAGE: usize = 4096;
+/// Chunks per mapping: few enough mappings for `vm.max_map_count` at
+/// 100 k connections, small enough not to reserve much unused space.
+const CHUNKS_PER_ARENA: usize = 256;
+
+/// One connection's buffer memory: `rx` then `tx` octets, page aligned.
+#[derive(Debug)]
+pub struct Chunk {
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: a chunk is a unique lease on its memory; nothing else aliases it.
+unsafe impl Send for Chunk {}
+
+struct Arena {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the arena owns its mapping; chunks handed out are unique.
+unsafe impl Send for Arena {}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from one successful mmap.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// A pool of equally sized, lazily backed buffer chunks.
+pub struct BufferPool {
+    rx: usize,
+    tx: usize,
+    chunk: usize,
+    arenas: Vec<Arena>,
+    free: Vec<NonNull<u8>>,
+    leased: usize,
+}
+
+// SAFETY: see `Chunk` and `Arena`.
+unsafe impl Send for BufferPool {}
+
+impl BufferPool {
+    /// A pool whose chunks hold an `rx`-octet and a `tx`-octet buffer.
+    pub fn new(rx: usize, tx: usize) -> BufferPool {
+        BufferPool {
+            rx,
+            tx,
+            chunk: (rx + tx).div_ceil(PAGE) * PAGE,
+            arenas: Vec::new(),
+            free: Vec::new(),
+            leased: 0,
+        }
+    }
+
+    /// Lease a chunk, reserving a new mapping if none is free.
+    pub fn lease(&mut self) -> io::Result<Chunk> {
+        if self.free.is_empty() {
+            self.grow()?;
+        }
+        let ptr = self.free.pop().expect("grow added chunks");
+        self.leased += 1;
+        Ok(Chunk { ptr })
+    }
+
+    fn grow(&mut self) -> io::Result<()> {
+        let len = self.chunk * CHUNKS_PER_ARENA;
+        // SAFETY: a fresh private anonymous mapping; no file, no aliasing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+        self.arenas.push(Arena { ptr: base, len });
+        // Hand out low addresses first.
+        for i in (0..CHUNKS_PER_ARENA).rev() {
+            // SAFETY: inside the mapping just made.
+            self.free
+                .push(unsafe { NonNull::new_unchecked(base.as_ptr().add(i * self.chunk)) });
+        }
+        Ok(())
+    }
+
+    /// The chunk's receive and send buffers, for one smoltcp socket.
+    ///
+    /// # Safety
+    /// Call once per lease, and drop the socket holding the slices before
+    /// the chunk goes back with [`release`](Self::release).
+    pub unsafe fn slices(&self, chunk: &Chunk) -> (&'static mut [u8], &'static mut [u8]) {
+        let p = chunk.ptr.as_ptr();
+        // SAFETY: the caller guarantees one set of slices per lease; the
+        // two ranges do not overlap and lie inside the chunk.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(p, self.rx),
+                std::slice::from_raw_parts_mut(p.add(self.rx), self.tx),
+            )
+        }
+    }
+
+    /// Give the chunk's pages back to the kernel; it reads as zeros after.
+    /// Only while both ring buffers in it are empty.
+    pub fn shrink(&self, chunk: &Chunk) {
+        // SAFETY: the range is the page-aligned chunk, inside our mapping.
+        unsafe {
+            libc::madvise(chunk.ptr.as_ptr().cast(), self.chunk, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// Take a chunk back once its socket is gone; its pages are released.
+    pub fn release(&mut self, chunk: Chunk) {
+        self.shrink(&chunk);
+        self.leased -= 1;
+        self.free.push(chunk.ptr);
+    }
+
+    /// Chunks leased out now.
+    pub fn leased(&self) -> usize {
+        self.leased
+    }
+
+    /// Bytes of buffer memory the kernel actually backs right now
+    /// (`mincore(2)` over every mapping).
+    pub fn resident_bytes(&self) -> usize {
+        let mut total = 0;
+        for a in &self.arenas {
+            let mut vec = vec![0u8; a.len / PAGE];
+            // SAFETY: a page-aligned range of our own mapping and a vector
+            // with one byte per page.
+            let r = unsafe { libc::mincore(a.ptr.as_ptr().cast(), a.len, vec.as_mut_ptr()) };
+            if r == 0 {
+                total += vec.iter().filter(|&&b| b & 1 != 0).count() * PAGE;
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_backed_only_when_written_and_given_back_by_shrink() {
+        let mut pool = BufferPool::new(64 * 1024, 64 * 1024);
+        let chunks: Vec<Chunk> = (0..10).map(|_| pool.lease().unwrap()).collect();
+        assert_eq!(pool.resident_bytes(), 0, "reserving costs nothing");
+        let (rx, tx) = unsafe { pool.slices(&chunks[3]) };
+        rx[0] = 1;
+        tx[tx.len() - 1] = 2;
+        assert_eq!(pool.resident_bytes(), 2 * PAGE);
+        assert_eq!((rx[0], tx[tx.len() - 1]), (1, 2));
+        pool.shrink(&chunks[3]);
+        assert_eq!(pool.resident_bytes(), 0);
+        // Reads as zeros afterwards, and is writable again.
+        assert_eq!((rx[0], tx[tx.len() - 1]), (0, 0));
+        rx[5] = 9;
+        assert_eq!(rx[5], 9);
+        for c in chunks {
+            pool.release(c);
+        }
+        assert_eq!(pool.leased(), 0);
+        assert_eq!(pool.resident_bytes(), 0);
+    }
+
+    #[test]
+    fn chunks_never_overlap_and_are_reused() {
+        let mut pool = BufferPool::new(1000, 3000);
+        let a = pool.lease().unwrap();
+        let b = pool.lease().unwrap();
+        let (ar, at) = unsafe { pool.slices(&a) };
+        let (br, _) = unsafe { pool.slices(&b) };
+        assert_eq!((ar.len(), at.len()), (1000, 3000));
+        ar.fill(1);
+        at.fill(2);
+        br.fill(3);
+        assert!(ar.iter().all(|&x| x == 1) && at.iter().all(|&x| x == 2));
+        let pa = a.ptr;
+        pool.release(a);
+        let c = pool.lease().unwrap();
+        assert_eq!(c.ptr, pa, "a released chunk is leased again first");
+        let many: Vec<Chunk> = (0..CHUNKS_PER_ARENA * 2)
+            .map(|_| pool.lease().unwrap())
+            .collect();
+        assert_eq!(pool.leased(), 2 + CHUNKS_PER_ARENA * 2);
+        drop(many);
+    }
+}
