@@ -958,3 +958,70 @@ fn bad_input_fails_in_one_line_and_leaves_no_interface_behind() {
     ]);
     assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
 }
+
+#[test]
+fn user_drops_privileges_and_pcap_is_readable() {
+    let test = "user_drops_privileges_and_pcap_is_readable";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let pcap = ns.path("trace.pcap");
+    let pcap_arg = pcap.to_str().unwrap().to_string();
+    let daemon = ns.start_daemon(&["--http", "80", "--user", "nobody", "--pcap", &pcap_arg]);
+    // The daemon runs as nobody now: every uid field of the process.
+    let pid = ns.children[daemon.index].id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uids.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uids}\n{}",
+        daemon.log()
+    );
+    // It still serves, and its control socket still answers us.
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--local-port",
+        "45300-45399",
+        "-w",
+        "\n%{local_port}",
+        "http://10.7.0.2/",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let port = text(&out.stdout).rsplit_once('\n').unwrap().1.to_string();
+    assert!(!daemon.ports().is_empty());
+
+    // SAFETY: kill(2) on the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let st = ns
+        .wait_child(daemon.index, Duration::from_secs(15))
+        .expect("daemon exits");
+    assert!(st.success(), "{}", daemon.log());
+
+    // The capture is a pcap file (LINKTYPE_RAW) holding curl's SYN.
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(bytes.len() > 24, "empty capture");
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 101);
+    if have("tcpdump", "--version") {
+        let out = Command::new("tcpdump")
+            .arg("-nr")
+            .arg(&pcap)
+            .output()
+            .unwrap();
+        let dump = text(&out.stdout);
+        let syn = format!("{KERNEL}.{port} > {STACK}.80: Flags [S]");
+        assert!(dump.contains(&syn), "no {syn} in:\n{dump}");
+    } else {
+        say(&format!(
+            "{test}: tcpdump not found, pcap checked by header only"
+        ));
+    }
+}
