@@ -56,13 +56,13 @@ fn main() {
     let mut accepted = 0;
     for &port in &PORTS {
         let remote = SocketAddr::new("10.0.0.2".parse().unwrap(), port);
-        for tenth in 0..10 {
+        for (tenth, cost) in tenths.iter_mut().enumerate() {
             let n = range * (tenth + 1) / 10 - range * tenth / 10;
             let t = Wall::now();
             for _ in 0..n {
                 conns.push(net.stack(0).connect(remote).expect("a free port"));
             }
-            tenths[tenth] += t.elapsed().as_nanos() as f64 / n as f64;
+            *cost += t.elapsed().as_nanos() as f64 / n as f64;
         }
         // The range is full towards this destination: refused at once.
         let t = Wall::now();
