@@ -187,24 +187,9 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// A forward target's host: an address, or a name the daemon resolves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
-    /// A literal IPv4 or IPv6 address.
-    Ip(IpAddr),
-    /// A DNS name.
-    Name(String),
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
-            Host::Ip(a) => write!(f, "{a}"),
-            Host::Name(n) => f.write_str(n),
-        }
-    }
-}
+/// A forward target's host: an address, or a name the daemon resolves
+/// (the same type as a fetch URL's host).
+pub use crate::daemon::http::Host;
 
 /// `--forward LPORT=HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
