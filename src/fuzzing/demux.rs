@@ -56,9 +56,14 @@ pub mod record {
 
 /// The server stack's index in the fixture's network.
 const S: usize = 1;
-/// Most sockets the server may hold: fixture sockets plus, per listener,
-/// its SYN backlog, plus connections the harness opens.
-const MAX_SOCKETS: usize = 64;
+/// Most connection handles the harness keeps (accepted or opened); more
+/// are closed at once.
+const MAX_CONNS: usize = 32;
+/// Most listeners the harness keeps; more are closed at once.
+const MAX_LISTENERS: usize = 8;
+/// Most sockets the server may hold: the fixture's, the harness's
+/// handles, and per listener its SYN backlog (8) and accept queue (≤ 4).
+const MAX_SOCKETS: usize = 16 + MAX_CONNS + MAX_LISTENERS * (8 + 4);
 /// Most packets one step may make the server send.
 const MAX_OUTPUT: usize = 8192;
 /// Most known 4-tuples tracked.
@@ -354,8 +359,10 @@ impl Fixture {
             AppOp::Accept(i) => {
                 let l = self.listeners[i as usize % self.listeners.len()];
                 if let Ok(h) = self.net.stack(S).accept(l) {
-                    if self.conns.len() < MAX_SOCKETS {
+                    if self.conns.len() < MAX_CONNS {
                         self.conns.push(h);
+                    } else {
+                        self.net.stack(S).close(h);
                     }
                 }
             }
@@ -395,8 +402,10 @@ impl Fixture {
                     "0.0.0.0:0",
                 ][i as usize % 5];
                 if let Ok(l) = self.net.stack(S).listen(sa(addr), Some(2)) {
-                    if self.listeners.len() < 8 {
+                    if self.listeners.len() < MAX_LISTENERS {
                         self.listeners.push(l);
+                    } else {
+                        self.net.stack(S).close_listener(l);
                     }
                 }
             }
@@ -417,7 +426,7 @@ impl Fixture {
                 let to =
                     ["10.0.0.1:7", "[fd00::1]:7", "10.0.0.7:40000", "10.0.0.2:80"][i as usize % 4];
                 if let Ok(h) = self.net.stack(S).connect(sa(to)) {
-                    if self.conns.len() < MAX_SOCKETS {
+                    if self.conns.len() < MAX_CONNS {
                         self.conns.push(h);
                     } else {
                         self.net.stack(S).abort(h);
