@@ -79,6 +79,9 @@ counters! {
     /// Closed connections freed (RST sent, port released) after
     /// `StackConfig::fin_timeout` in FIN-WAIT-2 without the peer's FIN.
     tcp_fin_wait2_timeouts,
+    /// TIME-WAIT records ended early by a new SYN with a higher ISN
+    /// (RFC 6191), which then opened a new connection.
+    tcp_time_wait_reopened,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).

@@ -280,7 +280,12 @@ pub enum Lookup<H> {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum FlowState<H> {
     Live(H),
-    TimeWait { until: Duration },
+    /// `rcv_nxt` is the caller's tag: the peer's next sequence number, so
+    /// that a new SYN may reopen the 4-tuple (RFC 6191).
+    TimeWait {
+        until: Duration,
+        rcv_nxt: u32,
+    },
 }
 
 /// Number of perturbation slots (RFC 6056 §3.3.4 `table[]`).
@@ -297,6 +302,9 @@ pub struct PortTable<H> {
     /// wildcard bind can see its conflicts without a scan.
     specific: HashMap<FamilyPort, u32, KeyedState>,
     time_wait: VecDeque<(Duration, FlowKey)>,
+    /// TIME-WAIT flows (the queue may also hold stale records of flows
+    /// reopened early, skipped when they come due).
+    tw_count: usize,
     hash_key: (u64, u64),
     perturb: Box<[u32; TABLE_LEN]>,
 }
@@ -323,6 +331,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             binds: HashMap::with_hasher(state),
             specific: HashMap::with_hasher(state),
             time_wait: VecDeque::new(),
+            tw_count: 0,
             hash_key: (rng.next_u64(), rng.next_u64()),
             perturb: Box::new([0; TABLE_LEN]),
         })
@@ -530,6 +539,12 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     /// Move a live connection into TIME-WAIT until `now + 2·MSL`; the
     /// 4-tuple stays reserved until [`expire`](Self::expire) passes that.
     pub fn enter_time_wait(&mut self, key: &FlowKey, now: Duration) -> Option<H> {
+        self.enter_time_wait_at(key, now, 0)
+    }
+
+    /// [`enter_time_wait`](Self::enter_time_wait), remembering the peer's
+    /// next sequence number `rcv_nxt` for [`reopen_time_wait`](Self::reopen_time_wait).
+    pub fn enter_time_wait_at(&mut self, key: &FlowKey, now: Duration, rcv_nxt: u32) -> Option<H> {
         let owner = match self.flows.get(key) {
             Some(FlowState::Live(h)) => *h,
             _ => return None,
@@ -539,9 +554,29 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             return Some(owner);
         }
         let until = now + self.config.time_wait;
-        self.flows.insert(*key, FlowState::TimeWait { until });
+        self.flows
+            .insert(*key, FlowState::TimeWait { until, rcv_nxt });
         self.time_wait.push_back((until, *key));
+        self.tw_count += 1;
         Some(owner)
+    }
+
+    /// A new connection request for a 4-tuple in TIME-WAIT: if its initial
+    /// sequence number `isn` lies beyond the old connection's last
+    /// (RFC 6191 §2, RFC 1122 §4.2.2.13), the record ends now and `true`
+    /// says the 4-tuple is free for the new connection. Otherwise the
+    /// record stays and the SYN must be dropped.
+    pub fn reopen_time_wait(&mut self, key: &FlowKey, isn: u32) -> bool {
+        match self.flows.get(key) {
+            Some(FlowState::TimeWait { rcv_nxt, .. })
+                if (isn.wrapping_sub(*rcv_nxt) as i32) > 0 =>
+            {
+                self.forget(key);
+                self.tw_count -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// End every TIME-WAIT whose 2·MSL has passed by `now`. Returns how
@@ -553,8 +588,11 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
                 break;
             }
             self.time_wait.pop_front();
-            if self.flows.get(&key) == Some(&FlowState::TimeWait { until }) {
+            // A record whose flow was reopened early is stale: skip it.
+            if matches!(self.flows.get(&key), Some(FlowState::TimeWait { until: u, .. }) if *u == until)
+            {
                 self.forget(&key);
+                self.tw_count -= 1;
                 freed += 1;
             }
         }
@@ -629,9 +667,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
 
     /// Number of 4-tuples in TIME-WAIT.
     pub fn time_wait_flows(&self) -> usize {
-        // The queue may hold stale records only for flows that left
-        // TIME-WAIT early, which this table never does; see `expire`.
-        self.time_wait.len()
+        self.tw_count
     }
 
     /// Number of binds.
@@ -641,7 +677,10 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
 
     /// The TIME-WAIT records with their expiry times, oldest first.
     pub fn time_wait_entries(&self) -> impl Iterator<Item = (FlowKey, Duration)> + '_ {
-        self.time_wait.iter().map(|&(until, key)| (key, until))
+        self.time_wait.iter().filter_map(|&(until, key)| {
+            matches!(self.flows.get(&key), Some(FlowState::TimeWait { until: u, .. }) if *u == until)
+                .then_some((key, until))
+        })
     }
 
     /// How many local ports towards `remote` from `local_ip` are taken
@@ -665,17 +704,18 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             if let Some(off) = self.range_offset(key.local.port()) {
                 expect.entry(key.dest()).or_default().push(off);
             }
-            if let FlowState::TimeWait { until } = state {
+            if let FlowState::TimeWait { until, .. } = state {
                 tw += 1;
                 if !self.time_wait.contains(&(*until, *key)) {
                     return Err(format!("TIME-WAIT flow {key:?} missing from expiry queue"));
                 }
             }
         }
-        if tw != self.time_wait.len() {
+        if tw != self.tw_count || tw > self.time_wait.len() {
             return Err(format!(
-                "{} TIME-WAIT flows but {} expiry records",
+                "{} TIME-WAIT flows, count {}, {} expiry records",
                 tw,
+                self.tw_count,
                 self.time_wait.len()
             ));
         }
@@ -1118,6 +1158,38 @@ mod tests {
         assert_eq!(d.local.port(), a.local.port());
         assert_eq!(t.next_expiry(), None);
         t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_syn_beyond_the_old_sequence_reopens_time_wait() {
+        let (mut t, _) = table(49152..=65535, 60);
+        let key = FlowKey::new(Protocol::Tcp, sa("10.0.0.2:80"), sa("10.0.0.1:40000"));
+        t.insert(key, 1).unwrap();
+        let t0 = Duration::from_secs(10);
+        t.enter_time_wait_at(&key, t0, 1_000);
+        // An old duplicate (ISN not beyond RCV.NXT) is refused.
+        assert!(!t.reopen_time_wait(&key, 999));
+        assert!(!t.reopen_time_wait(&key, 1_000));
+        assert_eq!(t.lookup(&key), Lookup::TimeWait);
+        // Beyond it, also across the sequence wrap: reopened.
+        assert!(t.reopen_time_wait(&key, 1_001));
+        assert_eq!(t.lookup(&key), Lookup::Nothing);
+        assert_eq!(t.time_wait_flows(), 0);
+        assert_eq!(t.time_wait_entries().count(), 0);
+        t.check_invariants().unwrap();
+        // The new connection takes the 4-tuple and later enters TIME-WAIT
+        // again; the stale expiry record of the first does not end it.
+        t.insert(key, 2).unwrap();
+        t.enter_time_wait_at(&key, t0 + Duration::from_secs(30), u32::MAX - 5);
+        assert_eq!(t.expire(t0 + Duration::from_secs(60)), 0);
+        assert_eq!(t.lookup(&key), Lookup::TimeWait);
+        assert!(
+            t.reopen_time_wait(&key, 3),
+            "3 is after u32::MAX - 5 modulo 2^32"
+        );
+        t.check_invariants().unwrap();
+        assert_eq!(t.expire(t0 + Duration::from_secs(200)), 0);
+        assert_eq!(t.next_expiry(), None);
     }
 
     #[test]

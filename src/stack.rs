@@ -448,7 +448,7 @@ impl Stack {
                         self.time_wait_ack(&key, &seg);
                     }
                 }
-                Lookup::TimeWait => self.time_wait_segment(&key, &seg),
+                Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
                 Lookup::Bound(l) if seg.is_initial_syn() => {
                     self.syn_to_listener(l, key, seg.seq, packet)
                 }
@@ -1393,7 +1393,9 @@ impl Stack {
                     return;
                 };
                 if c.registered {
-                    self.table.enter_time_wait(&key, since_epoch(now));
+                    let rcv_nxt = c.peer_next;
+                    self.table
+                        .enter_time_wait_at(&key, since_epoch(now), rcv_nxt);
                 }
                 self.counters.tcp_closed += 1;
                 self.free_tcp(id);
@@ -1683,7 +1685,22 @@ impl Stack {
     /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our
     /// last ACK was lost: ACK it again (RFC 9293 §3.10.7.4). RSTs are
     /// ignored (RFC 1337); anything else is dropped.
-    fn time_wait_segment(&mut self, key: &FlowKey, seg: &TcpSeg) {
+    fn time_wait_segment(&mut self, key: &FlowKey, seg: &TcpSeg, packet: &[u8]) {
+        // A new connection from a client that reuses its port while our
+        // side still holds TIME-WAIT (we closed first): allowed when its
+        // ISN lies beyond the old connection, as Linux does (RFC 6191).
+        if seg.is_initial_syn() && self.table.reopen_time_wait(key, seg.seq) {
+            self.counters.tcp_time_wait_reopened += 1;
+            match self.table.lookup(key) {
+                Lookup::Bound(l) => self.syn_to_listener(l, *key, seg.seq, packet),
+                _ => {
+                    self.counters.tcp_refused += 1;
+                    self.counters.tcp_rst_sent += 1;
+                    self.answer_unmatched(packet);
+                }
+            }
+            return;
+        }
         let retransmitted_fin = seg.fin && seg.ack && !seg.rst && !seg.syn;
         if !retransmitted_fin {
             self.counters.drop_time_wait += 1;

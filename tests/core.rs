@@ -3,6 +3,8 @@
 
 mod common;
 use common::*;
+#[path = "common/raw.rs"]
+mod raw;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -700,5 +702,75 @@ fn idle_connections_give_their_buffer_pages_back_and_keep_working() {
     // And the connections carry data as before.
     exchange(&mut net, 2);
     net.stack(0).check_invariants().unwrap();
+    net.stack(1).check_invariants().unwrap();
+}
+
+#[test]
+fn a_new_syn_reopens_the_servers_time_wait_only_with_a_higher_isn() {
+    // The server closes first, so the TIME-WAIT record is on its side; a
+    // kernel client under load reuses its port with a new, higher ISN
+    // (RFC 6528 clock-driven ISNs) and must not wait out 2·MSL (RFC 6191).
+    let mut net = default_pair(81);
+    let from = sa("10.0.0.1:45000");
+    let server = sa("10.0.0.2:80");
+    // The client's next sequence number, as seen on the wire.
+    let client_next = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let seen = client_next.clone();
+    net.set_tap(move |_, p| {
+        if let Some(seg) = raw::parse(p) {
+            if seg.src == from {
+                seen.set(
+                    seg.seq
+                        .wrapping_add(seg.len + seg.flags.syn as u32 + seg.flags.fin as u32),
+                );
+            }
+        }
+    });
+    let l = net.stack(1).listen(server, None).unwrap();
+    let c = net.stack(0).connect_from(from, server).unwrap();
+    let mut s = None;
+    net.run_until(10_000, |n| {
+        s = s.or_else(|| n.stack(1).accept(l).ok());
+        s.is_some()
+    })
+    .unwrap();
+    net.stack(1).close(s.unwrap());
+    let mut buf = [0u8; 8];
+    net.run_until(10_000, |n| n.stack(0).recv(c, &mut buf) == Ok(0))
+        .unwrap();
+    net.stack(0).close(c);
+    net.run_until(10_000, |n| {
+        n.stack_ref(1).port_table().time_wait_flows() == 1 && n.stack_ref(0).socket_count() == 0
+    })
+    .unwrap();
+    let rcv_nxt = client_next.get();
+
+    let syn = |seq: u32| raw::tcp(from, server, seq, 0, raw::SYN, 65535, b"");
+    let before = net.stack(1).counters().clone();
+    // An ISN not beyond the old connection is an old duplicate: dropped.
+    net.inject(1, &syn(rcv_nxt.wrapping_sub(1_000)));
+    assert_eq!(
+        net.stack(1).counters().drop_time_wait,
+        before.drop_time_wait + 1
+    );
+    assert_eq!(net.stack(1).port_table().time_wait_flows(), 1);
+    // Beyond it: the record ends and a new connection begins.
+    net.inject(1, &syn(rcv_nxt.wrapping_add(1_000)));
+    let after = net.stack(1).counters().clone();
+    assert_eq!(
+        after.tcp_time_wait_reopened,
+        before.tcp_time_wait_reopened + 1
+    );
+    assert_eq!(net.stack(1).port_table().time_wait_flows(), 0);
+    assert_eq!(net.stack(1).port_table().live_flows(), 1);
+    // And it answers with a SYN-ACK for the new ISN.
+    let now = net.now();
+    let reply = net
+        .stack(1)
+        .poll_transmit(now)
+        .and_then(|p| raw::parse(&p))
+        .unwrap();
+    assert!(reply.flags.syn && reply.flags.ack);
+    assert_eq!(reply.ack, rcv_nxt.wrapping_add(1_001));
     net.stack(1).check_invariants().unwrap();
 }
