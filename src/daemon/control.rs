@@ -34,6 +34,8 @@ use crate::device::PollFd;
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 /// Most clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 32;
+/// Longest response line a client accepts: a port table of a million rows.
+pub const MAX_RESPONSE_LINE: usize = 256 << 20;
 
 /// A request, one JSON object per line: `{"cmd":"ports"}`,
 /// `{"cmd":"stats"}`, `{"cmd":"fetch","url":"http://..."}`.
@@ -567,7 +569,7 @@ impl ControlClient {
     pub fn recv(&mut self) -> io::Result<Response> {
         let mut line = Vec::new();
         let n = (&mut self.reader)
-            .take(MAX_REQUEST_LINE as u64 * 16)
+            .take(MAX_RESPONSE_LINE as u64)
             .read_until(b'\n', &mut line)?;
         if n == 0 || line.last() != Some(&b'\n') {
             return Err(io::Error::new(

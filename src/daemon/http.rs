@@ -60,14 +60,15 @@ pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
 // ---------------------------------------------------------------------------
 
 /// What the server knows about the connection when a request arrives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ServerContext<'a> {
     /// The stack's end of the connection (address and port the client dialled).
     pub local: SocketAddr,
     /// The client's end, as the stack saw it (its kernel-chosen ephemeral port).
     pub remote: SocketAddr,
-    /// The port table, already rendered as text, shown on the `/` page.
-    pub port_table: &'a str,
+    /// Renders the port table shown on the `/` page; called only when a
+    /// `/` request is answered (it is O(sockets)).
+    pub port_table: &'a dyn Fn() -> String,
 }
 
 /// Where a response body comes from.
@@ -386,7 +387,7 @@ fn render_page(ctx: &ServerContext<'_>) -> String {
          you are {} -> {}\n\nport table:\n",
         ctx.remote, ctx.local
     );
-    page.push_str(ctx.port_table);
+    page.push_str(&(ctx.port_table)());
     if !page.ends_with('\n') {
         page.push('\n');
     }
@@ -1234,7 +1235,7 @@ mod tests {
         ServerContext {
             local: "10.7.0.2:80".parse().unwrap(),
             remote: "10.7.0.1:43512".parse().unwrap(),
-            port_table: TABLE,
+            port_table: &|| TABLE.to_string(),
         }
     }
 
@@ -1287,7 +1288,7 @@ mod tests {
         let ctx = ServerContext {
             local: "[fd00:7::2]:80".parse().unwrap(),
             remote: "[fd00:7::1]:50000".parse().unwrap(),
-            port_table: "",
+            port_table: &String::new,
         };
         conn.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &ctx);
         let out = String::from_utf8(drain(&mut conn)).unwrap();

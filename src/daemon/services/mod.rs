@@ -846,13 +846,21 @@ fn pump_http(
                     moved = true;
                 }
                 Ok(k) => {
-                    let page = table.get_or_insert_with(|| render_port_table(&stack.snapshot()));
+                    // Rendered only if a `/` request needs it, once per turn.
+                    let cache = std::cell::RefCell::new(table.take());
+                    let render = || {
+                        cache
+                            .borrow_mut()
+                            .get_or_insert_with(|| render_port_table(&stack.snapshot()))
+                            .clone()
+                    };
                     let ctx = ServerContext {
                         local: s.local,
                         remote: s.remote,
-                        port_table: page,
+                        port_table: &render,
                     };
                     s.server.handle_input(&scratch[..k], &ctx);
+                    *table = cache.into_inner();
                     moved = true;
                 }
                 Err(RecvError::WouldBlock) => {}
