@@ -5,7 +5,8 @@
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
 #   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
 #
-# About 3 minutes for the micro-benchmarks on two cores, plus ~1 for E2E.
+# About 3 minutes for the micro-benchmarks on two cores, plus ~1 for E2E
+# (the E2E connection-rate row needs `ab`, from apache2-utils).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -14,6 +15,7 @@ mkdir -p "$OUT"
 
 cargo bench --bench segment --bench port_table
 cargo bench --bench memory > "$OUT/memory.tsv"
+cargo bench --bench outbound | sed -n '/^## Outbound scale/,$p' > "$OUT/outbound.md"
 if [ "${E2E:-0}" = 1 ]; then
     cargo build --release --bin ephemera
     bash benches/e2e.sh "$CARGO_TARGET_DIR/release/ephemera" > "$OUT/e2e.tsv"
@@ -26,3 +28,5 @@ REPORT_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') REPORT_COMMAND="$cmd" \
     cargo run --release --example perf_report -- \
     "$CARGO_TARGET_DIR/criterion" "$OUT/memory.tsv" "$OUT/e2e.tsv" \
     docs/performance.md docs/perf-segment.svg
+# The outbound-scale section prints its own markdown.
+cat "$OUT/outbound.md" >> docs/performance.md
