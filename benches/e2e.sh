@@ -57,7 +57,8 @@ rate() { # ns url -> "conn/s|p50|p99"
         echo "not measured (no ab)|–|–"
         return
     fi
-    ip netns exec "$1" ab -q -n "$REQS" -c "$CONC" "$2" 2>/dev/null | awk '
+    # A failed ab run reports what it got rather than ending the script.
+    { ip netns exec "$1" ab -q -n "$REQS" -c "$CONC" "$2" 2>/dev/null || true; } | awk '
         /^Requests per second/ {r = $4}
         /^  50%/ {p50 = $2}
         /^  99%/ {p99 = $2}
