@@ -46,6 +46,9 @@ counters! {
     drop_land,
     /// Dropped: TCP or UDP port 0.
     drop_port_zero,
+    /// RSTs outside the receive window of a synchronized connection
+    /// (RFC 5961 §3.2).
+    drop_rst_out_of_window,
     /// Segments for a 4-tuple in TIME-WAIT that were not a retransmitted FIN.
     drop_time_wait,
     /// SYNs dropped because the listener's half-open queue was full and
@@ -82,6 +85,10 @@ counters! {
     /// TIME-WAIT records ended early by a new SYN with a higher ISN
     /// (RFC 6191), which then opened a new connection.
     tcp_time_wait_reopened,
+    /// SYNs, and RSTs in the window but not at RCV.NXT, on synchronized
+    /// connections: answered by a challenge ACK (RFC 5961 §3.2, §4; at
+    /// most one a second per connection, the rest dropped).
+    tcp_challenge_acks,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).

@@ -184,13 +184,16 @@ pub struct TcpConn {
     /// RCV.NXT when segments arrive in order).
     pub peer_next: u32,
     /// SEG.ACK of the last segment this connection sent, if any: when it
-    /// is behind `peer_next`, an ACK is still owed to the peer.
+    /// is behind RCV.NXT, an ACK is still owed to the peer.
     pub ack_sent: Option<u32>,
     /// FIN watchdog: when to re-send our FIN ourselves, and the backoff.
     pub fin_watch: Option<(Instant, u32)>,
     /// Since when it has been released and in FIN-WAIT-2 (for the
     /// FIN-WAIT-2 timeout).
     pub orphan_since: Option<Instant>,
+    /// When a challenge ACK was last sent for a SYN (RFC 5961 §4), to
+    /// send at most one a second.
+    pub challenged_at: Option<Instant>,
     /// The peer's initial sequence number, once its SYN is seen.
     pub peer_isn: Option<u32>,
     /// Octets the application has read (wrapping), to tell whether the
@@ -210,8 +213,17 @@ impl TcpConn {
     /// seen has been read by the application: then the receive buffer holds
     /// no out-of-order data either.
     pub fn rx_drained(&self) -> bool {
+        self.peer_isn.is_none()
+            || (self.socket().recv_queue() == 0 && self.peer_next == self.rcv_nxt())
+    }
+
+    /// RCV.NXT, computed from what cannot be forged: the peer's ISN, the
+    /// octets the application read, those waiting in order, and whether
+    /// the peer's FIN was accepted. (smoltcp does not expose its own.)
+    /// Before the peer's SYN is seen, the highest sequence number seen.
+    pub fn rcv_nxt(&self) -> u32 {
         let Some(isn) = self.peer_isn else {
-            return true;
+            return self.peer_next;
         };
         let fin = matches!(
             self.socket().state(),
@@ -220,12 +232,38 @@ impl TcpConn {
                 | tcp::State::Closing
                 | tcp::State::TimeWait
         ) as u32;
-        self.socket().recv_queue() == 0
-            && self.peer_next
-                == isn
-                    .wrapping_add(1)
-                    .wrapping_add(self.rx_read)
-                    .wrapping_add(fin)
+        isn.wrapping_add(1)
+            .wrapping_add(self.rx_read)
+            .wrapping_add(self.socket().recv_queue() as u32)
+            .wrapping_add(fin)
+    }
+
+    /// Take note of a segment from the peer before smoltcp sees it: its
+    /// ISN, and (if plausible — inside the windows, so forged segments
+    /// cannot move them) the highest sequence number and SND.UNA.
+    pub fn note_segment(&mut self, seq: u32, len: u32, syn: bool, fin: bool, ack: Option<u32>) {
+        if syn && self.peer_isn.is_none() {
+            self.peer_isn = Some(seq);
+            self.peer_next = seq.wrapping_add(1);
+        }
+        let handshake = matches!(
+            self.socket().state(),
+            tcp::State::SynSent | tcp::State::SynReceived
+        );
+        let next = seq.wrapping_add(len + syn as u32 + fin as u32);
+        let ahead = next.wrapping_sub(self.rcv_nxt()) as i32;
+        if ahead > 0
+            && ahead as usize <= self.socket().recv_capacity() + 1
+            && (next.wrapping_sub(self.peer_next) as i32) > 0
+        {
+            self.peer_next = next;
+        }
+        if let Some(ack) = ack {
+            let advance = ack.wrapping_sub(self.peer_ack) as i32;
+            if handshake || (advance >= 0 && advance as usize <= self.socket().send_queue() + 1) {
+                self.peer_ack = ack;
+            }
+        }
     }
 
     /// The smoltcp socket.

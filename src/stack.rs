@@ -426,19 +426,17 @@ impl Stack {
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
                 Lookup::Flow(id) => {
+                    if (seg.syn || seg.rst) && self.challenge(id, &key, &seg) {
+                        return;
+                    }
                     if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
-                        if seg.ack {
-                            c.peer_ack = seg.ack_number;
-                        }
-                        if seg.syn && c.peer_isn.is_none() {
-                            c.peer_isn = Some(seg.seq);
-                        }
-                        let next = seg
-                            .seq
-                            .wrapping_add(seg.len + seg.syn as u32 + seg.fin as u32);
-                        if (next.wrapping_sub(c.peer_next) as i32) > 0 || c.peer_next == 0 {
-                            c.peer_next = next;
-                        }
+                        c.note_segment(
+                            seg.seq,
+                            seg.len,
+                            seg.syn,
+                            seg.fin,
+                            seg.ack.then_some(seg.ack_number),
+                        );
                     }
                     self.ingress(id, packet);
                     // This segment moved a closed connection into TIME-WAIT
@@ -1162,6 +1160,7 @@ impl Stack {
             ack_sent: None,
             fin_watch: None,
             orphan_since: None,
+            challenged_at: None,
             peer_isn: None,
             rx_read: 0,
             idle_since: None,
@@ -1384,16 +1383,16 @@ impl Stack {
                 // send it now or the peer waits in LAST-ACK for a FIN
                 // retransmission. (Freed by that very segment, the ACK is
                 // sent from the record in `handle_packet`.)
-                if cause != Cause::Ingress && c.ack_sent != Some(c.peer_next) {
+                if cause != Cause::Ingress && c.ack_sent != Some(c.rcv_nxt()) {
                     let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
-                    let (seq, ack) = (c.peer_ack, c.peer_next);
+                    let (seq, ack) = (c.peer_ack, c.rcv_nxt());
                     self.emit_segment(&key, seq, ack, TcpControl::None, window as u16);
                 }
                 let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
                     return;
                 };
                 if c.registered {
-                    let rcv_nxt = c.peer_next;
+                    let rcv_nxt = c.rcv_nxt();
                     self.table
                         .enter_time_wait_at(&key, since_epoch(now), rcv_nxt);
                 }
@@ -1479,7 +1478,7 @@ impl Stack {
                 let backoff = (backoff * 2).min(60_000);
                 c.fin_watch = Some((now + Duration::from_millis(backoff as u64), backoff));
                 let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
-                resend_fin = Some((c.key, c.peer_ack, c.peer_next, window as u16));
+                resend_fin = Some((c.key, c.peer_ack, c.rcv_nxt(), window as u16));
             }
         }
         let fin_at = c.fin_watch.map(|(at, _)| at);
@@ -1720,6 +1719,59 @@ impl Stack {
             0,
         );
         self.counters.tcp_time_wait_acks += 1;
+    }
+
+    /// Blind-attack checks of RFC 5961 that smoltcp 0.14 lacks, on a
+    /// synchronized connection:
+    /// - a SYN, whatever its sequence number, never resets (§4): answer
+    ///   with a challenge ACK;
+    /// - a RST resets only if its sequence number is exactly RCV.NXT
+    ///   (§3.2); in the window but not exact, a challenge ACK; outside it,
+    ///   dropped.
+    ///
+    /// A challenge ACK is <SEQ=SND.UNA><ACK=RCV.NXT>, at most one a second
+    /// per connection, so that a peer that really restarted answers with an
+    /// acceptable RST. Returns whether the segment was consumed here.
+    fn challenge(&mut self, id: SocketId, key: &FlowKey, seg: &TcpSeg) -> bool {
+        let now = self.now;
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return false;
+        };
+        if matches!(
+            c.socket().state(),
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynReceived
+        ) || c.peer_isn.is_none()
+        {
+            return false;
+        }
+        let rcv_nxt = c.rcv_nxt();
+        let window = (c.socket().recv_capacity() - c.socket().recv_queue()) as u32;
+        if seg.rst && !seg.syn {
+            let offset = seg.seq.wrapping_sub(rcv_nxt);
+            if offset == 0 {
+                return false;
+            }
+            if offset >= window.max(1) {
+                self.counters.drop_rst_out_of_window += 1;
+                return true;
+            }
+        }
+        self.counters.tcp_challenge_acks += 1;
+        if c.challenged_at
+            .is_some_and(|t| now < t + Duration::from_secs(1))
+        {
+            return true;
+        }
+        c.challenged_at = Some(now);
+        let seq = c.peer_ack;
+        self.emit_segment(
+            key,
+            seq,
+            rcv_nxt,
+            TcpControl::None,
+            window.min(0xffff) as u16,
+        );
+        true
     }
 
     /// Put a bare segment (no payload) for `key` on the wire, built here

@@ -163,16 +163,51 @@ fn rfc5961_blind_segments_do_not_break_connections() {
         Err(ephemera::RecvError::WouldBlock)
     );
 
-    // A SYN on the synchronized 4-tuple never resets it or opens another.
+    // A SYN on the synchronized 4-tuple never resets it or opens another;
+    // the first gets a challenge ACK <SEQ=SND.NXT><ACK=RCV.NXT> (RFC 5961
+    // §4), the next within a second nothing (rate limit).
     let sockets = w.net.stack(1).socket_count();
-    for seq in [rcv_nxt, rcv_nxt.wrapping_add(1 << 30)] {
-        poke(
+    for (i, seq) in [rcv_nxt, rcv_nxt.wrapping_add(1 << 30)]
+        .into_iter()
+        .enumerate()
+    {
+        let r = poke(
             &mut w,
             &raw::tcp(client, server, seq, 0, raw::SYN, 1000, b""),
         );
+        if i == 0 {
+            assert_eq!(r.len(), 1, "no challenge ACK for a SYN: {r:?}");
+            assert!(r[0].flags.ack && !r[0].flags.syn && !r[0].flags.rst);
+            assert_eq!((r[0].seq, r[0].ack), (snd_nxt, rcv_nxt));
+        } else {
+            assert!(r.is_empty(), "challenge ACKs not rate-limited: {r:?}");
+        }
         assert_eq!(w.net.stack(1).tcp_state(s), Some(TcpState::Established));
         assert_eq!(w.net.stack(1).socket_count(), sockets);
     }
+    assert_eq!(w.net.stack(1).counters().tcp_challenge_acks, 2);
+
+    // A RST inside the window but not at RCV.NXT: challenge ACK, no reset
+    // (RFC 5961 §3.2). On the other connection, which was not challenged yet.
+    let (client2, rcv_nxt2, snd_nxt2) = seqs(&mut w, c2);
+    let r = poke(
+        &mut w,
+        &raw::tcp(
+            client2,
+            server,
+            rcv_nxt2.wrapping_add(100),
+            0,
+            raw::RST,
+            0,
+            b"",
+        ),
+    );
+    assert_eq!(r.len(), 1, "no challenge ACK for an inexact RST: {r:?}");
+    assert!(r[0].flags.ack && !r[0].flags.rst);
+    assert_eq!((r[0].seq, r[0].ack), (snd_nxt2, rcv_nxt2));
+    assert_eq!(w.net.stack(1).tcp_state(s2), Some(TcpState::Established));
+    assert_eq!(w.net.stack(1).counters().tcp_challenge_acks, 3);
+    assert_eq!(w.net.stack(1).counters().drop_rst_out_of_window, 3);
 
     // Both connections still work.
     exchange(&mut w, c, s);
