@@ -89,6 +89,9 @@ counters! {
     /// connections: answered by a challenge ACK (RFC 5961 §3.2, §4; at
     /// most one a second per connection, the rest dropped).
     tcp_challenge_acks,
+    /// FINs cleared because their segment ended beyond the receive window
+    /// (the peer sends them again with the rest of its data).
+    tcp_fin_beyond_window,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).

@@ -31,6 +31,8 @@ pub struct TcpSeg {
     pub fin: bool,
     /// Payload length in octets.
     pub len: u32,
+    /// Offset of the TCP header in the packet.
+    pub header_offset: u16,
 }
 
 impl TcpSeg {
@@ -177,6 +179,8 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
                     rst: tcp.rst(),
                     fin: tcp.fin(),
                     len: tcp.payload().len() as u32,
+                    header_offset: (tcp.slice().as_ptr() as usize - packet.as_ptr() as usize)
+                        as u16,
                 },
             })
         }

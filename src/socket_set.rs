@@ -238,6 +238,17 @@ impl TcpConn {
             .wrapping_add(fin)
     }
 
+    /// Whether a segment `seq..seq+len` with FIN ends beyond the receive
+    /// window, so its FIN cannot be accepted yet.
+    pub fn fin_beyond_window(&self, seq: u32, len: u32) -> bool {
+        if self.peer_isn.is_none() {
+            return false;
+        }
+        let free = self.socket().recv_capacity() - self.socket().recv_queue();
+        let end = seq.wrapping_add(len).wrapping_sub(self.rcv_nxt()) as i32;
+        end > free as i32
+    }
+
     /// Take note of a segment from the peer before smoltcp sees it: its
     /// ISN, and (if plausible — inside the windows, so forged segments
     /// cannot move them) the highest sequence number and SND.UNA.

@@ -308,6 +308,16 @@ fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]))
 }
 
+/// A copy of `packet` with the TCP FIN flag cleared. The checksum is left
+/// as it is: demux verified it, and smoltcp is told not to check again.
+fn without_fin(packet: &[u8], tcp_offset: u16) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    if let Some(flags) = p.get_mut(tcp_offset as usize + 13) {
+        *flags &= !0x01;
+    }
+    p
+}
+
 fn since_epoch(t: Instant) -> StdDuration {
     StdDuration::from_micros(t.total_micros().max(0) as u64)
 }
@@ -429,15 +439,31 @@ impl Stack {
                     if (seg.syn || seg.rst) && self.challenge(id, &key, &seg) {
                         return;
                     }
+                    let mut strip_fin = false;
                     if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
+                        strip_fin = seg.fin && c.fin_beyond_window(seg.seq, seg.len);
                         c.note_segment(
                             seg.seq,
                             seg.len,
                             seg.syn,
-                            seg.fin,
+                            seg.fin && !strip_fin,
                             seg.ack.then_some(seg.ack_number),
                         );
                     }
+                    // smoltcp 0.14 accepts the FIN of a segment it trims to
+                    // the receive window, ending the stream before the data
+                    // that did not fit (found by the stack_pair fuzzer): such
+                    // a FIN is cleared here, and the peer sends it again
+                    // with the rest (RFC 9293 §3.10.7.4: a FIN beyond the
+                    // window is not processed).
+                    let stripped;
+                    let packet = if strip_fin {
+                        self.counters.tcp_fin_beyond_window += 1;
+                        stripped = without_fin(packet, seg.header_offset);
+                        &stripped[..]
+                    } else {
+                        packet
+                    };
                     self.ingress(id, packet);
                     // This segment moved a closed connection into TIME-WAIT
                     // and its socket is gone, with smoltcp's (delayed) ACK
