@@ -38,6 +38,22 @@ fn accept_all(
     out
 }
 
+/// Listen on port 80 of the server, connect from the client, and return
+/// the listener and the client's and the server's end once accepted.
+fn one_connection(
+    net: &mut ephemera::device::virtual_link::Network,
+) -> (ListenerHandle, TcpHandle, TcpHandle) {
+    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let mut server = Vec::new();
+    net.run_until(1000, |n| {
+        server.extend(accept_all(n, 1, l));
+        !server.is_empty()
+    })
+    .unwrap();
+    (l, c, server[0])
+}
+
 /// Open `n` connections from stack 0 to `servers` (round robin), send each
 /// a message naming its own local port, and check every server-side
 /// connection receives exactly the message of the peer it names, then
@@ -495,15 +511,7 @@ fn active_close_acks_the_peers_fin_at_once() {
     // TIME-WAIT (RFC 9293 §3.6), so the peer leaves LAST-ACK in one round
     // trip instead of after a FIN retransmission (RTO is 1 s).
     let mut net = default_pair(51);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let mut server = Vec::new();
-    net.run_until(1000, |n| {
-        server.extend(accept_all(n, 1, l));
-        !server.is_empty()
-    })
-    .unwrap();
-    let s = server[0];
+    let (_, c, s) = one_connection(&mut net);
     let start = net.now();
     net.stack(0).close(c);
     net.run_until(1000, |n| {
@@ -552,15 +560,7 @@ fn abort_released_resets_connections_still_draining() {
         small_buffers(CLIENT, 71),
         small_buffers(SERVER, 72),
     );
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let mut server = Vec::new();
-    net.run_until(1000, |n| {
-        server.extend(accept_all(n, 1, l));
-        !server.is_empty()
-    })
-    .unwrap();
-    let s = server[0];
+    let (l, c, s) = one_connection(&mut net);
     assert_eq!(net.stack(1).send(s, &[7u8; 1024]), Ok(1024));
     net.run_for(ephemera::Duration::from_millis(50), 10_000)
         .unwrap();
@@ -585,15 +585,7 @@ fn closing_a_handle_already_in_time_wait_still_acks_the_peers_fin() {
     // application closes the handle at once (as a relay does on EOF),
     // before the delayed ACK of that FIN went out.
     let mut net = default_pair(81);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let mut server = Vec::new();
-    net.run_until(1000, |n| {
-        server.extend(accept_all(n, 1, l));
-        !server.is_empty()
-    })
-    .unwrap();
-    let s = server[0];
+    let (_, c, s) = one_connection(&mut net);
     let start = net.now();
     net.stack(0).shutdown(c).unwrap();
     net.run_until(1000, |n| {
