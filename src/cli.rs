@@ -74,7 +74,7 @@ pub struct UpArgs {
     /// Serve SOCKS5 (RFC 1928, CONNECT, no auth) on this TCP port.
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     pub socks: Option<u16>,
-    /// Forward TCP connections on LPORT to HOST:PORT (repeatable); HOST may be [IPv6] or a name.
+    /// Forward TCP connections on LPORT to HOST:PORT (repeatable); HOST may be an IPv6 address in brackets, or a name.
     #[arg(long, value_name = "LPORT=HOST:PORT", value_parser = parse_forward)]
     pub forward: Vec<Forward>,
     /// Ports ephemera's own table hands out for outgoing connections.

@@ -20,7 +20,7 @@
 //!   local address holds a full range of ports towards every destination.
 //!
 //! Allocation never walks the range: for each destination the ports in use
-//! (live or TIME-WAIT) are kept in a [`PortSet`] — a short sorted vector, or
+//! (live or TIME-WAIT) are kept in a `PortSet` — a short sorted vector, or
 //! a two-level bitmap once it grows — so "first free port at or after the
 //! candidate" costs a few word operations even at 99 % occupancy.
 //!
