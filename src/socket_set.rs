@@ -238,13 +238,23 @@ impl TcpConn {
             .wrapping_add(fin)
     }
 
+    /// Free space in the receive buffer: the window the peer may fill.
+    pub fn rx_free(&self) -> usize {
+        self.socket().recv_capacity() - self.socket().recv_queue()
+    }
+
+    /// The receive window as a bare segment carries it (unscaled, capped).
+    pub fn window_field(&self) -> u16 {
+        self.rx_free().min(0xffff) as u16
+    }
+
     /// Whether a segment `seq..seq+len` with FIN ends beyond the receive
     /// window, so its FIN cannot be accepted yet.
     pub fn fin_beyond_window(&self, seq: u32, len: u32) -> bool {
         if self.peer_isn.is_none() {
             return false;
         }
-        let free = self.socket().recv_capacity() - self.socket().recv_queue();
+        let free = self.rx_free();
         let end = seq.wrapping_add(len).wrapping_sub(self.rcv_nxt()) as i32;
         end > free as i32
     }

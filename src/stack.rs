@@ -473,18 +473,7 @@ impl Stack {
                     }
                 }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
-                Lookup::Bound(l) if seg.is_initial_syn() => {
-                    self.syn_to_listener(l, key, seg.seq, packet)
-                }
-                Lookup::Bound(_) | Lookup::Nothing => {
-                    if seg.is_initial_syn() {
-                        self.counters.tcp_refused += 1;
-                    }
-                    if !seg.rst {
-                        self.counters.tcp_rst_sent += 1;
-                    }
-                    self.answer_unmatched(packet);
-                }
+                no_flow => self.tcp_without_flow(no_flow, &key, &seg, packet),
             },
             Class::Udp { key } => match self.table.lookup_bound(Protocol::Udp, key.local) {
                 Some(id) => self.ingress(id, packet),
@@ -1410,9 +1399,8 @@ impl Stack {
                 // retransmission. (Freed by that very segment, the ACK is
                 // sent from the record in `handle_packet`.)
                 if cause != Cause::Ingress && c.ack_sent != Some(c.rcv_nxt()) {
-                    let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
-                    let (seq, ack) = (c.peer_ack, c.rcv_nxt());
-                    self.emit_segment(&key, seq, ack, TcpControl::None, window as u16);
+                    let (seq, ack, window) = (c.peer_ack, c.rcv_nxt(), c.window_field());
+                    self.emit_segment(&key, seq, ack, TcpControl::None, window);
                 }
                 let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
                     return;
@@ -1503,8 +1491,7 @@ impl Stack {
             if at <= now {
                 let backoff = (backoff * 2).min(60_000);
                 c.fin_watch = Some((now + Duration::from_millis(backoff as u64), backoff));
-                let window = (c.socket().recv_capacity() - c.socket().recv_queue()).min(0xffff);
-                resend_fin = Some((c.key, c.peer_ack, c.rcv_nxt(), window as u16));
+                resend_fin = Some((c.key, c.peer_ack, c.rcv_nxt(), c.window_field()));
             }
         }
         let fin_at = c.fin_watch.map(|(at, _)| at);
@@ -1707,6 +1694,31 @@ impl Stack {
         }
     }
 
+    /// A segment no connection owns: a SYN for a listener opens a half-open
+    /// connection; anything else is refused with RST (never for a RST).
+    fn tcp_without_flow(
+        &mut self,
+        found: Lookup<SocketId>,
+        key: &FlowKey,
+        seg: &TcpSeg,
+        packet: &[u8],
+    ) {
+        match found {
+            Lookup::Bound(l) if seg.is_initial_syn() => {
+                self.syn_to_listener(l, *key, seg.seq, packet)
+            }
+            _ => {
+                if seg.is_initial_syn() {
+                    self.counters.tcp_refused += 1;
+                }
+                if !seg.rst {
+                    self.counters.tcp_rst_sent += 1;
+                }
+                self.answer_unmatched(packet);
+            }
+        }
+    }
+
     /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our
     /// last ACK was lost: ACK it again (RFC 9293 §3.10.7.4). RSTs are
     /// ignored (RFC 1337); anything else is dropped.
@@ -1716,14 +1728,8 @@ impl Stack {
         // ISN lies beyond the old connection, as Linux does (RFC 6191).
         if seg.is_initial_syn() && self.table.reopen_time_wait(key, seg.seq) {
             self.counters.tcp_time_wait_reopened += 1;
-            match self.table.lookup(key) {
-                Lookup::Bound(l) => self.syn_to_listener(l, *key, seg.seq, packet),
-                _ => {
-                    self.counters.tcp_refused += 1;
-                    self.counters.tcp_rst_sent += 1;
-                    self.answer_unmatched(packet);
-                }
-            }
+            let no_flow = self.table.lookup(key);
+            self.tcp_without_flow(no_flow, key, seg, packet);
             return;
         }
         let retransmitted_fin = seg.fin && seg.ack && !seg.rst && !seg.syn;
@@ -1771,7 +1777,7 @@ impl Stack {
             return false;
         }
         let rcv_nxt = c.rcv_nxt();
-        let window = (c.socket().recv_capacity() - c.socket().recv_queue()) as u32;
+        let window = c.rx_free() as u32;
         if seg.rst && !seg.syn {
             let offset = seg.seq.wrapping_sub(rcv_nxt);
             if offset == 0 {
