@@ -152,10 +152,7 @@ impl DaemonServices {
         };
         let mut inner = Services::new(stack, cfg).map_err(|e| e.to_string())?;
         inner.set_resolver(Box::new(move |host: &str, port: u16| {
-            Ok(system_resolve(host, port)?
-                .into_iter()
-                .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
-                .collect())
+            resolve_families(host, port, v4, v6)
         }));
         Ok(DaemonServices {
             inner,
@@ -210,12 +207,7 @@ impl DaemonServices {
             Ok(u) => u,
             Err(e) => return fail(ctl, e.to_string()),
         };
-        let resolver = |host: &str, port: u16| -> std::io::Result<Vec<SocketAddr>> {
-            Ok(system_resolve(host, port)?
-                .into_iter()
-                .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
-                .collect())
-        };
+        let resolver = |host: &str, port: u16| resolve_families(host, port, v4, v6);
         match self.inner.start_fetch(stack, &url, &resolver) {
             Ok(id) => self.fetches.push(ClientFetch {
                 id,
@@ -289,6 +281,15 @@ impl DaemonServices {
             }
         });
     }
+}
+
+/// The system resolver's answers for `host`, kept to the families the
+/// stack has addresses of.
+fn resolve_families(host: &str, port: u16, v4: bool, v6: bool) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(system_resolve(host, port)?
+        .into_iter()
+        .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
+        .collect())
 }
 
 #[cfg(test)]
