@@ -11,7 +11,8 @@
 //! - **flows** — one entry per TCP/UDP 4-tuple, either live (owned by a
 //!   handle `H`) or in TIME-WAIT (a compact record until an expiry time,
 //!   RFC 9293 §3.6.1). A 4-tuple is never handed out twice while it is in
-//!   either state.
+//!   either state. Keys are stored packed (`flow_map`), so 100k IPv4 flows
+//!   fit in 4 MB.
 //! - **ephemeral allocation** — RFC 6056 §3.3.4 (Algorithm 4, double-hash)
 //!   with the random increments of §3.3.5: a keyed hash of (local address,
 //!   remote address, remote port) gives the starting offset, a second keyed
@@ -42,6 +43,9 @@ use siphasher::sip::SipHasher13;
 use siphasher::sip128::{Hasher128, SipHasher13 as SipHasher13x128};
 
 use crate::rng::Rng;
+
+mod flow_map;
+use flow_map::FlowMap;
 
 /// Transport protocol: TCP and UDP have separate port spaces.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +99,11 @@ impl Hash for FlowKey {
         buf[35..37].copy_from_slice(&self.remote.port().to_be_bytes());
         state.write(&buf);
     }
+}
+
+/// `d` in nanoseconds, saturating (at 584 years).
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
 }
 
 fn ip16(ip: IpAddr) -> [u8; 16] {
@@ -159,6 +168,11 @@ pub struct KeyedState {
 }
 
 impl KeyedState {
+    /// The two key words.
+    pub(crate) fn keys(&self) -> (u64, u64) {
+        (self.k0, self.k1)
+    }
+
     /// A builder keyed by two words from `rng`.
     pub fn new(rng: &mut dyn Rng) -> KeyedState {
         KeyedState {
@@ -283,7 +297,9 @@ enum FlowState<H> {
     /// `rcv_nxt` is the caller's tag: the peer's next sequence number, so
     /// that a new SYN may reopen the 4-tuple (RFC 6191).
     TimeWait {
-        until: Duration,
+        /// Expiry, in nanoseconds of the caller's clock (a `Duration`
+        /// would make every entry 8 bytes larger).
+        until: u64,
         rcv_nxt: u32,
     },
 }
@@ -295,7 +311,7 @@ const TABLE_LEN: usize = 1024;
 pub struct PortTable<H> {
     config: PortTableConfig,
     range_len: u32,
-    flows: HashMap<FlowKey, FlowState<H>, KeyedState>,
+    flows: FlowMap<FlowState<H>>,
     dests: HashMap<DestKey, PortSet, KeyedState>,
     binds: HashMap<BindKey, H, KeyedState>,
     /// Number of specific-address binds per (protocol, family, port), so a
@@ -326,7 +342,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         Ok(PortTable {
             range_len: (end - start) as u32 + 1,
             config,
-            flows: HashMap::with_hasher(state),
+            flows: FlowMap::new(state),
             dests: HashMap::with_hasher(state),
             binds: HashMap::with_hasher(state),
             specific: HashMap::with_hasher(state),
@@ -480,7 +496,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             .entry(dest)
             .or_insert_with(PortSet::new)
             .insert(off, n);
-        self.flows.insert(key, FlowState::Live(owner));
+        self.flows.insert(&key, FlowState::Live(owner));
         Ok(key)
     }
 
@@ -500,11 +516,8 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     /// open, or a connect from an explicit local port.
     pub fn insert(&mut self, key: FlowKey, owner: H) -> Result<(), AllocError> {
         let key = FlowKey::new(key.proto, key.local, key.remote);
-        match self.flows.entry(key) {
-            Entry::Occupied(_) => return Err(AllocError::AddrNotAvailable),
-            Entry::Vacant(v) => {
-                v.insert(FlowState::Live(owner));
-            }
+        if !self.flows.insert_new(&key, FlowState::Live(owner)) {
+            return Err(AllocError::AddrNotAvailable);
         }
         if let Some(off) = self.range_offset(key.local.port()) {
             let n = self.range_len;
@@ -554,8 +567,11 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             return Some(owner);
         }
         let until = now + self.config.time_wait;
-        self.flows
-            .insert(*key, FlowState::TimeWait { until, rcv_nxt });
+        let state = FlowState::TimeWait {
+            until: nanos(until),
+            rcv_nxt,
+        };
+        self.flows.insert(key, state);
         self.time_wait.push_back((until, *key));
         self.tw_count += 1;
         Some(owner)
@@ -589,8 +605,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             }
             self.time_wait.pop_front();
             // A record whose flow was reopened early is stale: skip it.
-            if matches!(self.flows.get(&key), Some(FlowState::TimeWait { until: u, .. }) if *u == until)
-            {
+            if self.time_wait_until(&key) == Some(until) {
                 self.forget(&key);
                 self.tw_count -= 1;
                 freed += 1;
@@ -678,9 +693,16 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     /// The TIME-WAIT records with their expiry times, oldest first.
     pub fn time_wait_entries(&self) -> impl Iterator<Item = (FlowKey, Duration)> + '_ {
         self.time_wait.iter().filter_map(|&(until, key)| {
-            matches!(self.flows.get(&key), Some(FlowState::TimeWait { until: u, .. }) if *u == until)
-                .then_some((key, until))
+            (self.time_wait_until(&key) == Some(until)).then_some((key, until))
         })
+    }
+
+    /// When `key`'s TIME-WAIT ends, if it is in TIME-WAIT.
+    fn time_wait_until(&self, key: &FlowKey) -> Option<Duration> {
+        match self.flows.get(key) {
+            Some(FlowState::TimeWait { until, .. }) => Some(Duration::from_nanos(*until)),
+            _ => None,
+        }
     }
 
     /// How many local ports towards `remote` from `local_ip` are taken
@@ -700,13 +722,16 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expect: HashMap<DestKey, Vec<u32>> = HashMap::new();
         let mut tw = 0;
-        for (key, state) in &self.flows {
+        for (key, state) in self.flows.iter() {
             if let Some(off) = self.range_offset(key.local.port()) {
                 expect.entry(key.dest()).or_default().push(off);
             }
             if let FlowState::TimeWait { until, .. } = state {
                 tw += 1;
-                if !self.time_wait.contains(&(*until, *key)) {
+                if !self
+                    .time_wait
+                    .contains(&(Duration::from_nanos(*until), key))
+                {
                     return Err(format!("TIME-WAIT flow {key:?} missing from expiry queue"));
                 }
             }
