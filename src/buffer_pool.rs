@@ -32,6 +32,13 @@ pub struct Chunk {
     ptr: NonNull<u8>,
 }
 
+impl Chunk {
+    /// The address of its first octet (the receive buffer's start).
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
 // SAFETY: a chunk is a unique lease on its memory; nothing else aliases it.
 unsafe impl Send for Chunk {}
 

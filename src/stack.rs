@@ -436,6 +436,9 @@ impl Stack {
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
                 Lookup::Flow(id) => {
+                    if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
+                        c.prefetch(seg.seq, self.config.tcp_rx_buffer);
+                    }
                     if (seg.syn || seg.rst) && self.challenge(id, &key, &seg) {
                         return;
                     }
@@ -1156,9 +1159,14 @@ impl Stack {
         let state = socket.state();
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
-        self.sockets.insert(Socket::Tcp(Box::new(TcpConn {
+        // The socket lives in the set's heap storage, which never moves.
+        let socket_addr = set.get::<tcp::Socket>(handle) as *const _ as usize;
+        let rx_addr = chunk.addr();
+        self.sockets.insert(Socket::Tcp(TcpConn {
             set,
             handle,
+            socket_addr,
+            rx_addr,
             key,
             registered: true,
             phase,
@@ -1181,7 +1189,7 @@ impl Stack {
             idle_since: None,
             shrunk: false,
             chunk: Some(chunk),
-        })))
+        }))
     }
 
     fn conn(&self, h: TcpHandle) -> Option<&TcpConn> {
