@@ -2,15 +2,26 @@
 # End to end over TUN (issue 6, second part), in network namespaces of its
 # own; never touches the root namespace's links or sends traffic outside
 # them. Needs root, curl, python3; ab (Debian: apache2-utils) for the
-# connection-rate rows.
+# connection-rate rows; cargo for smoltcp's own example.
 #
 #   benches/e2e.sh [path/to/ephemera] > e2e.tsv
 #
-# stdout: rows "measurement<TAB>ephemera<TAB>kernel". Progress goes to stderr.
+# stdout: rows "measurement<TAB>ephemera<TAB>smoltcp example<TAB>kernel",
+# "–" where a row does not measure that stack. Progress goes to stderr.
 # - bulk: `curl -o /dev/null http://10.7.0.2/bytes/N` from the kernel end of
 #   the TUN to `ephemera up`, at MTU 1500 and 65535; kernel ceiling: the same
 #   curl over a veth pair between two namespaces to `python3 -m http.server`
 #   serving an N-byte file.
+# - smoltcp's example: smoltcp's own examples/benchmark.rs, built from the
+#   crate source cargo resolved for ephemera (so the same smoltcp version;
+#   the copy and its build live in $CARGO_TARGET_DIR/smoltcp-example, so a
+#   rerun does not rebuild), run as `benchmark --tun tun0 reader` at MTU
+#   1500: its smoltcp stack sends a fixed amount (1 GB in 0.14.0) over one
+#   TCP connection to a kernel thread of the same process reading it. It
+#   prints Gbps (1e9 bit/s); the row converts to MB/s (1e6 bytes/s), the
+#   unit of the curl rows. Not HTTP and not ephemera's workload: see
+#   docs/performance-notes.md. If it cannot be built or run, its cell says
+#   "not measured (why)" and the other rows are still produced.
 # - rate: `ab -n REQS -c CONC` on /bytes/100, connections/s and p50/p99.
 set -euo pipefail
 
@@ -24,16 +35,19 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
     exit 0
 fi
 [ -x "$BIN" ] || { echo "no ephemera binary at $BIN (cargo build --release)" >&2; exit 1; }
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SMOL_DIR=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")/smoltcp-example
 
 NS=eph-bench-$$
 KA=eph-bench-ka-$$
 KB=eph-bench-kb-$$
+SM=eph-bench-sm-$$
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in "$NS" "$KA" "$KB"; do ip netns del "$n" 2>/dev/null || true; done
+    for n in "$NS" "$KA" "$KB" "$SM"; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -64,6 +78,51 @@ rate() { # ns url -> "conn/s|p50|p99"
         /^  99%/ {p99 = $2}
         END {printf "%.0f/s|%s ms|%s ms", r, p50, p99}'
 }
+
+# ---- smoltcp's own benchmark example: build it first, outside any namespace ----
+smoltcp_src() { # -> "VERSION DIR" of the smoltcp crate ephemera resolves to
+    (cd "$REPO" && { cargo metadata --offline --format-version 1 2>/dev/null ||
+        cargo metadata --format-version 1; }) | python3 -c '
+import json, os, sys
+try:
+    d = json.load(sys.stdin)
+    pkgs = {p["id"]: p for p in d["packages"]}
+    root = next(n for n in d["resolve"]["nodes"] if n["id"] == d["resolve"]["root"])
+    p = next(pkgs[x["pkg"]] for x in root["deps"] if pkgs[x["pkg"]]["name"] == "smoltcp")
+except (ValueError, KeyError, StopIteration):
+    sys.exit(1)
+print(p["version"], os.path.dirname(p["manifest_path"]))'
+}
+SMOL_BIN=
+SMOL_WHY=
+SMOL_VER=
+if ! command -v cargo >/dev/null; then
+    SMOL_WHY="no cargo to build it"
+elif ! read -r SMOL_VER SMOL_SRC < <(smoltcp_src) || [ ! -f "$SMOL_SRC/examples/benchmark.rs" ]; then
+    SMOL_WHY="smoltcp crate source not found"
+else
+    echo "building smoltcp $SMOL_VER's benchmark example in $SMOL_DIR..." >&2
+    mkdir -p "$SMOL_DIR"
+    rm -rf "$SMOL_DIR/smoltcp-$SMOL_VER"
+    # cp -a keeps the mtimes, so cargo's fingerprints hold and a rerun is cached.
+    cp -a "$SMOL_SRC" "$SMOL_DIR/smoltcp-$SMOL_VER"
+    # Default features, as smoltcp's README runs it; they include everything
+    # the [[example]] section requires (std, medium-ip, phy-tuntap_interface,
+    # proto-ipv4, socket-raw, socket-udp, ...) and socket-tcp. The crate's own
+    # Cargo.lock pins the example's dependencies; offline first, then crates.io.
+    build() { (cd "$SMOL_DIR/smoltcp-$SMOL_VER" &&
+        CARGO_TARGET_DIR="$SMOL_DIR/target" cargo build --release --example benchmark "$@" >&2); }
+    if build --offline || build; then
+        SMOL_BIN=$SMOL_DIR/target/release/examples/benchmark
+    else
+        SMOL_WHY="build of smoltcp $SMOL_VER's example failed"
+    fi
+fi
+SMOL_AMOUNT= # what the example sends, for the row's label
+if [ -n "$SMOL_BIN" ]; then
+    SMOL_AMOUNT=$(sed -n 's/^const AMOUNT: usize = \([0-9_]*\);.*/\1/p' \
+        "$SMOL_DIR/smoltcp-$SMOL_VER/examples/benchmark.rs" | tr -d _) || true
+fi
 
 # ---- kernel to kernel over veth: the ceiling ----
 ip netns add "$KA"
@@ -115,10 +174,46 @@ run_ephemera 65535
 E_BULK_JUMBO=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
 stop_ephemera
 
-printf 'bulk GET of %s bytes, MTU 1500 (curl)\t%s\t%s\n' "$N" "$E_BULK" "$K_BULK"
-printf 'bulk GET of %s bytes, MTU 65535 (curl)\t%s\t%s\n' "$N" "$E_BULK_JUMBO" "$K_BULK_JUMBO"
+# ---- smoltcp's benchmark example over TUN ----
+# The example (0.14.0) has its stack at 192.168.69.1/24 on the TUN and its
+# kernel thread connect to it, so the kernel end is 192.168.69.100/24. Its
+# TunTapInterface attaches to an existing tun0 and takes the MTU from it.
+smoltcp_bulk() { # -> "N MB/s (G Gbps)" or "not measured (why)"
+    if [ -z "$SMOL_BIN" ]; then
+        echo "not measured ($SMOL_WHY)"
+        return
+    fi
+    if ! { ip netns add "$SM" &&
+        ip -n "$SM" link set lo up &&
+        ip -n "$SM" tuntap add name tun0 mode tun &&
+        ip -n "$SM" link set tun0 mtu 1500 up &&
+        ip -n "$SM" addr add 192.168.69.100/24 dev tun0; }; then
+        echo "not measured (could not set up its TUN in a namespace)"
+        return
+    fi
+    # RUST_LOG unset: the example logs at the level it names (trace would
+    # format every packet). It loops until its reader finishes: bounded.
+    local out
+    out=$(ip netns exec "$SM" env -u RUST_LOG timeout 300 "$SMOL_BIN" --tun tun0 reader \
+        2>"$TMP/smoltcp.log") || true
+    ip netns del "$SM"
+    if ! awk '/^throughput: [0-9.]+ Gbps/ {printf "%.0f MB/s (%s Gbps)", $2 * 125, $2; ok = 1}
+              END {exit !ok}' <<<"$out"; then
+        tail -n 5 "$TMP/smoltcp.log" >&2
+        echo "not measured (smoltcp's example printed no throughput)"
+    fi
+}
+echo "smoltcp's benchmark example, MTU 1500..." >&2
+S_BULK=$(smoltcp_bulk)
+
+printf 'bulk GET of %s bytes, MTU 1500 (curl)\t%s\t–\t%s\n' "$N" "$E_BULK" "$K_BULK"
+printf 'bulk GET of %s bytes, MTU 65535 (curl)\t%s\t–\t%s\n' "$N" "$E_BULK_JUMBO" "$K_BULK_JUMBO"
+amount="a fixed amount"
+[ -n "$SMOL_AMOUNT" ] && amount="$SMOL_AMOUNT bytes"
+printf "bulk, smoltcp%s's benchmark example (reader: %s over TCP to a kernel thread), MTU 1500\t–\t%s\t–\n" \
+    "${SMOL_VER:+ $SMOL_VER}" "$amount" "$S_BULK"
 IFS='|' read -r er e50 e99 <<<"$E_RATE"
 IFS='|' read -r kr k50 k99 <<<"$K_RATE"
-printf 'connections/s, ab -n %s -c %s, GET /bytes/100\t%s\t%s\n' "$REQS" "$CONC" "$er" "$kr"
-printf 'latency p50\t%s\t%s\n' "$e50" "$k50"
-printf 'latency p99\t%s\t%s\n' "$e99" "$k99"
+printf 'connections/s, ab -n %s -c %s, GET /bytes/100\t%s\t–\t%s\n' "$REQS" "$CONC" "$er" "$kr"
+printf 'latency p50\t%s\t–\t%s\n' "$e50" "$k50"
+printf 'latency p99\t%s\t–\t%s\n' "$e99" "$k99"

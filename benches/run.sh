@@ -5,8 +5,10 @@
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
 #   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
 #
-# About 3 minutes for the micro-benchmarks on two cores, plus ~1 for E2E
-# (the E2E connection-rate row needs `ab`, from apache2-utils).
+# About 3 minutes for the micro-benchmarks on two cores, plus ~10 s for
+# E2E, and a minute more the first time, when it builds smoltcp's own
+# benchmark example (the E2E connection-rate row needs `ab`, from
+# apache2-utils).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}

@@ -303,15 +303,21 @@ fn main() {
         Ok(t) if !t.trim().is_empty() => {
             let _ = writeln!(
                 w,
-                "`benches/e2e.sh`, in network namespaces of its own. smoltcp's own \
-                 benchmark example is not built by this script (it would build code from \
-                 smoltcp's repository); it was measured by hand, see the notes below.\n"
+                "`benches/e2e.sh`, in network namespaces of its own, all rows in the same run. \
+                 The smoltcp column is smoltcp's own `examples/benchmark.rs`, built by the \
+                 script from the crate source of the smoltcp version ephemera's `Cargo.lock` \
+                 resolves to: its stack sends to a kernel thread of the same process over a \
+                 TUN, with no HTTP, so its row is not the same workload as ephemera's (see the \
+                 notes below). MB/s are 10⁶ bytes per second.\n"
             );
-            let _ = writeln!(w, "| measurement | ephemera | kernel |\n|---|---:|---:|");
+            let _ = writeln!(
+                w,
+                "| measurement | ephemera | smoltcp's example | kernel |\n|---|---:|---:|---:|"
+            );
             for line in t.lines() {
                 let f: Vec<&str> = line.split('\t').collect();
-                if f.len() == 3 {
-                    let _ = writeln!(w, "| {} | {} | {} |", f[0], f[1], f[2]);
+                if f.len() == 4 {
+                    let _ = writeln!(w, "| {} | {} | {} | {} |", f[0], f[1], f[2], f[3]);
                 }
             }
         }
@@ -378,12 +384,13 @@ fn main() {
             verdict(bytes <= 8192)
         );
     }
-    // Bulk at MTU 1500 against the kernel, from the end-to-end rows.
-    let mbps = |row: &str, col: usize| -> Option<f64> {
+    // Bulk at MTU 1500 against smoltcp's example and the kernel, from the
+    // end-to-end rows (columns: measurement, ephemera, smoltcp, kernel).
+    let mbps = |prefix: &str, col: usize| -> Option<f64> {
         let t = fs::read_to_string(e2e).ok()?;
         let line = t
             .lines()
-            .find(|l| l.starts_with("bulk GET") && l.contains(row))?;
+            .find(|l| l.starts_with(prefix) && l.contains("MTU 1500"))?;
         line.split('\t')
             .nth(col)?
             .split_whitespace()
@@ -391,22 +398,33 @@ fn main() {
             .parse()
             .ok()
     };
-    let row = "MTU 1500";
-    match (mbps(row, 1), mbps(row, 2)) {
-        (Some(e), Some(k)) if k > 0.0 => {
+    let target = "bulk TUN throughput ≥ smoltcp's example and ≥ 25 % of kernel veth";
+    match (
+        mbps("bulk GET", 1),
+        mbps("bulk, smoltcp", 2),
+        mbps("bulk GET", 3),
+    ) {
+        (Some(e), s, Some(k)) if k > 0.0 => {
             let share = 100.0 * e / k;
+            let (vs_smoltcp, ok) = match s {
+                Some(s) if s > 0.0 => (
+                    format!("{:.0} % of smoltcp's example ({s:.0} MB/s)", 100.0 * e / s),
+                    verdict(e >= s && share >= 25.0),
+                ),
+                // Half the target unmeasured: only a miss can be called.
+                _ if share < 25.0 => ("smoltcp's example not measured".into(), verdict(false)),
+                _ => ("smoltcp's example not measured".into(), "not assessed"),
+            };
             let _ = writeln!(
                 w,
-                "| bulk TUN throughput ≥ smoltcp's example and ≥ 25 % of kernel veth | \
-                 {share:.0} % of kernel veth at MTU 1500; smoltcp's example by hand: see notes | {} |",
-                verdict(share >= 25.0)
+                "| {target} | ephemera {e:.0} MB/s at MTU 1500: {vs_smoltcp}, {share:.0} % of \
+                 kernel veth ({k:.0} MB/s) | {ok} |"
             );
         }
         _ => {
             let _ = writeln!(
                 w,
-                "| bulk TUN throughput ≥ smoltcp's example and ≥ 25 % of kernel veth | \
-                 end-to-end runs not in this report | not assessed |"
+                "| {target} | end-to-end runs not in this report | not assessed |"
             );
         }
     }
