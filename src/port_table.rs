@@ -168,11 +168,6 @@ pub struct KeyedState {
 }
 
 impl KeyedState {
-    /// The two key words.
-    pub(crate) fn keys(&self) -> (u64, u64) {
-        (self.k0, self.k1)
-    }
-
     /// A builder keyed by two words from `rng`.
     pub fn new(rng: &mut dyn Rng) -> KeyedState {
         KeyedState {
