@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ephemera::port_table::{FlowKey, PortTable, PortTableConfig, Protocol};
+use ephemera::port_table::{FlowKey, Lookup, PortTable, PortTableConfig, Protocol};
 use ephemera::SeededRng;
 
 fn v4(a: u32) -> IpAddr {
@@ -39,9 +39,9 @@ fn scatter(n: usize, count: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Keys cycled through per lookup benchmark: enough that they do not all
-/// sit in cache.
-const KEYS: usize = 1 << 16;
+/// Fewest keys cycled through per lookup benchmark; at least one per flow,
+/// so the lookups touch the whole table, not a cached part of it.
+const MIN_KEYS: usize = 1 << 16;
 
 fn lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup");
@@ -53,18 +53,33 @@ fn lookup(c: &mut Criterion) {
         for i in 0..n {
             t.insert(flow(i), i as u32).unwrap();
         }
-        let hits: Vec<FlowKey> = scatter(n, KEYS).into_iter().map(flow).collect();
+        let keys = n.max(MIN_KEYS);
+        let hits: Vec<FlowKey> = scatter(n, keys).into_iter().map(flow).collect();
         // Same shape, from ports/addresses never inserted.
-        let misses: Vec<FlowKey> = scatter(n, KEYS).into_iter().map(|i| flow(i + n)).collect();
+        let misses: Vec<FlowKey> = scatter(n, keys).into_iter().map(|i| flow(i + n)).collect();
         for (name, keys) in [("hit", &hits), ("miss", &misses)] {
             let mut k = 0;
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
-                    k = (k + 1) % KEYS;
+                    k = (k + 1) % keys.len();
                     black_box(t.lookup(black_box(&keys[k])))
                 })
             });
         }
+        // The same hits one at a time: each key depends on the previous
+        // lookup's result, so the CPU cannot overlap one lookup's cache
+        // misses with the next one's — the latency a packet sees.
+        let mut k = 0;
+        group.bench_with_input(BenchmarkId::new("hit-serial", n), &n, |b, _| {
+            b.iter(|| {
+                let found = match t.lookup(&hits[k]) {
+                    Lookup::Flow(h) => h as usize,
+                    _ => 0,
+                };
+                k = (k + 1 + (found & 0x8000_0000)) % hits.len();
+                found
+            })
+        });
     }
     group.finish();
 }

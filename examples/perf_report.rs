@@ -216,16 +216,23 @@ fn main() {
     let _ = writeln!(w, "## Port table\n");
     let _ = writeln!(
         w,
-        "`benches/port_table.rs`, `PortTable<u32>` alone. Lookups cycle through 65 536 \
-         pseudo-random keys so most miss the CPU caches; a miss is a 4-tuple never \
-         inserted (and no listener), so it also tries the bind map.\n"
+        "`benches/port_table.rs`, `PortTable<u32>` alone. Lookups cycle through \
+         pseudo-random keys, one per flow (at least 65 536), so they touch the whole \
+         table; a miss is a 4-tuple never inserted (and no listener), so it also tries \
+         the bind map. *Back to back*, the CPU overlaps successive lookups (throughput); \
+         *one at a time*, each key depends on the previous result, so every cache miss \
+         is waited for (the latency one packet sees).\n"
     );
     let _ = writeln!(w, "| benchmark | time |\n|---|---:|");
     let mut rows: Vec<(String, String)> = Vec::new();
     for n in [10_000, 100_000, 1_000_000] {
-        for kind in ["hit", "miss"] {
+        for (kind, what) in [
+            ("hit", "hit, back to back"),
+            ("hit-serial", "hit, one at a time"),
+            ("miss", "miss, back to back"),
+        ] {
             rows.push((
-                format!("4-tuple lookup, {kind}, {n} flows"),
+                format!("4-tuple lookup, {what}, {n} flows"),
                 format!("lookup/{kind}/{n}"),
             ));
         }
@@ -348,12 +355,16 @@ fn main() {
             verdict(g <= 3.0)
         );
     }
-    if let Some(e) = estimate(crit, "lookup/hit/100000") {
+    if let (Some(b2b), Some(serial)) = (
+        estimate(crit, "lookup/hit/100000"),
+        estimate(crit, "lookup/hit-serial/100000"),
+    ) {
         let _ = writeln!(
             w,
-            "| 4-tuple lookup ≤ 50 ns at 100k entries (hit) | {} | {} |",
-            fmt_ns(e.median),
-            verdict(e.median <= 50.0)
+            "| 4-tuple lookup ≤ 50 ns at 100k entries (hit) | {} back to back, {} one at a time | {} |",
+            fmt_ns(b2b.median),
+            fmt_ns(serial.median),
+            verdict(b2b.median.max(serial.median) <= 50.0)
         );
     }
     if let (Some(a), Some(b)) = (
