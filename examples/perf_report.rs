@@ -175,10 +175,10 @@ fn main() {
     let _ = writeln!(
         w,
         "Times are criterion medians with the 95 % confidence interval of the mean in \
-         parentheses. The machine is shared (two cores, several other builds and tests \
-         running), so absolute numbers are noisy; the ratios compare stacks measured in \
-         the same process, one right after the other, which is what the targets are \
-         about. Issue 6 lists the targets.\n"
+         parentheses. Absolute numbers move with the machine and its load (see Noise \
+         in the notes); the ratios compare stacks measured in the same process, one \
+         right after the other, which is what the targets are about. Issue 6 lists the \
+         targets.\n"
     );
 
     // ---- per segment ----
