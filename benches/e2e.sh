@@ -16,10 +16,10 @@
 #   crate source cargo resolved for ephemera (so the same smoltcp version;
 #   the copy and its build live in $CARGO_TARGET_DIR/smoltcp-example, so a
 #   rerun does not rebuild), run as `benchmark --tun tun0 reader` at MTU
-#   1500: its smoltcp stack sends a fixed amount (1 GB in 0.14.0) over one
-#   TCP connection to a kernel thread of the same process reading it. It
-#   prints Gbps (1e9 bit/s); the row converts to MB/s (1e6 bytes/s), the
-#   unit of the curl rows. Not HTTP and not ephemera's workload: see
+#   1500 and 65535 (it takes the MTU from tun0): its smoltcp stack sends a
+#   fixed amount (1 GB in 0.14.0) over one TCP connection to a kernel
+#   thread of the same process reading it. It prints Gbps (1e9 bit/s); the
+#   cell converts to MB/s (1e6 bytes/s), the unit of the curl cells. Not HTTP and not ephemera's workload: see
 #   docs/performance-notes.md. If it cannot be built or run, its cell says
 #   "not measured (why)" and the other rows are still produced.
 # - rate: `ab -n REQS -c CONC` on /bytes/100, connections/s and p50/p99.
@@ -178,7 +178,7 @@ stop_ephemera
 # The example (0.14.0) has its stack at 192.168.69.1/24 on the TUN and its
 # kernel thread connect to it, so the kernel end is 192.168.69.100/24. Its
 # TunTapInterface attaches to an existing tun0 and takes the MTU from it.
-smoltcp_bulk() { # -> "N MB/s (G Gbps)" or "not measured (why)"
+smoltcp_bulk() { # mtu -> "N MB/s (G Gbps)" or "not measured (why)"
     if [ -z "$SMOL_BIN" ]; then
         echo "not measured ($SMOL_WHY)"
         return
@@ -186,7 +186,7 @@ smoltcp_bulk() { # -> "N MB/s (G Gbps)" or "not measured (why)"
     if ! { ip netns add "$SM" &&
         ip -n "$SM" link set lo up &&
         ip -n "$SM" tuntap add name tun0 mode tun &&
-        ip -n "$SM" link set tun0 mtu 1500 up &&
+        ip -n "$SM" link set tun0 mtu "$1" up &&
         ip -n "$SM" addr add 192.168.69.100/24 dev tun0; }; then
         echo "not measured (could not set up its TUN in a namespace)"
         return
@@ -204,14 +204,15 @@ smoltcp_bulk() { # -> "N MB/s (G Gbps)" or "not measured (why)"
     fi
 }
 echo "smoltcp's benchmark example, MTU 1500..." >&2
-S_BULK=$(smoltcp_bulk)
+S_BULK=$(smoltcp_bulk 1500)
+echo "smoltcp's benchmark example, MTU 65535..." >&2
+S_BULK_JUMBO=$(smoltcp_bulk 65535)
 
-printf 'bulk GET of %s bytes, MTU 1500 (curl)\t%s\t–\t%s\n' "$N" "$E_BULK" "$K_BULK"
-printf 'bulk GET of %s bytes, MTU 65535 (curl)\t%s\t–\t%s\n' "$N" "$E_BULK_JUMBO" "$K_BULK_JUMBO"
 amount="a fixed amount"
 [ -n "$SMOL_AMOUNT" ] && amount="$SMOL_AMOUNT bytes"
-printf "bulk, smoltcp%s's benchmark example (reader: %s over TCP to a kernel thread), MTU 1500\t–\t%s\t–\n" \
-    "${SMOL_VER:+ $SMOL_VER}" "$amount" "$S_BULK"
+what="ephemera and kernel: curl GET of $N bytes; smoltcp${SMOL_VER:+ $SMOL_VER}'s example: $amount to a kernel thread"
+printf 'bulk, MTU 1500 (%s)\t%s\t%s\t%s\n' "$what" "$E_BULK" "$S_BULK" "$K_BULK"
+printf 'bulk, MTU 65535 (same)\t%s\t%s\t%s\n' "$E_BULK_JUMBO" "$S_BULK_JUMBO" "$K_BULK_JUMBO"
 IFS='|' read -r er e50 e99 <<<"$E_RATE"
 IFS='|' read -r kr k50 k99 <<<"$K_RATE"
 printf 'connections/s, ab -n %s -c %s, GET /bytes/100\t%s\t–\t%s\n' "$REQS" "$CONC" "$er" "$kr"
