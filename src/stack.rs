@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::time::Duration as StdDuration;
 
 use log::debug;
@@ -295,6 +296,15 @@ pub struct Stack {
 /// SEG.ACK of a TCP segment with ACK set that smoltcp emitted (IPv4
 /// with any header length, or IPv6 without extension headers); `None`
 /// for anything else.
+/// The TCP connection at `id` in `sockets`, whatever its phase; `Break`
+/// if it is gone (a step of [`Stack::after_io`] freed it).
+fn tcp_in(sockets: &mut Slab<Socket>, id: SocketId) -> ControlFlow<(), &mut TcpConn> {
+    match sockets.get_mut(id) {
+        Some(Socket::Tcp(c)) => ControlFlow::Continue(c),
+        _ => ControlFlow::Break(()),
+    }
+}
+
 fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
     let (proto, header) = match packet.first()? >> 4 {
         4 => (*packet.get(9)?, usize::from(packet[0] & 0x0f) * 4),
@@ -1308,11 +1318,40 @@ impl Stack {
 
     /// React to whatever the last ingress, egress or call did to a TCP
     /// connection: state transitions, queues, reaping, its next timer.
+    ///
+    /// One step per concern, in this order; a step that frees or aborts
+    /// the connection ends the pass (`Break`).
     fn after_io(&mut self, id: SocketId, cause: Cause) {
-        let now = self.now;
-        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
-            return;
-        };
+        let _ = self.react(id, cause);
+    }
+
+    fn react(&mut self, id: SocketId, cause: Cause) -> ControlFlow<()> {
+        let (state, prev) = self.observe_state(id, cause)?;
+        self.settle_half_open(id, state)?;
+        self.reap(id, state, cause)?;
+        // An application call only reaps: its deadlines are left to the
+        // egress pass it scheduled.
+        if cause == Cause::App {
+            return ControlFlow::Break(());
+        }
+        self.notify(id, state, prev, cause);
+        let give_up = self.user_timeout(id, state, prev)?;
+        let fin_at = self.fin_watchdog(id, state, prev);
+        let fin2_at = self.fin_wait2_timeout(id, state)?;
+        let shrink_at = self.shrink_when_idle(id);
+        self.schedule(id, cause, [give_up, fin_at, fin2_at, shrink_at]);
+        ControlFlow::Continue(())
+    }
+
+    /// The connection's state now and at the last pass; on a transition to
+    /// CLOSED, why it ended (RFC 9293 §3.10.7 for RST, §3.8.4 for
+    /// timeouts), counted.
+    fn observe_state(
+        &mut self,
+        id: SocketId,
+        cause: Cause,
+    ) -> ControlFlow<(), (TcpState, TcpState)> {
+        let c = tcp_in(&mut self.sockets, id)?;
         let state = c.socket().state();
         let prev = c.last_state;
         // A call from the application brings no time of its own: `now` is
@@ -1322,9 +1361,6 @@ impl Stack {
         if cause != Cause::App {
             c.last_state = state;
         }
-
-        // How did it end, if it did? (RFC 9293 §3.10.7 for RST, §3.8.4 for
-        // timeouts.)
         if state == TcpState::Closed && prev != TcpState::Closed && c.error.is_none() {
             c.error = match (prev, cause) {
                 (TcpState::SynSent, Cause::Ingress) => Some(ConnError::Refused),
@@ -1333,67 +1369,79 @@ impl Stack {
                 (_, Cause::Egress) if c.phase != Phase::Released => Some(ConnError::TimedOut),
                 _ => None,
             };
+            let counters = &mut self.counters;
             match c.error {
-                Some(ConnError::Refused) => self.counters.tcp_connect_refused += 1,
-                Some(ConnError::Reset) => self.counters.tcp_reset_by_peer += 1,
-                Some(ConnError::TimedOut) => self.counters.tcp_timed_out += 1,
-                None if prev == TcpState::LastAck => self.counters.tcp_closed += 1,
+                Some(ConnError::Refused) => counters.tcp_connect_refused += 1,
+                Some(ConnError::Reset) => counters.tcp_reset_by_peer += 1,
+                Some(ConnError::TimedOut) => counters.tcp_timed_out += 1,
+                None if prev == TcpState::LastAck => counters.tcp_closed += 1,
                 None => {}
             }
         }
+        ControlFlow::Continue((state, prev))
+    }
 
-        // Half-open connections either reach the accept queue or vanish.
-        if let Phase::HalfOpen(l) = c.phase {
-            let established = matches!(
-                state,
-                TcpState::Established | TcpState::CloseWait | TcpState::FinWait1
-            );
-            let failed = matches!(
-                state,
-                TcpState::Closed | TcpState::Listen | TcpState::TimeWait
-            );
-            if established || failed {
-                let handshake = now - c.created;
-                let queued = match self.sockets.get_mut(l) {
-                    Some(Socket::Listener(listener)) => {
-                        listener.half_open -= 1;
-                        if established && listener.queue.len() < listener.backlog {
-                            // Smoothed handshake time (RFC 6298 gain 1/8),
-                            // for the eviction age threshold.
-                            listener.handshake_rtt = Some(match listener.handshake_rtt {
-                                Some(r) => (r * 7 + handshake) / 8,
-                                None => handshake,
-                            });
-                            listener.queue.push_back(id);
-                            if !listener.event_queued {
-                                listener.event_queued = true;
-                                self.events.push_back(Event::Incoming(ListenerHandle(l)));
-                            }
-                            true
-                        } else {
-                            if established {
-                                self.counters.drop_accept_queue_full += 1;
-                            }
-                            false
-                        }
+    /// A half-open connection that got established moves to its
+    /// listener's accept queue (or is reset when the queue is full); one
+    /// that failed is freed.
+    fn settle_half_open(&mut self, id: SocketId, state: TcpState) -> ControlFlow<()> {
+        let now = self.now;
+        let c = tcp_in(&mut self.sockets, id)?;
+        let Phase::HalfOpen(l) = c.phase else {
+            return ControlFlow::Continue(());
+        };
+        let established = matches!(
+            state,
+            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1
+        );
+        let failed = matches!(
+            state,
+            TcpState::Closed | TcpState::Listen | TcpState::TimeWait
+        );
+        if !established && !failed {
+            return ControlFlow::Continue(());
+        }
+        let handshake = now - c.created;
+        let queued = match self.sockets.get_mut(l) {
+            Some(Socket::Listener(listener)) => {
+                listener.half_open -= 1;
+                if established && listener.queue.len() < listener.backlog {
+                    // Smoothed handshake time (RFC 6298 gain 1/8), for the
+                    // eviction age threshold.
+                    listener.handshake_rtt = Some(match listener.handshake_rtt {
+                        Some(r) => (r * 7 + handshake) / 8,
+                        None => handshake,
+                    });
+                    listener.queue.push_back(id);
+                    if !listener.event_queued {
+                        listener.event_queued = true;
+                        self.events.push_back(Event::Incoming(ListenerHandle(l)));
                     }
-                    // The listener closed while this was half-open.
-                    _ => false,
-                };
-                if !queued {
-                    self.reset_and_free(id);
-                    return;
-                }
-                self.counters.tcp_passive_opens += 1;
-                if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
-                    c.phase = Phase::Queued(l);
+                    true
+                } else {
+                    if established {
+                        self.counters.drop_accept_queue_full += 1;
+                    }
+                    false
                 }
             }
-        }
-
-        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
-            return;
+            // The listener closed while this was half-open.
+            _ => false,
         };
+        if !queued {
+            self.reset_and_free(id);
+            return ControlFlow::Break(());
+        }
+        self.counters.tcp_passive_opens += 1;
+        tcp_in(&mut self.sockets, id)?.phase = Phase::Queued(l);
+        ControlFlow::Continue(())
+    }
+
+    /// Give the 4-tuple back once the connection is over, and free a
+    /// connection the application has let go of.
+    fn reap(&mut self, id: SocketId, state: TcpState, cause: Cause) -> ControlFlow<()> {
+        let now = self.now;
+        let c = tcp_in(&mut self.sockets, id)?;
         let released = c.phase == Phase::Released;
         match state {
             // Our side closed first: the 4-tuple goes to TIME-WAIT as a
@@ -1410,9 +1458,7 @@ impl Stack {
                     let (seq, ack, window) = (c.peer_ack, c.rcv_nxt(), c.window_field());
                     self.emit_segment(&key, seq, ack, TcpControl::None, window);
                 }
-                let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
-                    return;
-                };
+                let c = tcp_in(&mut self.sockets, id)?;
                 if c.registered {
                     let rcv_nxt = c.rcv_nxt();
                     self.table
@@ -1420,7 +1466,7 @@ impl Stack {
                 }
                 self.counters.tcp_closed += 1;
                 self.free_tcp(id);
-                return;
+                ControlFlow::Break(())
             }
             TcpState::Closed | TcpState::Listen => {
                 if c.registered {
@@ -1430,24 +1476,38 @@ impl Stack {
                 }
                 if released {
                     self.free_tcp(id);
-                    return;
+                    return ControlFlow::Break(());
                 }
+                ControlFlow::Continue(())
             }
-            _ => {}
+            _ => ControlFlow::Continue(()),
         }
+    }
 
-        if cause == Cause::App {
+    /// Queue an event for the application if it holds the connection and
+    /// something happened.
+    fn notify(&mut self, id: SocketId, state: TcpState, prev: TcpState, cause: Cause) {
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
             return;
-        }
-
-        // Tell the application.
+        };
         if c.phase == Phase::Owned && (cause == Cause::Ingress || state != prev) && !c.event_queued
         {
             c.event_queued = true;
             self.events.push_back(Event::Tcp(TcpHandle(id)));
         }
+    }
 
-        // The user timeout: outstanding data, SYN or FIN with no progress.
+    /// The user timeout (RFC 9293 §3.8.4): outstanding data, SYN or FIN
+    /// with no progress for `user_timeout` aborts the connection. Returns
+    /// when it would fire.
+    fn user_timeout(
+        &mut self,
+        id: SocketId,
+        state: TcpState,
+        prev: TcpState,
+    ) -> ControlFlow<(), Option<Instant>> {
+        let (now, limit) = (self.now, self.config.user_timeout);
+        let c = tcp_in(&mut self.sockets, id)?;
         let sq = c.socket().send_queue();
         // A closed socket keeps its unsent data but has nothing in flight:
         // timing it out again would mark it dirty forever (found by the
@@ -1469,93 +1529,119 @@ impl Stack {
             c.progress_at = now;
         }
         c.last_send_queue = sq;
-        let give_up = match self.config.user_timeout {
-            Some(t) if outstanding => Some(c.progress_at + t),
-            _ => None,
-        };
+        let give_up = limit.filter(|_| outstanding).map(|t| c.progress_at + t);
         if give_up.is_some_and(|t| t <= now) {
             debug!("user timeout {} -> {}", c.key.local, c.key.remote);
             c.error = Some(ConnError::TimedOut);
-            self.counters.tcp_timed_out += 1;
             c.socket_mut().abort();
+            self.counters.tcp_timed_out += 1;
             self.mark_dirty(id);
-            return;
+            return ControlFlow::Break(());
         }
+        ControlFlow::Continue(give_up)
+    }
 
-        // FIN watchdog. smoltcp 0.14 can lose the retransmission timer of a
-        // FIN: a fast retransmit that finds the send buffer empty resets the
-        // timer to idle, and the FIN is never sent again. Once all data is
-        // acknowledged and only our FIN is outstanding, re-send it ourselves
-        // with exponential backoff until the state moves on.
-        let fin_only = sq == 0
+    /// FIN watchdog. smoltcp 0.14 can lose the retransmission timer of a
+    /// FIN: a fast retransmit that finds the send buffer empty resets the
+    /// timer to idle, and the FIN is never sent again. Once all data is
+    /// acknowledged and only our FIN is outstanding, re-send it ourselves
+    /// with exponential backoff until the state moves on. Returns the
+    /// watchdog's next deadline.
+    fn fin_watchdog(&mut self, id: SocketId, state: TcpState, prev: TcpState) -> Option<Instant> {
+        let now = self.now;
+        let ControlFlow::Continue(c) = tcp_in(&mut self.sockets, id) else {
+            return None;
+        };
+        let fin_only = c.socket().send_queue() == 0
             && matches!(
                 state,
                 TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
             );
-        let mut resend_fin = None;
+        let mut resend = None;
         if !fin_only || state != prev || c.fin_watch.is_none() {
             c.fin_watch = fin_only.then(|| (now + Duration::from_millis(1500), 1500));
         } else if let Some((at, backoff)) = c.fin_watch {
             if at <= now {
                 let backoff = (backoff * 2).min(60_000);
                 c.fin_watch = Some((now + Duration::from_millis(backoff as u64), backoff));
-                resend_fin = Some((c.key, c.peer_ack, c.rcv_nxt(), c.window_field()));
+                resend = Some((c.key, c.peer_ack, c.rcv_nxt(), c.window_field()));
             }
         }
-        let fin_at = c.fin_watch.map(|(at, _)| at);
+        let next = c.fin_watch.map(|(at, _)| at);
+        if let Some((key, seq, ack, window)) = resend {
+            debug!("re-sending FIN {} -> {}", key.local, key.remote);
+            self.counters.tcp_fin_resent += 1;
+            self.emit_segment(&key, seq, ack, TcpControl::Fin, window);
+        }
+        next
+    }
 
-        // FIN-WAIT-2 timeout (Linux `tcp_fin_timeout`): a released
-        // connection whose FIN is acknowledged waits for the peer's FIN only
-        // so long. Linux moves such an orphan into a TIME-WAIT-like
-        // minisocket that expires after the timeout; ephemera resets it and
-        // releases the port, so a peer still there learns the end at once.
-        let orphan = released && state == TcpState::FinWait2;
+    /// FIN-WAIT-2 timeout (Linux `tcp_fin_timeout`): a released connection
+    /// whose FIN is acknowledged waits for the peer's FIN only so long.
+    /// Linux moves such an orphan into a TIME-WAIT-like minisocket that
+    /// expires after the timeout; ephemera resets it and releases the port,
+    /// so a peer still there learns the end at once. Returns when it fires.
+    fn fin_wait2_timeout(
+        &mut self,
+        id: SocketId,
+        state: TcpState,
+    ) -> ControlFlow<(), Option<Instant>> {
+        let (now, timeout) = (self.now, self.config.fin_timeout);
+        let c = tcp_in(&mut self.sockets, id)?;
+        let orphan = c.phase == Phase::Released && state == TcpState::FinWait2;
         c.orphan_since = orphan.then(|| c.orphan_since.unwrap_or(now));
-        let fin2_at = c
-            .orphan_since
-            .zip(self.config.fin_timeout)
-            .map(|(t, d)| t + d);
-        if fin2_at.is_some_and(|t| t <= now) {
+        let at = c.orphan_since.zip(timeout).map(|(t, d)| t + d);
+        if at.is_some_and(|t| t <= now) {
             debug!("FIN-WAIT-2 timeout {} -> {}", c.key.local, c.key.remote);
-            self.counters.tcp_fin_wait2_timeouts += 1;
             c.orphan_since = None;
             c.socket_mut().abort();
+            self.counters.tcp_fin_wait2_timeouts += 1;
             self.mark_dirty(id);
-            return;
+            return ControlFlow::Break(());
         }
+        ControlFlow::Continue(at)
+    }
 
-        // Idle buffers: once both have been empty (and nothing waits out of
-        // order) for `shrink_idle_after`, their pages go back to the kernel.
-        let quiet = sq == 0 && c.rx_drained();
-        let mut shrink_at = None;
+    /// Idle buffers: once both have been empty (and nothing waits out of
+    /// order) for `shrink_idle_after`, their pages go back to the kernel.
+    /// Returns when that will be, if it is still to come.
+    fn shrink_when_idle(&mut self, id: SocketId) -> Option<Instant> {
+        let (now, after) = (self.now, self.config.shrink_idle_after);
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return None;
+        };
+        let quiet = c.socket().send_queue() == 0 && c.rx_drained();
         if !quiet {
             c.idle_since = None;
             c.shrunk = false;
-        } else if let (false, Some(after)) = (c.shrunk, self.config.shrink_idle_after) {
-            let since = *c.idle_since.get_or_insert(now);
-            if since + after <= now {
-                if let Some(chunk) = &c.chunk {
-                    self.buffers.shrink(chunk);
-                }
-                c.shrunk = true;
-            } else {
-                shrink_at = Some(since + after);
-            }
+            return None;
         }
+        let after = after.filter(|_| !c.shrunk)?;
+        let since = *c.idle_since.get_or_insert(now);
+        if since + after > now {
+            return Some(since + after);
+        }
+        if let Some(chunk) = &c.chunk {
+            self.buffers.shrink(chunk);
+        }
+        c.shrunk = true;
+        None
+    }
 
-        // Schedule its next timer. After an egress round smoltcp has sent
-        // all it could, so "now" can only mean a timer that fired in the
-        // same instant: look again a millisecond later rather than spin.
-        let at = self.iface.poll_at(now, &c.set);
-        let at = match at {
+    /// Queue the connection under its next deadline: smoltcp's own
+    /// (`poll_at`) or the earliest of ours. After an egress round smoltcp
+    /// has sent all it could, so "now" can only mean a timer that fired in
+    /// the same instant: look again a millisecond later rather than spin.
+    fn schedule(&mut self, id: SocketId, cause: Cause, ours: [Option<Instant>; 4]) {
+        let now = self.now;
+        let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {
+            return;
+        };
+        let at = match self.iface.poll_at(now, &c.set) {
             Some(t) if t <= now && cause == Cause::Egress => Some(now + Duration::from_millis(1)),
             other => other,
         };
-        let at = [at, give_up, fin_at, fin2_at, shrink_at]
-            .into_iter()
-            .flatten()
-            .min();
-        match at {
+        match ours.into_iter().chain([at]).flatten().min() {
             Some(t) if t <= now => self.mark_dirty(id),
             Some(t) => {
                 if c.scheduled != Some(t) {
@@ -1564,11 +1650,6 @@ impl Stack {
                 }
             }
             None => c.scheduled = None,
-        }
-        if let Some((key, seq, ack, window)) = resend_fin {
-            debug!("re-sending FIN {} -> {}", key.local, key.remote);
-            self.counters.tcp_fin_resent += 1;
-            self.emit_segment(&key, seq, ack, TcpControl::Fin, window);
         }
     }
 
