@@ -95,6 +95,10 @@ pub struct UpArgs {
     /// on an interface created with `ip tuntap add ... user $USER`).
     #[arg(long)]
     pub no_configure: bool,
+    /// Write each packet to the kernel on its own, without TCP segmentation offload
+    /// (by default runs of one flow's segments go as one packet with a virtio-net header).
+    #[arg(long)]
+    pub no_offload: bool,
     /// Write every packet in and out to this pcap file (tcpdump -r FILE).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -729,6 +733,7 @@ mod tests {
             "--user",
             "nobody",
             "--no-configure",
+            "--no-offload",
             "--pcap",
             "/tmp/x.pcap",
             "--control",
@@ -739,6 +744,7 @@ mod tests {
         assert_eq!(a.forward.len(), 2);
         assert_eq!(a.http, Some(80));
         assert!(a.no_configure);
+        assert!(a.no_offload);
 
         let a = up(&[
             "--tun",

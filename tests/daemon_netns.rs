@@ -514,6 +514,85 @@ fn socks5_forward_and_fetch_download_byte_exact_from_ephemeras_port_range() {
 }
 
 #[test]
+fn a_routed_client_downloads_byte_exact_with_and_without_segmentation_offload() {
+    // A client in a second namespace reaches ephemera through the kernel,
+    // which routes between a veth and the TUN. With offload, ephemera hands
+    // the kernel 64 KiB TCP packets that the kernel must cut back into
+    // MTU-sized segments to forward them over the veth.
+    let test = "a_routed_client_downloads_byte_exact_with_and_without_segmentation_offload";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let Some(client) = Netns::new(test) else {
+        return;
+    };
+    if !have("ethtool", "--version") {
+        skip(test, "ethtool not found (apt install ethtool)");
+        return;
+    }
+    let ok = |out: Output| assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(Command::new("ip")
+        .args(["link", "add", "r0", "netns", &ns.name, "type", "veth"])
+        .args(["peer", "name", "c0", "netns", &client.name])
+        .output()
+        .unwrap());
+    ok(ns.run(&["ip", "addr", "add", "10.9.0.1/24", "dev", "r0"]));
+    ok(ns.run(&["ip", "link", "set", "r0", "up"]));
+    // No offloads on the way out: the kernel itself must cut the packets
+    // and complete their checksums from the seed ephemera left in them,
+    // as it would for a NIC without TSO.
+    ok(ns.run(&[
+        "ethtool", "-K", "r0", "tx", "off", "tso", "off", "gso", "off",
+    ]));
+    ok(ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    ok(client.run(&["ip", "addr", "add", "10.9.0.2/24", "dev", "c0"]));
+    ok(client.run(&["ip", "link", "set", "c0", "up"]));
+    ok(client.run(&["ip", "route", "add", "10.7.0.0/24", "via", "10.9.0.1"]));
+
+    let n = 5_000_000;
+    let expected: Vec<u8> = (0..n).map(ephemera::daemon::http::pattern_byte).collect();
+    for offload in [true, false] {
+        let extra: &[&str] = if offload {
+            &["--http", "80"]
+        } else {
+            &["--http", "80", "--no-offload"]
+        };
+        let daemon = ns.start_daemon(extra);
+        assert_eq!(
+            daemon.log().contains("TCP segmentation offload"),
+            offload,
+            "{}",
+            daemon.log()
+        );
+        for (who, from) in [("routed", &client), ("local", &ns)] {
+            let got = ns.path(&format!("bytes-{offload}-{who}"));
+            let out = from.run(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "-o",
+                got.to_str().unwrap(),
+                &format!("http://10.7.0.2/bytes/{n}"),
+            ]);
+            assert!(
+                out.status.success(),
+                "offload {offload}, {who}: {}\n{}",
+                text(&out.stderr),
+                daemon.log()
+            );
+            assert!(
+                std::fs::read(&got).unwrap() == expected,
+                "offload {offload}, {who}: body differs"
+            );
+        }
+        let child = &mut ns.children[daemon.index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
 fn two_hundred_concurrent_curls_then_time_wait_then_nothing() {
     let test = "two_hundred_concurrent_curls_then_time_wait_then_nothing";
     let Some(mut ns) = Netns::new(test) else {

@@ -133,6 +133,27 @@ pub struct Edge {
     pub signals: signals::SignalPipe,
 }
 
+/// Open the TUN, with TCP segmentation offload towards the kernel when
+/// `offload` is asked for and the kernel takes `IFF_VNET_HDR` (`EINVAL`
+/// otherwise: then without, as `tun-tap` opens it).
+fn open_tun(name: &str, offload: bool) -> io::Result<Tun> {
+    if offload {
+        match Tun::open_with_offload(name) {
+            Ok(tun) => {
+                log::info!("{name}: TCP segmentation offload towards the kernel");
+                return Ok(tun);
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                log::warn!(
+                    "{name}: no virtio-net header support ({e}); writing packets one by one"
+                );
+            }
+            other => return other,
+        }
+    }
+    Tun::open(name)
+}
+
 /// Validate `args`, then open and configure everything `up` needs, in
 /// order, and drop privileges. Errors are one line naming cause and fix.
 pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
@@ -152,7 +173,7 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         None => None,
     };
 
-    let tun = Tun::open(name).map_err(|e| explain(Step::OpenTun, name, &e))?;
+    let tun = open_tun(name, !args.no_offload).map_err(|e| explain(Step::OpenTun, name, &e))?;
     let mtu = if args.no_configure {
         let actual =
             tun::mtu(name).map_err(|e| explain(Step::Configure("reading MTU"), name, &e))?;
@@ -396,15 +417,16 @@ impl EventLoop {
 
     fn transmit(&mut self) {
         let now = self.now();
+        let mut batch = Vec::new();
         while let Some(p) = self.stack.poll_transmit(now) {
             self.capture(&p);
-            match self.edge.tun.send(&p) {
-                Ok(_) => {}
-                // The kernel queue is full or the packet was refused: drop
-                // it, as a link would; TCP retransmits.
-                Err(e) => log::debug!("tun write of {} bytes failed: {e}", p.len()),
-            }
+            batch.push(p);
         }
+        // The kernel queue is full or a packet was refused: dropped, as a
+        // link would; TCP retransmits.
+        self.edge.tun.send_all(batch, |len, e| {
+            log::debug!("tun write of {len} bytes failed: {e}");
+        });
     }
 
     fn run(mut self) -> Result<(), String> {

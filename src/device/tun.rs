@@ -14,6 +14,8 @@ use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tun_tap::{Iface, Mode};
 
+use super::gso;
+
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
@@ -24,7 +26,16 @@ pub const MAX_MTU: u32 = 65535;
 /// interface unless it was created persistent beforehand.
 #[derive(Debug)]
 pub struct Tun {
-    iface: Iface,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// Opened by `tun-tap`: one bare IP packet per read or write.
+    Plain(Iface),
+    /// Opened with `IFF_VNET_HDR`: every packet behind a virtio-net header,
+    /// so writes may carry TCP segmentation offload ([`gso`]).
+    Offload { fd: OwnedFd, name: String },
 }
 
 impl Tun {
@@ -39,29 +50,156 @@ impl Tun {
         check_name(name)?;
         let iface = Iface::without_packet_info(name, Mode::Tun)?;
         set_nonblocking(iface.as_raw_fd())?;
-        Ok(Tun { iface })
+        Ok(Tun {
+            kind: Kind::Plain(iface),
+        })
+    }
+
+    /// [`open`](Self::open), but with a virtio-net header on every packet
+    /// (`IFF_VNET_HDR`), so that [`send_all`](Self::send_all) can hand the
+    /// kernel runs of TCP segments as one offloaded packet. Nothing is
+    /// offloaded towards us (`TUNSETOFFLOAD` 0): the kernel still
+    /// segments and checksums what it sends. `tun-tap` cannot set the
+    /// flag, so this opens `/dev/net/tun` itself; same errors as `open`.
+    pub fn open_with_offload(name: &str) -> io::Result<Tun> {
+        let mut req = ifreq(name)?;
+        // SAFETY: open(2) of a constant path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
+        let mut hdr_len = gso::VNET_HDR_LEN as libc::c_int;
+        let offload: libc::c_ulong = 0;
+        // SAFETY: each request gets the argument type it is defined with.
+        unsafe {
+            ioctl(&fd, libc::TUNSETIFF as _, &mut req)?;
+            ioctl(&fd, libc::TUNSETVNETHDRSZ as _, &mut hdr_len)?;
+            // TUNSETOFFLOAD takes its argument by value.
+            if libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD as _, offload) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let name = req
+            .ifr_name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        Ok(Tun {
+            kind: Kind::Offload { fd, name },
+        })
+    }
+
+    /// Whether writes may carry TCP segmentation offload.
+    pub fn offload(&self) -> bool {
+        matches!(self.kind, Kind::Offload { .. })
     }
 
     /// The interface's name, as the kernel reports it.
     pub fn name(&self) -> &str {
-        self.iface.name()
+        match &self.kind {
+            Kind::Plain(iface) => iface.name(),
+            Kind::Offload { name, .. } => name,
+        }
     }
 
     /// The file descriptor, to wait on with `poll(2)`.
     pub fn raw_fd(&self) -> RawFd {
-        self.iface.as_raw_fd()
+        match &self.kind {
+            Kind::Plain(iface) => iface.as_raw_fd(),
+            Kind::Offload { fd, .. } => fd.as_raw_fd(),
+        }
     }
 
     /// Read one packet into `buf`; `WouldBlock` when none is queued. A
     /// packet longer than `buf` is truncated, so size `buf` to the MTU.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.iface.recv(buf)
+        match &self.kind {
+            Kind::Plain(iface) => iface.recv(buf),
+            Kind::Offload { fd, .. } => {
+                // The header says nothing we need: with no offload towards
+                // us, packets arrive whole and checksummed.
+                let mut hdr = [0u8; gso::VNET_HDR_LEN];
+                let n = readv(fd, &mut [&mut hdr[..], buf])?;
+                Ok(n.saturating_sub(gso::VNET_HDR_LEN))
+            }
+        }
     }
 
     /// Write one IP packet to the kernel.
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        self.iface.send(packet)
+        match &self.kind {
+            Kind::Plain(iface) => iface.send(packet),
+            Kind::Offload { fd, .. } => {
+                let hdr = gso::VnetHdr::default().to_bytes();
+                Ok(writev(fd, &[&hdr[..], packet])?.saturating_sub(gso::VNET_HDR_LEN))
+            }
+        }
     }
+
+    /// Write a batch of IP packets, in order; with offload, runs of one TCP
+    /// flow's segments go as one packet ([`gso::coalesce`]). Each failed
+    /// write is reported to `failed` with the octets it carried; the rest
+    /// go on (a full kernel queue drops packets, as a link would).
+    pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
+        match &self.kind {
+            Kind::Plain(iface) => {
+                for p in batch {
+                    if let Err(e) = iface.send(&p) {
+                        failed(p.len(), e);
+                    }
+                }
+            }
+            Kind::Offload { fd, .. } => {
+                for (hdr, p) in gso::coalesce(batch) {
+                    if let Err(e) = writev(fd, &[&hdr.to_bytes()[..], &p]) {
+                        failed(p.len(), e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn readv(fd: &OwnedFd, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a live, writable buffer of its length.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn writev(fd: &OwnedFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a live buffer of its length, which
+    // writev only reads.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {

@@ -1,0 +1,500 @@
+//! TCP segmentation offload towards the kernel, the way vhost-net,
+//! wireguard-go and gVisor feed a TUN device: consecutive segments of one
+//! flow, as smoltcp emits them, go to the kernel as one large packet with
+//! a virtio-net header saying "TCP, cut into `gso_size` segments, checksum
+//! still to be completed".
+//!
+//! Writing a packet into a TUN device makes the writer run the kernel's
+//! whole receive path for it (IP, TCP, waking the reader): at MTU 1500
+//! that is most of the cost of a bulk transfer, per packet. A 64 KiB
+//! super-packet pays it once for ~44 segments; the kernel treats it like
+//! a packet its own GRO merged, and cuts it into the original segments if
+//! it forwards it.
+//!
+//! Pure and I/O-free: [`coalesce`] turns a batch of IP packets into
+//! `(VnetHdr, packet)` pairs; [`Tun`](super::Tun) writes them. Only runs
+//! that cut back into exactly the packets they came from are merged (the
+//! unit tests cut them back and compare bytes).
+
+/// Size of `struct virtio_net_hdr`, which precedes every packet on a TUN
+/// opened with `IFF_VNET_HDR`.
+pub const VNET_HDR_LEN: usize = 10;
+
+const F_NEEDS_CSUM: u8 = 1;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+/// Offset of the checksum field in a TCP header.
+const TCP_CSUM_AT: usize = 16;
+
+/// A `struct virtio_net_hdr` (in host byte order, which is what a TUN
+/// device without `TUNSETVNETLE`/`BE` expects).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` or 0.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`.
+    pub gso_type: u8,
+    /// Length of the IP and TCP headers.
+    pub hdr_len: u16,
+    /// Payload octets per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts (the TCP header).
+    pub csum_start: u16,
+    /// Where, from `csum_start`, the checksum goes.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// The header as the kernel reads it.
+    pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+}
+
+/// What a TCP segment looks like, for merging.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    v6: bool,
+    /// IP header length.
+    ip_len: usize,
+    /// IP + TCP header length.
+    hdr_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: usize,
+}
+
+/// Parse a packet smoltcp emitted, if it is a TCP segment that may take
+/// part in a merge: IPv4 without options or fragmentation, or IPv6 with
+/// TCP as its first header; ACK, optionally PSH, and nothing else.
+fn parse(p: &[u8]) -> Option<Seg> {
+    let (v6, ip_len, total) = match p.first()? >> 4 {
+        4 => {
+            let frag = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]);
+            // IHL 5, protocol TCP, DF (an atomic datagram, whose ID no
+            // one reads, RFC 6864: the kernel numbers the segments it cuts
+            // anew), neither MF nor a fragment offset.
+            if p[0] & 0x0f != 5 || *p.get(9)? != 6 || frag & 0x7fff != 0x4000 {
+                return None;
+            }
+            (false, 20, u16::from_be_bytes([p[2], p[3]]) as usize)
+        }
+        6 => {
+            if *p.get(6)? != 6 {
+                return None;
+            }
+            let payload = u16::from_be_bytes([p[4], p[5]]) as usize;
+            (true, 40, 40 + payload)
+        }
+        _ => return None,
+    };
+    if total != p.len() {
+        return None;
+    }
+    let tcp = p.get(ip_len..)?;
+    let tcp_len = ((*tcp.get(12)? >> 4) as usize) * 4;
+    let flags = *tcp.get(13)?;
+    if tcp_len < 20 || tcp.len() < tcp_len || flags & !TCP_PSH != TCP_ACK {
+        return None;
+    }
+    Some(Seg {
+        v6,
+        ip_len,
+        hdr_len: ip_len + tcp_len,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        flags,
+        payload: p.len() - ip_len - tcp_len,
+    })
+}
+
+/// Whether `b` continues the run whose first segment is `f` and last `l`.
+fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -> bool {
+    let ((fp, fs), (_, ls), (bp, bs)) = (f, l, b);
+    // Same IP addressing and fields that are copied to every segment;
+    // same ports, ACK, window, options (the whole TCP header but the
+    // sequence number, flags and checksum).
+    let ip_same = if fs.v6 {
+        fp[..4] == bp[..4] && fp[6..40] == bp[6..40]
+    } else {
+        fp[1] == bp[1] && fp[6..10] == bp[6..10] && fp[12..20] == bp[12..20]
+    };
+    let t = fs.ip_len;
+    let tcp_same = fp[t..t + 4] == bp[t..t + 4]
+        && fp[t + 8..t + 13] == bp[t + 8..t + 13]
+        && fp[t + 14..t + 16] == bp[t + 14..t + 16]
+        && fp[t + 18..fs.hdr_len] == bp[t + 18..bs.hdr_len];
+    ip_same
+        && bs.v6 == fs.v6
+        && bs.hdr_len == fs.hdr_len
+        && tcp_same
+        // Contiguous; every segment but the last full-sized; PSH (the end
+        // of what the application wrote) only on the last.
+        && bs.seq == ls.seq.wrapping_add(ls.payload as u32)
+        && ls.payload == fs.payload
+        && ls.flags & TCP_PSH == 0
+        && (1..=fs.payload).contains(&bs.payload)
+        && merged + bs.payload <= 0xffff - fs.hdr_len
+}
+
+/// Internet checksum arithmetic: the one's-complement sum of `data` as
+/// big-endian 16-bit words, added to `sum`.
+fn sum16(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for w in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Build one super-packet from a run of at least two segments.
+fn merge(run: &[(Vec<u8>, Seg)]) -> (VnetHdr, Vec<u8>) {
+    let (first, fs) = (&run[0].0, run[0].1);
+    let ls = run[run.len() - 1].1;
+    let payload: usize = run.iter().map(|(_, s)| s.payload).sum();
+    let mut out = Vec::with_capacity(fs.hdr_len + payload);
+    out.extend_from_slice(&first[..fs.hdr_len]);
+    for (p, s) in run {
+        out.extend_from_slice(&p[s.hdr_len..]);
+    }
+    let (ip, tcp_len) = (fs.ip_len, out.len() - fs.ip_len);
+    // PSH as the last segment had it: the kernel keeps it for the last.
+    out[ip + 13] = (fs.flags & !TCP_PSH) | (ls.flags & TCP_PSH);
+    let pseudo = if fs.v6 {
+        out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        sum16(sum16(0, &out[8..40]), &[0, 6]) + tcp_len as u32
+    } else {
+        let total = out.len() as u16;
+        out[2..4].copy_from_slice(&total.to_be_bytes());
+        out[10..12].fill(0);
+        let h = !fold(sum16(0, &out[..20]));
+        out[10..12].copy_from_slice(&h.to_be_bytes());
+        sum16(sum16(0, &out[12..20]), &[0, 6]) + tcp_len as u32
+    };
+    // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, and the
+    // kernel sums the TCP header and payload over it.
+    out[ip + TCP_CSUM_AT..ip + TCP_CSUM_AT + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if fs.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+        hdr_len: fs.hdr_len as u16,
+        gso_size: fs.payload as u16,
+        csum_start: ip as u16,
+        csum_offset: TCP_CSUM_AT as u16,
+    };
+    (hdr, out)
+}
+
+/// Turn a batch of outgoing IP packets, in order, into what to write to a
+/// TUN with `IFF_VNET_HDR`: runs of consecutive segments of one TCP flow
+/// merged into super-packets, everything else as it was with an empty
+/// header. Packets keep their order.
+pub fn coalesce(batch: Vec<Vec<u8>>) -> Vec<(VnetHdr, Vec<u8>)> {
+    let plain = VnetHdr {
+        gso_type: GSO_NONE,
+        ..VnetHdr::default()
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    let mut run: Vec<(Vec<u8>, Seg)> = Vec::new();
+    let mut merged = 0;
+    let flush = |run: &mut Vec<(Vec<u8>, Seg)>, out: &mut Vec<(VnetHdr, Vec<u8>)>| {
+        match run.len() {
+            0 => {}
+            1 => out.push((plain, run.pop().expect("one").0)),
+            _ => out.push(merge(run)),
+        }
+        run.clear();
+    };
+    for p in batch {
+        let Some(seg) = parse(&p) else {
+            flush(&mut run, &mut out);
+            out.push((plain, p));
+            continue;
+        };
+        let joins = match (run.first(), run.last()) {
+            (Some(f), Some(l)) => continues((&f.0, f.1), (&l.0, l.1), (&p, seg), merged),
+            _ => false,
+        };
+        if !joins {
+            flush(&mut run, &mut out);
+            merged = 0;
+        }
+        merged += seg.payload;
+        run.push((p, seg));
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const MSS: usize = 1460;
+
+    /// A segment as smoltcp would emit it, checksums filled in.
+    fn seg(v6: bool, id: u16, seq: u32, psh: bool, window: u16, payload: &[u8]) -> Vec<u8> {
+        let ip = if v6 {
+            PacketBuilder::ipv6(
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                64,
+            )
+        } else {
+            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
+        };
+        let mut tcp = ip.tcp(80, 40000, seq, window).ack(777);
+        if psh {
+            tcp = tcp.psh();
+        }
+        let mut out = Vec::new();
+        tcp.write(&mut out, payload).unwrap();
+        if !v6 {
+            set_ip_id(&mut out, id);
+        }
+        out
+    }
+
+    fn set_ip_id(p: &mut [u8], id: u16) {
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        p[10..12].fill(0);
+        let h = !fold(sum16(0, &p[..20]));
+        p[10..12].copy_from_slice(&h.to_be_bytes());
+    }
+
+    /// Packets with their IPv4 IDs cleared: smoltcp sends 0 in every
+    /// (DF) packet, the kernel numbers the segments it cuts.
+    fn without_ids(mut ps: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        for p in &mut ps {
+            if p.len() >= 20 && p[0] >> 4 == 4 {
+                set_ip_id(p, 0);
+            }
+        }
+        ps
+    }
+
+    fn data(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+    }
+
+    /// What the kernel does with a super-packet it forwards: cut it back
+    /// into segments (IPv4 ids counting up, PSH only on the last, each
+    /// checksum complete).
+    fn segment(hdr: VnetHdr, p: &[u8]) -> Vec<Vec<u8>> {
+        if hdr.gso_type == GSO_NONE {
+            return vec![p.to_vec()];
+        }
+        let (h, ip) = (hdr.hdr_len as usize, hdr.csum_start as usize);
+        let v6 = hdr.gso_type == GSO_TCPV6;
+        let id0 = u16::from_be_bytes([p[4], p[5]]);
+        let seq0 = u32::from_be_bytes([p[ip + 4], p[ip + 5], p[ip + 6], p[ip + 7]]);
+        let chunks: Vec<&[u8]> = p[h..].chunks(hdr.gso_size as usize).collect();
+        let n = chunks.len();
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut s = p[..h].to_vec();
+                s.extend_from_slice(c);
+                let off = (i * hdr.gso_size as usize) as u32;
+                s[ip + 4..ip + 8].copy_from_slice(&seq0.wrapping_add(off).to_be_bytes());
+                if i + 1 < n {
+                    s[ip + 13] &= !TCP_PSH;
+                }
+                let tcp_len = s.len() - ip;
+                let pseudo = if v6 {
+                    s[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+                    sum16(sum16(0, &s[8..40]), &[0, 6]) + tcp_len as u32
+                } else {
+                    let total = s.len() as u16;
+                    s[2..4].copy_from_slice(&total.to_be_bytes());
+                    s[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+                    s[10..12].fill(0);
+                    let hc = !fold(sum16(0, &s[..20]));
+                    s[10..12].copy_from_slice(&hc.to_be_bytes());
+                    sum16(sum16(0, &s[12..20]), &[0, 6]) + tcp_len as u32
+                };
+                s[ip + 16..ip + 18].fill(0);
+                let c = !fold(sum16(pseudo, &s[ip..]));
+                s[ip + 16..ip + 18].copy_from_slice(&c.to_be_bytes());
+                s
+            })
+            .collect()
+    }
+
+    fn cut_back(out: &[(VnetHdr, Vec<u8>)]) -> Vec<Vec<u8>> {
+        without_ids(out.iter().flat_map(|(h, p)| segment(*h, p)).collect())
+    }
+
+    #[test]
+    fn a_bulk_run_becomes_one_packet_that_cuts_back_into_the_same_bytes() {
+        for v6 in [false, true] {
+            let mut seq = 1000u32;
+            let batch: Vec<Vec<u8>> = (0..30)
+                .map(|i| {
+                    let len = if i == 29 { 700 } else { MSS };
+                    let p = seg(v6, 50 + i as u16, seq, i == 29, 65535, &data(len, i as u8));
+                    seq += len as u32;
+                    p
+                })
+                .collect();
+            let out = coalesce(batch.clone());
+            assert_eq!(out.len(), 1, "v6={v6}");
+            let (h, p) = &out[0];
+            assert_eq!(h.gso_size as usize, MSS);
+            assert_eq!(h.gso_type, if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
+            assert_eq!(h.flags, F_NEEDS_CSUM);
+            assert_eq!(p.len(), h.hdr_len as usize + 29 * MSS + 700);
+            assert_eq!(cut_back(&out), without_ids(batch), "v6={v6}");
+        }
+    }
+
+    #[test]
+    fn the_partial_checksum_completes_to_the_full_one() {
+        let batch: Vec<Vec<u8>> = (0..3)
+            .map(|i| seg(false, i, 1 + i as u32 * 100, false, 1000, &data(100, 7)))
+            .collect();
+        let (h, p) = &coalesce(batch)[0];
+        let ip = h.csum_start as usize;
+        // The device (or skb_checksum_help) sums from csum_start to the end,
+        // the pre-filled field included, and stores the complement.
+        let completed = !fold(sum16(0, &p[ip..]));
+        let mut zeroed = p.clone();
+        zeroed[ip + 16..ip + 18].fill(0);
+        let pseudo = sum16(sum16(0, &p[12..20]), &[0, 6]) + (p.len() - ip) as u32;
+        assert_eq!(completed, !fold(sum16(pseudo, &zeroed[ip..])));
+    }
+
+    #[test]
+    fn runs_break_where_segments_differ() {
+        let full = data(MSS, 1);
+        let a = |seq: u32, psh: bool, window: u16, len: usize| {
+            seg(false, 0, seq, psh, window, &full[..len])
+        };
+        let m = MSS as u32;
+        let cases: Vec<(&str, Vec<Vec<u8>>, usize)> = vec![
+            (
+                "gap in sequence",
+                vec![a(0, false, 9, MSS), a(m + 1, false, 9, MSS)],
+                2,
+            ),
+            (
+                "window changed",
+                vec![a(0, false, 9, MSS), a(m, false, 8, MSS)],
+                2,
+            ),
+            (
+                "PSH in the middle",
+                vec![a(0, true, 9, MSS), a(m, false, 9, MSS)],
+                2,
+            ),
+            (
+                "short segment then more",
+                vec![a(0, false, 9, 100), a(100, false, 9, 100)],
+                1,
+            ),
+            (
+                "short in the middle",
+                vec![
+                    a(0, false, 9, MSS),
+                    a(m, false, 9, 10),
+                    a(m + 10, false, 9, 10),
+                ],
+                2,
+            ),
+            (
+                "longer than the first",
+                vec![a(0, false, 9, 100), a(100, false, 9, 200)],
+                2,
+            ),
+        ];
+        for (what, batch, packets) in cases {
+            let out = coalesce(batch.clone());
+            assert_eq!(out.len(), packets, "{what}");
+            assert_eq!(cut_back(&out), without_ids(batch), "{what}");
+        }
+    }
+
+    #[test]
+    fn other_packets_pass_through_in_order() {
+        let syn = {
+            let mut out = Vec::new();
+            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
+                .tcp(80, 40000, 5, 1000)
+                .syn()
+                .write(&mut out, &[])
+                .unwrap();
+            out
+        };
+        let udp = {
+            let mut out = Vec::new();
+            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
+                .udp(53, 53)
+                .write(&mut out, b"x")
+                .unwrap();
+            out
+        };
+        let m = MSS as u32;
+        let d = data(MSS, 2);
+        let batch = vec![
+            seg(false, 1, 0, false, 9, &d),
+            syn.clone(),
+            seg(false, 2, m, false, 9, &d),
+            seg(false, 3, 2 * m, false, 9, &d),
+            udp.clone(),
+            vec![0x45, 0, 0], // garbage is passed on untouched
+        ];
+        let out = coalesce(batch.clone());
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[1], (VnetHdr::default(), syn));
+        assert_eq!(out[2].0.gso_type, GSO_TCPV4);
+        assert_eq!(cut_back(&out), without_ids(batch));
+    }
+
+    #[test]
+    fn a_run_stops_below_the_ip_length_limit() {
+        let d = data(MSS, 3);
+        let batch: Vec<Vec<u8>> = (0..100)
+            .map(|i| seg(false, i, i as u32 * MSS as u32, false, 9, &d))
+            .collect();
+        let out = coalesce(batch.clone());
+        assert!(out.iter().all(|(_, p)| p.len() <= 0xffff));
+        assert_eq!(out.len(), 3, "44 + 44 + 12 segments");
+        assert_eq!(cut_back(&out), without_ids(batch));
+    }
+
+    #[test]
+    fn the_header_is_in_host_order() {
+        let h = VnetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 52,
+            gso_size: 1448,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let b = h.to_bytes();
+        assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 1448);
+        assert_eq!(&b[..2], &[1, 1]);
+    }
+}
