@@ -8,7 +8,7 @@ mod raw;
 use std::collections::HashMap;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
-use ephemera::{Duration, Event, ListenerHandle, StackConfig, TcpHandle};
+use ephemera::{Duration, Event, ListenerHandle, StackConfig, TcpHandle, TcpState};
 
 const CONNS: usize = 1000;
 const BYTES: usize = 8 * 1024;
@@ -172,8 +172,8 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
     for i in 0..2 {
         let st = net.stack(i);
         st.check_invariants().unwrap();
-        // Nothing but the listener is left: a closed connection whose
-        // peer's FIN never came was freed by the FIN-WAIT-2 timeout.
+        // Nothing but the listener is left, and nothing needed the
+        // FIN-WAIT-2 timeout: every FIN was accepted, ACKed and answered.
         let rest: Vec<_> = st
             .snapshot()
             .into_iter()
@@ -185,13 +185,13 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
         assert_eq!(st.port_table().time_wait_flows(), 0);
         let c = st.counters();
         assert_eq!(
-            c.tcp_reset_by_peer + c.tcp_timed_out + c.tcp_aborted,
+            c.tcp_reset_by_peer + c.tcp_timed_out + c.tcp_aborted + c.tcp_fin_wait2_timeouts,
             0,
             "{c:?}"
         );
         println!(
-            "soak: stack {i}: {} FIN-WAIT-2 timeout(s)",
-            c.tcp_fin_wait2_timeouts
+            "soak: stack {i}: {} FIN-WAIT-2 timeout(s), {} FIN(s) re-sent by the watchdog",
+            c.tcp_fin_wait2_timeouts, c.tcp_fin_resent
         );
     }
     net
@@ -225,4 +225,125 @@ fn impaired_soak_thousand_connections_both_directions() {
     );
     assert!(s.lost > 1000 && s.duplicated > 400 && s.corrupted > 200 && s.reordered > 1000);
     assert!(bad > 0, "corruption must be caught by checksums");
+}
+
+/// Everything `st` puts on the wire from `*now` until `until`, with its
+/// time, stepping the clock from deadline to deadline as the virtual link
+/// does.
+fn drain_until(
+    st: &mut ephemera::Stack,
+    now: &mut ephemera::Instant,
+    until: ephemera::Instant,
+) -> Vec<(ephemera::Instant, raw::Seg)> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(p) = st.poll_transmit(*now) {
+            out.extend(raw::parse(&p).map(|s| (*now, s)));
+        }
+        match st.poll_at() {
+            Some(t) if t <= until => *now = t.max(*now + Duration::from_micros(1)),
+            _ => break,
+        }
+    }
+    *now = until.max(*now);
+    out
+}
+
+/// The soak's orphan, replayed with hand-built segments (seed 0x50a4 up to
+/// commit a0f2e13, connection 10.0.0.1:53585 -> 10.0.0.2:7000). The peer's
+/// data and FIN arrive around a hole, so its FIN is out of order and
+/// smoltcp drops it; the retransmission fills the hole but carries no FIN.
+/// The server's application reads everything and closes; its FIN is lost,
+/// and the FIN watchdog re-sends it. That watchdog FIN took its ACK from
+/// the highest sequence number seen, FIN included: it acknowledged a FIN
+/// the server never accepted. The peer, FIN acknowledged and FIN received,
+/// went to TIME-WAIT and never sent its FIN again; the server sat in
+/// FIN-WAIT-2 until the FIN-WAIT-2 timeout reset it. Every segment the
+/// server sends must acknowledge only what it accepted (RCV.NXT).
+#[test]
+fn fin_watchdog_never_acknowledges_an_out_of_order_fin() {
+    use ephemera::Instant;
+    let seed = 0x0f1f;
+    let _guard = raw::SeedGuard("out-of-order FIN", seed);
+    let mut now = Instant::from_millis(0);
+    let mut st = ephemera::Stack::new(config(SERVER, seed), now).unwrap();
+    let l = st.listen(sa("0.0.0.0:80"), None).unwrap();
+    let (peer, server) = (sa("10.0.0.1:40000"), sa("10.0.0.2:80"));
+    let fin_ack = raw::Flags {
+        fin: true,
+        ..raw::ACK
+    };
+    let isn = 1000u32;
+    let send = |st: &mut ephemera::Stack, now: Instant, seq, ack, flags, data: &[u8]| {
+        st.handle_packet(now, &raw::tcp(peer, server, seq, ack, flags, 65535, data));
+    };
+
+    // Handshake.
+    send(&mut st, now, isn, 0, raw::SYN, b"");
+    let out = drain_until(&mut st, &mut now, Instant::from_millis(1));
+    let syn_ack = out.iter().find(|(_, s)| s.flags.syn).expect("SYN-ACK").1;
+    assert_eq!(syn_ack.ack, isn + 1);
+    let snd = syn_ack.seq.wrapping_add(1);
+    send(&mut st, now, isn + 1, snd, raw::ACK, b"");
+    let h = st.accept(l).unwrap();
+
+    // The peer's last 100 octets and its FIN arrive before the 100 octets
+    // in front of them: the FIN is out of order.
+    send(&mut st, now, isn + 101, snd, fin_ack, &[2; 100]);
+    // The retransmission fills the hole, without the FIN.
+    send(&mut st, now, isn + 1, snd, raw::ACK, &[1; 100]);
+    let rcv_nxt = isn + 201;
+    let t = now + Duration::from_millis(50);
+    let out = drain_until(&mut st, &mut now, t);
+    assert_eq!(out.last().map(|(_, s)| s.ack), Some(rcv_nxt), "{out:?}");
+    assert_eq!(st.tcp_state(h), Some(TcpState::Established), "FIN accepted");
+    let mut buf = [0u8; 512];
+    assert_eq!(st.recv(h, &mut buf), Ok(200));
+    assert_eq!(st.recv(h, &mut buf), Err(ephemera::RecvError::WouldBlock));
+
+    // The server closes. The peer hears nothing of it for 3 s (its FIN and
+    // the retransmission are lost): the FIN watchdog re-sends the FIN.
+    st.close(h);
+    let t0 = now;
+    let out = drain_until(&mut st, &mut now, t0 + Duration::from_secs(3));
+    let fins: Vec<_> = out.iter().filter(|(_, s)| s.flags.fin).collect();
+    assert!(fins.len() >= 2, "FIN not re-sent: {out:?}");
+    assert!(
+        st.counters().tcp_fin_resent >= 1,
+        "the watchdog did not fire"
+    );
+    for (t, s) in &out {
+        assert_eq!(
+            s.ack,
+            rcv_nxt,
+            "segment at +{} ms acknowledges {} octets beyond RCV.NXT: {s:?}",
+            (*t - t0).total_millis(),
+            s.ack.wrapping_sub(rcv_nxt)
+        );
+    }
+
+    // The peer, its FIN unacknowledged, sends it again with the ACK of the
+    // server's: the server goes to TIME-WAIT and acknowledges it.
+    send(&mut st, now, rcv_nxt, snd + 1, fin_ack, b"");
+    let t1 = now;
+    let out = drain_until(&mut st, &mut now, t1 + Duration::from_millis(100));
+    assert!(
+        out.iter()
+            .any(|(_, s)| s.ack == rcv_nxt + 1 && !s.flags.fin),
+        "peer's FIN not acknowledged: {out:?}"
+    );
+    assert_eq!(st.port_table().time_wait_flows(), 1);
+    assert_eq!(st.port_table().live_flows(), 0);
+    let c = st.counters();
+    assert_eq!(c.tcp_closed, 1);
+    assert_eq!(
+        c.tcp_fin_wait2_timeouts + c.tcp_timed_out + c.tcp_aborted,
+        0
+    );
+    st.check_invariants().unwrap();
+    println!(
+        "out-of-order FIN: {} FIN(s) from the server in 3 s, {} by the watchdog, all ACK RCV.NXT",
+        fins.len(),
+        c.tcp_fin_resent
+    );
 }
