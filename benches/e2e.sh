@@ -12,6 +12,8 @@
 #   the TUN to `ephemera up`, at MTU 1500 and 65535; kernel ceiling: the same
 #   curl over a veth pair between two namespaces to `python3 -m http.server`
 #   serving an N-byte file.
+#   ephemera runs with its default TCP segmentation offload towards the
+#   kernel, and once more at MTU 1500 with --no-offload.
 # - smoltcp's example: smoltcp's own examples/benchmark.rs, built from the
 #   crate source cargo resolved for ephemera (so the same smoltcp version;
 #   the copy and its build live in $CARGO_TARGET_DIR/smoltcp-example, so a
@@ -152,9 +154,11 @@ K_RATE=$(rate "$KA" http://10.8.0.2/bytes/100)
 # ---- ephemera over TUN ----
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-run_ephemera() { # mtu
-    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$1" \
-        >"$TMP/ephemera-$1.log" 2>&1 &
+run_ephemera() { # mtu [extra flags...]
+    local mtu=$1
+    shift
+    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" "$@" \
+        >"$TMP/ephemera-$mtu.log" 2>&1 &
     EPID=$!
     PIDS+=($EPID)
     wait_http "$NS" http://10.7.0.2/bytes/100
@@ -168,6 +172,10 @@ run_ephemera 1500
 E_BULK=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
 echo "ephemera rate..." >&2
 E_RATE=$(rate "$NS" http://10.7.0.2/bytes/100)
+stop_ephemera
+echo "ephemera bulk, MTU 1500, --no-offload..." >&2
+run_ephemera 1500 --no-offload
+E_BULK_PLAIN=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
 stop_ephemera
 echo "ephemera bulk, MTU 65535..." >&2
 run_ephemera 65535
@@ -213,6 +221,7 @@ amount="a fixed amount"
 what="ephemera and kernel: curl GET of $N bytes; smoltcp${SMOL_VER:+ $SMOL_VER}'s example: $amount to a kernel thread"
 printf 'bulk, MTU 1500 (%s)\t%s\t%s\t%s\n' "$what" "$E_BULK" "$S_BULK" "$K_BULK"
 printf 'bulk, MTU 65535 (same)\t%s\t%s\t%s\n' "$E_BULK_JUMBO" "$S_BULK_JUMBO" "$K_BULK_JUMBO"
+printf 'bulk, MTU 1500, ephemera with --no-offload (each segment its own TUN write)\t%s\t–\t–\n' "$E_BULK_PLAIN"
 IFS='|' read -r er e50 e99 <<<"$E_RATE"
 IFS='|' read -r kr k50 k99 <<<"$K_RATE"
 printf 'connections/s, ab -n %s -c %s, GET /bytes/100\t%s\t–\t%s\n' "$REQS" "$CONC" "$er" "$kr"
