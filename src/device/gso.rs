@@ -120,6 +120,11 @@ fn parse(p: &[u8]) -> Option<Seg> {
 /// Whether `b` continues the run whose first segment is `f` and last `l`.
 fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -> bool {
     let ((fp, fs), (_, ls), (bp, bs)) = (f, l, b);
+    // Same family and header length first: the comparisons below index
+    // both packets with the first one's offsets.
+    if bs.v6 != fs.v6 || bs.hdr_len != fs.hdr_len {
+        return false;
+    }
     // Same IP addressing and fields that are copied to every segment;
     // same ports, ACK, window, options (the whole TCP header but the
     // sequence number, flags and checksum).
@@ -134,8 +139,6 @@ fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -
         && fp[t + 14..t + 16] == bp[t + 14..t + 16]
         && fp[t + 18..fs.hdr_len] == bp[t + 18..bs.hdr_len];
     ip_same
-        && bs.v6 == fs.v6
-        && bs.hdr_len == fs.hdr_len
         && tcp_same
         // Contiguous; every segment but the last full-sized; PSH (the end
         // of what the application wrote) only on the last.
@@ -481,6 +484,67 @@ mod tests {
         assert!(out.iter().all(|(_, p)| p.len() <= 0xffff));
         assert_eq!(out.len(), 3, "44 + 44 + 12 segments");
         assert_eq!(cut_back(&out), without_ids(batch));
+    }
+
+    #[test]
+    fn random_batches_cut_back_into_themselves() {
+        // Segments of two flows in both families, with gaps, short and
+        // long payloads, PSH, window and option changes, and garbage in
+        // between: whatever is merged must cut back into the input.
+        let mut x = 0x243f_6a88_85a3_08d3u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..2000 {
+            let mut seq = [0u32; 4];
+            let batch: Vec<Vec<u8>> = (0..next(40))
+                .map(|_| {
+                    if next(20) == 0 {
+                        return (0..next(80)).map(|_| next(256) as u8).collect();
+                    }
+                    let flow = next(4) as usize;
+                    let v6 = flow >= 2;
+                    let len = match next(6) {
+                        0 => next(MSS as u64) as usize,
+                        1 => 0,
+                        _ => MSS,
+                    };
+                    if next(10) == 0 {
+                        seq[flow] += 1;
+                    }
+                    let window = if next(15) == 0 { 1000 } else { 2000 };
+                    let mut p = seg(
+                        v6,
+                        0,
+                        seq[flow],
+                        next(8) == 0,
+                        window,
+                        &data(len, round as u8),
+                    );
+                    if flow % 2 == 1 {
+                        // The other flow of the family: another port.
+                        let t = if v6 { 40 } else { 20 };
+                        p[t + 1] = 81;
+                        let pseudo = if v6 {
+                            sum16(sum16(0, &p[8..40]), &[0, 6])
+                        } else {
+                            sum16(sum16(0, &p[12..20]), &[0, 6])
+                        } + (p.len() - t) as u32;
+                        p[t + 16..t + 18].fill(0);
+                        let c = !fold(sum16(pseudo, &p[t..]));
+                        p[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+                    }
+                    seq[flow] = seq[flow].wrapping_add(len as u32);
+                    p
+                })
+                .collect();
+            let out = coalesce(batch.clone());
+            assert!(out.len() <= batch.len());
+            assert_eq!(cut_back(&out), without_ids(batch), "round {round}");
+        }
     }
 
     #[test]
