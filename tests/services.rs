@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use ephemera::daemon::http::{pattern_byte, ResponseParser, Url};
-use ephemera::daemon::services::{FetchEvent, ForwardTarget, Services, ServicesConfig};
+use ephemera::daemon::services::{
+    FetchEvent, ForwardTarget, InlineResolver, Services, ServicesConfig,
+};
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::{
     Duration, Instant, ListenerHandle, PortTableConfig, RecvError, Stack, StackConfig, TcpHandle,
@@ -562,33 +564,43 @@ fn socks_domain_names_go_through_the_injected_resolver() {
     );
     let calls = Rc::new(Cell::new(0));
     let seen = calls.clone();
-    t.svc.set_resolver(Box::new(move |name: &str, port: u16| {
-        seen.set(seen.get() + 1);
-        match name {
-            "origin.test" => Ok(vec![SocketAddr::new(ip(ORIGIN), port)]),
-            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such name")),
-        }
-    }));
+    t.svc.set_resolver(Box::new(InlineResolver::new(
+        move |name: &str, port: u16| {
+            seen.set(seen.get() + 1);
+            match name {
+                "origin.test" => Ok(vec![SocketAddr::new(ip(ORIGIN), port)]),
+                _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such name")),
+            }
+        },
+    )));
     let mut origin = Origin::listen(t.net.stack(2), 8000, Mode::Send(1000));
     let mut c = Client::connect(t.net.stack(0), "10.0.0.2:1080");
     c.write(&socks_connect_domain("origin.test", 8000));
     let mut nx = Client::connect(t.net.stack(0), "10.0.0.2:1080");
     nx.write(&socks_connect_domain("nowhere.test", 8000));
+    // An address sent as a name (curl --socks5-hostname) needs no lookup.
+    let mut lit = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+    lit.write(&socks_connect_domain("10.0.0.3", 8000));
     t.run(|n, _| {
         c.pump(n.stack(0));
         nx.pump(n.stack(0));
+        lit.pump(n.stack(0));
         origin.pump(n.stack(2));
-        c.eof && nx.eof
+        c.eof && nx.eof && lit.eof
     });
     let (rep, bound, body) = socks_reply(&c.got);
     assert_eq!(rep, 0);
     assert!(body == pattern(1000));
-    assert_eq!(bound, origin.conns[0].peer);
+    assert!(origin.conns.iter().any(|o| o.peer == bound));
     assert!(in_ephemeral_range(bound));
     // An unknown name: host unreachable (0x04), then close.
     let (rep, _, rest) = socks_reply(&nx.got);
     assert_eq!((rep, rest.len()), (4, 0));
+    let (rep, _, body) = socks_reply(&lit.got);
+    assert_eq!(rep, 0);
+    assert!(body == pattern(1000));
     assert_eq!(calls.get(), 2);
+    assert_eq!(t.svc.lookup_counters().started, 2);
 }
 
 #[test]
@@ -692,9 +704,10 @@ fn forward_reset_on_one_side_aborts_the_other() {
             ..Default::default()
         },
     );
-    t.svc.set_resolver(Box::new(|_: &str, p: u16| {
-        Ok(vec![SocketAddr::new(ip(ORIGIN), p)])
-    }));
+    t.svc
+        .set_resolver(Box::new(InlineResolver::new(|_: &str, p: u16| {
+            Ok(vec![SocketAddr::new(ip(ORIGIN), p)])
+        })));
     let mut origin = Origin::listen(t.net.stack(2), 7000, Mode::Echo);
     let mut c = Client::connect(t.net.stack(0), "10.0.0.2:8080");
     c.write(b"ping");
@@ -784,7 +797,8 @@ fn fetch_of_a_megabyte_is_byte_exact_from_an_ephemeral_port() {
         assert_eq!(name, "origin.test");
         Ok(vec![SocketAddr::new(ip(ORIGIN), port)])
     };
-    let id = t.svc.start_fetch(t.net.stack(1), &url, &resolve).unwrap();
+    t.svc.set_resolver(Box::new(InlineResolver::new(resolve)));
+    let id = t.svc.start_fetch(t.net.stack(1), &url).unwrap();
     let mut events = Vec::new();
     let mut body = Vec::new();
     let svc = &mut t.svc;
@@ -824,10 +838,11 @@ fn fetch_of_a_megabyte_is_byte_exact_from_an_ephemeral_port() {
 fn fetch_from_a_closed_port_fails_with_refused() {
     let mut t = trio(51, ServicesConfig::default());
     let url = Url::parse("http://10.0.0.3:8081/").unwrap();
-    let id = t
-        .svc
-        .start_fetch(t.net.stack(1), &url, &|_: &str, _: u16| unreachable!())
-        .unwrap();
+    // A literal is never looked up.
+    t.svc.set_resolver(Box::new(InlineResolver::new(
+        |_: &str, _: u16| unreachable!(),
+    )));
+    let id = t.svc.start_fetch(t.net.stack(1), &url).unwrap();
     let mut events = Vec::new();
     t.run(|_, svc| {
         while let Some(ev) = svc.poll_fetch(id) {

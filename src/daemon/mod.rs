@@ -11,6 +11,7 @@
 pub mod control;
 pub mod http;
 pub mod privileges;
+pub mod resolver;
 pub mod services;
 pub mod signals;
 pub mod socks;
@@ -306,7 +307,6 @@ struct EventLoop {
     services: Services,
     /// The clock's origin: stack time is time since this.
     start: std::time::Instant,
-    v6: bool,
     buf: Vec<u8>,
 }
 
@@ -326,7 +326,6 @@ impl EventLoop {
             stack,
             services,
             start,
-            v6,
             buf: vec![0u8; 65536],
         })
     }
@@ -393,24 +392,21 @@ impl EventLoop {
                         .reply(id, &control::Response::Ports { ports });
                 }
                 Request::Stats => {
-                    let counters = counter_map(&self.stack);
+                    let mut counters = counter_map(&self.stack);
+                    let lookups = self.services.lookup_counters();
+                    counters.extend(lookups.iter().map(|(k, v)| (k.to_string(), v)));
                     self.edge
                         .control
                         .reply(id, &control::Response::Stats { counters });
                 }
                 Request::Fetch { url } => {
-                    let v6 = self.v6;
-                    self.services.start_fetch(
-                        &mut self.stack,
-                        id,
-                        &url,
-                        &mut self.edge.control,
-                        true,
-                        v6,
-                    );
+                    self.services
+                        .start_fetch(&mut self.stack, id, &url, &mut self.edge.control);
                 }
             }
         }
+        // Also takes the answers of name lookups, which the resolver's
+        // wake-up descriptor in the poll set woke us for.
         self.services
             .resume(&mut self.stack, &mut self.edge.control);
     }
@@ -491,6 +487,9 @@ impl EventLoop {
                 PollFd::new(self.edge.tun.raw_fd(), false),
                 PollFd::new(self.edge.signals.fd(), false),
             ];
+            if let Some(fd) = self.services.wake_fd() {
+                fds.push(PollFd::new(fd, false));
+            }
             self.edge.control.poll_fds(&mut fds);
             crate::device::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
         }

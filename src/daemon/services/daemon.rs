@@ -3,19 +3,24 @@
 //!
 //! A thin adapter over [`Services`]: it maps the command line's service
 //! spec onto [`ServicesConfig`], resolves names with the host's resolver
-//! limited to the stack's address families, and turns [`FetchEvent`]s into
-//! control [`Response`]s, reading no further ahead than the control client
-//! takes (back-pressure).
+//! limited to the stack's address families, on a [`ResolverPool`] so the
+//! loop never waits on DNS, and turns [`FetchEvent`]s into control
+//! [`Response`]s, reading no further ahead than the control client takes
+//! (back-pressure).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+use std::os::unix::io::RawFd;
+
 use crate::daemon::control::{ClientId, PortEntry, Response};
 use crate::daemon::http::Url;
+use crate::daemon::resolver::{ResolverPool, DEFAULT_WORKERS};
 use crate::stack::{Event, Stack};
 
 use super::{
-    port_entry, system_resolve, FetchEvent, FetchId, ForwardTarget, Services, ServicesConfig,
+    port_entry, system_resolve, FetchEvent, FetchId, ForwardTarget, LookupCounters, Services,
+    ServicesConfig,
 };
 
 /// Fetch body bytes queued to a control client before reading pauses.
@@ -150,10 +155,10 @@ impl DaemonServices {
             ipv6: v6,
             ..ServicesConfig::default()
         };
+        let queue = cfg.max_lookups;
         let mut inner = Services::new(stack, cfg).map_err(|e| e.to_string())?;
-        inner.set_resolver(Box::new(move |host: &str, port: u16| {
-            resolve_families(host, port, v4, v6)
-        }));
+        let resolve = move |host: &str, port: u16| resolve_families(host, port, v4, v6);
+        inner.set_resolver(Box::new(ResolverPool::new(resolve, DEFAULT_WORKERS, queue)));
         Ok(DaemonServices {
             inner,
             fetches: Vec::new(),
@@ -172,10 +177,22 @@ impl DaemonServices {
     }
 
     /// When [`Self::resume`] should next run even without I/O (idle
-    /// timeouts); the loop should sleep no longer.
+    /// timeouts, lookup time limits); the loop should sleep no longer.
     #[must_use]
     pub fn poll_at(&self) -> Option<crate::Instant> {
         self.inner.poll_at()
+    }
+
+    /// Readable when a name lookup has been answered: the loop polls it
+    /// with its other descriptors, and then calls [`Self::resume`]. `None`
+    /// until the first lookup starts the resolver.
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.inner.wake_fd()
+    }
+
+    /// How name lookups went, for the stats.
+    pub fn lookup_counters(&self) -> LookupCounters {
+        self.inner.lookup_counters()
     }
 
     /// Act on one stack event.
@@ -186,15 +203,15 @@ impl DaemonServices {
     }
 
     /// Start `ephemera fetch`: connect to the URL's host from an ephemeral
-    /// port of the stack's own table. Errors go to the client at once.
+    /// port of the stack's own table, once its name is resolved. Errors go
+    /// to the client: at once if the URL is bad or the lookup refused, when
+    /// the lookup or the connection fails otherwise.
     pub fn start_fetch(
         &mut self,
         stack: &mut Stack,
         client: ClientId,
         url: &str,
         ctl: &mut dyn ControlSink,
-        v4: bool,
-        v6: bool,
     ) {
         let fail = |ctl: &mut dyn ControlSink, message: String| {
             ctl.reply(client, &Response::Error { message });
@@ -207,8 +224,7 @@ impl DaemonServices {
             Ok(u) => u,
             Err(e) => return fail(ctl, e.to_string()),
         };
-        let resolver = |host: &str, port: u16| resolve_families(host, port, v4, v6);
-        match self.inner.start_fetch(stack, &url, &resolver) {
+        match self.inner.start_fetch(stack, &url) {
             Ok(id) => self.fetches.push(ClientFetch {
                 id,
                 client,
@@ -219,8 +235,9 @@ impl DaemonServices {
         }
     }
 
-    /// Once per loop turn: idle timeouts, and fetches paused because their
-    /// control client was slow.
+    /// Once per loop turn: answered name lookups, idle timeouts and lookup
+    /// time limits, and fetches paused because their control client was
+    /// slow.
     pub fn resume(&mut self, stack: &mut Stack, ctl: &mut dyn ControlSink) {
         let now = stack.now();
         self.inner.handle_events(stack, now);
@@ -284,7 +301,7 @@ impl DaemonServices {
 }
 
 /// The system resolver's answers for `host`, kept to the families the
-/// stack has addresses of.
+/// stack has addresses of. Blocks: it runs on the resolver's threads.
 fn resolve_families(host: &str, port: u16, v4: bool, v6: bool) -> std::io::Result<Vec<SocketAddr>> {
     Ok(system_resolve(host, port)?
         .into_iter()
@@ -488,8 +505,6 @@ mod tests {
             id,
             "http://10.0.0.1:8000/bytes/5000",
             &mut sink,
-            true,
-            false,
         );
         for _ in 0..3000 {
             net.step();
@@ -566,7 +581,7 @@ mod tests {
 
         // A bad URL is refused at once.
         let mut bad = Sink::default();
-        svc.start_fetch(net.stack(1), id, "https://x/", &mut bad, true, false);
+        svc.start_fetch(net.stack(1), id, "https://x/", &mut bad);
         assert!(bad.finished && matches!(bad.lines[0].1, Response::Error { .. }));
     }
 }

@@ -7,6 +7,11 @@
 //! never read a clock or touch a file descriptor: `now` comes in, and every
 //! byte moves through the stack's `send`/`recv`.
 //!
+//! Names (SOCKS domain requests, forwards to a name, fetch URLs) are looked
+//! up by an injected [`Resolver`] that answers later (see [`lookup`]): a
+//! session waits for its answer while every other one is served, and
+//! address literals skip the lookup.
+//!
 //! Invariants: every connection handle the services own is in `handles`,
 //! naming exactly one session, and each session owns its handles until it
 //! ends, when it closes or aborts them and they leave the map together.
@@ -18,37 +23,39 @@
 
 mod daemon;
 mod fetch;
+pub mod lookup;
 mod relay;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::io::RawFd;
 use std::str::FromStr;
 
 use log::debug;
 
 use crate::daemon::control::{format_ports_table, PortEntry};
-use crate::daemon::http::{ServerConn, ServerContext, Url};
+use crate::daemon::http::{Host, ServerConn, ServerContext, Url};
 use crate::daemon::socks::{ReplyCode, SocksServer, SocksState, SocksTarget};
 use crate::error::{errno, ConnectError, RecvError, SendError};
 use crate::port_table::Protocol;
 use crate::stack::{Event, ListenerHandle, SocketInfo, Stack, TcpHandle, TcpState, UdpHandle};
 use crate::{Duration, Instant};
 
+use crate::daemon::resolver::ResolverPool;
 pub use daemon::{
     counter_map, port_entries, resolve, ControlSink, DaemonServices, ForwardSpec, ServiceSpec,
 };
 use fetch::{FetchConn, FetchQueue};
 pub use fetch::{FetchError, FetchEvent, FetchId, MAX_QUEUED_BODY};
+use lookup::{literal, Lookups, Waiter};
+pub use lookup::{InlineResolver, LookupCounters, LookupId, LookupResult, Resolver};
 use relay::{Direction, Relay, RelayStatus, CHUNK};
 
-/// Resolves a host name and port to addresses (e.g. with the system's
-/// resolver). Tests inject their own.
-pub type Resolver = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
-
-/// The system resolver, through [`ToSocketAddrs`]. It blocks the caller
-/// while it asks DNS.
+/// The system resolver, through [`ToSocketAddrs`] (`getaddrinfo`). It
+/// blocks the caller while it asks DNS, for as long as resolv.conf allows:
+/// run it on a [`ResolverPool`], never on the event loop.
 pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((host, port).to_socket_addrs()?.collect())
 }
@@ -118,7 +125,23 @@ pub struct ServicesConfig {
     /// for this long. Relays and echo/discard connections have none: like
     /// `socat`, they live as long as their peers do.
     pub idle_timeout: Option<Duration>,
+    /// Name lookups outstanding at once; more are refused at once (SOCKS
+    /// reply 01, the forwarded client reset, the fetch failed). A lookup
+    /// counts until the resolver answers it, even after its client left.
+    pub max_lookups: usize,
+    /// How long a client waits for a name lookup before it is failed as
+    /// timed out (SOCKS reply 04, forward reset, fetch error). The lookup
+    /// itself runs on until the resolver gives up (for the system
+    /// resolver: resolv.conf's `timeout` × `attempts` per server).
+    pub lookup_timeout: Duration,
 }
+
+/// Default [`ServicesConfig::max_lookups`].
+pub const MAX_LOOKUPS: usize = 64;
+/// Default [`ServicesConfig::lookup_timeout`], in seconds: more than glibc
+/// needs to move on from one dead name server (5 s × 2 attempts) to the
+/// next.
+pub const LOOKUP_TIMEOUT_SECS: u64 = 15;
 
 impl Default for ServicesConfig {
     fn default() -> Self {
@@ -131,6 +154,8 @@ impl Default for ServicesConfig {
             backlog: None,
             ipv6: false,
             idle_timeout: Some(Duration::from_secs(60)),
+            max_lookups: MAX_LOOKUPS,
+            lookup_timeout: Duration::from_secs(LOOKUP_TIMEOUT_SECS),
         }
     }
 }
@@ -253,8 +278,19 @@ struct SocksSession {
     socks: SocksServer,
     out: OutBuf,
     upstream: Option<TcpHandle>,
+    /// The lookup of the target's name, while it is outstanding.
+    lookup: Option<LookupId>,
     /// The client sent FIN during the handshake.
     eof: bool,
+}
+
+/// A `--forward` connection waiting for its target's name. Its client's
+/// bytes stay in the stack (its window closes) until the relay starts.
+#[derive(Debug)]
+struct ForwardWait {
+    client: TcpHandle,
+    target: ForwardTarget,
+    lookup: LookupId,
 }
 
 #[derive(Debug)]
@@ -263,6 +299,7 @@ enum Session {
     Echo(EchoSession),
     Discard(TcpHandle),
     Socks(SocksSession),
+    Resolving(ForwardWait),
     Relay(Relay),
     Fetch(FetchConn),
 }
@@ -274,8 +311,18 @@ impl Session {
             Session::Echo(s) => [Some(s.conn), None],
             Session::Discard(h) => [Some(*h), None],
             Session::Socks(s) => [Some(s.client), s.upstream],
+            Session::Resolving(f) => [Some(f.client), None],
             Session::Relay(r) => [Some(r.client), Some(r.upstream)],
             Session::Fetch(f) => [Some(f.conn), None],
+        }
+    }
+
+    /// The lookup it waits for, if any.
+    fn lookup(&self) -> Option<LookupId> {
+        match self {
+            Session::Socks(s) => s.lookup,
+            Session::Resolving(f) => Some(f.lookup),
+            _ => None,
         }
     }
 
@@ -305,6 +352,28 @@ struct Entry {
     deadline: Option<Instant>,
 }
 
+/// A fetch, from `start_fetch` until its consumer took `Done` or `Failed`.
+#[derive(Debug)]
+struct FetchSlot {
+    queue: FetchQueue,
+    stage: FetchStage,
+}
+
+#[derive(Debug)]
+enum FetchStage {
+    /// Waiting for the host's name: the lookup, and what to do once it is
+    /// answered.
+    Resolving {
+        lookup: LookupId,
+        host: String,
+        request: Vec<u8>,
+    },
+    /// Its connection is this session.
+    Session(u64),
+    /// No connection any more; events may still wait in the queue.
+    Over,
+}
+
 /// The running services. See the [module docs](self).
 pub struct Services {
     listeners: HashMap<ListenerHandle, Service>,
@@ -312,12 +381,12 @@ pub struct Services {
     sessions: HashMap<u64, Entry>,
     handles: HashMap<TcpHandle, u64>,
     next_session: u64,
-    fetches: HashMap<FetchId, (FetchQueue, Option<u64>)>,
+    fetches: HashMap<FetchId, FetchSlot>,
     next_fetch: u64,
     /// Sessions to pump on the next `handle_events` without a stack event
     /// (a paused fetch whose consumer caught up).
     wake: Vec<u64>,
-    resolver: Box<Resolver>,
+    dns: Lookups,
     idle: Option<Duration>,
     now: Instant,
     scratch: Vec<u8>,
@@ -330,6 +399,7 @@ impl fmt::Debug for Services {
             .field("udp", &self.udp.len())
             .field("sessions", &self.sessions.len())
             .field("fetches", &self.fetches.len())
+            .field("dns", &self.dns)
             .finish()
     }
 }
@@ -345,8 +415,9 @@ const NO_ECHO_TO: [u16; 7] = [0, 7, 9, 13, 17, 19, 37];
 impl Services {
     /// Start the configured services, listening on the wildcard address.
     /// On error nothing stays bound; the error names the service and port.
-    /// Names in SOCKS requests and forwards are resolved with
-    /// [`system_resolve`] until [`Services::set_resolver`] says otherwise.
+    /// Names are resolved with [`system_resolve`] on a [`ResolverPool`]
+    /// (whose threads start with the first lookup) until
+    /// [`Services::set_resolver`] says otherwise.
     pub fn new(stack: &mut Stack, cfg: ServicesConfig) -> Result<Services, ServiceError> {
         let mut svc = Services {
             listeners: HashMap::new(),
@@ -357,7 +428,11 @@ impl Services {
             fetches: HashMap::new(),
             next_fetch: 0,
             wake: Vec::new(),
-            resolver: Box::new(system_resolve),
+            dns: Lookups::new(
+                Box::new(ResolverPool::system(cfg.max_lookups)),
+                cfg.max_lookups,
+                cfg.lookup_timeout,
+            ),
             idle: cfg.idle_timeout,
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
@@ -423,9 +498,29 @@ impl Services {
         }
     }
 
-    /// Resolve names (SOCKS domain requests, forward targets) with `r`.
-    pub fn set_resolver(&mut self, r: Box<Resolver>) {
-        self.resolver = r;
+    /// Resolve names (SOCKS domain requests, forward targets, fetch URLs)
+    /// with `r` from now on. Set it before serving: clients still waiting
+    /// for the old resolver fail on the next [`Services::handle_events`].
+    pub fn set_resolver(&mut self, r: Box<dyn Resolver>) {
+        self.dns.set_resolver(r);
+    }
+
+    /// The resolver's wake-up descriptor, if it has one: a driver that
+    /// sleeps in `poll(2)` waits on it too, and calls
+    /// [`Services::handle_events`] when it is readable.
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.dns.wake_fd()
+    }
+
+    /// Name lookups started and not yet answered by the resolver,
+    /// including those whose client went away.
+    pub fn lookups_outstanding(&self) -> usize {
+        self.dns.outstanding()
+    }
+
+    /// How name lookups went so far.
+    pub fn lookup_counters(&self) -> LookupCounters {
+        self.dns.counters()
     }
 
     /// Addresses the services listen on, TCP and UDP, for logging.
@@ -449,9 +544,11 @@ impl Services {
         self.handles.len()
     }
 
-    /// React to everything the stack reported: accept new connections,
-    /// move bytes between connections and protocol state machines, answer
-    /// datagrams, and end idle sessions. Call after feeding the stack.
+    /// React to everything the stack and the resolver reported: accept new
+    /// connections, move bytes between connections and protocol state
+    /// machines, answer datagrams, go on with sessions whose name lookup is
+    /// answered, and end idle sessions and overdue lookups. Call after
+    /// feeding the stack, and when [`Services::wake_fd`] is readable.
     pub fn handle_events(&mut self, stack: &mut Stack, now: Instant) {
         self.now = now;
         let mut table = None;
@@ -461,7 +558,10 @@ impl Services {
         while let Some(ev) = stack.poll_event() {
             self.dispatch(stack, ev, &mut table);
         }
-        self.expire(stack, now);
+        while let Some((waiter, answer)) = self.dns.poll_answer() {
+            self.resolved(stack, waiter, answer, &mut table);
+        }
+        self.expire(stack, now, &mut table);
     }
 
     /// Act on one event the driver took from [`Stack::poll_event`] itself.
@@ -484,7 +584,11 @@ impl Services {
         }
     }
 
-    fn expire(&mut self, stack: &mut Stack, now: Instant) {
+    fn expire(&mut self, stack: &mut Stack, now: Instant, table: &mut Option<String>) {
+        for (waiter, error) in self.dns.expired(now) {
+            debug!("name lookup: {error}");
+            self.resolved(stack, waiter, Err(error), table);
+        }
         let expired: Vec<u64> = self
             .sessions
             .iter()
@@ -498,56 +602,77 @@ impl Services {
     }
 
     /// When [`Services::handle_events`] next needs calling even if the
-    /// stack reports nothing: the earliest idle deadline, or "now" if work
-    /// is pending.
+    /// stack reports nothing: the earliest idle deadline or lookup time
+    /// limit, or "now" if work is pending.
     #[must_use]
     pub fn poll_at(&self) -> Option<Instant> {
         if !self.wake.is_empty() {
             return Some(self.now);
         }
-        self.sessions.values().filter_map(|e| e.deadline).min()
+        let idle = self.sessions.values().filter_map(|e| e.deadline).min();
+        match (idle, self.dns.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Start an HTTP GET of `url` through the stack, from an ephemeral
-    /// port of its table. A name is resolved with `resolve`; the first
-    /// address the stack can reach is used. Progress comes out of
-    /// [`Services::poll_fetch`] as the stack and `handle_events` run.
-    pub fn start_fetch(
-        &mut self,
-        stack: &mut Stack,
-        url: &Url,
-        resolve: &dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
-    ) -> Result<FetchId, FetchError> {
-        let addrs = match &url.host {
-            crate::daemon::http::Host::Ip(ip) => vec![SocketAddr::new(*ip, url.port)],
-            crate::daemon::http::Host::Name(n) => {
-                resolve(n, url.port).map_err(|error| FetchError::Resolve {
-                    host: n.clone(),
-                    error,
-                })?
+    /// port of its table. A name goes to the resolver, and the fetch
+    /// connects once it answers, to the first address the stack can reach;
+    /// a literal connects at once. Progress, including a failed lookup,
+    /// comes out of [`Services::poll_fetch`] as the stack and
+    /// `handle_events` run. Errors here are immediate: a literal the stack
+    /// cannot connect to, or a lookup refused (too many outstanding).
+    pub fn start_fetch(&mut self, stack: &mut Stack, url: &Url) -> Result<FetchId, FetchError> {
+        let id = FetchId(self.next_fetch);
+        let request = url.request();
+        let stage = match &url.host {
+            Host::Name(n) if literal(n, url.port).is_none() => {
+                let lookup = self
+                    .dns
+                    .start(stack.now(), n, url.port, Waiter::Fetch(id))
+                    .map_err(|error| FetchError::Resolve {
+                        host: n.clone(),
+                        error,
+                    })?;
+                let host = n.clone();
+                FetchStage::Resolving {
+                    lookup,
+                    host,
+                    request,
+                }
+            }
+            host => {
+                let addr = match host {
+                    Host::Ip(ip) => SocketAddr::new(*ip, url.port),
+                    Host::Name(n) => literal(n, url.port).expect("a literal"),
+                };
+                let (conn, _) = connect_any(stack, &[addr]).map_err(|e| match e {
+                    Some((to, e)) => FetchError::Connect(to, e),
+                    None => FetchError::NoAddress(url.host.to_string()),
+                })?;
+                FetchStage::Session(
+                    self.add_session(Session::Fetch(FetchConn::new(conn, id, request))),
+                )
             }
         };
-        let (conn, _) = connect_any(stack, &addrs).map_err(|e| match e {
-            Some((to, e)) => FetchError::Connect(to, e),
-            None => FetchError::NoAddress(url.host.to_string()),
-        })?;
-        let id = FetchId(self.next_fetch);
         self.next_fetch += 1;
-        let sid = self.add_session(Session::Fetch(FetchConn::new(conn, id, url.request())));
-        self.fetches.insert(id, (FetchQueue::default(), Some(sid)));
+        let queue = FetchQueue::default();
+        self.fetches.insert(id, FetchSlot { queue, stage });
         Ok(id)
     }
 
     /// The next event of fetch `id`, if one is ready. After `Done` or
     /// `Failed` has been returned the id is forgotten.
     pub fn poll_fetch(&mut self, id: FetchId) -> Option<FetchEvent> {
-        let (q, sid) = self.fetches.get_mut(&id)?;
+        let slot = self.fetches.get_mut(&id)?;
+        let q = &mut slot.queue;
         let ev = q.pop();
         if q.finished && q.events.is_empty() {
             self.fetches.remove(&id);
         } else if matches!(ev, Some(FetchEvent::Body(_))) && q.queued < MAX_QUEUED_BODY {
             // Reading may have paused for this consumer.
-            if let Some(sid) = *sid {
+            if let FetchStage::Session(sid) = slot.stage {
                 if !self.wake.contains(&sid) {
                     self.wake.push(sid);
                 }
@@ -556,11 +681,13 @@ impl Services {
         ev
     }
 
-    /// Abandon fetch `id`: its connection is reset and its events dropped.
+    /// Abandon fetch `id`: its connection is reset, or the answer to its
+    /// name lookup will be dropped, and its events are dropped.
     pub fn cancel_fetch(&mut self, stack: &mut Stack, id: FetchId) {
-        if let Some((_, Some(sid))) = self.fetches.get(&id) {
-            let sid = *sid;
-            self.end(stack, sid, true);
+        match self.fetches.get(&id).map(|f| &f.stage) {
+            Some(&FetchStage::Session(sid)) => self.end(stack, sid, true),
+            Some(&FetchStage::Resolving { lookup, .. }) => self.dns.detach(lookup),
+            _ => {}
         }
         self.fetches.remove(&id);
     }
@@ -580,20 +707,38 @@ impl Services {
         for sid in sids {
             self.end(stack, sid, false);
         }
+        for slot in self.fetches.values_mut() {
+            if let FetchStage::Resolving { lookup, .. } = slot.stage {
+                self.dns.detach(lookup);
+                slot.stage = FetchStage::Over;
+                let why = "the daemon is shutting down".to_string();
+                slot.queue.push(FetchEvent::Failed(why));
+            }
+        }
         self.wake.clear();
     }
 
     // ---- internals ------------------------------------------------------
 
-    fn add_session(&mut self, session: Session) -> u64 {
+    /// A new session id, for a session that needs it before it exists.
+    fn new_sid(&mut self) -> u64 {
         let sid = self.next_session;
         self.next_session += 1;
+        sid
+    }
+
+    fn add_session(&mut self, session: Session) -> u64 {
+        let sid = self.new_sid();
+        self.insert_session(sid, session);
+        sid
+    }
+
+    fn insert_session(&mut self, sid: u64, session: Session) {
         for h in session.handles().into_iter().flatten() {
             self.handles.insert(h, sid);
         }
         let deadline = self.deadline_for(&session);
         self.sessions.insert(sid, Entry { session, deadline });
-        sid
     }
 
     fn deadline_for(&self, session: &Session) -> Option<Instant> {
@@ -609,9 +754,13 @@ impl Services {
         for h in e.session.handles().into_iter().flatten() {
             self.handles.remove(&h);
         }
+        if let Some(lookup) = e.session.lookup() {
+            // Its client went away: the answer has nowhere to go.
+            self.dns.detach(lookup);
+        }
         if let Session::Fetch(f) = &e.session {
-            if let Some((_, s)) = self.fetches.get_mut(&f.id) {
-                *s = None;
+            if let Some(slot) = self.fetches.get_mut(&f.id) {
+                slot.stage = FetchStage::Over;
             }
         }
         Some(e.session)
@@ -632,8 +781,9 @@ impl Services {
                 }
             }
             Session::Fetch(f) => {
-                if let Some((q, _)) = self.fetches.get_mut(&f.id) {
-                    q.push(FetchEvent::Failed("the daemon is shutting down".into()));
+                if let Some(slot) = self.fetches.get_mut(&f.id) {
+                    let why = "the daemon is shutting down".into();
+                    slot.queue.push(FetchEvent::Failed(why));
                 }
                 stack.abort(f.conn);
             }
@@ -686,18 +836,41 @@ impl Services {
                     socks: SocksServer::new(),
                     out: OutBuf::default(),
                     upstream: None,
+                    lookup: None,
                     eof: false,
                 }),
                 Service::Forward(target) => {
-                    let addrs = match target {
-                        ForwardTarget::Addr(a) => Ok(vec![*a]),
-                        ForwardTarget::Name(n, p) => (self.resolver)(n, *p),
+                    let addr = match target {
+                        ForwardTarget::Addr(a) => Ok(*a),
+                        ForwardTarget::Name(n, p) => literal(n, *p).ok_or((n, *p)),
                     };
-                    match addrs.map(|a| connect_any(stack, &a)) {
-                        Ok(Ok((up, _))) => Session::Relay(Relay::new(h, up, Direction::default())),
-                        other => {
-                            debug!("forward to {target} failed: {other:?}");
-                            stack.abort(h);
+                    match addr {
+                        Ok(a) => match connect_any(stack, &[a]) {
+                            Ok((up, _)) => Session::Relay(Relay::new(h, up, Direction::default())),
+                            Err(e) => {
+                                debug!("forward to {target} failed: {e:?}");
+                                stack.abort(h);
+                                continue;
+                            }
+                        },
+                        Err((name, port)) => {
+                            // The relay starts once the name is answered.
+                            let sid = self.new_sid();
+                            match self.dns.start(self.now, name, port, Waiter::Session(sid)) {
+                                Ok(lookup) => {
+                                    let wait = ForwardWait {
+                                        client: h,
+                                        target: target.clone(),
+                                        lookup,
+                                    };
+                                    self.insert_session(sid, Session::Resolving(wait));
+                                    self.pump(stack, sid, table);
+                                }
+                                Err(e) => {
+                                    debug!("forward to {target}: {e}");
+                                    stack.abort(h);
+                                }
+                            }
                             continue;
                         }
                     }
@@ -705,6 +878,80 @@ impl Services {
             };
             let sid = self.add_session(session);
             self.pump(stack, sid, table);
+        }
+    }
+
+    /// The answer to `waiter`'s lookup (or the error that ends its wait):
+    /// connect, or report the failure, and go on.
+    fn resolved(
+        &mut self,
+        stack: &mut Stack,
+        waiter: Waiter,
+        answer: LookupResult,
+        table: &mut Option<String>,
+    ) {
+        match waiter {
+            Waiter::Session(sid) => {
+                let Some(entry) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                match &mut entry.session {
+                    Session::Socks(s) if s.lookup.is_some() => {
+                        s.lookup = None;
+                        socks_connect(stack, s, answer);
+                        self.pump(stack, sid, table);
+                    }
+                    Session::Resolving(f) => {
+                        let (client, target) = (f.client, f.target.clone());
+                        let connected = answer.map_err(|e| e.to_string()).and_then(|addrs| {
+                            connect_any(stack, &addrs).map_err(|e| format!("{e:?}"))
+                        });
+                        match connected {
+                            Ok((up, _)) => {
+                                let relay = Relay::new(client, up, Direction::default());
+                                entry.session = Session::Relay(relay);
+                                self.handles.insert(up, sid);
+                                self.pump(stack, sid, table);
+                            }
+                            Err(why) => {
+                                // As for a literal target: the client is reset.
+                                debug!("forward to {target} failed: {why}");
+                                self.remove_session(sid);
+                                stack.abort(client);
+                            }
+                        }
+                    }
+                    // Not waiting: a detached waiter is never answered.
+                    _ => {}
+                }
+            }
+            Waiter::Fetch(id) => {
+                let Some(slot) = self.fetches.get_mut(&id) else {
+                    return;
+                };
+                let FetchStage::Resolving { host, request, .. } =
+                    std::mem::replace(&mut slot.stage, FetchStage::Over)
+                else {
+                    return;
+                };
+                let error = match answer {
+                    Err(error) => FetchError::Resolve { host, error },
+                    Ok(addrs) => match connect_any(stack, &addrs) {
+                        Ok((conn, _)) => {
+                            let fetch = FetchConn::new(conn, id, request);
+                            let sid = self.add_session(Session::Fetch(fetch));
+                            if let Some(slot) = self.fetches.get_mut(&id) {
+                                slot.stage = FetchStage::Session(sid);
+                            }
+                            self.pump(stack, sid, table);
+                            return;
+                        }
+                        Err(Some((to, e))) => FetchError::Connect(to, e),
+                        Err(None) => FetchError::NoAddress(host),
+                    },
+                };
+                slot.queue.push(FetchEvent::Failed(error.to_string()));
+            }
         }
     }
 
@@ -726,14 +973,22 @@ impl Services {
             return;
         };
         let scratch = &mut self.scratch[..];
-        let resolver = &*self.resolver;
         let mut new_handles = Vec::new();
         let r = match &mut entry.session {
             Session::Http(s) => pump_http(stack, s, scratch, table),
             Session::Echo(s) => pump_echo(stack, s, scratch),
             Session::Discard(h) => pump_discard(stack, *h, scratch),
+            Session::Resolving(f) => match stack.tcp_state(f.client) {
+                // The client reset or timed out while it waited.
+                Some(TcpState::Closed) | None => {
+                    stack.abort(f.client);
+                    Pump::Ended
+                }
+                _ => Pump::Idle,
+            },
             Session::Socks(s) => {
-                let r = pump_socks(stack, s, scratch, resolver);
+                let dns = (&mut self.dns, self.now, sid);
+                let r = pump_socks(stack, s, scratch, dns);
                 if let Some(up) = s.upstream {
                     new_handles.push(up);
                 }
@@ -753,8 +1008,8 @@ impl Services {
             }
             Session::Relay(relay) => relay_pump(stack, relay, scratch),
             Session::Fetch(f) => match self.fetches.get_mut(&f.id) {
-                Some((q, _)) => {
-                    if f.pump(stack, q, scratch) {
+                Some(slot) => {
+                    if f.pump(stack, &mut slot.queue, scratch) {
                         Pump::Idle
                     } else {
                         Pump::Ended
@@ -941,12 +1196,31 @@ fn pump_discard(stack: &mut Stack, h: TcpHandle, scratch: &mut [u8]) -> Pump {
     }
 }
 
+/// Connect a SOCKS session to the first of `addrs` the stack accepts, or
+/// queue the reply saying why not.
+fn socks_connect(stack: &mut Stack, s: &mut SocksSession, addrs: LookupResult) {
+    match addrs {
+        Err(e) => s.socks.handle_connect_failed(ReplyCode::from(e.kind())),
+        Ok(addrs) => match connect_any(stack, &addrs) {
+            Ok((up, _)) => s.upstream = Some(up),
+            Err(None) => s.socks.handle_connect_failed(ReplyCode::HostUnreachable),
+            Err(Some((_, e))) => {
+                let kind = io::Error::from(e).kind();
+                s.socks.handle_connect_failed(ReplyCode::from(kind));
+            }
+        },
+    }
+}
+
+/// Drive a SOCKS handshake. `dns` is where a domain target is looked up:
+/// the lookups, the time, and this session's id (its waiter).
 fn pump_socks(
     stack: &mut Stack,
     s: &mut SocksSession,
     scratch: &mut [u8],
-    resolver: &Resolver,
+    dns: (&mut Lookups, Instant, u64),
 ) -> Pump {
+    let (dns, now, sid) = dns;
     let mut any = false;
     let end = |stack: &mut Stack, s: &SocksSession| {
         stack.abort(s.client);
@@ -983,18 +1257,20 @@ fn pump_socks(
         }
         if let Some(target) = s.socks.poll_target() {
             moved = true;
-            let addrs = match &target {
-                SocksTarget::Addr(a) => Ok(vec![*a]),
-                SocksTarget::Domain(n, p) => resolver(n, *p),
+            let addr = match &target {
+                SocksTarget::Addr(a) => Ok(*a),
+                // A literal sent as a name (curl --socks5-hostname 10.7.0.1).
+                SocksTarget::Domain(n, p) => literal(n, *p).ok_or((n, *p)),
             };
-            match addrs {
-                Err(e) => s.socks.handle_connect_failed(ReplyCode::from(e.kind())),
-                Ok(addrs) => match connect_any(stack, &addrs) {
-                    Ok((up, _)) => s.upstream = Some(up),
-                    Err(None) => s.socks.handle_connect_failed(ReplyCode::HostUnreachable),
-                    Err(Some((_, e))) => {
-                        let kind = io::Error::from(e).kind();
-                        s.socks.handle_connect_failed(ReplyCode::from(kind));
+            match addr {
+                Ok(a) => socks_connect(stack, s, Ok(vec![a])),
+                // The reply waits for the answer; the session is pumped
+                // again when it comes (`Services::resolved`).
+                Err((name, port)) => match dns.start(now, name, port, Waiter::Session(sid)) {
+                    Ok(lookup) => s.lookup = Some(lookup),
+                    Err(e) => {
+                        debug!("socks CONNECT {target}: {e}");
+                        s.socks.handle_connect_failed(ReplyCode::from(e.kind()));
                     }
                 },
             }

@@ -1,0 +1,415 @@
+//! Name lookups for the services, without blocking them.
+//!
+//! A service that needs a name resolved (a SOCKS domain request, a
+//! `--forward` to a name, a `fetch` URL) starts a lookup here. The lookup
+//! goes to a [`Resolver`], which answers later, on another turn of the
+//! driver's loop; meanwhile the session waits and every other connection
+//! is served. Address literals never get here: they need no lookup.
+//!
+//! Invariants: a lookup is *outstanding* from `start` until its resolver
+//! answers it, and at most `max` are outstanding at once; more are refused
+//! at once. An outstanding lookup has at most one waiter. A waiter that
+//! goes away (client closed, fetch cancelled) or runs out of time is
+//! detached, and the answer that comes later is dropped and counted; until
+//! then the lookup still counts against the limit, because it still
+//! occupies the resolver.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::io::RawFd;
+
+use crate::{Duration, Instant};
+
+use super::FetchId;
+
+/// Names one lookup the services started.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(u64);
+
+impl LookupId {
+    #[cfg(test)]
+    pub(crate) fn new(n: u64) -> LookupId {
+        LookupId(n)
+    }
+}
+
+/// What a resolver says about one name: its addresses (with the port the
+/// lookup asked for), or why there are none.
+pub type LookupResult = io::Result<Vec<SocketAddr>>;
+
+/// Looks names up for the services without blocking them: lookups go in
+/// with [`Resolver::submit`]; answers come out of
+/// [`Resolver::poll_answer`] later, on a later turn of the driver's loop.
+///
+/// Contract: every lookup `submit` accepted is answered exactly once,
+/// eventually (the services count it as outstanding until then), and
+/// neither method blocks. The daemon's is
+/// [`ResolverPool`](crate::daemon::resolver::ResolverPool); tests inject
+/// their own.
+pub trait Resolver {
+    /// Start looking up `host`; the answer's addresses carry `port`. An
+    /// error refuses the lookup now, and no answer follows.
+    fn submit(&mut self, id: LookupId, host: &str, port: u16) -> io::Result<()>;
+
+    /// A finished lookup, if one is ready.
+    fn poll_answer(&mut self) -> Option<(LookupId, LookupResult)>;
+
+    /// A descriptor that becomes readable when an answer is ready, for a
+    /// driver that sleeps in `poll(2)`. `None` (the default) if the driver
+    /// need not wait on one: answers are ready when `submit` returns, or
+    /// the driver calls `Services::handle_events` often anyway.
+    fn wake_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// A [`Resolver`] that answers inside `submit`, on the caller's thread,
+/// with a function. For tests and tables that never block: given a function
+/// that does (such as [`system_resolve`](super::system_resolve)), it would
+/// stall the caller, which is what
+/// [`ResolverPool`](crate::daemon::resolver::ResolverPool) avoids.
+pub struct InlineResolver<F> {
+    resolve: F,
+    answers: VecDeque<(LookupId, LookupResult)>,
+}
+
+impl<F> fmt::Debug for InlineResolver<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InlineResolver")
+            .field("answers", &self.answers.len())
+            .finish()
+    }
+}
+
+impl<F: FnMut(&str, u16) -> LookupResult> InlineResolver<F> {
+    /// Answer every lookup with `resolve(host, port)`.
+    pub fn new(resolve: F) -> InlineResolver<F> {
+        InlineResolver {
+            resolve,
+            answers: VecDeque::new(),
+        }
+    }
+}
+
+impl<F: FnMut(&str, u16) -> LookupResult> Resolver for InlineResolver<F> {
+    fn submit(&mut self, id: LookupId, host: &str, port: u16) -> io::Result<()> {
+        let answer = (self.resolve)(host, port);
+        self.answers.push_back((id, answer));
+        Ok(())
+    }
+
+    fn poll_answer(&mut self) -> Option<(LookupId, LookupResult)> {
+        self.answers.pop_front()
+    }
+}
+
+/// How the services' lookups went, for `ephemera ports --stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LookupCounters {
+    /// Lookups handed to the resolver.
+    pub started: u64,
+    /// Lookups refused at once: the limit of outstanding lookups was
+    /// reached, or the resolver refused (busy).
+    pub refused: u64,
+    /// Waiters told "timed out": the resolver took longer than the limit.
+    pub timed_out: u64,
+    /// Answers dropped because nobody waited for them any more (the client
+    /// went away, the fetch was cancelled, the waiter timed out).
+    pub discarded: u64,
+}
+
+impl LookupCounters {
+    /// The counters by name.
+    pub fn iter(&self) -> [(&'static str, u64); 4] {
+        [
+            ("dns_lookups", self.started),
+            ("dns_refused", self.refused),
+            ("dns_timed_out", self.timed_out),
+            ("dns_discarded", self.discarded),
+        ]
+    }
+}
+
+/// Who waits for a lookup.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Waiter {
+    /// A SOCKS or forward session.
+    Session(u64),
+    /// A fetch that has no connection yet.
+    Fetch(FetchId),
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// `None` once the waiter went away or timed out.
+    waiter: Option<Waiter>,
+    deadline: Instant,
+}
+
+/// The services' outstanding lookups. See the [module docs](self).
+pub(super) struct Lookups {
+    resolver: Box<dyn Resolver>,
+    pending: HashMap<LookupId, Pending>,
+    next: u64,
+    max: usize,
+    timeout: Duration,
+    /// Waiters whose lookups the previous resolver took with it.
+    orphans: Vec<Waiter>,
+    counters: LookupCounters,
+}
+
+impl fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lookups")
+            .field("outstanding", &self.pending.len())
+            .field("max", &self.max)
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Lookups {
+    /// At most `max` lookups outstanding with `resolver`; a waiter gives
+    /// up after `timeout`.
+    pub(super) fn new(resolver: Box<dyn Resolver>, max: usize, timeout: Duration) -> Lookups {
+        Lookups {
+            resolver,
+            pending: HashMap::new(),
+            next: 0,
+            max,
+            timeout,
+            orphans: Vec::new(),
+            counters: LookupCounters::default(),
+        }
+    }
+
+    /// Use `resolver` from now on. Lookups outstanding with the old one
+    /// will never be answered: their waiters fail on the next `expired`.
+    pub(super) fn set_resolver(&mut self, resolver: Box<dyn Resolver>) {
+        self.resolver = resolver;
+        let orphans = self.pending.drain().filter_map(|(_, p)| p.waiter);
+        self.orphans.extend(orphans);
+    }
+
+    /// Ask for `host` on behalf of `waiter`; it has until `now` plus the
+    /// timeout. Refused at once, with an error saying why, when `max`
+    /// lookups are outstanding or the resolver is busy.
+    pub(super) fn start(
+        &mut self,
+        now: Instant,
+        host: &str,
+        port: u16,
+        waiter: Waiter,
+    ) -> io::Result<LookupId> {
+        if self.pending.len() >= self.max {
+            self.counters.refused += 1;
+            return Err(io::Error::other(format!(
+                "too many name lookups in progress ({}); try again later",
+                self.max
+            )));
+        }
+        let id = LookupId(self.next);
+        self.next += 1;
+        if let Err(e) = self.resolver.submit(id, host, port) {
+            self.counters.refused += 1;
+            return Err(e);
+        }
+        self.counters.started += 1;
+        let deadline = now + self.timeout;
+        let waiter = Some(waiter);
+        self.pending.insert(id, Pending { waiter, deadline });
+        Ok(id)
+    }
+
+    /// The waiter of `id` went away: its answer will be dropped.
+    pub(super) fn detach(&mut self, id: LookupId) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.waiter = None;
+        }
+    }
+
+    /// The next answer someone still waits for, with its waiter. Answers
+    /// nobody waits for are dropped on the way.
+    pub(super) fn poll_answer(&mut self) -> Option<(Waiter, LookupResult)> {
+        loop {
+            let (id, answer) = self.resolver.poll_answer()?;
+            // An id we do not know is a resolver's mistake: ignore it.
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            match p.waiter {
+                Some(w) => return Some((w, answer)),
+                None => self.counters.discarded += 1,
+            }
+        }
+    }
+
+    /// Waiters whose time ran out by `now`, detached, each with the error
+    /// to report; and those the previous resolver left behind.
+    pub(super) fn expired(&mut self, now: Instant) -> Vec<(Waiter, io::Error)> {
+        let mut out: Vec<(Waiter, io::Error)> = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .map(|w| (w, io::Error::other("the resolver was replaced")))
+            .collect();
+        for p in self.pending.values_mut() {
+            if p.deadline <= now {
+                if let Some(w) = p.waiter.take() {
+                    self.counters.timed_out += 1;
+                    let why = format!("no answer from the resolver within {}", self.timeout);
+                    out.push((w, io::Error::new(io::ErrorKind::TimedOut, why)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest time limit of a lookup someone waits for.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        if !self.orphans.is_empty() {
+            return Some(Instant::from_micros(0));
+        }
+        self.pending
+            .values()
+            .filter(|p| p.waiter.is_some())
+            .map(|p| p.deadline)
+            .min()
+    }
+
+    /// Lookups started and not yet answered, waited for or not.
+    pub(super) fn outstanding(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(super) fn counters(&self) -> LookupCounters {
+        self.counters
+    }
+
+    pub(super) fn wake_fd(&self) -> Option<RawFd> {
+        self.resolver.wake_fd()
+    }
+}
+
+/// `host` as an address literal (an IPv6 one maybe in brackets) with
+/// `port`: such a host needs no lookup.
+pub(super) fn literal(host: &str, port: u16) -> Option<SocketAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A resolver that answers only when the test says so.
+    #[derive(Default)]
+    struct Held {
+        asked: Vec<(LookupId, String)>,
+        answers: VecDeque<(LookupId, LookupResult)>,
+    }
+    struct Shared(Rc<RefCell<Held>>);
+    impl Resolver for Shared {
+        fn submit(&mut self, id: LookupId, host: &str, _: u16) -> io::Result<()> {
+            self.0.borrow_mut().asked.push((id, host.to_string()));
+            Ok(())
+        }
+        fn poll_answer(&mut self) -> Option<(LookupId, LookupResult)> {
+            self.0.borrow_mut().answers.pop_front()
+        }
+    }
+
+    fn t(ms: i64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn limit_timeout_detach_and_late_answers() {
+        let held = Rc::new(RefCell::new(Held::default()));
+        let mut l = Lookups::new(
+            Box::new(Shared(held.clone())),
+            2,
+            Duration::from_millis(100),
+        );
+        let a = l.start(t(0), "a.test", 1, Waiter::Session(1)).unwrap();
+        let b = l.start(t(50), "b.test", 1, Waiter::Session(2)).unwrap();
+        let e = l.start(t(50), "c.test", 1, Waiter::Session(3)).unwrap_err();
+        assert!(e.to_string().contains("too many name lookups"), "{e}");
+        assert_eq!(held.borrow().asked.len(), 2, "the refused one never asked");
+        assert_eq!(l.next_deadline(), Some(t(100)));
+
+        // a's waiter times out; b's goes away.
+        let expired = l.expired(t(100));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].0, Waiter::Session(1));
+        assert_eq!(expired[0].1.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(l.next_deadline(), Some(t(150)));
+        l.detach(b);
+        assert_eq!(l.next_deadline(), None);
+        assert!(l.expired(t(200)).is_empty(), "nobody left to tell");
+        // Both still occupy the resolver, so the limit still holds.
+        assert_eq!(l.outstanding(), 2);
+        assert!(l.start(t(200), "c.test", 1, Waiter::Session(3)).is_err());
+
+        // The late answers are dropped and counted; then there is room.
+        let ok = || Ok(vec![SocketAddr::from(([10, 0, 0, 3], 1))]);
+        held.borrow_mut().answers.extend([(b, ok()), (a, ok())]);
+        assert!(l.poll_answer().is_none());
+        assert_eq!(l.outstanding(), 0);
+        let c = l.start(t(300), "c.test", 1, Waiter::Session(3)).unwrap();
+        held.borrow_mut().answers.push_back((c, ok()));
+        let (w, answer) = l.poll_answer().unwrap();
+        assert_eq!((w, answer.unwrap()), (Waiter::Session(3), ok().unwrap()));
+        assert_eq!(
+            l.counters(),
+            LookupCounters {
+                started: 3,
+                refused: 2,
+                timed_out: 1,
+                discarded: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn a_replaced_resolver_fails_its_waiters() {
+        let held = Rc::new(RefCell::new(Held::default()));
+        let mut l = Lookups::new(Box::new(Shared(held)), 4, Duration::from_secs(1));
+        l.start(t(0), "a.test", 1, Waiter::Session(1)).unwrap();
+        l.set_resolver(Box::new(InlineResolver::new(|_: &str, _: u16| {
+            Ok(Vec::new())
+        })));
+        assert_eq!(l.outstanding(), 0);
+        assert_eq!(l.next_deadline(), Some(t(0)));
+        let failed = l.expired(t(0));
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, Waiter::Session(1));
+        assert!(l.expired(t(0)).is_empty());
+    }
+
+    #[test]
+    fn literals_need_no_lookup() {
+        assert_eq!(
+            literal("10.0.0.3", 80),
+            Some("10.0.0.3:80".parse().unwrap())
+        );
+        assert_eq!(
+            literal("[fd00::1]", 80),
+            Some("[fd00::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            literal("fd00::1", 80),
+            Some("[fd00::1]:80".parse().unwrap())
+        );
+        for name in ["origin.test", "localhost", "10.0.0", "[10.0.0.3", ""] {
+            assert_eq!(literal(name, 80), None, "{name}");
+        }
+    }
+}
