@@ -14,7 +14,7 @@
 //! `ping` (iputils-ping) and `setpriv` (util-linux) are optional: without
 //! them the assertions that need them are skipped, also with a message.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -143,6 +143,18 @@ impl Netns {
         self.dir.join(name)
     }
 
+    /// Give what `ip netns exec` runs here its own `/etc/FILE`:
+    /// `ip netns exec` bind-mounts `/etc/netns/NS/FILE` over it (the host's
+    /// file is untouched, and ours is removed on drop). Returns whether the
+    /// namespace sees it.
+    fn etc(&self, file: &str, contents: &str) -> bool {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), contents).unwrap();
+        let seen = self.run(&["cat", &format!("/etc/{file}")]);
+        text(&seen.stdout) == contents
+    }
+
     /// Interface names in the namespace.
     fn links(&self) -> Vec<String> {
         let out = self.run(&["ip", "-o", "link", "show"]);
@@ -256,6 +268,11 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let etc = Path::new("/etc/netns");
+        if std::fs::remove_dir_all(etc.join(&self.name)).is_ok() {
+            // Only if no other namespace has files there.
+            let _ = std::fs::remove_dir(etc);
+        }
     }
 }
 
@@ -308,6 +325,17 @@ impl Daemon {
     fn ports(&self) -> Vec<Row> {
         self.try_ports()
             .unwrap_or_else(|e| panic!("ephemera ports: {e}\n{}", self.log()))
+    }
+
+    /// The counters of `ephemera ports --stats --json`.
+    fn stats(&self) -> BTreeMap<String, u64> {
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            stats: BTreeMap<String, u64>,
+        }
+        let out = self.client("ports", &["--stats", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<Stats>(&out.stdout).unwrap().stats
     }
 }
 
@@ -590,6 +618,142 @@ fn a_routed_client_downloads_byte_exact_with_and_without_segmentation_offload() 
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+#[test]
+fn a_dead_name_server_stalls_nothing_else_and_names_in_hosts_resolve() {
+    let test = "a_dead_name_server_stalls_nothing_else_and_names_in_hosts_resolve";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    // The namespace's name server is 10.7.0.99: on the TUN's subnet, so
+    // queries go to ephemera's stack, which drops what is not addressed
+    // to it; no query is ever answered, and none leaves the namespace.
+    // Each lookup of a name that needs DNS hangs for resolv.conf's 8 s.
+    // origin.test is in hosts, so it resolves without DNS.
+    let files = [
+        (
+            "resolv.conf",
+            "nameserver 10.7.0.99\noptions timeout:8 attempts:1\n",
+        ),
+        ("hosts", "127.0.0.1 localhost\n10.7.0.1 origin.test\n"),
+        ("nsswitch.conf", "hosts: files dns\n"),
+    ];
+    for (file, contents) in files {
+        if !ns.etc(file, contents) {
+            skip(
+                test,
+                &format!("ip netns exec does not mount /etc/netns/*/{file}"),
+            );
+            return;
+        }
+    }
+    let daemon = ns.start_daemon(&[
+        "--http",
+        "80",
+        "--socks",
+        "1080",
+        "--forward",
+        "8080=origin.test:8000",
+    ]);
+    let data = test_file(1 << 20);
+    std::fs::write(ns.path("file"), &data).unwrap();
+    let log = ns.start_file_server();
+
+    // A SOCKS request for a name only DNS could answer.
+    let mut cmd = ns.command(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "60",
+        "--socks5-hostname",
+        "10.7.0.2:1080",
+        "http://dead.test:8000/file",
+    ]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let stuck = ns.spawn(cmd);
+    let asked = Instant::now();
+    // Wait until the daemon has started its lookup.
+    while daemon.stats().get("dns_lookups") != Some(&1) {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "no lookup started:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // While it hangs, everything else is served, each within 3 s: a page,
+    // a SOCKS download and a forward to a name in hosts, and a fetch of
+    // one.
+    let quick = |what: &str, out: Output| {
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            text(&out.stderr),
+            daemon.log()
+        );
+        out
+    };
+    let curl = |args: &[&str]| {
+        let mut all = vec!["curl", "-sS", "--max-time", "3"];
+        all.extend_from_slice(args);
+        ns.run(&all)
+    };
+    let page = quick("page", curl(&["http://10.7.0.2/"]));
+    assert!(text(&page.stdout).contains("you are 10.7.0.1:"));
+    for (what, args) in [
+        (
+            "socks",
+            [
+                "--socks5-hostname",
+                "10.7.0.2:1080",
+                "http://origin.test:8000/file?socks",
+            ],
+        ),
+        (
+            "forward",
+            [
+                "-H",
+                "Host: origin.test",
+                "http://10.7.0.2:8080/file?forward",
+            ],
+        ),
+    ] {
+        let got = ns.path(what);
+        let mut all = args.to_vec();
+        all.extend(["-o", got.to_str().unwrap()]);
+        quick(what, curl(&all));
+        assert!(std::fs::read(&got).unwrap() == data, "{what}: body differs");
+        let clients = server_clients(&log, &format!("/file?{what}"));
+        assert!(
+            clients.len() == 1 && RANGE.contains(&clients[0].port()),
+            "{what}: {clients:?}"
+        );
+    }
+    let fetched = quick(
+        "fetch",
+        daemon.client("fetch", &["http://origin.test:8000/file?fetch"]),
+    );
+    assert!(fetched.stdout == data, "fetch: body differs");
+    let served = asked.elapsed();
+    assert!(
+        ns.children[stuck].try_wait().unwrap().is_none(),
+        "the lookup of dead.test ended within {served:?}: was it stuck at all?"
+    );
+
+    // The stuck request ends only when the resolver gives up, with a SOCKS
+    // error; it never reached the server.
+    let status = ns
+        .wait_child(stuck, Duration::from_secs(40))
+        .expect("the SOCKS request for dead.test never ended");
+    let waited = asked.elapsed();
+    assert!(!status.success(), "dead.test resolved?");
+    assert!(waited > served, "{waited:?} <= {served:?}");
+    assert!(server_clients(&log, "/file").is_empty());
+    let stats = daemon.stats();
+    assert_eq!(stats.get("dns_lookups"), Some(&4), "{stats:?}");
+    assert_eq!(stats.get("dns_refused"), Some(&0), "{stats:?}");
 }
 
 #[test]
