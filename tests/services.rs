@@ -621,6 +621,8 @@ fn socks_domain_names_go_through_the_injected_resolver() {
             seen.set(seen.get() + 1);
             match name {
                 "origin.test" => Ok(vec![SocketAddr::new(ip(ORIGIN), port)]),
+                // As std reports getaddrinfo's errors: without a kind.
+                "broken.test" => Err(io::Error::other("failed to lookup address information")),
                 _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such name")),
             }
         },
@@ -630,29 +632,35 @@ fn socks_domain_names_go_through_the_injected_resolver() {
     c.write(&socks_connect_domain("origin.test", 8000));
     let mut nx = Client::connect(t.net.stack(0), "10.0.0.2:1080");
     nx.write(&socks_connect_domain("nowhere.test", 8000));
+    let mut broken = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+    broken.write(&socks_connect_domain("broken.test", 8000));
     // An address sent as a name (curl --socks5-hostname) needs no lookup.
     let mut lit = Client::connect(t.net.stack(0), "10.0.0.2:1080");
     lit.write(&socks_connect_domain("10.0.0.3", 8000));
     t.run(|n, _| {
         c.pump(n.stack(0));
         nx.pump(n.stack(0));
+        broken.pump(n.stack(0));
         lit.pump(n.stack(0));
         origin.pump(n.stack(2));
-        c.eof && nx.eof && lit.eof
+        c.eof && nx.eof && broken.eof && lit.eof
     });
     let (rep, bound, body) = socks_reply(&c.got);
     assert_eq!(rep, 0);
     assert!(body == pattern(1000));
     assert!(origin.conns.iter().any(|o| o.peer == bound));
     assert!(in_ephemeral_range(bound));
-    // An unknown name: host unreachable (0x04), then close.
-    let (rep, _, rest) = socks_reply(&nx.got);
-    assert_eq!((rep, rest.len()), (4, 0));
+    // An unknown name, or any failed lookup: host unreachable (0x04), then
+    // close.
+    for got in [&nx.got, &broken.got] {
+        let (rep, _, rest) = socks_reply(got);
+        assert_eq!((rep, rest.len()), (4, 0));
+    }
     let (rep, _, body) = socks_reply(&lit.got);
     assert_eq!(rep, 0);
     assert!(body == pattern(1000));
-    assert_eq!(calls.get(), 2);
-    assert_eq!(t.svc.lookup_counters().started, 2);
+    assert_eq!(calls.get(), 3);
+    assert_eq!(t.svc.lookup_counters().started, 3);
 }
 
 #[test]

@@ -1200,7 +1200,15 @@ fn pump_discard(stack: &mut Stack, h: TcpHandle, scratch: &mut [u8]) -> Pump {
 /// queue the reply saying why not.
 fn socks_connect(stack: &mut Stack, s: &mut SocksSession, addrs: LookupResult) {
     match addrs {
-        Err(e) => s.socks.handle_connect_failed(ReplyCode::from(e.kind())),
+        // The lookup failed. RFC 1928 has no code for a name that does not
+        // resolve; host unreachable is the usual one. getaddrinfo's errors
+        // carry no kind of their own, which would make them 01.
+        Err(e) => s
+            .socks
+            .handle_connect_failed(match ReplyCode::from(e.kind()) {
+                ReplyCode::GeneralFailure => ReplyCode::HostUnreachable,
+                code => code,
+            }),
         Ok(addrs) => match connect_any(stack, &addrs) {
             Ok((up, _)) => s.upstream = Some(up),
             Err(None) => s.socks.handle_connect_failed(ReplyCode::HostUnreachable),
