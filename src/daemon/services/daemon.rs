@@ -9,7 +9,7 @@
 //! (back-pressure).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 
 use std::os::unix::io::RawFd;
 
@@ -93,17 +93,6 @@ pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
         .iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
-}
-
-/// Resolve `host:port` to an address of a family the stack has (`v4`,
-/// `v6`). Literals need no lookup; names use the host's resolver.
-pub fn resolve(host: &str, port: u16, v4: bool, v6: bool) -> Option<SocketAddr> {
-    let fits = |a: &SocketAddr| (a.is_ipv4() && v4) || (a.is_ipv6() && v6);
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port)).filter(fits);
-    }
-    (host, port).to_socket_addrs().ok()?.find(fits)
 }
 
 /// A fetch on behalf of a control client.

@@ -45,7 +45,7 @@ use crate::{Duration, Instant};
 
 use crate::daemon::resolver::ResolverPool;
 pub use daemon::{
-    counter_map, port_entries, resolve, ControlSink, DaemonServices, ForwardSpec, ServiceSpec,
+    counter_map, port_entries, ControlSink, DaemonServices, ForwardSpec, ServiceSpec,
 };
 use fetch::{FetchConn, FetchQueue};
 pub use fetch::{FetchError, FetchEvent, FetchId, MAX_QUEUED_BODY};
