@@ -480,8 +480,12 @@ impl Stack {
                     self.ingress(id, packet);
                     // This segment moved a closed connection into TIME-WAIT
                     // and its socket is gone, with smoltcp's (delayed) ACK
-                    // of it unsent: send that ACK from the record.
-                    if self.table.lookup(&key) == Lookup::TimeWait && !seg.rst {
+                    // of it unsent: send that ACK from the record. (While
+                    // the socket lives there is no record to look for.)
+                    if !seg.rst
+                        && self.sockets.get(id).is_none()
+                        && self.table.lookup(&key) == Lookup::TimeWait
+                    {
                         self.time_wait_ack(&key, &seg);
                     }
                 }
