@@ -660,6 +660,18 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         })
     }
 
+    /// Hand a live flow to a new owner (the same socket, say, with more
+    /// for the caller to keep with it). False if `key` is not live.
+    pub fn set_owner(&mut self, key: &FlowKey, owner: H) -> bool {
+        match self.flows.get_mut(key) {
+            Some(FlowState::Live(h)) => {
+                *h = owner;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The owner of a live flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Option<H> {
         match self.flows.get(key) {

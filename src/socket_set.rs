@@ -34,6 +34,41 @@ pub struct SocketId {
     generation: u32,
 }
 
+/// What the port table holds for a socket: its id and, for a TCP
+/// connection, where its smoltcp socket lies in memory. The demux reads
+/// the owner with the flow, so it can start loading the socket while the
+/// slab slot is still on its way from memory, instead of after it. The
+/// address is a prefetch hint only, never dereferenced.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The socket.
+    pub id: SocketId,
+    hint: usize,
+}
+
+impl Owner {
+    /// The owner `id`, with no hint (listeners, UDP sockets, and a
+    /// connection until its socket exists).
+    pub fn of(id: SocketId) -> Owner {
+        Owner { id, hint: 0 }
+    }
+
+    /// The owner `id` whose smoltcp TCP socket lies at `addr`.
+    pub(crate) fn with_socket(id: SocketId, addr: usize) -> Owner {
+        Owner { id, hint: addr }
+    }
+
+    /// Start loading every line of the owner's smoltcp TCP socket.
+    #[inline]
+    pub fn prefetch_socket(&self) {
+        if self.hint != 0 {
+            for off in (0..std::mem::size_of::<tcp::Socket<'static>>()).step_by(64) {
+                prefetch(self.hint + off);
+            }
+        }
+    }
+}
+
 /// A slab of values addressed by [`SocketId`].
 pub struct Slab<T> {
     slots: Vec<(u32, Option<T>)>,
@@ -155,10 +190,8 @@ pub struct TcpConn {
     pub set: SocketSet<'static>,
     /// The socket's handle inside `set`.
     pub handle: SocketHandle,
-    /// Where the smoltcp socket lies in memory, for [`prefetch`](Self::prefetch)
+    /// Where the receive ring starts, for [`prefetch`](Self::prefetch)
     /// only (never dereferenced).
-    pub socket_addr: usize,
-    /// Where the receive ring starts, likewise.
     pub rx_addr: usize,
     /// Its 4-tuple.
     pub key: FlowKey,
@@ -292,16 +325,12 @@ impl TcpConn {
         }
     }
 
-    /// Start loading what a segment at `seq` will touch: every line of
-    /// the smoltcp socket, and the receive-ring lines its payload lands in
-    /// (`rx_len`: the ring's size). At many connections these are cache
-    /// misses; issued together they overlap instead of following one
-    /// another as smoltcp walks from the socket to its ring.
+    /// Start loading the receive-ring lines a segment at `seq` will land
+    /// in (`rx_len`: the ring's size), before smoltcp gets there: with
+    /// many connections it is a cache miss, which then overlaps the
+    /// socket's own (see [`Owner::prefetch_socket`]).
     #[inline]
     pub fn prefetch(&self, seq: u32, rx_len: usize) {
-        for off in (0..std::mem::size_of::<tcp::Socket<'static>>()).step_by(64) {
-            prefetch(self.socket_addr + off);
-        }
         // smoltcp's receive ring starts at offset 0 and its read position
         // advances by what the application reads, so in-order data from
         // the peer's ISN + 1 lands at (seq - ISN - 1) modulo the ring size.

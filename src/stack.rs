@@ -33,7 +33,9 @@ use crate::error::{
 };
 use crate::port_table::{self, FlowKey, Lookup, PortTable, PortTableConfig, Protocol};
 use crate::rng::{Rng, SeededRng};
-use crate::socket_set::{Listener, Phase, Slab, Socket, SocketId, TcpConn, TimerQueue, UdpSock};
+use crate::socket_set::{
+    Listener, Owner, Phase, Slab, Socket, SocketId, TcpConn, TimerQueue, UdpSock,
+};
 
 pub use smoltcp::socket::tcp::State as TcpState;
 
@@ -279,7 +281,7 @@ pub struct Stack {
     tx: VecDeque<Vec<u8>>,
     mtu: usize,
     addrs: Vec<IpCidr>,
-    table: PortTable<SocketId>,
+    table: PortTable<Owner>,
     sockets: Slab<Socket>,
     dirty: Vec<SocketId>,
     timers: TimerQueue,
@@ -445,7 +447,10 @@ impl Stack {
         }
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
-                Lookup::Flow(id) => {
+                Lookup::Flow(owner) => {
+                    // The socket's lines load while the slot does.
+                    owner.prefetch_socket();
+                    let id = owner.id;
                     if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
                         c.prefetch(seg.seq, self.config.tcp_rx_buffer);
                     }
@@ -492,7 +497,11 @@ impl Stack {
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
                 no_flow => self.tcp_without_flow(no_flow, &key, &seg, packet),
             },
-            Class::Udp { key } => match self.table.lookup_bound(Protocol::Udp, key.local) {
+            Class::Udp { key } => match self
+                .table
+                .lookup_bound(Protocol::Udp, key.local)
+                .map(|o| o.id)
+            {
                 Some(id) => self.ingress(id, packet),
                 None => {
                     self.counters.udp_no_port += 1;
@@ -578,7 +587,7 @@ impl Stack {
     }
 
     /// The port table (read-only), for inspection.
-    pub fn port_table(&self) -> &PortTable<SocketId> {
+    pub fn port_table(&self) -> &PortTable<Owner> {
         &self.table
     }
 
@@ -603,7 +612,7 @@ impl Stack {
         let id = self.sockets.next_id();
         let bound = self
             .table
-            .bind(Protocol::Tcp, local, id, &mut self.rng)
+            .bind(Protocol::Tcp, local, Owner::of(id), &mut self.rng)
             .map_err(|_| ListenError::AddrInUse)?;
         let got = self.sockets.insert(Socket::Listener(Listener {
             local: bound,
@@ -719,11 +728,16 @@ impl Stack {
         }
         let id = self.sockets.next_id();
         let key = if local.port() == 0 {
-            self.table
-                .allocate(Protocol::Tcp, local.ip(), remote, id, &mut self.rng)
+            self.table.allocate(
+                Protocol::Tcp,
+                local.ip(),
+                remote,
+                Owner::of(id),
+                &mut self.rng,
+            )
         } else {
             let key = FlowKey::new(Protocol::Tcp, local, remote);
-            self.table.insert(key, id).map(|_| key)
+            self.table.insert(key, Owner::of(id)).map(|_| key)
         }
         .map_err(|_| ConnectError::AddrNotAvailable)?;
 
@@ -889,7 +903,7 @@ impl Stack {
         let id = self.sockets.next_id();
         let bound = self
             .table
-            .bind(Protocol::Udp, local, id, &mut self.rng)
+            .bind(Protocol::Udp, local, Owner::of(id), &mut self.rng)
             .map_err(|_| BindError::AddrInUse)?;
         let n = self.config.udp_packets;
         let payload = n * self.mtu.min(2048);
@@ -1056,7 +1070,7 @@ impl Stack {
                 Socket::Tcp(c) => {
                     if c.registered {
                         live += 1;
-                        if self.table.flow(&c.key) != Some(id) {
+                        if self.table.flow(&c.key).map(|o| o.id) != Some(id) {
                             return Err(format!("{:?} registered but not in the table", c.key));
                         }
                     }
@@ -1073,12 +1087,22 @@ impl Stack {
                     if l.queue.len() > l.backlog {
                         return Err(format!("accept queue {} over backlog", l.queue.len()));
                     }
-                    if self.table.lookup_bound(Protocol::Tcp, l.local) != Some(id) {
+                    if self
+                        .table
+                        .lookup_bound(Protocol::Tcp, l.local)
+                        .map(|o| o.id)
+                        != Some(id)
+                    {
                         return Err(format!("listener {} not bound", l.local));
                     }
                 }
                 Socket::Udp(u) => {
-                    if self.table.lookup_bound(Protocol::Udp, u.local) != Some(id) {
+                    if self
+                        .table
+                        .lookup_bound(Protocol::Udp, u.local)
+                        .map(|o| o.id)
+                        != Some(id)
+                    {
                         return Err(format!("UDP socket {} not bound", u.local));
                     }
                 }
@@ -1173,13 +1197,16 @@ impl Stack {
         let state = socket.state();
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
-        // The socket lives in the set's heap storage, which never moves.
+        // The socket lives in the set's heap storage, which never moves:
+        // the port table keeps its address with the flow.
         let socket_addr = set.get::<tcp::Socket>(handle) as *const _ as usize;
+        let id = self.sockets.next_id();
+        self.table
+            .set_owner(&key, Owner::with_socket(id, socket_addr));
         let rx_addr = chunk.addr();
         self.sockets.insert(Socket::Tcp(TcpConn {
             set,
             handle,
-            socket_addr,
             rx_addr,
             key,
             registered: true,
@@ -1710,7 +1737,7 @@ impl Stack {
             .expect("listening on a non-zero port of ours");
         let id = self.sockets.next_id();
         self.table
-            .insert(key, id)
+            .insert(key, Owner::of(id))
             .expect("lookup found no flow for this 4-tuple");
         let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l));
         debug_assert_eq!(got, id);
@@ -1791,14 +1818,14 @@ impl Stack {
     /// connection; anything else is refused with RST (never for a RST).
     fn tcp_without_flow(
         &mut self,
-        found: Lookup<SocketId>,
+        found: Lookup<Owner>,
         key: &FlowKey,
         seg: &TcpSeg,
         packet: &[u8],
     ) {
         match found {
             Lookup::Bound(l) if seg.is_initial_syn() => {
-                self.syn_to_listener(l, *key, seg.seq, packet)
+                self.syn_to_listener(l.id, *key, seg.seq, packet)
             }
             _ => {
                 if seg.is_initial_syn() {
@@ -1952,7 +1979,7 @@ impl Stack {
             return;
         }
         if key.proto == Protocol::Udp {
-            if let Some(id) = self.table.lookup_bound(Protocol::Udp, key.local) {
+            if let Some(Owner { id, .. }) = self.table.lookup_bound(Protocol::Udp, key.local) {
                 if let Some(Socket::Udp(u)) = self.sockets.get_mut(id) {
                     u.refused = true;
                     if !u.event_queued {
@@ -1963,7 +1990,7 @@ impl Stack {
             }
             return;
         }
-        let Some(id) = self.table.flow(key) else {
+        let Some(Owner { id, .. }) = self.table.flow(key) else {
             return;
         };
         let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) else {

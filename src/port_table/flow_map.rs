@@ -246,6 +246,14 @@ impl<V> FlowMap<V> {
         }
     }
 
+    /// The state of `key`'s flow, mutably.
+    pub(super) fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
+        match pack(key) {
+            Packed::V4(k) => self.v4.get_mut(&k),
+            Packed::V6(k) => self.v6.get_mut(&k),
+        }
+    }
+
     /// Set `key`'s state, returning the one it replaces.
     pub(super) fn insert(&mut self, key: &FlowKey, value: V) -> Option<V> {
         match pack(key) {
