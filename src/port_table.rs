@@ -1035,6 +1035,22 @@ mod tests {
     }
 
     #[test]
+    fn set_owner_changes_live_flows_only() {
+        let (mut t, _) = table(49152..=65535, 60);
+        let key = FlowKey::new(Protocol::Tcp, sa("10.0.0.1:80"), sa("10.0.0.9:5555"));
+        assert!(!t.set_owner(&key, 7), "no such flow");
+        t.insert(key, 2).unwrap();
+        assert!(t.set_owner(&key, 7));
+        assert_eq!(t.lookup(&key), Lookup::Flow(7));
+        assert_eq!(t.release(&key), Some(7));
+        t.insert(key, 2).unwrap();
+        t.enter_time_wait(&key, Duration::from_secs(1));
+        assert!(!t.set_owner(&key, 8), "TIME-WAIT has no owner");
+        assert_eq!(t.lookup(&key), Lookup::TimeWait);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
     fn lookup_prefers_flow_then_exact_then_wildcard() {
         let (mut t, mut rng) = table(49152..=65535, 60);
         let tcp = Protocol::Tcp;
