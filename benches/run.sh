@@ -15,9 +15,14 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=$CARGO_TARGET_DIR/ephemera-bench
 mkdir -p "$OUT"
 
+# The memory hierarchy's state before and after (a VM shares its
+# last-level cache with other tenants): the report prints it.
+probe() { cargo bench --bench cache_probe | sed -n "s/^\([0-9]\)/$1\t\1/p"; }
+probe before > "$OUT/probe.tsv"
 cargo bench --bench segment --bench port_table
 cargo bench --bench memory > "$OUT/memory.tsv"
 cargo bench --bench outbound | sed -n '/^## Outbound scale/,$p' > "$OUT/outbound.md"
+probe after >> "$OUT/probe.tsv"
 if [ "${E2E:-0}" = 1 ]; then
     cargo build --release --bin ephemera
     bash benches/e2e.sh "$CARGO_TARGET_DIR/release/ephemera" > "$OUT/e2e.tsv"
@@ -29,6 +34,6 @@ cmd="benches/run.sh"
 REPORT_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') REPORT_COMMAND="$cmd" \
     cargo run --release --example perf_report -- \
     "$CARGO_TARGET_DIR/criterion" "$OUT/memory.tsv" "$OUT/e2e.tsv" \
-    docs/performance.md docs/perf-segment.svg
+    docs/performance.md docs/perf-segment.svg "$OUT/probe.tsv"
 # The outbound-scale section prints its own markdown.
 cat "$OUT/outbound.md" >> docs/performance.md

@@ -144,11 +144,40 @@ fn svg(eph: &[Option<Est>], stock: &[Option<Est>]) -> String {
     s
 }
 
+/// The memory hierarchy's state around the run, from `cache_probe` rows
+/// `when<TAB>MB<TAB>ns`.
+fn probe_line(path: &Path) -> Option<String> {
+    let t = fs::read_to_string(path).ok()?;
+    let cell = |when: &str| -> Option<String> {
+        let rows: Vec<String> = t
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f.len() == 3 && f[0] == when).then(|| format!("{} ns over {} MB", f[2], f[1]))
+            })
+            .collect();
+        (!rows.is_empty()).then(|| rows.join(", "))
+    };
+    Some(format!(
+        "Memory hierarchy (`benches/cache_probe.rs`, one dependent load at a time through a \
+         random cycle; a last-level cache that holds 4 MB answers in tens of ns): before the \
+         micro-benchmarks {}; after them {}.",
+        cell("before")?,
+        cell("after")?
+    ))
+}
+
 fn main() {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let [crit, mem, e2e, out_md, out_svg] = &args[..] else {
-        eprintln!("usage: perf_report CRITERION_DIR MEMORY_TSV E2E_TSV OUT_MD OUT_SVG");
-        std::process::exit(2);
+    let (crit, mem, e2e, out_md, out_svg, probe) = match &args[..] {
+        [c, m, e, o, s] => (c, m, e, o, s, None),
+        [c, m, e, o, s, p] => (c, m, e, o, s, Some(p)),
+        _ => {
+            eprintln!(
+                "usage: perf_report CRITERION_DIR MEMORY_TSV E2E_TSV OUT_MD OUT_SVG [PROBE_TSV]"
+            );
+            std::process::exit(2);
+        }
     };
     let date = std::env::var("REPORT_DATE").unwrap_or_else(|_| "unknown".into());
     let command = std::env::var("REPORT_COMMAND").unwrap_or_else(|_| "benches/run.sh".into());
@@ -172,6 +201,9 @@ fn main() {
          Do not edit by hand: rerun the command.\n",
         cpu_model()
     );
+    if let Some(line) = probe.and_then(|p| probe_line(p)) {
+        let _ = writeln!(w, "{line}\n");
+    }
     let _ = writeln!(
         w,
         "Times are criterion medians with the 95 % confidence interval of the mean in \
