@@ -35,36 +35,50 @@ pub struct SocketId {
 }
 
 /// What the port table holds for a socket: its id and, for a TCP
-/// connection, where its smoltcp socket lies in memory. The demux reads
-/// the owner with the flow, so it can start loading the socket while the
-/// slab slot is still on its way from memory, instead of after it. The
-/// address is a prefetch hint only, never dereferenced.
+/// connection, where the memory a segment will touch lies: its smoltcp
+/// socket and receive ring. The demux reads the owner with the flow, so it
+/// can start loading all of it at once, while the slab slot is still on
+/// its way from memory, instead of one after the other. The addresses are
+/// prefetch hints only, never dereferenced.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// The socket.
     pub id: SocketId,
-    hint: usize,
+    socket: usize,
+    rx: usize,
+    /// The sequence number stored at the ring's offset 0: the peer's
+    /// ISN + 1 (`rx` is 0 until the ISN is known).
+    rx_seq: u32,
 }
 
 impl Owner {
-    /// The owner `id`, with no hint (listeners, UDP sockets, and a
+    /// The owner `id`, with no hints (listeners, UDP sockets, and a
     /// connection until its socket exists).
     pub fn of(id: SocketId) -> Owner {
-        Owner { id, hint: 0 }
+        Owner {
+            id,
+            socket: 0,
+            rx: 0,
+            rx_seq: 0,
+        }
     }
 
-    /// The owner `id` whose smoltcp TCP socket lies at `addr`.
-    pub(crate) fn with_socket(id: SocketId, addr: usize) -> Owner {
-        Owner { id, hint: addr }
-    }
-
-    /// Start loading every line of the owner's smoltcp TCP socket.
+    /// Start loading what a segment at `seq` for this owner will touch:
+    /// every line of its smoltcp socket, and the receive-ring lines the
+    /// payload lands in (`rx_len`: the ring's size). smoltcp's ring starts
+    /// at offset 0 and its read position advances by what the application
+    /// reads, so in-order data lands at (seq − ISN − 1) mod ring size.
     #[inline]
-    pub fn prefetch_socket(&self) {
-        if self.hint != 0 {
+    pub fn prefetch(&self, seq: u32, rx_len: usize) {
+        if self.socket != 0 {
             for off in (0..std::mem::size_of::<tcp::Socket<'static>>()).step_by(64) {
-                prefetch(self.hint + off);
+                prefetch(self.socket + off);
             }
+        }
+        if self.rx != 0 && rx_len > 0 {
+            let at = seq.wrapping_sub(self.rx_seq) as usize % rx_len;
+            prefetch(self.rx + at);
+            prefetch(self.rx + (at + 64) % rx_len);
         }
     }
 }
@@ -190,8 +204,10 @@ pub struct TcpConn {
     pub set: SocketSet<'static>,
     /// The socket's handle inside `set`.
     pub handle: SocketHandle,
-    /// Where the receive ring starts, for [`prefetch`](Self::prefetch)
-    /// only (never dereferenced).
+    /// Where the smoltcp socket lies (in the set's heap storage, which
+    /// never moves), for [`Owner`] only.
+    pub socket_addr: usize,
+    /// Where the receive ring starts, likewise.
     pub rx_addr: usize,
     /// Its 4-tuple.
     pub key: FlowKey,
@@ -325,19 +341,17 @@ impl TcpConn {
         }
     }
 
-    /// Start loading the receive-ring lines a segment at `seq` will land
-    /// in (`rx_len`: the ring's size), before smoltcp gets there: with
-    /// many connections it is a cache miss, which then overlaps the
-    /// socket's own (see [`Owner::prefetch_socket`]).
-    #[inline]
-    pub fn prefetch(&self, seq: u32, rx_len: usize) {
-        // smoltcp's receive ring starts at offset 0 and its read position
-        // advances by what the application reads, so in-order data from
-        // the peer's ISN + 1 lands at (seq - ISN - 1) modulo the ring size.
-        if let (Some(isn), true) = (self.peer_isn, rx_len > 0) {
-            let at = seq.wrapping_sub(isn.wrapping_add(1)) as usize % rx_len;
-            prefetch(self.rx_addr + at);
-            prefetch(self.rx_addr + (at + 64) % rx_len);
+    /// What the port table should hold for this connection, slot `id`.
+    pub fn owner(&self, id: SocketId) -> Owner {
+        let (rx, rx_seq) = match self.peer_isn {
+            Some(isn) => (self.rx_addr, isn.wrapping_add(1)),
+            None => (0, 0),
+        };
+        Owner {
+            id,
+            socket: self.socket_addr,
+            rx,
+            rx_seq,
         }
     }
 

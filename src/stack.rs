@@ -448,18 +448,16 @@ impl Stack {
         match class {
             Class::Tcp { key, seg } => match self.table.lookup(&key) {
                 Lookup::Flow(owner) => {
-                    // The socket's lines load while the slot does.
-                    owner.prefetch_socket();
+                    // The socket and ring lines load while the slot does.
+                    owner.prefetch(seg.seq, self.config.tcp_rx_buffer);
                     let id = owner.id;
-                    if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
-                        c.prefetch(seg.seq, self.config.tcp_rx_buffer);
-                    }
                     if (seg.syn || seg.rst) && self.challenge(id, &key, &seg) {
                         return;
                     }
                     let mut strip_fin = false;
                     if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
                         strip_fin = seg.fin && c.fin_beyond_window(seg.seq, seg.len);
+                        let knew_isn = c.peer_isn.is_some();
                         c.note_segment(
                             seg.seq,
                             seg.len,
@@ -467,6 +465,10 @@ impl Stack {
                             seg.fin && !strip_fin,
                             seg.ack.then_some(seg.ack_number),
                         );
+                        // The peer's ISN places its data in the ring.
+                        if !knew_isn && c.peer_isn.is_some() {
+                            self.table.set_owner(&key, c.owner(id));
+                        }
                     }
                     // smoltcp 0.14 accepts the FIN of a segment it trims to
                     // the receive window, ending the stream before the data
@@ -1197,16 +1199,13 @@ impl Stack {
         let state = socket.state();
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(socket);
-        // The socket lives in the set's heap storage, which never moves:
-        // the port table keeps its address with the flow.
+        // The socket lives in the set's heap storage, which never moves.
         let socket_addr = set.get::<tcp::Socket>(handle) as *const _ as usize;
-        let id = self.sockets.next_id();
-        self.table
-            .set_owner(&key, Owner::with_socket(id, socket_addr));
         let rx_addr = chunk.addr();
-        self.sockets.insert(Socket::Tcp(TcpConn {
+        let id = self.sockets.insert(Socket::Tcp(TcpConn {
             set,
             handle,
+            socket_addr,
             rx_addr,
             key,
             registered: true,
@@ -1230,7 +1229,12 @@ impl Stack {
             idle_since: None,
             shrunk: false,
             chunk: Some(chunk),
-        }))
+        }));
+        // The port table keeps where its memory lies with the flow.
+        if let Some(Socket::Tcp(c)) = self.sockets.get(id) {
+            self.table.set_owner(&key, c.owner(id));
+        }
+        id
     }
 
     fn conn(&self, h: TcpHandle) -> Option<&TcpConn> {
@@ -1744,6 +1748,7 @@ impl Stack {
         if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
             c.peer_isn = Some(isn);
             c.peer_next = isn.wrapping_add(1);
+            self.table.set_owner(&key, c.owner(id));
         }
         if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
             listener.half_open_order.push_back(id);
