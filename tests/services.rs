@@ -66,6 +66,22 @@ fn trio(seed: u64, cfg: ServicesConfig) -> Trio {
 }
 
 impl Trio {
+    /// Step until `done`, pumping client `c` on stack 0 and `origin` on
+    /// stack 2 (a client of a SOCKS proxy or port forward, and the server
+    /// behind it).
+    fn relay(
+        &mut self,
+        c: &mut Client,
+        origin: &mut Origin,
+        mut done: impl FnMut(&Client, &Origin, &mut Network) -> bool,
+    ) {
+        self.run(|n, _| {
+            c.pump(n.stack(0));
+            origin.pump(n.stack(2));
+            done(c, origin, n)
+        });
+    }
+
     /// Step the network, letting the services react after every step,
     /// until `done` holds.
     fn run(&mut self, mut done: impl FnMut(&mut Network, &mut Services) -> bool) {
@@ -587,9 +603,7 @@ fn socks_connect_fetches_bytes_exactly_from_an_ephemeral_port_of_ephemeras_table
     c.write(&socks_connect_ipv4(sa("10.0.0.3:8000")));
     c.write(b"request bytes sent with the handshake");
     c.finish();
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
+    t.relay(&mut c, &mut origin, |c, origin, _| {
         c.eof && origin.conns.first().is_some_and(|o| o.eof)
     });
     let (rep, bound, body) = socks_reply(&c.got);
@@ -734,22 +748,14 @@ fn forward_relays_both_ways_and_propagates_half_close() {
     let mut c = Client::connect(t.net.stack(0), "10.0.0.2:8080");
     let data = pattern(250_000);
     c.write(&data);
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        c.got.len() == data.len()
-    });
+    t.relay(&mut c, &mut origin, |c, _, _| c.got.len() == data.len());
     // Everything echoed, and no FIN yet: the client has not closed.
     assert!(c.got == data);
     assert!(!c.eof && !origin.conns[0].eof);
     assert!(in_ephemeral_range(origin.conns[0].peer));
     // Client FIN -> origin sees EOF -> origin closes -> client sees EOF.
     c.finish();
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        c.eof
-    });
+    t.relay(&mut c, &mut origin, |c, _, _| c.eof);
     assert!(origin.conns[0].eof && origin.conns[0].got == data);
     assert_eq!(c.error, None);
     t.run(|_, svc| svc.connection_count() == 0);
@@ -771,11 +777,7 @@ fn forward_reset_on_one_side_aborts_the_other() {
     let mut origin = Origin::listen(t.net.stack(2), 7000, Mode::Echo);
     let mut c = Client::connect(t.net.stack(0), "10.0.0.2:8080");
     c.write(b"ping");
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        c.got == b"ping"
-    });
+    t.relay(&mut c, &mut origin, |c, _, _| c.got == b"ping");
     let h = origin.conns[0].h;
     t.net.stack(2).abort(h);
     origin.conns[0].closed = true;
@@ -818,9 +820,7 @@ fn forward_respects_back_pressure() {
     let mut c = Client::connect(t.net.stack(0), "10.0.0.2:8080");
     let data = pattern(2_000_000);
     c.write(&data);
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
+    t.relay(&mut c, &mut origin, |_, _, n| {
         n.now() > Instant::from_millis(5000)
     });
     // Nothing reads at the origin: the relay holds at most one chunk, so
@@ -830,11 +830,7 @@ fn forward_respects_back_pressure() {
     assert!(c.sent > 64 * 1024);
     origin.reading = true;
     c.finish();
-    t.run(|n, _| {
-        c.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        origin.conns[0].eof
-    });
+    t.relay(&mut c, &mut origin, |_, origin, _| origin.conns[0].eof);
     assert!(origin.conns[0].got == data);
 }
 
@@ -986,11 +982,7 @@ fn a_stuck_lookup_stalls_no_other_client_and_socks_completes_once_it_answers() {
     open.send(()).unwrap();
     let fd = t.svc.wake_fd().expect("the pool has started");
     assert!(wait_readable(fd, Some(limit)).unwrap());
-    t.run(|n, _| {
-        proxied.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        proxied.eof
-    });
+    t.relay(&mut proxied, &mut origin, |proxied, _, _| proxied.eof);
     let (rep, bound, body) = socks_reply(&proxied.got);
     assert_eq!(rep, 0);
     assert!(body == pattern(30_000));
@@ -1216,11 +1208,7 @@ fn lookups_are_bounded_and_time_limited() {
         held.asked().len() == 3
     });
     held.answer("e.test", Some(ORIGIN));
-    t.run(|n, _| {
-        e.pump(n.stack(0));
-        origin.pump(n.stack(2));
-        e.eof
-    });
+    t.relay(&mut e, &mut origin, |e, _, _| e.eof);
     let (rep, _, body) = socks_reply(&e.got);
     assert_eq!(rep, 0);
     assert!(body == pattern(1000));
