@@ -143,6 +143,31 @@ impl Netns {
         self.dir.join(name)
     }
 
+    /// `curl -sS --max-time SECS args… URL` in the namespace, saving the
+    /// body to the scratch file `what`; the body, once curl has succeeded
+    /// (a failure names `what` and shows `daemon`'s log).
+    fn curl_body(&self, what: &str, secs: u32, args: &[&str], daemon: &Daemon) -> Vec<u8> {
+        let got = self.path(what);
+        let secs = secs.to_string();
+        let mut all = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            &secs,
+            "-o",
+            got.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            text(&out.stderr),
+            daemon.log()
+        );
+        std::fs::read(&got).unwrap()
+    }
+
     /// Give what `ip netns exec` runs here its own `/etc/FILE`:
     /// `ip netns exec` bind-mounts `/etc/netns/NS/FILE` over it (the host's
     /// file is untouched, and ours is removed on drop). Returns whether the
@@ -462,49 +487,20 @@ fn socks5_forward_and_fetch_download_byte_exact_from_ephemeras_port_range() {
         ("--socks5-hostname", "socks-hostname"),
         ("--socks5", "socks-ipv4"),
     ] {
-        let got = ns.path(name);
-        let out = ns.run(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            flag,
-            "10.7.0.2:1080",
-            "-o",
-            got.to_str().unwrap(),
-            &format!("http://10.7.0.1:8000/file?{name}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{name}: {}\n{}",
-            text(&out.stderr),
-            daemon.log()
-        );
-        assert!(std::fs::read(&got).unwrap() == data, "{name}: body differs");
+        let url = format!("http://10.7.0.1:8000/file?{name}");
+        let body = ns.curl_body(name, 20, &[flag, "10.7.0.2:1080", &url], &daemon);
+        assert!(body == data, "{name}: body differs");
         check_source(name, &server_clients(&log, &format!("/file?{name}")));
     }
 
     // The port forward.
-    let got = ns.path("forwarded");
-    let out = ns.run(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "20",
-        "-o",
-        got.to_str().unwrap(),
-        "http://10.7.0.2:8080/file?forward",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        daemon.log()
+    let body = ns.curl_body(
+        "forward",
+        20,
+        &["http://10.7.0.2:8080/file?forward"],
+        &daemon,
     );
-    assert!(
-        std::fs::read(&got).unwrap() == data,
-        "forward: body differs"
-    );
+    assert!(body == data, "forward: body differs");
     check_source("forward", &server_clients(&log, "/file?forward"));
 
     // `ephemera fetch`: byte-exact, and the 4-tuple it reports is the one
@@ -593,26 +589,10 @@ fn a_routed_client_downloads_byte_exact_with_and_without_segmentation_offload() 
             daemon.log()
         );
         for (who, from) in [("routed", &client), ("local", &ns)] {
-            let got = ns.path(&format!("bytes-{offload}-{who}"));
-            let out = from.run(&[
-                "curl",
-                "-sS",
-                "--max-time",
-                "30",
-                "-o",
-                got.to_str().unwrap(),
-                &format!("http://10.7.0.2/bytes/{n}"),
-            ]);
-            assert!(
-                out.status.success(),
-                "offload {offload}, {who}: {}\n{}",
-                text(&out.stderr),
-                daemon.log()
-            );
-            assert!(
-                std::fs::read(&got).unwrap() == expected,
-                "offload {offload}, {who}: body differs"
-            );
+            let what = format!("offload-{offload}-{who}");
+            let url = format!("http://10.7.0.2/bytes/{n}");
+            let body = from.curl_body(&what, 30, &[&url], &daemon);
+            assert!(body == expected, "{what}: body differs");
         }
         let child = &mut ns.children[daemon.index];
         let _ = child.kill();
