@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use ephemera::daemon::http::{pattern_byte, ResponseParser, Url};
 use ephemera::daemon::resolver::ResolverPool;
 use ephemera::daemon::services::{
-    FetchError, FetchEvent, ForwardTarget, InlineResolver, LookupId, LookupResult, Resolver,
-    Services, ServicesConfig,
+    FetchError, FetchEvent, FetchId, ForwardTarget, InlineResolver, LookupId, LookupResult,
+    Resolver, Services, ServicesConfig,
 };
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::device::wait_readable;
@@ -836,18 +836,31 @@ fn forward_respects_back_pressure() {
 
 // ---- fetch -------------------------------------------------------------
 
+/// The built-in HTTP service on the origin (stack 2), port 8080.
+fn http_origin(t: &mut Trio) -> Services {
+    let config = ServicesConfig {
+        http: Some(8080),
+        ..Default::default()
+    };
+    Services::new(t.net.stack(2), config).unwrap()
+}
+
+/// What fetch `id` has produced so far: body octets onto `body`, every
+/// other event onto `events`.
+fn drain_fetch(svc: &mut Services, id: FetchId, events: &mut Vec<FetchEvent>, body: &mut Vec<u8>) {
+    while let Some(ev) = svc.poll_fetch(id) {
+        match ev {
+            FetchEvent::Body(b) => body.extend_from_slice(&b),
+            ev => events.push(ev),
+        }
+    }
+}
+
 #[test]
 fn fetch_of_a_megabyte_is_byte_exact_from_an_ephemeral_port() {
     let mut t = trio(50, ServicesConfig::default());
     // The origin runs the built-in HTTP service too.
-    let mut origin_svc = Services::new(
-        t.net.stack(2),
-        ServicesConfig {
-            http: Some(8080),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut origin_svc = http_origin(&mut t);
     let url = Url::parse("http://origin.test:8080/bytes/1000000").unwrap();
     let resolve = |name: &str, port: u16| -> io::Result<Vec<SocketAddr>> {
         assert_eq!(name, "origin.test");
@@ -863,12 +876,7 @@ fn fetch_of_a_megabyte_is_byte_exact_from_an_ephemeral_port() {
             let now = n.now();
             origin_svc.handle_events(n.stack(2), now);
             svc.handle_events(n.stack(1), now);
-            while let Some(ev) = svc.poll_fetch(id) {
-                match ev {
-                    FetchEvent::Body(b) => body.extend_from_slice(&b),
-                    ev => events.push(ev),
-                }
-            }
+            drain_fetch(svc, id, &mut events, &mut body);
             matches!(
                 events.last(),
                 Some(FetchEvent::Done | FetchEvent::Failed(_))
@@ -1001,14 +1009,7 @@ fn a_fetch_by_name_connects_once_its_lookup_answers() {
             ..Default::default()
         },
     );
-    let mut origin_svc = Services::new(
-        t.net.stack(2),
-        ServicesConfig {
-            http: Some(8080),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut origin_svc = http_origin(&mut t);
     let held = Held::default();
     t.svc.set_resolver(Box::new(held.clone()));
     let url = Url::parse("http://origin.test:8080/bytes/30000").unwrap();
@@ -1040,12 +1041,7 @@ fn a_fetch_by_name_connects_once_its_lookup_answers() {
             while let Some(ev) = svc.poll_fetch(nx) {
                 failed.push(ev);
             }
-            while let Some(ev) = svc.poll_fetch(id) {
-                match ev {
-                    FetchEvent::Body(b) => body.extend_from_slice(&b),
-                    ev => events.push(ev),
-                }
-            }
+            drain_fetch(svc, id, &mut events, &mut body);
             matches!(events.last(), Some(FetchEvent::Done)) && !failed.is_empty()
         })
         .unwrap();
