@@ -38,6 +38,23 @@ fn accept_all(
     out
 }
 
+/// Run the network until `count` connections have been accepted from
+/// the server's listener `l` (at most `steps` steps); those connections.
+fn accept_until(
+    net: &mut ephemera::device::virtual_link::Network,
+    l: ListenerHandle,
+    count: usize,
+    steps: u64,
+) -> Vec<TcpHandle> {
+    let mut accepted = Vec::new();
+    net.run_until(steps, |n| {
+        accepted.extend(accept_all(n, 1, l));
+        accepted.len() == count
+    })
+    .unwrap_or_else(|e| panic!("{} of {count} accepted: {e:?}", accepted.len()));
+    accepted
+}
+
 /// Listen on port 80 of the server, connect from the client, and return
 /// the listener and the client's and the server's end once accepted.
 fn one_connection(
@@ -45,12 +62,7 @@ fn one_connection(
 ) -> (ListenerHandle, TcpHandle, TcpHandle) {
     let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
     let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let mut server = Vec::new();
-    net.run_until(1000, |n| {
-        server.extend(accept_all(n, 1, l));
-        !server.is_empty()
-    })
-    .unwrap();
+    let server = accept_until(net, l, 1, 1000);
     (l, c, server[0])
 }
 
@@ -369,12 +381,7 @@ fn backlog_overflow_is_counted_and_the_listener_keeps_serving() {
     net.stack(1).check_invariants().unwrap();
 
     // Accept as they come: the SYN retransmissions of the others get in.
-    let mut accepted = Vec::new();
-    net.run_until(1_000_000, |n| {
-        accepted.extend(accept_all(n, 1, l));
-        accepted.len() == 10
-    })
-    .expect("all ten eventually served");
+    let accepted = accept_until(&mut net, l, 10, 1_000_000);
     let mut peers: Vec<_> = accepted
         .iter()
         .map(|&s| net.stack(1).peer_addr(s).unwrap())
@@ -617,12 +624,7 @@ fn a_burst_of_real_clients_beyond_the_backlog_all_get_in() {
     let clients: Vec<TcpHandle> = (0..200)
         .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
         .collect();
-    let mut accepted = Vec::new();
-    net.run_until(1_000_000, |n| {
-        accepted.extend(accept_all(n, 1, l));
-        accepted.len() == 200
-    })
-    .expect("all 200 accepted");
+    accept_until(&mut net, l, 200, 1_000_000);
     net.run_for(ephemera::Duration::from_millis(50), 100_000)
         .unwrap();
     for &c in &clients {
@@ -645,12 +647,7 @@ fn idle_connections_give_their_buffer_pages_back_and_keep_working() {
     let clients: Vec<TcpHandle> = (0..100)
         .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
         .collect();
-    let mut servers = Vec::new();
-    net.run_until(100_000, |n| {
-        servers.extend(accept_all(n, 1, l));
-        servers.len() == 100
-    })
-    .unwrap();
+    let servers = accept_until(&mut net, l, 100, 100_000);
     net.run_until(10_000, |n| {
         clients.iter().all(|&c| n.stack_ref(0).can_send(c))
     })
