@@ -758,7 +758,7 @@ impl Stack {
             self.table.release(&key);
             return Err(ConnectError::AddrNotAvailable);
         }
-        let got = self.insert_conn((socket, chunk), key, Phase::Owned);
+        let got = self.insert_conn((socket, chunk), key, Phase::Owned, None);
         debug_assert_eq!(got, id);
         self.counters.tcp_active_opens += 1;
         debug!("connect {} -> {}", key.local, key.remote);
@@ -1190,11 +1190,14 @@ impl Stack {
         self.buffers.resident_bytes()
     }
 
+    /// Put a new connection in the slab and tell the port table where its
+    /// memory lies; `peer_isn` is the peer's ISN when its SYN opened it.
     fn insert_conn(
         &mut self,
         (socket, chunk): (tcp::Socket<'static>, Chunk),
         key: FlowKey,
         phase: Phase,
+        peer_isn: Option<u32>,
     ) -> SocketId {
         let state = socket.state();
         let mut set = SocketSet::new(Vec::with_capacity(1));
@@ -1219,12 +1222,12 @@ impl Stack {
             progress_at: self.now,
             last_send_queue: 0,
             peer_ack: 0,
-            peer_next: 0,
+            peer_next: peer_isn.map_or(0, |isn| isn.wrapping_add(1)),
             ack_sent: None,
             fin_watch: None,
             orphan_since: None,
             challenged_at: None,
-            peer_isn: None,
+            peer_isn,
             rx_read: 0,
             idle_since: None,
             shrunk: false,
@@ -1743,13 +1746,8 @@ impl Stack {
         self.table
             .insert(key, Owner::of(id))
             .expect("lookup found no flow for this 4-tuple");
-        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l));
+        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(isn));
         debug_assert_eq!(got, id);
-        if let Some(Socket::Tcp(c)) = self.sockets.get_mut(id) {
-            c.peer_isn = Some(isn);
-            c.peer_next = isn.wrapping_add(1);
-            self.table.set_owner(&key, c.owner(id));
-        }
         if let Some(Socket::Listener(listener)) = self.sockets.get_mut(l) {
             listener.half_open_order.push_back(id);
             // Drop stale ids now and then, so the order stays within twice
