@@ -7,7 +7,8 @@
 //! configuring always needs it. Errors are the OS's, untouched: the daemon
 //! names the cause and the fix.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,7 +36,9 @@ enum Kind {
     Plain(Iface),
     /// Opened with `IFF_VNET_HDR`: every packet behind a virtio-net header,
     /// so writes may carry TCP segmentation offload ([`gso`]).
-    Offload { fd: OwnedFd, name: String },
+    /// The device as a `File`: its vectored reads and writes are
+    /// `readv(2)`/`writev(2)`, header and packet in one call.
+    Offload { file: File, name: String },
 }
 
 impl Tun {
@@ -94,7 +97,10 @@ impl Tun {
             .map(|&c| c as u8 as char)
             .collect();
         Ok(Tun {
-            kind: Kind::Offload { fd, name },
+            kind: Kind::Offload {
+                file: File::from(fd),
+                name,
+            },
         })
     }
 
@@ -115,7 +121,7 @@ impl Tun {
     pub fn raw_fd(&self) -> RawFd {
         match &self.kind {
             Kind::Plain(iface) => iface.as_raw_fd(),
-            Kind::Offload { fd, .. } => fd.as_raw_fd(),
+            Kind::Offload { file, .. } => file.as_raw_fd(),
         }
     }
 
@@ -124,11 +130,12 @@ impl Tun {
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.kind {
             Kind::Plain(iface) => iface.recv(buf),
-            Kind::Offload { fd, .. } => {
+            Kind::Offload { file, .. } => {
                 // The header says nothing we need: with no offload towards
                 // us, packets arrive whole and checksummed.
                 let mut hdr = [0u8; gso::VNET_HDR_LEN];
-                let n = readv(fd, &mut [&mut hdr[..], buf])?;
+                let n = (&*file)
+                    .read_vectored(&mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])?;
                 Ok(n.saturating_sub(gso::VNET_HDR_LEN))
             }
         }
@@ -138,9 +145,10 @@ impl Tun {
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.kind {
             Kind::Plain(iface) => iface.send(packet),
-            Kind::Offload { fd, .. } => {
+            Kind::Offload { file, .. } => {
                 let hdr = gso::VnetHdr::default().to_bytes();
-                Ok(writev(fd, &[&hdr[..], packet])?.saturating_sub(gso::VNET_HDR_LEN))
+                let n = (&*file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)])?;
+                Ok(n.saturating_sub(gso::VNET_HDR_LEN))
             }
         }
     }
@@ -158,48 +166,17 @@ impl Tun {
                     }
                 }
             }
-            Kind::Offload { fd, .. } => {
+            Kind::Offload { file, .. } => {
                 for (hdr, p) in gso::coalesce(batch) {
-                    if let Err(e) = writev(fd, &[&hdr.to_bytes()[..], &p]) {
+                    let hdr = hdr.to_bytes();
+                    if let Err(e) = (&*file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&p)])
+                    {
                         failed(p.len(), e);
                     }
                 }
             }
         }
     }
-}
-
-fn readv(fd: &OwnedFd, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: every iovec points into a live, writable buffer of its length.
-    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-fn writev(fd: &OwnedFd, bufs: &[&[u8]]) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: every iovec points into a live buffer of its length, which
-    // writev only reads.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
