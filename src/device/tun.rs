@@ -145,11 +145,7 @@ impl Tun {
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.kind {
             Kind::Plain(iface) => iface.send(packet),
-            Kind::Offload { file, .. } => {
-                let hdr = gso::VnetHdr::default().to_bytes();
-                let n = (&*file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)])?;
-                Ok(n.saturating_sub(gso::VNET_HDR_LEN))
-            }
+            Kind::Offload { file, .. } => write_with(file, gso::VnetHdr::default(), packet),
         }
     }
 
@@ -168,15 +164,21 @@ impl Tun {
             }
             Kind::Offload { file, .. } => {
                 for (hdr, p) in gso::coalesce(batch) {
-                    let hdr = hdr.to_bytes();
-                    if let Err(e) = (&*file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&p)])
-                    {
+                    if let Err(e) = write_with(file, hdr, &p) {
                         failed(p.len(), e);
                     }
                 }
             }
         }
     }
+}
+
+/// Write `packet` behind the virtio-net header `hdr` in one `writev(2)`;
+/// the packet octets written.
+fn write_with(file: &File, hdr: gso::VnetHdr, packet: &[u8]) -> io::Result<usize> {
+    let hdr = hdr.to_bytes();
+    let n = (&*file).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)])?;
+    Ok(n.saturating_sub(gso::VNET_HDR_LEN))
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
