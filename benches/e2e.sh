@@ -1,42 +1,106 @@
 #!/usr/bin/env bash
-# End to end over TUN (issue 6, second part), in network namespaces of its
-# own; never touches the root namespace's links or sends traffic outside
-# them. Needs root, curl, python3; ab (Debian: apache2-utils) for the
-# connection-rate rows; cargo for smoltcp's own example.
+# End to end over TUN against the kernel's ceilings, all in one run, in
+# network namespaces the script creates and deletes; it never touches the
+# root namespace's links or sends traffic outside its namespaces.
 #
 #   benches/e2e.sh [path/to/ephemera] > e2e.tsv
 #
-# stdout: rows "measurement<TAB>ephemera<TAB>smoltcp example<TAB>kernel",
-# "–" where a row does not measure that stack. Progress goes to stderr.
-# - bulk: `curl -o /dev/null http://10.7.0.2/bytes/N` from the kernel end of
-#   the TUN to `ephemera up`, at MTU 1500 and 65535; kernel ceiling: the same
-#   curl over a veth pair between two namespaces to `python3 -m http.server`
-#   serving an N-byte file.
-#   ephemera runs with its default TCP segmentation offload towards the
-#   kernel, and once more at MTU 1500 with --no-offload.
-# - smoltcp's example: smoltcp's own examples/benchmark.rs, built from the
-#   crate source cargo resolved for ephemera (so the same smoltcp version;
-#   the copy and its build live in $CARGO_TARGET_DIR/smoltcp-example, so a
-#   rerun does not rebuild), run as `benchmark --tun tun0 reader` at MTU
-#   1500 and 65535 (it takes the MTU from tun0): its smoltcp stack sends a
-#   fixed amount (1 GB in 0.14.0) over one TCP connection to a kernel
-#   thread of the same process reading it. It prints Gbps (1e9 bit/s); the
-#   cell converts to MB/s (1e6 bytes/s), the unit of the curl cells. Not HTTP and not ephemera's workload: see
-#   docs/performance-notes.md. If it cannot be built or run, its cell says
-#   "not measured (why)" and the other rows are still produced.
-# - rate: `ab -n REQS -c CONC` on /bytes/100, connections/s and p50/p99.
+# Needs root, iproute2, curl, nginx, iperf3, socat, ab (apache2-utils),
+# python3 (to read iperf3's and cargo's JSON), and cargo for smoltcp's own
+# example. Progress goes to stderr; stdout is the table perf_report reads:
+#
+#   meta<TAB>KEY<TAB>VALUE
+#   series<TAB>ID<TAB>UNIT<TAB>MEDIAN<TAB>MIN<TAB>MAX<TAB>SAMPLE SAMPLE ...
+#   missing<TAB>ID<TAB>WHY            (only smoltcp's example may be missing)
+#
+# Settings (environment):
+#   E2E_QUICK=1         CI's short mode: defaults become 1 run, 20 MB, 1000 requests,
+#                       and no smoltcp example (its build takes minutes)
+#   E2E_RUNS=5          samples per series; a series prints median, min and max
+#   E2E_BYTES=200000000 bytes per bulk transfer (download, upload, relay)
+#   E2E_REQUESTS=10000  requests per ab run
+#   E2E_CONCURRENCY=16  ab -c
+#   E2E_SMOLTCP=1       build and run smoltcp's example (0 in the short mode)
+#
+# Topology. ephemera: one namespace with `ephemera up` on tun0 (stack
+# 10.7.0.2, kernel end 10.7.0.1); every client and every kernel-side server
+# of its rows runs in that namespace on the kernel end, so each byte crosses
+# the TUN (twice for the relays). Kernel: two namespaces joined by a veth
+# pair, KA 10.8.0.1 and KB 10.8.0.2, MTU 1500 unless a row says 65535.
+# Servers are real ones: nginx from the distribution (one worker, sendfile
+# on, access log off, its config in a temp dir, listening on one address),
+# iperf3 -s, and socat with 1 MiB buffers (its 8 KiB default would cap it).
+#
+# Series (unit MB/s = 10^6 bytes/s unless noted; every client that can fail
+# is checked, and a failure ends the script with the reason):
+#   download.{eph,kernel}.{1500,65535}  curl GET of E2E_BYTES from ephemera's
+#       --http /bytes/N, or from nginx over veth (KA -> KB)
+#   download.eph.1500.no-offload        the same with ephemera --no-offload
+#   download.smoltcp.{1500,65535}       smoltcp's examples/benchmark.rs (below)
+#   iperf3.kernel.{up,down}.1500, iperf3.kernel.down.65535
+#                                       iperf3 single stream over veth, -n
+#                                       E2E_BYTES; "up" is client to server,
+#                                       "down" is -R; the receiver's rate
+#   upload.{eph,kernel}                 socat sends E2E_BYTES to ephemera's
+#       --discard, or to a socat sink over veth, then waits for the sink to
+#       close (which it does after the last byte); timed around the client
+#   relay.{eph,kernel}.{up,down}        iperf3 through ephemera --forward, or
+#       through a socat relay (TCP-LISTEN,fork -> TCP) in KA with client and
+#       server in KB
+#   socks.{eph,kernel}.{down,up}        curl GET of /bytes/N from nginx, and
+#       curl PUT of E2E_BYTES to nginx's /sink (return 204; nginx reads and
+#       discards the body), through ephemera --socks (--socks5-hostname) or
+#       through the same socat relay as above
+#   rate.{eph,kernel} (connections/s), p50.*, p99.* (ms)
+#                                       ab -n E2E_REQUESTS -c E2E_CONCURRENCY on
+#       /bytes/100, a new connection per request, against ephemera's --http
+#       and nginx over veth
+#
+# smoltcp's example: smoltcp's own examples/benchmark.rs, built from the
+# crate source cargo resolved for ephemera (so the same smoltcp version; the
+# copy and its build live in $CARGO_TARGET_DIR/smoltcp-example, so a rerun
+# does not rebuild), run as `benchmark --tun tun0 reader` at MTU 1500 and
+# 65535 (it takes the MTU from tun0): its smoltcp stack sends a fixed amount
+# (1 GB in 0.14.0) over one TCP connection to a kernel thread of the same
+# process. It prints Gbps; the series is in MB/s. Not HTTP and not
+# ephemera's workload: see docs/performance-notes.md. If it cannot be built
+# or run, its series is "missing" with the reason and the rest still runs.
 set -euo pipefail
+shopt -s inherit_errexit
 
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/ephemera}
-N=${E2E_BYTES:-200000000}
-REQS=${E2E_REQUESTS:-5000}
+if [ "${E2E_QUICK:-0}" = 1 ]; then
+    MODE=quick
+    RUNS=${E2E_RUNS:-1}
+    N=${E2E_BYTES:-20000000}
+    REQS=${E2E_REQUESTS:-1000}
+    SMOLTCP=${E2E_SMOLTCP:-0}
+else
+    MODE=full
+    RUNS=${E2E_RUNS:-5}
+    N=${E2E_BYTES:-200000000}
+    REQS=${E2E_REQUESTS:-10000}
+    SMOLTCP=${E2E_SMOLTCP:-1}
+fi
 CONC=${E2E_CONCURRENCY:-16}
+for v in RUNS N REQS CONC; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "e2e: $v must be a positive integer, not '${!v}'" >&2; exit 2; }
+done
 
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
     echo "SKIP: e2e needs root and iproute2" >&2
     exit 0
 fi
-[ -x "$BIN" ] || { echo "no ephemera binary at $BIN (cargo build --release)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "e2e: no ephemera binary at $BIN (cargo build --release)" >&2; exit 1; }
+missing=()
+for t in curl:curl nginx:nginx iperf3:iperf3 socat:socat ab:apache2-utils python3:python3; do
+    command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "e2e: missing ${missing[*]} (Debian: apt-get install --no-install-recommends ${missing[*]})" >&2
+    exit 1
+fi
+BIN=$(realpath "$BIN")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SMOL_DIR=$(realpath -m "${CARGO_TARGET_DIR:-$REPO/target}")/smoltcp-example
 
@@ -44,44 +108,241 @@ NS=eph-bench-$$
 KA=eph-bench-ka-$$
 KB=eph-bench-kb-$$
 SM=eph-bench-sm-$$
+VA=eph-a-$$
+VB=eph-b-$$
 TMP=$(mktemp -d)
+# nginx's worker drops to an unprivileged user and must read the files.
+chmod 755 "$TMP"
+mkdir -p "$TMP/samples"
 PIDS=()
+
+fail() {
+    echo "e2e: FAILED: $*" >&2
+    exit 1
+}
+
+# Every process the script starts lives in one of its namespaces, so the
+# namespaces' pid lists find them all, also the children of a forking socat
+# and nginx's worker.
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for n in "$NS" "$KA" "$KB" "$SM"; do ip netns del "$n" 2>/dev/null || true; done
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    set +e
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    local n pids
+    for n in "$NS" "$KA" "$KB" "$SM"; do
+        pids=$(ip netns pids "$n" 2>/dev/null)
+        [ -n "$pids" ] && kill $pids 2>/dev/null
+    done
+    for _ in $(seq 20); do
+        pids=
+        for n in "$NS" "$KA" "$KB" "$SM"; do pids+=$(ip netns pids "$n" 2>/dev/null); done
+        [ -z "$pids" ] && break
+        sleep 0.1
+    done
+    for n in "$NS" "$KA" "$KB" "$SM"; do
+        pids=$(ip netns pids "$n" 2>/dev/null)
+        [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+    done
+    wait 2>/dev/null
+    for n in "$NS" "$KA" "$KB" "$SM"; do
+        ip netns list | grep -qw "$n" && ip netns del "$n"
+    done
     rm -rf "$TMP"
+    exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-wait_http() { # ns url
+record() { # id value: one sample of a series
+    echo "$2" >> "$TMP/samples/$1"
+}
+mbps() { # bytes nanoseconds -> MB/s
+    awk -v b="$1" -v ns="$2" 'BEGIN {printf "%.0f", b * 1e3 / ns}'
+}
+
+wait_listen() { # ns addr port [log]: until something listens there
+    for _ in $(seq 100); do
+        ip netns exec "$1" ss -Hltn "sport = :$3" | grep -qF " $2:$3 " && return 0
+        sleep 0.05
+    done
+    [ -n "${4:-}" ] && tail -n 5 "$4" >&2
+    fail "nothing listens on $2:$3 in $1"
+}
+
+wait_http() { # ns url [log]: until the url answers; else the log's tail and fail
     for _ in $(seq 100); do
         ip netns exec "$1" curl -s -o /dev/null --max-time 1 "$2" && return 0
         sleep 0.1
     done
-    echo "no HTTP answer from $2" >&2
-    return 1
+    [ -n "${3:-}" ] && tail -n 5 "$3" >&2
+    fail "no HTTP answer from $2 in $1"
 }
 
-bulk() { # ns url -> MB/s
-    ip netns exec "$1" curl -s -o /dev/null --max-time 120 -w '%{speed_download}' "$2" |
-        awk '{printf "%.0f MB/s", $1 / 1e6}'
+# ---- clients: each checks what it got and fails loudly ----
+
+curl_get() { # id ns url [curl options...]: GET of N bytes, MB/s
+    local id=$1 ns=$2 url=$3 out code size speed
+    shift 3
+    out=$(ip netns exec "$ns" curl -sS -o /dev/null --max-time 300 \
+        -w '%{http_code} %{size_download} %{speed_download}' "$@" "$url") ||
+        fail "$id: curl $* $url exited $?"
+    read -r code size speed <<<"$out"
+    [ "$code" = 200 ] && [ "$size" = "$N" ] ||
+        fail "$id: curl $* $url: HTTP $code, $size of $N bytes"
+    record "$id" "$(awk -v s="$speed" 'BEGIN {printf "%.0f", s / 1e6}')"
 }
 
-rate() { # ns url -> "conn/s|p50|p99"
-    if ! command -v ab >/dev/null; then
-        echo "not measured (no ab)|–|–"
-        return
-    fi
-    # A failed ab run reports what it got rather than ending the script.
-    { ip netns exec "$1" ab -q -n "$REQS" -c "$CONC" "$2" 2>/dev/null || true; } | awk '
-        /^Requests per second/ {r = $4}
+curl_put() { # id ns url [curl options...]: PUT of N bytes to a sink answering 204, MB/s
+    local id=$1 ns=$2 url=$3 out code size speed
+    shift 3
+    # No Expect: 100-continue, so no round trip waits for it.
+    out=$(ip netns exec "$ns" curl -sS -o /dev/null --max-time 300 -H 'Expect:' -T "$FILE" \
+        -w '%{http_code} %{size_upload} %{speed_upload}' "$@" "$url") ||
+        fail "$id: curl -T $* $url exited $?"
+    read -r code size speed <<<"$out"
+    [ "$code" = 204 ] && [ "$size" = "$N" ] ||
+        fail "$id: curl -T $* $url: HTTP $code, sent $size of $N bytes"
+    record "$id" "$(awk -v s="$speed" 'BEGIN {printf "%.0f", s / 1e6}')"
+}
+
+iperf3_run() { # id ns host port [iperf3 options...]: N bytes, receiver's MB/s
+    local id=$1 ns=$2 host=$3 port=$4 rc=0 out
+    shift 4
+    ip netns exec "$ns" timeout 300 iperf3 -c "$host" -p "$port" -n "$N" -J "$@" \
+        >"$TMP/iperf3.json" 2>"$TMP/iperf3.err" || rc=$?
+    out=$(python3 - "$TMP/iperf3.json" "$N" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except ValueError:
+    print("no JSON from iperf3"); sys.exit(1)
+if d.get("error"):
+    print(d["error"]); sys.exit(1)
+n = int(sys.argv[2])
+s, r = d["end"]["sum_sent"], d["end"]["sum_received"]
+# The receiver stops counting when the sender's end-of-test message
+# arrives on the control connection, which can overtake the last data
+# still queued on the data connection; its rate covers what it counted.
+if s["bytes"] < n or r["bytes"] < n / 2:
+    print("sent %d and received %d of %d bytes" % (s["bytes"], r["bytes"], n)); sys.exit(1)
+print("%.0f" % (r["bits_per_second"] / 8e6))
+EOF
+    ) || { cat "$TMP/iperf3.err" >&2; fail "$id: iperf3 -c $host -p $port $*: $out (exit $rc)"; }
+    [ "$rc" = 0 ] || fail "$id: iperf3 -c $host -p $port $* exited $rc"
+    record "$id" "$out"
+}
+
+upload() { # id ns host port: socat sends N bytes, then waits for the sink's FIN; MB/s
+    local id=$1 ns=$2 host=$3 port=$4 t0 t1 rc=0
+    t0=$(date +%s%N)
+    # File to the socket, socket to /dev/null. After the file's EOF socat
+    # shuts down its sending side and reads until the sink closes; the
+    # sink closes after reading the last byte, so the clock stops when
+    # everything has arrived, not when it has been queued.
+    ip netns exec "$ns" timeout 300 socat -d -d -b 1048576 -t 60 \
+        "OPEN:$FILE,rdonly!!OPEN:/dev/null,wronly" "TCP:$host:$port" 2>"$TMP/socat.log" || rc=$?
+    t1=$(date +%s%N)
+    [ "$rc" = 0 ] || { tail -n 3 "$TMP/socat.log" >&2; fail "$id: socat to $host:$port exited $rc"; }
+    # Without the sink's close socat gives up after -t and exits 0 all
+    # the same; only its log tells.
+    grep -q 'socket 2 (fd [0-9]*) is at EOF' "$TMP/socat.log" ||
+        fail "$id: $host:$port did not close after the upload; it may not have taken all $N bytes"
+    record "$id" "$(mbps "$N" $((t1 - t0)))"
+}
+
+ab_run() { # id ns url: connections/s, p50 and p99 in ms
+    local id=$1 ns=$2 url=$3 rc=0 out
+    ip netns exec "$ns" timeout 300 ab -q -n "$REQS" -c "$CONC" "$url" >"$TMP/ab.txt" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || { tail -n 5 "$TMP/ab.txt" >&2; fail "$id: ab on $url exited $rc"; }
+    out=$(awk -v want="$REQS" '
+        /^Complete requests:/ {done = $3}
+        /^Failed requests:/ {failed = $3}
+        /^Non-2xx responses:/ {non2xx = $3}
+        /^Requests per second:/ {r = $4}
         /^  50%/ {p50 = $2}
         /^  99%/ {p99 = $2}
-        END {printf "%.0f/s|%s ms|%s ms", r, p50, p99}'
+        END {
+            if (done != want || failed != 0 || non2xx != "" || r == "" || p99 == "") {
+                printf "%s of %s requests complete, %s failed, %s non-2xx", done, want, failed, non2xx + 0
+                exit 1
+            }
+            printf "%.0f %s %s", r, p50, p99
+        }' "$TMP/ab.txt") || fail "$id: ab on $url: $out"
+    read -r r p50 p99 <<<"$out"
+    record "rate.$id" "$r"
+    record "p50.$id" "$p50"
+    record "p99.$id" "$p99"
 }
 
-# ---- smoltcp's own benchmark example: build it first, outside any namespace ----
+# ---- servers ----
+
+start_nginx() { # ns name addr:port: one worker, sendfile, serving $TMP/www, /sink discards
+    local dir=$TMP/nginx-$2
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen $3;
+        root $TMP/www;
+        client_max_body_size 0;
+        # Answers at once and reads the body to the end, throwing it away.
+        location = /sink { return 204; }
+    }
+}
+EOF
+    ip netns exec "$1" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
+        >"$dir/stdout.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "$1" "http://$3/bytes/100" "$dir/error.log"
+}
+
+start_bg() { # ns addr port command...: a server, ready when it listens
+    local ns=$1 addr=$2 port=$3
+    shift 3
+    ip netns exec "$ns" "$@" >"$TMP/bg-$ns-$port.log" 2>&1 &
+    PIDS+=($!)
+    wait_listen "$ns" "$addr" "$port" "$TMP/bg-$ns-$port.log"
+}
+
+stop_pid() { # pid [signal]: stop a process this script started, and forget it
+    local p keep=()
+    kill "-${2:-TERM}" "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+run_ephemera() { # mtu [extra flags...]
+    local mtu=$1
+    shift
+    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" "$@" \
+        >"$TMP/ephemera-$mtu.log" 2>&1 &
+    EPID=$!
+    PIDS+=($EPID)
+    wait_http "$NS" http://10.7.0.2/bytes/100 "$TMP/ephemera-$mtu.log"
+}
+stop_ephemera() {
+    # SIGINT: the daemon closes its connections and exits 0.
+    stop_pid "$EPID" INT
+}
+
+# ---- smoltcp's benchmark example: build it first, outside any namespace ----
 smoltcp_src() { # -> "VERSION DIR" of the smoltcp crate ephemera resolves to
     (cd "$REPO" && { cargo metadata --offline --format-version 1 2>/dev/null ||
         cargo metadata --format-version 1; }) | python3 -c '
@@ -98,7 +359,9 @@ print(p["version"], os.path.dirname(p["manifest_path"]))'
 SMOL_BIN=
 SMOL_WHY=
 SMOL_VER=
-if ! command -v cargo >/dev/null; then
+if [ "$SMOLTCP" != 1 ]; then
+    SMOL_WHY="skipped: E2E_SMOLTCP=$SMOLTCP"
+elif ! command -v cargo >/dev/null; then
     SMOL_WHY="no cargo to build it"
 elif ! read -r SMOL_VER SMOL_SRC < <(smoltcp_src) || [ ! -f "$SMOL_SRC/examples/benchmark.rs" ]; then
     SMOL_WHY="smoltcp crate source not found"
@@ -126,69 +389,107 @@ if [ -n "$SMOL_BIN" ]; then
         "$SMOL_DIR/smoltcp-$SMOL_VER/examples/benchmark.rs" | tr -d _) || true
 fi
 
-# ---- kernel to kernel over veth: the ceiling ----
+# ---- files served and sent ----
+mkdir -p "$TMP/www/bytes"
+FILE=$TMP/www/bytes/$N
+head -c "$N" /dev/zero >"$FILE"
+head -c 100 /dev/zero >"$TMP/www/bytes/100"
+chmod -R a+rX "$TMP/www"
+
+# ---- kernel: KA <-veth-> KB, and its servers ----
 ip netns add "$KA"
 ip netns add "$KB"
-ip link add eph-a-$$ netns "$KA" type veth peer name eph-b-$$ netns "$KB"
-ip -n "$KA" addr add 10.8.0.1/24 dev eph-a-$$
-ip -n "$KB" addr add 10.8.0.2/24 dev eph-b-$$
+ip link add "$VA" netns "$KA" type veth peer name "$VB" netns "$KB"
+ip -n "$KA" addr add 10.8.0.1/24 dev "$VA"
+ip -n "$KB" addr add 10.8.0.2/24 dev "$VB"
 for n in "$KA" "$KB"; do ip -n "$n" link set lo up; done
-ip -n "$KA" link set eph-a-$$ up
-ip -n "$KB" link set eph-b-$$ up
-mkdir -p "$TMP/www/bytes"
-head -c "$N" /dev/zero > "$TMP/www/bytes/$N"
-head -c 100 /dev/zero > "$TMP/www/bytes/100"
-ip netns exec "$KB" python3 -m http.server --bind 10.8.0.2 80 --directory "$TMP/www" >/dev/null 2>&1 &
-PIDS+=($!)
-wait_http "$KA" http://10.8.0.2/bytes/100
-echo "kernel veth bulk..." >&2
-K_BULK=$(bulk "$KA" "http://10.8.0.2/bytes/$N")
-ip -n "$KA" link set eph-a-$$ mtu 65535
-ip -n "$KB" link set eph-b-$$ mtu 65535
-K_BULK_JUMBO=$(bulk "$KA" "http://10.8.0.2/bytes/$N")
-ip -n "$KA" link set eph-a-$$ mtu 1500
-ip -n "$KB" link set eph-b-$$ mtu 1500
-echo "kernel veth rate..." >&2
-K_RATE=$(rate "$KA" http://10.8.0.2/bytes/100)
+ip -n "$KA" link set "$VA" up
+ip -n "$KB" link set "$VB" up
+start_nginx "$KB" kernel 10.8.0.2:80
+start_bg "$KB" 10.8.0.2 5201 iperf3 -s -B 10.8.0.2 -p 5201
+start_bg "$KB" 10.8.0.2 9 socat -b 1048576 -u TCP-LISTEN:9,bind=10.8.0.2,reuseaddr,fork OPEN:/dev/null,wronly
+# The kernel's relays, in KA between a client and a server in KB, as
+# ephemera relays between two kernel sockets on the same side of its TUN.
+start_bg "$KA" 10.8.0.1 5202 socat -b 1048576 TCP-LISTEN:5202,bind=10.8.0.1,reuseaddr,fork TCP:10.8.0.2:5201
+start_bg "$KA" 10.8.0.1 8081 socat -b 1048576 TCP-LISTEN:8081,bind=10.8.0.1,reuseaddr,fork TCP:10.8.0.2:80
 
-# ---- ephemera over TUN ----
+# ---- ephemera: its namespace, the daemon with every service, and the
+# kernel-side servers its relays reach (they need the TUN's address) ----
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-run_ephemera() { # mtu [extra flags...]
-    local mtu=$1
-    shift
-    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" "$@" \
-        >"$TMP/ephemera-$mtu.log" 2>&1 &
-    EPID=$!
-    PIDS+=($EPID)
-    wait_http "$NS" http://10.7.0.2/bytes/100
+run_ephemera 1500 --discard 9 --socks 1080 --forward 5202=10.7.0.1:5201
+start_nginx "$NS" eph 10.7.0.1:8080
+NS_NGINX=$!
+start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
+NS_IPERF3=$!
+
+show() { # id...: the last sample of each, for progress
+    local id out=
+    for id in "$@"; do out+=" $id $(tail -n 1 "$TMP/samples/$id")"; done
+    echo " ${out# }" >&2
 }
-stop_ephemera() {
-    kill -INT "$EPID" 2>/dev/null || true
-    wait "$EPID" 2>/dev/null || true
-}
-echo "ephemera bulk, MTU 1500..." >&2
-run_ephemera 1500
-E_BULK=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
-echo "ephemera rate..." >&2
-E_RATE=$(rate "$NS" http://10.7.0.2/bytes/100)
+
+# Kernel and ephemera alternate within each run, so a change in the
+# machine's load lands on both.
+for r in $(seq "$RUNS"); do
+    echo "run $r/$RUNS, MTU 1500 ($MODE mode, $N bytes per transfer)..." >&2
+    curl_get download.kernel.1500 "$KA" "http://10.8.0.2/bytes/$N"
+    curl_get download.eph.1500 "$NS" "http://10.7.0.2/bytes/$N"
+    show download.kernel.1500 download.eph.1500
+    iperf3_run iperf3.kernel.up.1500 "$KA" 10.8.0.2 5201
+    iperf3_run iperf3.kernel.down.1500 "$KA" 10.8.0.2 5201 -R
+    show iperf3.kernel.up.1500 iperf3.kernel.down.1500
+    upload upload.kernel "$KA" 10.8.0.2 9
+    upload upload.eph "$NS" 10.7.0.2 9
+    show upload.kernel upload.eph
+    iperf3_run relay.kernel.up "$KB" 10.8.0.1 5202
+    iperf3_run relay.eph.up "$NS" 10.7.0.2 5202
+    iperf3_run relay.kernel.down "$KB" 10.8.0.1 5202 -R
+    iperf3_run relay.eph.down "$NS" 10.7.0.2 5202 -R
+    show relay.kernel.up relay.eph.up relay.kernel.down relay.eph.down
+    curl_get socks.kernel.down "$KB" "http://10.8.0.1:8081/bytes/$N"
+    curl_get socks.eph.down "$NS" "http://10.7.0.1:8080/bytes/$N" --socks5-hostname 10.7.0.2:1080
+    curl_put socks.kernel.up "$KB" "http://10.8.0.1:8081/sink"
+    curl_put socks.eph.up "$NS" "http://10.7.0.1:8080/sink" --socks5-hostname 10.7.0.2:1080
+    show socks.kernel.down socks.eph.down socks.kernel.up socks.eph.up
+    ab_run kernel "$KA" http://10.8.0.2/bytes/100
+    ab_run eph "$NS" http://10.7.0.2/bytes/100
+    show rate.kernel p99.kernel rate.eph p99.eph
+done
+# The TUN's address goes with the daemon: stop what listens on it first.
+stop_pid "$NS_NGINX"
+stop_pid "$NS_IPERF3"
 stop_ephemera
-echo "ephemera bulk, MTU 1500, --no-offload..." >&2
+
+echo "ephemera --no-offload, MTU 1500..." >&2
 run_ephemera 1500 --no-offload
-E_BULK_PLAIN=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
+for r in $(seq "$RUNS"); do
+    curl_get download.eph.1500.no-offload "$NS" "http://10.7.0.2/bytes/$N"
+    show download.eph.1500.no-offload
+done
 stop_ephemera
-echo "ephemera bulk, MTU 65535..." >&2
+
+echo "MTU 65535..." >&2
+ip -n "$KA" link set "$VA" mtu 65535
+ip -n "$KB" link set "$VB" mtu 65535
 run_ephemera 65535
-E_BULK_JUMBO=$(bulk "$NS" "http://10.7.0.2/bytes/$N")
+for r in $(seq "$RUNS"); do
+    curl_get download.kernel.65535 "$KA" "http://10.8.0.2/bytes/$N"
+    curl_get download.eph.65535 "$NS" "http://10.7.0.2/bytes/$N"
+    iperf3_run iperf3.kernel.down.65535 "$KA" 10.8.0.2 5201 -R
+    show download.kernel.65535 download.eph.65535 iperf3.kernel.down.65535
+done
 stop_ephemera
 
 # ---- smoltcp's benchmark example over TUN ----
 # The example (0.14.0) has its stack at 192.168.69.1/24 on the TUN and its
 # kernel thread connect to it, so the kernel end is 192.168.69.100/24. Its
 # TunTapInterface attaches to an existing tun0 and takes the MTU from it.
-smoltcp_bulk() { # mtu -> "N MB/s (G Gbps)" or "not measured (why)"
+SMOL_MISSING=()
+smoltcp_bulk() { # mtu: one sample of download.smoltcp.MTU, or a reason it is missing
+    local id=download.smoltcp.$1 out
     if [ -z "$SMOL_BIN" ]; then
-        echo "not measured ($SMOL_WHY)"
+        SMOL_MISSING+=("$id|$SMOL_WHY")
         return
     fi
     if ! { ip netns add "$SM" &&
@@ -196,34 +497,74 @@ smoltcp_bulk() { # mtu -> "N MB/s (G Gbps)" or "not measured (why)"
         ip -n "$SM" tuntap add name tun0 mode tun &&
         ip -n "$SM" link set tun0 mtu "$1" up &&
         ip -n "$SM" addr add 192.168.69.100/24 dev tun0; }; then
-        echo "not measured (could not set up its TUN in a namespace)"
+        ip netns del "$SM" 2>/dev/null || true
+        SMOL_MISSING+=("$id|could not set up its TUN in a namespace")
         return
     fi
     # RUST_LOG unset: the example logs at the level it names (trace would
-    # format every packet). It loops until its reader finishes: bounded.
-    local out
-    out=$(ip netns exec "$SM" env -u RUST_LOG timeout 300 "$SMOL_BIN" --tun tun0 reader \
-        2>"$TMP/smoltcp.log") || true
+    # format every packet). Its client thread connects as the example
+    # starts, racing the listen of its main loop; when the SYN wins, the
+    # stack answers RST, the thread panics, and the main loop would spin
+    # until the timeout. So a panic ends the attempt, and there are three.
+    local attempt pid
+    out=
+    for attempt in 1 2 3; do
+        ip netns exec "$SM" env -u RUST_LOG timeout 300 "$SMOL_BIN" --tun tun0 reader \
+            >"$TMP/smoltcp.out" 2>"$TMP/smoltcp.log" &
+        pid=$!
+        PIDS+=($pid)
+        while kill -0 "$pid" 2>/dev/null && ! grep -q panicked "$TMP/smoltcp.log"; do
+            sleep 0.2
+        done
+        stop_pid "$pid"
+        out=$(awk '/^throughput: [0-9.]+ Gbps/ {printf "%.0f", $2 * 125}' "$TMP/smoltcp.out")
+        [ -n "$out" ] && break
+        echo "smoltcp's example, attempt $attempt: $(grep -m1 panicked "$TMP/smoltcp.log" || echo "no throughput")" >&2
+    done
     ip netns del "$SM"
-    if ! awk '/^throughput: [0-9.]+ Gbps/ {printf "%.0f MB/s (%s Gbps)", $2 * 125, $2; ok = 1}
-              END {exit !ok}' <<<"$out"; then
+    if [ -z "$out" ]; then
         tail -n 5 "$TMP/smoltcp.log" >&2
-        echo "not measured (smoltcp's example printed no throughput)"
+        SMOL_MISSING+=("$id|smoltcp's example printed no throughput in three attempts")
+        return
     fi
+    record "$id" "$out"
+    show "$id"
 }
-echo "smoltcp's benchmark example, MTU 1500..." >&2
-S_BULK=$(smoltcp_bulk 1500)
-echo "smoltcp's benchmark example, MTU 65535..." >&2
-S_BULK_JUMBO=$(smoltcp_bulk 65535)
+for mtu in 1500 65535; do
+    echo "smoltcp's benchmark example, MTU $mtu..." >&2
+    for r in $(seq "$RUNS"); do
+        smoltcp_bulk "$mtu"
+        # One reason is enough: a failure repeats.
+        [ -f "$TMP/samples/download.smoltcp.$mtu" ] || break
+    done
+done
 
-amount="a fixed amount"
-[ -n "$SMOL_AMOUNT" ] && amount="$SMOL_AMOUNT bytes"
-what="ephemera and kernel: curl GET of $N bytes; smoltcp${SMOL_VER:+ $SMOL_VER}'s example: $amount to a kernel thread"
-printf 'bulk, MTU 1500 (%s)\t%s\t%s\t%s\n' "$what" "$E_BULK" "$S_BULK" "$K_BULK"
-printf 'bulk, MTU 65535 (same)\t%s\t%s\t%s\n' "$E_BULK_JUMBO" "$S_BULK_JUMBO" "$K_BULK_JUMBO"
-printf 'bulk, MTU 1500, ephemera with --no-offload (each segment its own TUN write)\t%s\t–\t–\n' "$E_BULK_PLAIN"
-IFS='|' read -r er e50 e99 <<<"$E_RATE"
-IFS='|' read -r kr k50 k99 <<<"$K_RATE"
-printf 'connections/s, ab -n %s -c %s, GET /bytes/100\t%s\t–\t%s\n' "$REQS" "$CONC" "$er" "$kr"
-printf 'latency p50\t%s\t–\t%s\n' "$e50" "$k50"
-printf 'latency p99\t%s\t–\t%s\n' "$e99" "$k99"
+# ---- the table ----
+printf 'meta\tmode\t%s\n' "$MODE"
+printf 'meta\truns\t%s\n' "$RUNS"
+printf 'meta\tbytes\t%s\n' "$N"
+printf 'meta\trequests\t%s\n' "$REQS"
+printf 'meta\tconcurrency\t%s\n' "$CONC"
+printf 'meta\tnginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+printf 'meta\tiperf3\t%s\n' "$(iperf3 --version | sed -n '1s/^iperf \([^ ]*\).*/\1/p')"
+printf 'meta\tsocat\t%s\n' "$(socat -V | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
+[ -n "$SMOL_VER" ] && printf 'meta\tsmoltcp\t%s\n' "$SMOL_VER"
+[ -n "$SMOL_AMOUNT" ] && printf 'meta\tsmoltcp_amount\t%s\n' "$SMOL_AMOUNT"
+for f in "$TMP"/samples/*; do
+    id=${f##*/}
+    case $id in
+    rate.*) unit=conn/s ;;
+    p50.* | p99.*) unit=ms ;;
+    *) unit=MB/s ;;
+    esac
+    # Samples in the order they were taken; median, min and max from a sorted copy.
+    sort -g "$f" | awk -v id="$id" -v unit="$unit" -v samples="$(paste -sd ' ' "$f")" '
+        {v[NR] = $1}
+        END {
+            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "series\t%s\t%s\t%g\t%g\t%g\t%s\n", id, unit, m, v[1], v[NR], samples
+        }'
+done
+for m in "${SMOL_MISSING[@]}"; do
+    printf 'missing\t%s\t%s\n' "${m%%|*}" "${m#*|}"
+done

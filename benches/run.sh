@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Runs every benchmark of issue 6 and regenerates docs/performance.md and
+# Runs every benchmark of issues 6 and 14 and regenerates docs/performance.md and
 # docs/perf-segment.svg:
 #
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
 #   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
 #
-# About 3 minutes for the micro-benchmarks on two cores, plus ~10 s for
-# E2E, and a minute more the first time, when it builds smoltcp's own
-# benchmark example (the E2E connection-rate row needs `ab`, from
-# apache2-utils).
+# About 3 minutes for the micro-benchmarks on two cores. E2E adds about
+# three more: every end-to-end series five times (E2E_RUNS), against the
+# kernel's real servers (nginx, iperf3, socat, and ab as the load
+# generator: apt-get install --no-install-recommends nginx iperf3 socat
+# apache2-utils), and a few minutes the first time, when it builds
+# smoltcp's own benchmark example. The E2E_* settings of benches/e2e.sh
+# pass through; its short mode (E2E_QUICK=1) is for CI, not for this
+# report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}

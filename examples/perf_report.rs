@@ -3,9 +3,11 @@
 //! table and (if present) the end-to-end table. Run through
 //! `benches/run.sh`, which produces those inputs first.
 //!
-//! Usage: `perf_report CRITERION_DIR MEMORY_TSV E2E_TSV OUT_MD OUT_SVG`
-//! (a missing E2E_TSV is reported as "not run").
+//! Usage: `perf_report CRITERION_DIR MEMORY_TSV E2E_TSV OUT_MD OUT_SVG [PROBE_TSV]`
+//! (a missing or empty E2E_TSV is reported as "not run"; its format is in
+//! `benches/e2e.sh`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -167,6 +169,511 @@ fn probe_line(path: &Path) -> Option<String> {
     ))
 }
 
+/// One series of `benches/e2e.sh`: the median, min and max of its samples.
+struct Series {
+    unit: String,
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: usize,
+}
+
+/// The end-to-end results (`meta`, `series` and `missing` lines; the
+/// format is described at the top of `benches/e2e.sh`).
+struct E2e {
+    meta: HashMap<String, String>,
+    series: HashMap<String, Series>,
+    missing: HashMap<String, String>,
+}
+
+impl E2e {
+    /// `None` when the file is absent, empty or holds no series.
+    fn read(path: &Path) -> Option<E2e> {
+        let t = fs::read_to_string(path).ok()?;
+        let mut e = E2e {
+            meta: HashMap::new(),
+            series: HashMap::new(),
+            missing: HashMap::new(),
+        };
+        for line in t.lines() {
+            match line.split('\t').collect::<Vec<_>>()[..] {
+                ["meta", k, v] => {
+                    e.meta.insert(k.into(), v.into());
+                }
+                ["series", id, unit, median, min, max, samples] => {
+                    if let (Ok(median), Ok(min), Ok(max)) =
+                        (median.parse(), min.parse(), max.parse())
+                    {
+                        let samples = samples.split_whitespace().count();
+                        let unit = unit.into();
+                        e.series.insert(
+                            id.into(),
+                            Series {
+                                unit,
+                                median,
+                                min,
+                                max,
+                                samples,
+                            },
+                        );
+                    }
+                }
+                ["missing", id, why] => {
+                    e.missing.insert(id.into(), why.into());
+                }
+                _ => {}
+            }
+        }
+        (!e.series.is_empty()).then_some(e)
+    }
+
+    fn meta(&self, key: &str) -> &str {
+        self.meta.get(key).map_or("?", String::as_str)
+    }
+
+    fn runs(&self) -> usize {
+        self.meta("runs").parse().unwrap_or(0)
+    }
+
+    fn median(&self, id: &str) -> Option<f64> {
+        self.series.get(id).map(|s| s.median)
+    }
+
+    /// "median unit (min–max)", or why the series is missing; "–" for a
+    /// cell the row does not measure.
+    fn cell(&self, id: Option<&str>) -> String {
+        let Some(id) = id else {
+            return "–".into();
+        };
+        match (self.series.get(id), self.missing.get(id)) {
+            (Some(s), _) => {
+                let n = |v: f64| {
+                    if v.fract() == 0.0 {
+                        format!("{v:.0}")
+                    } else {
+                        format!("{v:.1}")
+                    }
+                };
+                let mut c = format!("{} {}", n(s.median), s.unit);
+                if s.samples > 1 {
+                    let _ = write!(c, " ({}–{})", n(s.min), n(s.max));
+                }
+                if s.samples < self.runs() {
+                    let _ = write!(c, ", {} of {} runs", s.samples, self.runs());
+                }
+                c
+            }
+            (None, Some(why)) => format!("not measured ({why})"),
+            (None, None) => "not measured".into(),
+        }
+    }
+}
+
+/// `a` as a percentage of `b`, when both were measured.
+fn pct(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(100.0 * a / b),
+        _ => None,
+    }
+}
+
+/// What a row's ratio compares ephemera with.
+enum Ceiling {
+    /// The row's kernel column (nginx for downloads and connections).
+    Kernel(&'static str),
+    /// Another series, named.
+    Other(&'static str, &'static str),
+    /// The faster of the kernel column and the iperf3 column.
+    Faster,
+    /// The iperf3 column, with the kernel column (a relay) beside it.
+    Iperf3AndRelay,
+    /// No ratio (latencies).
+    None,
+}
+
+/// One row of the end-to-end table.
+struct Row {
+    label: String,
+    eph: &'static str,
+    smoltcp: Option<&'static str>,
+    kernel: Option<&'static str>,
+    iperf3: Option<&'static str>,
+    ceiling: Ceiling,
+}
+
+fn e2e_rows(e: &E2e) -> Vec<Row> {
+    let n = e.meta("bytes");
+    let smol = match (e.meta.get("smoltcp"), e.meta.get("smoltcp_amount")) {
+        (Some(v), Some(a)) => format!("; smoltcp {v}'s example: {a} bytes to a kernel thread"),
+        _ => String::new(),
+    };
+    let row = |label: String, eph, smoltcp, kernel, iperf3, ceiling| -> Row {
+        Row {
+            label,
+            eph,
+            smoltcp,
+            kernel,
+            iperf3,
+            ceiling,
+        }
+    };
+    vec![
+        row(
+            format!("download, MTU 1500 (curl GET of {n} bytes; kernel: nginx{smol})"),
+            "download.eph.1500",
+            Some("download.smoltcp.1500"),
+            Some("download.kernel.1500"),
+            Some("iperf3.kernel.down.1500"),
+            Ceiling::Kernel("nginx"),
+        ),
+        row(
+            "download, MTU 65535 (same)".into(),
+            "download.eph.65535",
+            Some("download.smoltcp.65535"),
+            Some("download.kernel.65535"),
+            Some("iperf3.kernel.down.65535"),
+            Ceiling::Kernel("nginx"),
+        ),
+        row(
+            "download, MTU 1500, ephemera with --no-offload (each segment its own TUN write)"
+                .into(),
+            "download.eph.1500.no-offload",
+            None,
+            None,
+            None,
+            Ceiling::Other("download.kernel.1500", "nginx at MTU 1500"),
+        ),
+        row(
+            format!("upload: socat sends {n} bytes to --discard (kernel: to a socat sink)"),
+            "upload.eph",
+            None,
+            Some("upload.kernel"),
+            Some("iperf3.kernel.up.1500"),
+            Ceiling::Faster,
+        ),
+        row(
+            format!(
+                "relay, client to server: iperf3 -n {n} through --forward (kernel: through socat)"
+            ),
+            "relay.eph.up",
+            None,
+            Some("relay.kernel.up"),
+            Some("iperf3.kernel.up.1500"),
+            Ceiling::Iperf3AndRelay,
+        ),
+        row(
+            "relay, server to client: the same with -R".into(),
+            "relay.eph.down",
+            None,
+            Some("relay.kernel.down"),
+            Some("iperf3.kernel.down.1500"),
+            Ceiling::Iperf3AndRelay,
+        ),
+        row(
+            format!(
+                "SOCKS download: curl --socks5-hostname GET of {n} bytes from nginx \
+                 (kernel: through socat)"
+            ),
+            "socks.eph.down",
+            None,
+            Some("socks.kernel.down"),
+            Some("iperf3.kernel.down.1500"),
+            Ceiling::Iperf3AndRelay,
+        ),
+        row(
+            format!("SOCKS upload: curl --socks5-hostname PUT of {n} bytes to nginx (same)"),
+            "socks.eph.up",
+            None,
+            Some("socks.kernel.up"),
+            Some("iperf3.kernel.up.1500"),
+            Ceiling::Iperf3AndRelay,
+        ),
+        row(
+            format!(
+                "connections/s, ab -n {} -c {}, GET /bytes/100 (kernel: nginx)",
+                e.meta("requests"),
+                e.meta("concurrency")
+            ),
+            "rate.eph",
+            None,
+            Some("rate.kernel"),
+            None,
+            Ceiling::Kernel("nginx"),
+        ),
+        row(
+            "latency p50 (same ab runs)".into(),
+            "p50.eph",
+            None,
+            Some("p50.kernel"),
+            None,
+            Ceiling::None,
+        ),
+        row(
+            "latency p99 (same ab runs)".into(),
+            "p99.eph",
+            None,
+            Some("p99.kernel"),
+            None,
+            Ceiling::None,
+        ),
+    ]
+}
+
+/// The ratio column of a row.
+fn ratio_cell(e: &E2e, r: &Row) -> String {
+    let eph = e.median(r.eph);
+    let kernel = r.kernel.and_then(|k| e.median(k));
+    let iperf3 = r.iperf3.and_then(|k| e.median(k));
+    let of = |p: Option<f64>, what: &str| p.map(|p| format!("{p:.0} % of {what}"));
+    let text = match r.ceiling {
+        Ceiling::Kernel(what) => of(pct(eph, kernel), what),
+        Ceiling::Other(id, what) => of(pct(eph, e.median(id)), what),
+        Ceiling::Faster => match (kernel, iperf3) {
+            (Some(k), Some(i)) if k >= i => {
+                of(pct(eph, kernel), "the socat sink (faster than iperf3)")
+            }
+            (Some(_), Some(_)) => of(pct(eph, iperf3), "iperf3 (faster than the socat sink)"),
+            (None, Some(_)) => of(pct(eph, iperf3), "iperf3"),
+            (Some(_), None) => of(pct(eph, kernel), "the socat sink"),
+            (None, None) => None,
+        },
+        Ceiling::Iperf3AndRelay => match (
+            of(pct(eph, iperf3), "iperf3"),
+            of(pct(eph, kernel), "the socat relay"),
+        ) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        },
+        Ceiling::None => return "–".into(),
+    };
+    text.unwrap_or_else(|| "–".into())
+}
+
+/// The end-to-end section: the table, then what its rows do not measure.
+fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
+    let _ = writeln!(w, "\n## End to end over TUN, against the kernel\n");
+    let Some(e) = e2e else {
+        let _ = writeln!(
+            w,
+            "**Not in this report.** This section is generated: `E2E=1 benches/run.sh`, \
+             as root, fills it in with `benches/e2e.sh`: ephemera, smoltcp's own benchmark \
+             example and the kernel with real servers (nginx, iperf3, socat), all in one \
+             run in network namespaces of their own, with medians of several runs and \
+             their spread."
+        );
+        return;
+    };
+    if e.meta("mode") == "quick" {
+        let _ = writeln!(
+            w,
+            "**Short mode (`E2E_QUICK=1`, as CI runs it): {} and small transfers; these \
+             numbers are not for judging.**\n",
+            runs(e.runs())
+        );
+    }
+    let _ = writeln!(
+        w,
+        "`benches/e2e.sh`, in network namespaces of its own, every row in the same run: \
+         the median of {runs} with min–max in parentheses; kernel and ephemera \
+         alternate within each run. The kernel runs real servers over a veth pair \
+         between two namespaces: {nginx} with one worker, `sendfile on` and no access \
+         log; iperf3 {iperf3}, one stream; socat {socat} (1 MiB buffers) as the discard \
+         sink and as the relay. ephemera's rows use the same client programs, run on the \
+         kernel end of its TUN, and its relays reach the same servers there. The smoltcp \
+         column is smoltcp's own `examples/benchmark.rs`, built by the script from the \
+         crate source of the smoltcp version ephemera's `Cargo.lock` resolves to: its \
+         stack sends to a kernel thread of the same process over a TUN, with no HTTP, so \
+         its cells are not the same workload as ephemera's (see the notes below). MB/s \
+         are 10⁶ bytes per second. The last column divides ephemera's median by the \
+         kernel's for the same row in the same run.\n",
+        runs = runs(e.runs()),
+        nginx = e.meta("nginx"),
+        iperf3 = e.meta("iperf3"),
+        socat = e.meta("socat"),
+    );
+    let _ = writeln!(
+        w,
+        "| measurement | ephemera | smoltcp's example | kernel, same client | kernel, iperf3 \
+         over veth | ephemera / kernel |\n|---|---:|---:|---:|---:|---|"
+    );
+    for r in e2e_rows(e) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.label,
+            e.cell(Some(r.eph)),
+            e.cell(r.smoltcp),
+            e.cell(r.kernel),
+            e.cell(r.iperf3),
+            ratio_cell(e, &r)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nWhat the rows do not measure:\n\n\
+         - *Every row*: CPU per byte (a higher rate may burn more cycles; nothing here \
+           counts them), memory, many flows at once, or a real link: TUN and veth are \
+           local, never drop and have no bottleneck, so congestion control is never \
+           exercised. Clients, servers and stacks share the machine's CPUs.\n\
+         - *Download*: curl's `speed_download` covers the whole transfer, connection \
+           setup and request included. It measures a server's send path: nginx hands the \
+           page cache to the kernel with `sendfile` and never touches the bytes, while \
+           ephemera's HTTP service writes every body byte into its send buffer. The \
+           iperf3 column is memory to memory with no HTTP, the receiver's rate.\n\
+         - *Upload*: timed around the client, from its start until the sink's close \
+           reaches it, so setup and the closing handshake are inside; socat reads the \
+           file from the page cache. ephemera's discard service and the socat sink both \
+           read every byte and drop it. Ratio against the faster kernel measurement.\n\
+         - *Relay*: client and server are kernel sockets on the same side of the link, so \
+           every byte crosses it twice, and the relay both receives and sends it. The \
+           target is an address: no name lookup. Connection setup through the relay is \
+           one connection per run and not measured separately. socat, like ephemera, \
+           copies through user space; a splicing relay would do better.\n\
+         - *SOCKS*: an address given as the name (`--socks5-hostname`), so no lookup; the \
+           socat relay has no SOCKS handshake (one round trip). Upload: nginx answers 204 \
+           at once and discards the body as it arrives; curl's clock stops when its last \
+           byte is in its socket, so up to a socket buffer may still be in flight (a few \
+           MB of each transfer, in both columns alike).\n\
+         - *Connections/s*: a new connection per request (HTTP/1.0, no keep-alive), a \
+           100-byte body; accept, a small response and the close. ab runs on the same \
+           CPUs and can be the limit for both. Its percentiles are whole milliseconds.\n"
+    );
+}
+
+/// "1 run", "5 runs".
+fn runs(n: usize) -> String {
+    if n == 1 {
+        "1 run".into()
+    } else {
+        format!("{n} runs")
+    }
+}
+
+/// `met`/`missed`, or why a verdict from these runs would mean little.
+fn e2e_verdict(e: &E2e, ok: bool) -> String {
+    if e.runs() < 3 {
+        format!(
+            "not assessed ({}; the targets need at least 3)",
+            runs(e.runs())
+        )
+    } else {
+        verdict(ok).into()
+    }
+}
+
+/// The end-to-end targets: issue 6's bulk target and issue 14's.
+fn e2e_targets(w: &mut String, e2e: Option<&E2e>) {
+    let targets = [
+        "bulk TUN throughput ≥ smoltcp's example and ≥ 25 % of kernel veth (nginx), MTU 1500",
+        "download ≥ 80 % of kernel veth with nginx, same curl, MTU 1500",
+        "upload ≥ 80 % of kernel veth (the faster of iperf3 and the same client)",
+        "relay through `--forward`, client to server, ≥ 50 % of single-stream iperf3 over veth",
+        "relay through `--forward`, server to client, ≥ 50 % of single-stream iperf3 over veth",
+        "connections/s ≥ nginx with one worker, same `ab`",
+        "`ab` p99 latency no worse than nginx's",
+    ];
+    let Some(e) = e2e else {
+        for t in targets {
+            let _ = writeln!(
+                w,
+                "| {t} | end-to-end runs not in this report | not assessed |"
+            );
+        }
+        return;
+    };
+    let m = |id: &str| e.median(id);
+    let mut row = |t: &str, measured: String, verdict: String| {
+        let _ = writeln!(w, "| {t} | {measured} | {verdict} |");
+    };
+    let not = |what: &str| (format!("{what} not measured"), "not assessed".to_string());
+
+    // Issue 6: ephemera against smoltcp's example and the kernel.
+    let (measured, v) = match (
+        m("download.eph.1500"),
+        m("download.smoltcp.1500"),
+        m("download.kernel.1500"),
+    ) {
+        (Some(eph), s, Some(k)) if k > 0.0 => {
+            let share = 100.0 * eph / k;
+            let (vs, v) = match s {
+                Some(s) if s > 0.0 => (
+                    format!(
+                        "{:.0} % of smoltcp's example ({s:.0} MB/s)",
+                        100.0 * eph / s
+                    ),
+                    e2e_verdict(e, eph >= s && share >= 25.0),
+                ),
+                // Half the target unmeasured: only a miss can be called.
+                _ if share < 25.0 => (
+                    "smoltcp's example not measured".into(),
+                    e2e_verdict(e, false),
+                ),
+                _ => (
+                    "smoltcp's example not measured".into(),
+                    "not assessed".into(),
+                ),
+            };
+            (
+                format!("ephemera {eph:.0} MB/s: {vs}, {share:.0} % of nginx ({k:.0} MB/s)"),
+                v,
+            )
+        }
+        _ => not("download"),
+    };
+    row(targets[0], measured, v);
+
+    // Issue 14.
+    let share = |eph: &str, k: Option<f64>, what: &str, min: f64| match (m(eph), k) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let p = 100.0 * a / b;
+            (
+                format!("{a:.0} MB/s, {p:.0} % of {what} ({b:.0} MB/s)"),
+                e2e_verdict(e, p >= min),
+            )
+        }
+        _ => not(eph),
+    };
+    let (t, v) = share(
+        "download.eph.1500",
+        m("download.kernel.1500"),
+        "nginx",
+        80.0,
+    );
+    row(targets[1], t, v);
+    let (k, what) = match (m("upload.kernel"), m("iperf3.kernel.up.1500")) {
+        (Some(s), Some(i)) if s >= i => (Some(s), "the socat sink"),
+        (_, Some(i)) => (Some(i), "iperf3"),
+        (s, None) => (s, "the socat sink"),
+    };
+    let (t, v) = share("upload.eph", k, what, 80.0);
+    row(targets[2], t, v);
+    let (t, v) = share("relay.eph.up", m("iperf3.kernel.up.1500"), "iperf3", 50.0);
+    row(targets[3], t, v);
+    let (t, v) = share(
+        "relay.eph.down",
+        m("iperf3.kernel.down.1500"),
+        "iperf3 -R",
+        50.0,
+    );
+    row(targets[4], t, v);
+    let (t, v) = match (m("rate.eph"), m("rate.kernel")) {
+        (Some(a), Some(b)) => (
+            format!("{a:.0}/s against nginx's {b:.0}/s"),
+            e2e_verdict(e, a >= b),
+        ),
+        _ => not("connection rate"),
+    };
+    row(targets[5], t, v);
+    let (t, v) = match (m("p99.eph"), m("p99.kernel")) {
+        (Some(a), Some(b)) => (
+            format!("{a} ms against nginx's {b} ms"),
+            e2e_verdict(e, a <= b),
+        ),
+        _ => not("latency"),
+    };
+    row(targets[6], t, v);
+}
+
 fn main() {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let (crit, mem, e2e, out_md, out_svg, probe) = match &args[..] {
@@ -209,8 +716,8 @@ fn main() {
         "Times are criterion medians with the 95 % confidence interval of the mean in \
          parentheses. Absolute numbers move with the machine and its load (see Noise \
          in the notes); the ratios compare stacks measured in the same process, one \
-         right after the other, which is what the targets are about. Issue 6 lists the \
-         targets.\n"
+         right after the other, which is what the targets are about. Issues 6 and 14 list \
+         the targets.\n"
     );
 
     // ---- per segment ----
@@ -337,39 +844,11 @@ fn main() {
     }
 
     // ---- end to end ----
-    let _ = writeln!(w, "\n## End to end over TUN\n");
-    match fs::read_to_string(e2e) {
-        Ok(t) if !t.trim().is_empty() => {
-            let _ = writeln!(
-                w,
-                "`benches/e2e.sh`, in network namespaces of its own, all rows in the same run. \
-                 The smoltcp column is smoltcp's own `examples/benchmark.rs`, built by the \
-                 script from the crate source of the smoltcp version ephemera's `Cargo.lock` \
-                 resolves to: its stack sends to a kernel thread of the same process over a \
-                 TUN, with no HTTP, so its cells are not the same workload as ephemera's (see \
-                 the notes below). MB/s are 10⁶ bytes per second.\n"
-            );
-            let _ = writeln!(
-                w,
-                "| measurement | ephemera | smoltcp's example | kernel |\n|---|---:|---:|---:|"
-            );
-            for line in t.lines() {
-                let f: Vec<&str> = line.split('\t').collect();
-                if f.len() == 4 {
-                    let _ = writeln!(w, "| {} | {} | {} | {} |", f[0], f[1], f[2], f[3]);
-                }
-            }
-        }
-        _ => {
-            let _ = writeln!(
-                w,
-                "Not run in this report (`benches/e2e.sh` needs root and network namespaces)."
-            );
-        }
-    }
+    let e2e = E2e::read(e2e);
+    e2e_section(w, e2e.as_ref());
 
     // ---- targets ----
-    let _ = writeln!(w, "\n## Targets of issue 6\n");
+    let _ = writeln!(w, "\n## Targets of issues 6 and 14\n");
     let _ = writeln!(w, "| target | measured | verdict |\n|---|---|---|");
     if let (Some(a), Some(b)) = (&eph[2], &stock[2]) {
         let r = b.median / a.median;
@@ -432,45 +911,7 @@ fn main() {
             verdict(bytes <= 8192)
         );
     }
-    // Bulk at MTU 1500 against smoltcp's example and the kernel, from the
-    // end-to-end rows (columns: measurement, ephemera, smoltcp, kernel).
-    let mbps = |prefix: &str, col: usize| -> Option<f64> {
-        let t = fs::read_to_string(e2e).ok()?;
-        let line = t.lines().find(|l| l.starts_with(prefix))?;
-        line.split('\t')
-            .nth(col)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let target = "bulk TUN throughput ≥ smoltcp's example and ≥ 25 % of kernel veth";
-    let row = "bulk, MTU 1500 (";
-    match (mbps(row, 1), mbps(row, 2), mbps(row, 3)) {
-        (Some(e), s, Some(k)) if k > 0.0 => {
-            let share = 100.0 * e / k;
-            let (vs_smoltcp, ok) = match s {
-                Some(s) if s > 0.0 => (
-                    format!("{:.0} % of smoltcp's example ({s:.0} MB/s)", 100.0 * e / s),
-                    verdict(e >= s && share >= 25.0),
-                ),
-                // Half the target unmeasured: only a miss can be called.
-                _ if share < 25.0 => ("smoltcp's example not measured".into(), verdict(false)),
-                _ => ("smoltcp's example not measured".into(), "not assessed"),
-            };
-            let _ = writeln!(
-                w,
-                "| {target} | ephemera {e:.0} MB/s at MTU 1500: {vs_smoltcp}, {share:.0} % of \
-                 kernel veth ({k:.0} MB/s) | {ok} |"
-            );
-        }
-        _ => {
-            let _ = writeln!(
-                w,
-                "| {target} | end-to-end runs not in this report | not assessed |"
-            );
-        }
-    }
+    e2e_targets(w, e2e.as_ref());
 
     let notes = Path::new("docs/performance-notes.md");
     if let Ok(n) = fs::read_to_string(notes) {
