@@ -224,9 +224,11 @@ if d.get("error"):
 n = int(sys.argv[2])
 s, r = d["end"]["sum_sent"], d["end"]["sum_received"]
 # The receiver stops counting when the sender's end-of-test message
-# arrives on the control connection, which can overtake the last data
-# still queued on the data connection; its rate covers what it counted.
-if s["bytes"] < n or r["bytes"] < n / 2:
+# arrives on the control connection, which can overtake the data still
+# queued on the data connection (megabytes in a relay's buffers), so it
+# counts less than was sent; its rate covers what it counted, over the
+# time it counted.
+if s["bytes"] < n or r["bytes"] <= 0 or r["seconds"] <= 0:
     print("sent %d and received %d of %d bytes" % (s["bytes"], r["bytes"], n)); sys.exit(1)
 print("%.0f" % (r["bits_per_second"] / 8e6))
 EOF
@@ -531,7 +533,7 @@ smoltcp_bulk() { # mtu: one sample of download.smoltcp.MTU, or a reason it is mi
     show "$id"
 }
 for mtu in 1500 65535; do
-    echo "smoltcp's benchmark example, MTU $mtu..." >&2
+    [ -n "$SMOL_BIN" ] && echo "smoltcp's benchmark example, MTU $mtu..." >&2
     for r in $(seq "$RUNS"); do
         smoltcp_bulk "$mtu"
         # One reason is enough: a failure repeats.
