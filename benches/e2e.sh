@@ -507,10 +507,10 @@ smoltcp_bulk() { # mtu: one sample of download.smoltcp.MTU, or a reason it is mi
     # format every packet). Its client thread connects as the example
     # starts, racing the listen of its main loop; when the SYN wins, the
     # stack answers RST, the thread panics, and the main loop would spin
-    # until the timeout. So a panic ends the attempt, and there are three.
+    # until the timeout. So a panic ends the attempt, and there are five.
     local attempt pid
     out=
-    for attempt in 1 2 3; do
+    for attempt in 1 2 3 4 5; do
         ip netns exec "$SM" env -u RUST_LOG timeout 300 "$SMOL_BIN" --tun tun0 reader \
             >"$TMP/smoltcp.out" 2>"$TMP/smoltcp.log" &
         pid=$!
@@ -526,7 +526,7 @@ smoltcp_bulk() { # mtu: one sample of download.smoltcp.MTU, or a reason it is mi
     ip netns del "$SM"
     if [ -z "$out" ]; then
         tail -n 5 "$TMP/smoltcp.log" >&2
-        SMOL_MISSING+=("$id|smoltcp's example printed no throughput in three attempts")
+        SMOL_MISSING+=("$id|smoltcp's example printed no throughput in five attempts")
         return
     fi
     record "$id" "$out"
