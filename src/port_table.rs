@@ -46,6 +46,8 @@ use crate::rng::Rng;
 
 mod flow_map;
 use flow_map::FlowMap;
+mod shard;
+pub use shard::{ShardPorts, Shards, ShardsError, MAX_SHARDS};
 
 /// Transport protocol: TCP and UDP have separate port spaces.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
