@@ -232,6 +232,12 @@ impl Shards {
             len: (self.len - s).div_ceil(n),
         })
     }
+
+    /// The SipHash-1-3 key of the remote-endpoint hash, for the steering
+    /// program, which embeds it.
+    pub(crate) fn key(&self) -> (u64, u64) {
+        self.key
+    }
 }
 
 /// The keyed hash of a remote endpoint. The message is the big-endian
