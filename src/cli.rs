@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::device::kernel_peer_addr;
-use crate::device::tun::{MAX_MTU, MAX_NAME_LEN};
+use ephemera::device::kernel_peer_addr;
+use ephemera::device::tun::{MAX_MTU, MAX_NAME_LEN};
 
 /// `ephemera`: a user-space TCP/IP stack on a TUN device.
 #[derive(Debug, Parser)]

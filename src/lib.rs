@@ -2,9 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer_pool;
-pub mod cli;
 pub mod counters;
-pub mod daemon;
 pub mod demux;
 pub mod device;
 pub mod error;

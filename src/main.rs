@@ -1,5 +1,9 @@
 //! The `ephemera` command: parse arguments, dispatch, turn errors into one
-//! line on stderr and a non-zero exit. Everything else lives in the library.
+//! line on stderr and a non-zero exit. The daemon (`ephemera up`) and the
+//! command line are this binary's own modules; the stack is the library's.
+
+mod cli;
+mod daemon;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,8 +13,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use ephemera::cli::{control_path, Cli, Command, FetchArgs, PortsArgs};
-use ephemera::daemon::{self, control};
+use cli::{control_path, Cli, Command, FetchArgs, PortsArgs};
+use daemon::control;
 
 /// How long a client waits for each reply from the daemon.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::PollFd;
+use ephemera::device::PollFd;
 
 /// Longest request line the server reads; longer ones end the connection.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -804,7 +804,7 @@ mod tests {
         while Instant::now() < deadline {
             let mut fds = Vec::new();
             server.poll_fds(&mut fds);
-            crate::device::poll(&mut fds, Some(Duration::from_millis(20))).unwrap();
+            ephemera::device::poll(&mut fds, Some(Duration::from_millis(20))).unwrap();
             server.handle_io();
             if step(server) {
                 return;

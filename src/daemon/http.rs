@@ -1578,7 +1578,7 @@ mod tests {
         assert!(conn.wants_input());
     }
 
-    use crate::rng::{Rng, SeededRng};
+    use ephemera::{Rng, SeededRng};
 
     #[test]
     fn random_garbage_never_panics_and_gets_an_error_reply() {

@@ -22,11 +22,11 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::cli::{control_path, Host, UpArgs};
-use crate::device::{tun, PcapWriter, PollFd, Tun};
-use crate::port_table::PortTableConfig;
-use crate::stack::{Stack, StackConfig};
-use crate::Instant;
 use control::Request;
+use ephemera::device::{tun, PcapWriter, PollFd, Tun};
+use ephemera::Instant;
+use ephemera::PortTableConfig;
+use ephemera::{Stack, StackConfig};
 use services::{
     counter_map, port_entries, DaemonServices as Services, ForwardSpec as ServiceForward,
     ServiceSpec,
@@ -491,7 +491,7 @@ impl EventLoop {
                 fds.push(PollFd::new(fd, false));
             }
             self.edge.control.poll_fds(&mut fds);
-            crate::device::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
+            ephemera::device::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
         }
         if let Some(pcap) = &mut self.edge.pcap {
             if let Err(e) = pcap.flush() {

@@ -242,7 +242,7 @@ impl EventFd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::wait_readable;
+    use ephemera::device::wait_readable;
     use std::time::Duration;
 
     const LIMIT: Duration = Duration::from_secs(10);

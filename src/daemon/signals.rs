@@ -144,7 +144,7 @@ impl Drop for SignalPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::wait_readable;
+    use ephemera::device::wait_readable;
     use std::time::Duration;
 
     #[test]

@@ -607,7 +607,7 @@ mod tests {
         assert!(s.wants_input());
     }
 
-    use crate::rng::{Rng, SeededRng};
+    use ephemera::{Rng, SeededRng};
 
     /// Feeds `input` in random pieces, draining output in random sizes.
     fn feed(rng: &mut SeededRng, input: &[u8]) -> (SocksServer, Vec<u8>) {

@@ -16,7 +16,7 @@ use std::os::unix::io::RawFd;
 use crate::daemon::control::{ClientId, PortEntry, Response};
 use crate::daemon::http::Url;
 use crate::daemon::resolver::{ResolverPool, DEFAULT_WORKERS};
-use crate::stack::{Event, Stack};
+use ephemera::{Event, Stack};
 
 use super::{
     port_entry, system_resolve, FetchEvent, FetchId, ForwardTarget, LookupCounters, Services,
@@ -168,7 +168,7 @@ impl DaemonServices {
     /// When [`Self::resume`] should next run even without I/O (idle
     /// timeouts, lookup time limits); the loop should sleep no longer.
     #[must_use]
-    pub fn poll_at(&self) -> Option<crate::Instant> {
+    pub fn poll_at(&self) -> Option<ephemera::Instant> {
         self.inner.poll_at()
     }
 
@@ -303,10 +303,10 @@ mod tests {
     use super::DaemonServices as Services;
     use super::*;
     use crate::daemon::http;
-    use crate::device::virtual_link::{LinkConfig, Network};
-    use crate::stack::StackConfig;
-    use crate::stack::TcpState;
-    use crate::Instant;
+    use ephemera::device::virtual_link::{LinkConfig, Network};
+    use ephemera::Instant;
+    use ephemera::StackConfig;
+    use ephemera::TcpState;
     use std::collections::VecDeque;
 
     /// Control answers collected in memory.

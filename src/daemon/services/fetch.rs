@@ -13,8 +13,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::daemon::http::ResponseParser;
-use crate::error::{ConnectError, RecvError, SendError};
-use crate::stack::{Stack, TcpHandle, TcpState};
+use ephemera::{ConnectError, RecvError, SendError};
+use ephemera::{Stack, TcpHandle, TcpState};
 
 use super::relay::CHUNK;
 

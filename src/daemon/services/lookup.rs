@@ -20,7 +20,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::RawFd;
 
-use crate::{Duration, Instant};
+use ephemera::{Duration, Instant};
 
 use super::FetchId;
 

@@ -38,10 +38,11 @@ use log::debug;
 use crate::daemon::control::{format_ports_table, PortEntry};
 use crate::daemon::http::{Host, ServerConn, ServerContext, Url};
 use crate::daemon::socks::{ReplyCode, SocksServer, SocksState, SocksTarget};
-use crate::error::{errno, ConnectError, RecvError, SendError};
-use crate::port_table::Protocol;
-use crate::stack::{Event, ListenerHandle, SocketInfo, Stack, TcpHandle, TcpState, UdpHandle};
-use crate::{Duration, Instant};
+use ephemera::error::errno;
+use ephemera::Protocol;
+use ephemera::{ConnectError, RecvError, SendError};
+use ephemera::{Duration, Instant};
+use ephemera::{Event, ListenerHandle, SocketInfo, Stack, TcpHandle, TcpState, UdpHandle};
 
 use crate::daemon::resolver::ResolverPool;
 pub use daemon::{
@@ -1348,80 +1349,4 @@ pub fn render_port_table(rows: &[SocketInfo]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration as StdDuration;
-
-    #[test]
-    fn forward_targets_parse() {
-        assert_eq!(
-            "10.0.0.3:80".parse(),
-            Ok(ForwardTarget::Addr("10.0.0.3:80".parse().unwrap()))
-        );
-        assert_eq!(
-            "[fd00::1]:8080".parse(),
-            Ok(ForwardTarget::Addr("[fd00::1]:8080".parse().unwrap()))
-        );
-        assert_eq!(
-            "Origin.Test:22".parse(),
-            Ok(ForwardTarget::Name("origin.test".into(), 22))
-        );
-        for bad in [
-            "",
-            "host",
-            "host:0",
-            "host:x",
-            ":80",
-            "a b:80",
-            "fd00::1:80x",
-        ] {
-            assert!(bad.parse::<ForwardTarget>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn port_table_renders_like_ss() {
-        let rows = [
-            SocketInfo {
-                proto: Protocol::Tcp,
-                state: "ESTABLISHED".into(),
-                local: "10.0.0.2:80".parse().unwrap(),
-                remote: Some("10.0.0.1:50000".parse().unwrap()),
-                recv_queue: 3,
-                send_queue: 1000,
-                age: StdDuration::from_millis(12_345),
-            },
-            SocketInfo {
-                proto: Protocol::Udp,
-                state: "UNCONN".into(),
-                local: "0.0.0.0:7".parse().unwrap(),
-                remote: None,
-                recv_queue: 0,
-                send_queue: 0,
-                age: StdDuration::from_millis(5),
-            },
-        ];
-        let t = render_port_table(&rows);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
-        assert!(lines[0].contains("State") && lines[0].contains("Recv-Q"));
-        let est = lines.iter().find(|l| l.contains("ESTABLISHED")).unwrap();
-        for cell in ["tcp", "3", "1000", "10.0.0.2:80", "10.0.0.1:50000", "12.3s"] {
-            assert!(est.contains(cell), "{est:?} lacks {cell}");
-        }
-        let udp = lines.iter().find(|l| l.starts_with("udp")).unwrap();
-        assert!(udp.contains("0.0.0.0:7") && udp.contains("*:*") && udp.ends_with("5ms"));
-    }
-
-    #[test]
-    fn service_errors_name_the_port() {
-        let e = ServiceError {
-            service: "http".into(),
-            proto: Protocol::Tcp,
-            addr: "0.0.0.0:80".parse().unwrap(),
-            errno: errno::EADDRINUSE,
-        };
-        let m = e.to_string();
-        assert!(m.contains("http") && m.contains("TCP port 80") && m.contains("EADDRINUSE"));
-    }
-}
+mod tests;

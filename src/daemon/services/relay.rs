@@ -8,8 +8,8 @@
 //! `shutdown` (FIN) on the other once the pending bytes are out; an error
 //! (reset, refused, timeout) on either side aborts both.
 
-use crate::error::{RecvError, SendError};
-use crate::stack::{Stack, TcpHandle, TcpState};
+use ephemera::{RecvError, SendError};
+use ephemera::{Stack, TcpHandle, TcpState};
 
 /// Bytes read from one side per step; the most a direction ever buffers.
 pub(super) const CHUNK: usize = 16 * 1024;

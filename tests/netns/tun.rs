@@ -1,4 +1,4 @@
-//! A real TUN device, inside a private network namespace.
+//! The library's TUN device, inside a private network namespace.
 //!
 //! Each test runs on its own thread that first calls
 //! `unshare(CLONE_NEWNET)`: the namespace belongs to that thread only and

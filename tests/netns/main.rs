@@ -1,0 +1,11 @@
+//! The `ephemera` binary on real TUN devices, in network namespaces the
+//! tests make themselves: [`daemon`] runs `ephemera up` with real clients,
+//! [`tun`] drives the library's TUN device directly. Nothing is configured
+//! in the host's namespace.
+//!
+//! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
+//! prints `SKIP <test>: <reason>` on stderr and passes.
+
+mod daemon;
+mod harness;
+mod tun;
