@@ -7,13 +7,17 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
 use ephemera::device::kernel_peer_addr;
 use ephemera::device::tun::{MAX_MTU, MAX_NAME_LEN};
+
+use crate::daemon::host::Host;
+pub use crate::daemon::services::Forward;
 
 /// `ephemera`: a user-space TCP/IP stack on a TUN device.
 #[derive(Debug, Parser)]
@@ -178,37 +182,15 @@ pub struct PortRange {
     pub last: u16,
 }
 
-impl PortRange {
-    /// Whether `port` is in the range.
-    pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
+impl From<PortRange> for RangeInclusive<u16> {
+    fn from(r: PortRange) -> Self {
+        r.first..=r.last
     }
 }
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
-/// A forward target's host: an address, or a name the daemon resolves
-/// (the same type as a fetch URL's host).
-pub use crate::daemon::http::Host;
-
-/// `--forward LPORT=HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    /// The stack's listening port.
-    pub listen_port: u16,
-    /// Where connections go.
-    pub host: Host,
-    /// The target port.
-    pub port: u16,
-}
-
-impl fmt::Display for Forward {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}:{}", self.listen_port, self.host, self.port)
     }
 }
 
@@ -357,21 +339,6 @@ pub fn parse_user(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// Whether `s` is a DNS name: dot-separated labels of 1-63 letters,
-/// digits, `-` or `_`, not starting or ending with `-`, 253 bytes at most.
-fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
 /// `HOST:PORT` with HOST an IPv4 address, a bracketed IPv6 address or a
 /// DNS name.
 pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
@@ -390,14 +357,7 @@ pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
         if h.contains(':') {
             return Err(format!("{s:?}: write an IPv6 target as [ADDRESS]:PORT"));
         }
-        let host = if let Ok(a) = h.parse::<Ipv4Addr>() {
-            Host::Ip(IpAddr::V4(a))
-        } else if is_dns_name(h) && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            Host::Name(h.to_ascii_lowercase())
-        } else {
-            return Err(format!("{h:?} is not an IP address or host name"));
-        };
-        (host, p)
+        (Host::parse(h).map_err(|e| e.to_string())?, p)
     };
     Ok((host, parse_port(port)?))
 }
@@ -557,8 +517,8 @@ mod tests {
         }
         assert!(parse_range("10-9").unwrap_err().contains("backwards"));
         assert!(parse_range("10-9").unwrap_err().contains("write 9-10"));
-        let r = parse_range("100-200").unwrap();
-        assert!(r.contains(100) && r.contains(200) && !r.contains(99) && !r.contains(201));
+        let r = RangeInclusive::from(parse_range("100-200").unwrap());
+        assert!(r.contains(&100) && r.contains(&200) && !r.contains(&99) && !r.contains(&201));
     }
 
     #[test]
@@ -656,6 +616,28 @@ mod tests {
             "x=h:80",
         ] {
             assert!(parse_forward(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn targets_parse() {
+        let ip = |s: &str| Host::Ip(s.parse().unwrap());
+        assert_eq!(parse_host_port("10.0.0.3:80"), Ok((ip("10.0.0.3"), 80)));
+        assert_eq!(parse_host_port("[fd00::1]:8080"), Ok((ip("fd00::1"), 8080)));
+        assert_eq!(
+            parse_host_port("Origin.Test:22"),
+            Ok((Host::Name("origin.test".into()), 22))
+        );
+        for bad in [
+            "",
+            "host",
+            "host:0",
+            "host:x",
+            ":80",
+            "a b:80",
+            "fd00::1:80x",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -15,6 +15,7 @@ use clap::Parser;
 
 use cli::{control_path, Cli, Command, FetchArgs, PortsArgs};
 use daemon::control;
+use daemon::table::{format_counters, format_ports_table, PortEntry};
 
 /// How long a client waits for each reply from the daemon.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,7 +61,7 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
     let written = if args.json {
         #[derive(serde::Serialize)]
         struct Json<'a> {
-            ports: &'a [control::PortEntry],
+            ports: &'a [PortEntry],
             #[serde(skip_serializing_if = "Option::is_none")]
             stats: Option<&'a BTreeMap<String, u64>>,
         }
@@ -71,10 +72,10 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         writeln!(out, "{json}")
     } else {
-        let mut text = control::format_ports_table(&ports);
+        let mut text = format_ports_table(&ports);
         if let Some(stats) = &stats {
             text.push('\n');
-            text.push_str(&control::format_counters(stats));
+            text.push_str(&format_counters(stats));
         }
         out.write_all(text.as_bytes())
     };

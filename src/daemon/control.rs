@@ -16,12 +16,11 @@
 //! ([`ControlClient`]) is plain blocking I/O.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use ephemera::device::PollFd;
+
+use crate::daemon::table::PortEntry;
 
 /// Longest request line the server reads; longer ones end the connection.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -51,26 +52,6 @@ pub enum Request {
         /// The `http://` URL.
         url: String,
     },
-}
-
-/// One row of the port table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortEntry {
-    /// `tcp` or `udp`.
-    pub proto: String,
-    /// RFC 9293 state name (`LISTEN`, `ESTABLISHED`, `TIME_WAIT`, ...), or
-    /// `UNCONN` for a bound UDP socket.
-    pub state: String,
-    /// Local address and port.
-    pub local: SocketAddr,
-    /// Remote address and port; none for listeners and unconnected UDP.
-    pub remote: Option<SocketAddr>,
-    /// Bytes received and not yet read by the application.
-    pub recv_q: usize,
-    /// Bytes queued to send and not yet acknowledged.
-    pub send_q: usize,
-    /// Milliseconds since the socket was created.
-    pub age_ms: u64,
 }
 
 /// A response line. `reply` names the variant.
@@ -291,16 +272,6 @@ impl ControlServer {
         })
     }
 
-    /// Where the socket is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The listener's fd.
-    pub fn listener_fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
-    }
-
     /// Append what to wait on: the listener, each client for reading, and
     /// for writing those with output pending.
     pub fn poll_fds(&self, out: &mut Vec<PollFd>) {
@@ -484,21 +455,11 @@ impl ControlServer {
             .map(|c| c.output.len())
     }
 
-    /// Whether `id` is still connected.
-    pub fn is_connected(&self, id: ClientId) -> bool {
-        self.pending_output(id).is_some()
-    }
-
     /// Close `id` once its queued output is sent.
     pub fn finish(&mut self, id: ClientId) {
         if let Some(c) = self.client(id) {
             c.closing = true;
         }
-    }
-
-    /// How many clients are connected.
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
     }
 }
 
@@ -687,81 +648,11 @@ pub fn explain_connect(path: &Path, err: &io::Error) -> String {
     }
 }
 
-/// "850ms", "12.3s", "5m02s", "3h07m".
-fn format_age(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms}ms"),
-        1_000..=59_999 => format!("{}.{}s", ms / 1000, ms % 1000 / 100),
-        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
-        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
-    }
-}
-
-/// The port table as `ss -tuan` would print it, one socket per line, TCP
-/// before UDP, then by local port.
-pub fn format_ports_table(ports: &[PortEntry]) -> String {
-    let mut rows: Vec<&PortEntry> = ports.iter().collect();
-    rows.sort_by_key(|p| (p.proto.clone(), p.local.port(), p.local.ip(), p.remote));
-    let header = [
-        "Netid",
-        "State",
-        "Recv-Q",
-        "Send-Q",
-        "Local Address:Port",
-        "Peer Address:Port",
-        "Age",
-    ];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
-    for p in rows {
-        let remote = match p.remote {
-            Some(r) => r.to_string(),
-            None if p.local.is_ipv6() => "[::]:*".to_string(),
-            None => "*:*".to_string(),
-        };
-        table.push([
-            p.proto.clone(),
-            p.state.clone(),
-            p.recv_q.to_string(),
-            p.send_q.to_string(),
-            p.local.to_string(),
-            remote,
-            format_age(p.age_ms),
-        ]);
-    }
-    let mut widths = [0usize; 7];
-    for row in &table {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &table {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Counters as `name value` lines, names aligned.
-pub fn format_counters(counters: &BTreeMap<String, u64>) -> String {
-    let w = counters.keys().map(|k| k.len()).max().unwrap_or(0);
-    counters
-        .iter()
-        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::table::tests::entry;
+    use ephemera::Protocol;
     use std::os::unix::fs::MetadataExt;
     use std::time::Instant;
 
@@ -813,24 +704,6 @@ mod tests {
         panic!("server loop timed out");
     }
 
-    fn entry(
-        proto: &str,
-        state: &str,
-        local: &str,
-        remote: Option<&str>,
-        age_ms: u64,
-    ) -> PortEntry {
-        PortEntry {
-            proto: proto.into(),
-            state: state.into(),
-            local: local.parse().unwrap(),
-            remote: remote.map(|r| r.parse().unwrap()),
-            recv_q: 0,
-            send_q: 12,
-            age_ms,
-        }
-    }
-
     #[test]
     fn wire_format() {
         assert_eq!(
@@ -856,7 +729,7 @@ mod tests {
             r#"{"reply":"body","len":3}"#
         );
         let p = Response::Ports {
-            ports: vec![entry("tcp", "LISTEN", "10.7.0.2:80", None, 5)],
+            ports: vec![entry(Protocol::Tcp, "LISTEN", "10.7.0.2:80", None, 5)],
         };
         let s = serde_json::to_string(&p).unwrap();
         assert!(
@@ -864,41 +737,6 @@ mod tests {
             "{s}"
         );
         assert_eq!(serde_json::from_str::<Response>(&s).unwrap(), p);
-    }
-
-    #[test]
-    fn table_and_counters_format() {
-        let t = format_ports_table(&[
-            entry("udp", "UNCONN", "10.7.0.2:7", None, 61_000),
-            entry(
-                "tcp",
-                "ESTABLISHED",
-                "10.7.0.2:80",
-                Some("10.7.0.1:51234"),
-                12_345,
-            ),
-            entry("tcp", "LISTEN", "[fd00:7::2]:80", None, 800),
-        ]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert!(lines[0].starts_with("Netid  State"));
-        assert!(
-            lines[1].starts_with("tcp")
-                && lines[1].contains("10.7.0.1:51234")
-                && lines[1].ends_with("12.3s")
-        );
-        assert!(lines[2].contains("[::]:*") && lines[2].ends_with("800ms"));
-        assert!(
-            lines[3].starts_with("udp") && lines[3].contains("*:*") && lines[3].ends_with("1m01s")
-        );
-        // Columns line up: every "Local" cell starts at the same offset.
-        let col = lines[0].find("Local").unwrap();
-        assert_eq!(&lines[1][col..col + 8], "10.7.0.2");
-        assert_eq!(format_age(3 * 3_600_000 + 7 * 60_000), "3h07m");
-        let mut c = BTreeMap::new();
-        c.insert("rx_packets".to_string(), 10);
-        c.insert("drops".to_string(), 1);
-        assert_eq!(format_counters(&c), "drops       1\nrx_packets  10\n");
     }
 
     #[test]
@@ -954,7 +792,7 @@ mod tests {
                         s.reply(
                             id,
                             &Response::Ports {
-                                ports: vec![entry("tcp", "LISTEN", "10.7.0.2:80", None, 1)],
+                                ports: vec![entry(Protocol::Tcp, "LISTEN", "10.7.0.2:80", None, 1)],
                             },
                         );
                     }
@@ -1018,7 +856,7 @@ mod tests {
         assert_eq!(err, "no route");
 
         // The client hung up; the server notices and forgets it.
-        serve_until(&mut server, |s| s.client_count() == 0);
+        serve_until(&mut server, |s| s.clients.is_empty());
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
     }
@@ -1061,7 +899,7 @@ mod tests {
             let _ = c.writer.write_all(&junk);
             c.recv()
         });
-        serve_until(&mut server, |s| s.next_id > 1 && s.client_count() == 0);
+        serve_until(&mut server, |s| s.next_id > 1 && s.clients.is_empty());
         let reply = client.join().unwrap();
         assert!(
             matches!(reply, Ok(Response::Error { ref message }) if message.contains("longer")),
@@ -1156,6 +994,6 @@ mod tests {
             "{out:?}"
         );
         assert!(server.poll_request().is_none());
-        assert_eq!(server.client_count(), 0);
+        assert_eq!(server.clients.len(), 0);
     }
 }

@@ -9,28 +9,28 @@
 //! nothing is left half-configured.
 
 pub mod control;
+pub mod host;
 pub mod http;
 pub mod privileges;
 pub mod resolver;
 pub mod services;
 pub mod signals;
 pub mod socks;
+pub mod table;
 
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::cli::{control_path, Host, UpArgs};
+use crate::cli::{control_path, UpArgs};
 use control::Request;
 use ephemera::device::{tun, PcapWriter, PollFd, Tun};
 use ephemera::Instant;
 use ephemera::PortTableConfig;
 use ephemera::{Stack, StackConfig};
-use services::{
-    counter_map, port_entries, DaemonServices as Services, ForwardSpec as ServiceForward,
-    ServiceSpec,
-};
+use services::{DaemonServices as Services, ServicesConfig};
+use table::{counter_map, port_entries};
 
 /// Which setup step an OS error came from, for [`explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +257,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         addrs,
         mtu: edge.mtu as usize,
         ports: PortTableConfig {
-            ephemeral: args.ephemeral_range.first..=args.ephemeral_range.last,
+            ephemeral: args.ephemeral_range.into(),
             time_wait: std::time::Duration::from_secs(args.time_wait),
             ..PortTableConfig::default()
         },
@@ -272,26 +272,17 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             }),
         ..StackConfig::default()
     };
-    let spec = ServiceSpec {
+    let services = ServicesConfig {
         http: args.http,
         echo: args.echo,
         discard: args.discard,
         socks: args.socks,
-        forwards: args
-            .forward
-            .iter()
-            .map(|f| ServiceForward {
-                listen_port: f.listen_port,
-                host: match &f.host {
-                    Host::Ip(ip) => ip.to_string(),
-                    Host::Name(n) => n.clone(),
-                },
-                port: f.port,
-            })
-            .collect(),
+        forwards: args.forward.clone(),
         backlog: args.backlog,
+        ipv6: args.addr6.is_some(),
+        ..ServicesConfig::default()
     };
-    EventLoop::new(edge, config, &spec, args.addr6.is_some())?.run()
+    EventLoop::new(edge, config, services)?.run()
 }
 
 /// How long a graceful shutdown waits for connections to close.
@@ -311,16 +302,11 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    fn new(
-        edge: Edge,
-        config: StackConfig,
-        spec: &ServiceSpec,
-        v6: bool,
-    ) -> Result<EventLoop, String> {
+    fn new(edge: Edge, config: StackConfig, services: ServicesConfig) -> Result<EventLoop, String> {
         let start = std::time::Instant::now();
         let mut stack = Stack::new(config, Instant::from_micros(0))
             .map_err(|e| format!("stack configuration: {e}"))?;
-        let services = Services::start(&mut stack, spec, true, v6)?;
+        let services = Services::start(&mut stack, services).map_err(|e| e.to_string())?;
         Ok(EventLoop {
             edge,
             stack,

@@ -1,7 +1,7 @@
 //! Dropping root once the TUN is open: the fd keeps working, nothing else
 //! privileged is needed afterwards.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 
 /// The uid and gid of `user` (`getpwnam_r`); `NotFound` if there is none.
@@ -76,29 +76,6 @@ pub fn drop_privileges(user: &str) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The name of the user running this process, for messages.
-pub fn current_user_name() -> Option<String> {
-    // SAFETY: getuid cannot fail; getpwuid_r fills our buffers.
-    unsafe {
-        let uid = libc::getuid();
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let mut buf = vec![0u8; 4096];
-        if libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        ) != 0
-            || result.is_null()
-        {
-            return None;
-        }
-        Some(CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned())
-    }
 }
 
 #[cfg(test)]

@@ -22,12 +22,12 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use super::services::{system_resolve, LookupId, Resolver};
+use super::services::{LookupId, Resolver};
 
 /// A blocking resolver function, run on the pool's threads: host and port
 /// in, addresses out.
@@ -36,6 +36,22 @@ pub type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + S
 /// Worker threads of the daemon's pool: lookups of a slow name server
 /// proceed side by side, and a few stuck ones do not hold up the rest.
 pub const DEFAULT_WORKERS: usize = 4;
+
+/// The system resolver, through [`ToSocketAddrs`] (`getaddrinfo`). It
+/// blocks the caller while it asks DNS, for as long as resolv.conf allows:
+/// run it on a [`ResolverPool`], never on the event loop.
+pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// [`system_resolve`]'s IPv4 answers for `host`, and its IPv6 ones with
+/// `ipv6`: the families the stack has addresses of. Blocks likewise.
+pub fn resolve_families(host: &str, port: u16, ipv6: bool) -> io::Result<Vec<SocketAddr>> {
+    Ok(system_resolve(host, port)?
+        .into_iter()
+        .filter(|a| a.is_ipv4() || ipv6)
+        .collect())
+}
 
 /// One lookup for a worker.
 type Job = (LookupId, String, u16);
@@ -87,12 +103,6 @@ impl ResolverPool {
             running: None,
             outstanding: 0,
         }
-    }
-
-    /// The system resolver ([`system_resolve`]) on [`DEFAULT_WORKERS`]
-    /// threads with room for `queue` waiting lookups.
-    pub fn system(queue: usize) -> ResolverPool {
-        ResolverPool::new(system_resolve, DEFAULT_WORKERS, queue)
     }
 
     /// Start the workers, if not yet done.

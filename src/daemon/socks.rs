@@ -69,7 +69,9 @@ pub enum ReplyCode {
     HostUnreachable = 0x04,
     /// 0x05 connection refused.
     ConnectionRefused = 0x05,
-    /// 0x06 TTL expired.
+    /// 0x06 TTL expired. Kept so the table is RFC 1928's whole; no
+    /// failure the stack reports maps to it.
+    #[allow(dead_code)]
     TtlExpired = 0x06,
     /// 0x07 command not supported.
     CommandNotSupported = 0x07,

@@ -1,26 +1,20 @@
 //! The services as the daemon's event loop drives them: one event at a
 //! time, with `fetch` answers going straight to control-socket clients.
 //!
-//! A thin adapter over [`Services`]: it maps the command line's service
-//! spec onto [`ServicesConfig`], resolves names with the host's resolver
-//! limited to the stack's address families, on a [`ResolverPool`] so the
-//! loop never waits on DNS, and turns [`FetchEvent`]s into control
-//! [`Response`]s, reading no further ahead than the control client takes
-//! (back-pressure).
+//! A thin adapter over [`Services`]: it turns [`FetchEvent`]s into
+//! control [`Response`]s, reading no further ahead than the control
+//! client takes (back-pressure), and refuses new fetches once the daemon
+//! is shutting down.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-
+use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
 
-use crate::daemon::control::{ClientId, PortEntry, Response};
+use crate::daemon::control::{ClientId, Response};
 use crate::daemon::http::Url;
-use crate::daemon::resolver::{ResolverPool, DEFAULT_WORKERS};
 use ephemera::{Event, Stack};
 
 use super::{
-    port_entry, system_resolve, FetchEvent, FetchId, ForwardTarget, LookupCounters, Services,
-    ServicesConfig,
+    FetchEvent, FetchId, LookupCounters, ServiceError, Services, ServicesConfig, SHUTTING_DOWN,
 };
 
 /// Fetch body bytes queued to a control client before reading pauses.
@@ -53,48 +47,6 @@ impl ControlSink for crate::daemon::control::ControlServer {
     }
 }
 
-/// A forward target, as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardSpec {
-    /// The stack's listening port.
-    pub listen_port: u16,
-    /// Host name or address literal.
-    pub host: String,
-    /// Target port.
-    pub port: u16,
-}
-
-/// Which services to run.
-#[derive(Debug, Clone, Default)]
-pub struct ServiceSpec {
-    /// HTTP port.
-    pub http: Option<u16>,
-    /// Echo port (TCP and UDP).
-    pub echo: Option<u16>,
-    /// Discard port (TCP and UDP).
-    pub discard: Option<u16>,
-    /// SOCKS5 port.
-    pub socks: Option<u16>,
-    /// Port forwards.
-    pub forwards: Vec<ForwardSpec>,
-    /// Listen backlog (`None`: the stack's default).
-    pub backlog: Option<usize>,
-}
-
-/// The stack's sockets as control-protocol rows.
-pub fn port_entries(stack: &Stack) -> Vec<PortEntry> {
-    stack.snapshot().iter().map(port_entry).collect()
-}
-
-/// The stack's counters by name.
-pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
-    stack
-        .counters()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-}
-
 /// A fetch on behalf of a control client.
 #[derive(Debug)]
 struct ClientFetch {
@@ -114,55 +66,14 @@ pub struct DaemonServices {
 
 impl DaemonServices {
     /// Bind every configured service on the wildcard of each of the
-    /// stack's families (`v4` always, `v6` if asked). A port already taken
-    /// is an error naming it, and leaves nothing bound.
-    pub fn start(
-        stack: &mut Stack,
-        spec: &ServiceSpec,
-        v4: bool,
-        v6: bool,
-    ) -> Result<DaemonServices, String> {
-        let forwards = spec
-            .forwards
-            .iter()
-            .map(|f| {
-                let literal = f.host.trim_start_matches('[').trim_end_matches(']');
-                let target = match literal.parse::<IpAddr>() {
-                    Ok(ip) => ForwardTarget::Addr(SocketAddr::new(ip, f.port)),
-                    Err(_) => ForwardTarget::Name(f.host.clone(), f.port),
-                };
-                (f.listen_port, target)
-            })
-            .collect();
-        let cfg = ServicesConfig {
-            http: spec.http,
-            echo: spec.echo,
-            discard: spec.discard,
-            socks: spec.socks,
-            forwards,
-            backlog: spec.backlog,
-            ipv6: v6,
-            ..ServicesConfig::default()
-        };
-        let queue = cfg.max_lookups;
-        let mut inner = Services::new(stack, cfg).map_err(|e| e.to_string())?;
-        let resolve = move |host: &str, port: u16| resolve_families(host, port, v4, v6);
-        inner.set_resolver(Box::new(ResolverPool::new(resolve, DEFAULT_WORKERS, queue)));
+    /// stack's families. A port already taken is an error naming it, and
+    /// leaves nothing bound.
+    pub fn start(stack: &mut Stack, cfg: ServicesConfig) -> Result<DaemonServices, ServiceError> {
         Ok(DaemonServices {
-            inner,
+            inner: Services::new(stack, cfg)?,
             fetches: Vec::new(),
             closing: false,
         })
-    }
-
-    /// The services underneath.
-    pub fn services(&mut self) -> &mut Services {
-        &mut self.inner
-    }
-
-    /// Number of live TCP connections the services hold.
-    pub fn connection_count(&self) -> usize {
-        self.inner.connection_count()
     }
 
     /// When [`Self::resume`] should next run even without I/O (idle
@@ -207,7 +118,7 @@ impl DaemonServices {
             ctl.finish(client);
         };
         if self.closing {
-            return fail(ctl, "the daemon is shutting down".into());
+            return fail(ctl, SHUTTING_DOWN.into());
         }
         let url = match Url::parse(url) {
             Ok(u) => u,
@@ -289,20 +200,13 @@ impl DaemonServices {
     }
 }
 
-/// The system resolver's answers for `host`, kept to the families the
-/// stack has addresses of. Blocks: it runs on the resolver's threads.
-fn resolve_families(host: &str, port: u16, v4: bool, v6: bool) -> std::io::Result<Vec<SocketAddr>> {
-    Ok(system_resolve(host, port)?
-        .into_iter()
-        .filter(|a| (a.is_ipv4() && v4) || (a.is_ipv6() && v6))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::DaemonServices as Services;
     use super::*;
+    use crate::daemon::host::Host;
     use crate::daemon::http;
+    use crate::daemon::services::Forward;
     use ephemera::device::virtual_link::{LinkConfig, Network};
     use ephemera::Instant;
     use ephemera::StackConfig;
@@ -410,13 +314,13 @@ mod tests {
     #[test]
     fn echo_discard_and_http_over_a_virtual_link() {
         let mut net = net();
-        let spec = ServiceSpec {
+        let spec = ServicesConfig {
             http: Some(80),
             echo: Some(7),
             discard: Some(9),
             ..Default::default()
         };
-        let mut svc = Services::start(net.stack(1), &spec, true, false).unwrap();
+        let mut svc = Services::start(net.stack(1), spec.clone()).unwrap();
         let mut sink = Sink::default();
 
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
@@ -458,7 +362,7 @@ mod tests {
             (&b"ping"[..], "10.0.0.2:7".parse().unwrap())
         );
         // A busy port is an error naming it.
-        let err = Services::start(net.stack(1), &spec, true, false).unwrap_err();
+        let err = Services::start(net.stack(1), spec).unwrap_err().to_string();
         assert!(err.contains("port 80"), "{err}");
     }
 
@@ -468,24 +372,22 @@ mod tests {
         // The "client" stack 0 plays the HTTP server for the daemon's fetch.
         let mut origin = Services::start(
             net.stack(0),
-            &ServiceSpec {
+            ServicesConfig {
                 http: Some(8000),
                 ..Default::default()
             },
-            true,
-            false,
         )
         .unwrap();
-        let spec = ServiceSpec {
+        let spec = ServicesConfig {
             socks: Some(1080),
-            forwards: vec![ForwardSpec {
+            forwards: vec![Forward {
                 listen_port: 8080,
-                host: "10.0.0.1".into(),
+                host: Host::Ip("10.0.0.1".parse().unwrap()),
                 port: 8000,
             }],
             ..Default::default()
         };
-        let mut svc = Services::start(net.stack(1), &spec, true, false).unwrap();
+        let mut svc = Services::start(net.stack(1), spec.clone()).unwrap();
         let mut sink = Sink::default();
         let mut origin_sink = Sink::default();
         let id = ClientId::for_test(7);

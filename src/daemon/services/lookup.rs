@@ -14,15 +14,21 @@
 //! then the lookup still counts against the limit, because it still
 //! occupies the resolver.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+#[cfg(test)]
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
 
-use ephemera::{Duration, Instant};
+use log::debug;
 
-use super::FetchId;
+use ephemera::{Duration, Instant, Stack};
+
+use super::fetch::FetchId;
+use super::session::{Session, SessionId};
+use super::Services;
 
 /// Names one lookup the services started.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,15 +72,17 @@ pub trait Resolver {
 }
 
 /// A [`Resolver`] that answers inside `submit`, on the caller's thread,
-/// with a function. For tests and tables that never block: given a function
-/// that does (such as [`system_resolve`](super::system_resolve)), it would
+/// with a function, for tests. Given a function that blocks (such as
+/// [`system_resolve`](crate::daemon::resolver::system_resolve)), it would
 /// stall the caller, which is what
 /// [`ResolverPool`](crate::daemon::resolver::ResolverPool) avoids.
+#[cfg(test)]
 pub struct InlineResolver<F> {
     resolve: F,
     answers: VecDeque<(LookupId, LookupResult)>,
 }
 
+#[cfg(test)]
 impl<F> fmt::Debug for InlineResolver<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InlineResolver")
@@ -83,6 +91,7 @@ impl<F> fmt::Debug for InlineResolver<F> {
     }
 }
 
+#[cfg(test)]
 impl<F: FnMut(&str, u16) -> LookupResult> InlineResolver<F> {
     /// Answer every lookup with `resolve(host, port)`.
     pub fn new(resolve: F) -> InlineResolver<F> {
@@ -93,6 +102,7 @@ impl<F: FnMut(&str, u16) -> LookupResult> InlineResolver<F> {
     }
 }
 
+#[cfg(test)]
 impl<F: FnMut(&str, u16) -> LookupResult> Resolver for InlineResolver<F> {
     fn submit(&mut self, id: LookupId, host: &str, port: u16) -> io::Result<()> {
         let answer = (self.resolve)(host, port);
@@ -136,7 +146,7 @@ impl LookupCounters {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(super) enum Waiter {
     /// A SOCKS or forward session.
-    Session(u64),
+    Session(SessionId),
     /// A fetch that has no connection yet.
     Fetch(FetchId),
 }
@@ -187,6 +197,7 @@ impl Lookups {
 
     /// Use `resolver` from now on. Lookups outstanding with the old one
     /// will never be answered: their waiters fail on the next `expired`.
+    #[cfg(test)]
     pub(super) fn set_resolver(&mut self, resolver: Box<dyn Resolver>) {
         self.resolver = resolver;
         let orphans = self.pending.drain().filter_map(|(_, p)| p.waiter);
@@ -278,6 +289,7 @@ impl Lookups {
     }
 
     /// Lookups started and not yet answered, waited for or not.
+    #[cfg(test)]
     pub(super) fn outstanding(&self) -> usize {
         self.pending.len()
     }
@@ -291,16 +303,51 @@ impl Lookups {
     }
 }
 
-/// `host` as an address literal (an IPv6 one maybe in brackets) with
-/// `port`: such a host needs no lookup.
-pub(super) fn literal(host: &str, port: u16) -> Option<SocketAddr> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, port))
+impl Services {
+    /// The answer to `waiter`'s lookup (or the error that ends its wait):
+    /// connect, or report the failure, and go on.
+    pub(super) fn resolved(
+        &mut self,
+        stack: &mut Stack,
+        waiter: Waiter,
+        answer: LookupResult,
+        table: &mut Option<String>,
+    ) {
+        let sid = match waiter {
+            Waiter::Session(sid) => {
+                let waiting = self.sessions.get_mut(sid).map(|e| &mut e.session);
+                match waiting {
+                    Some(Session::Socks(s)) if s.lookup.is_some() => {
+                        s.resolved(stack, answer);
+                        Some(sid)
+                    }
+                    Some(Session::Resolving(_)) => {
+                        self.forward_resolved(stack, sid, answer).then_some(sid)
+                    }
+                    // Gone, or not waiting: a detached waiter is never
+                    // answered.
+                    _ => None,
+                }
+            }
+            Waiter::Fetch(id) => self.fetch_resolved(stack, id, answer),
+        };
+        if let Some(sid) = sid {
+            self.pump(stack, sid, table);
+        }
+    }
+
+    /// Waiters whose time ran out, failed as timed out.
+    pub(super) fn expire_lookups(
+        &mut self,
+        stack: &mut Stack,
+        now: Instant,
+        table: &mut Option<String>,
+    ) {
+        for (waiter, error) in self.dns.expired(now) {
+            debug!("name lookup: {error}");
+            self.resolved(stack, waiter, Err(error), table);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -392,24 +439,5 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, Waiter::Session(1));
         assert!(l.expired(t(0)).is_empty());
-    }
-
-    #[test]
-    fn literals_need_no_lookup() {
-        assert_eq!(
-            literal("10.0.0.3", 80),
-            Some("10.0.0.3:80".parse().unwrap())
-        );
-        assert_eq!(
-            literal("[fd00::1]", 80),
-            Some("[fd00::1]:80".parse().unwrap())
-        );
-        assert_eq!(
-            literal("fd00::1", 80),
-            Some("[fd00::1]:80".parse().unwrap())
-        );
-        for name in ["origin.test", "localhost", "10.0.0", "[10.0.0.3", ""] {
-            assert_eq!(literal(name, 80), None, "{name}");
-        }
     }
 }

@@ -7,7 +7,7 @@ fn forward_relays_both_ways_and_propagates_half_close() {
     let mut t = trio(
         40,
         ServicesConfig {
-            forwards: vec![(8080, "10.0.0.3:7000".parse().unwrap())],
+            forwards: vec![forward(8080, "10.0.0.3", 7000)],
             ..Default::default()
         },
     );
@@ -33,7 +33,7 @@ fn forward_reset_on_one_side_aborts_the_other() {
     let mut t = trio(
         41,
         ServicesConfig {
-            forwards: vec![(8080, ForwardTarget::Name("origin.test".into(), 7000))],
+            forwards: vec![forward(8080, "origin.test", 7000)],
             ..Default::default()
         },
     );
@@ -61,7 +61,7 @@ fn forward_to_a_closed_port_resets_the_client() {
     let mut t = trio(
         42,
         ServicesConfig {
-            forwards: vec![(8080, "10.0.0.3:7001".parse().unwrap())],
+            forwards: vec![forward(8080, "10.0.0.3", 7001)],
             ..Default::default()
         },
     );
@@ -79,7 +79,7 @@ fn forward_respects_back_pressure() {
     let mut t = trio(
         43,
         ServicesConfig {
-            forwards: vec![(8080, "10.0.0.3:7000".parse().unwrap())],
+            forwards: vec![forward(8080, "10.0.0.3", 7000)],
             ..Default::default()
         },
     );

@@ -18,7 +18,7 @@ fn a_port_already_bound_is_a_clear_error_and_nothing_stays_bound() {
     )
     .unwrap_err();
     assert_eq!(err.addr.port(), 9);
-    assert_eq!(err.errno, 98);
+    assert_eq!(err.cause.errno(), 98);
     let msg = err.to_string();
     assert!(
         msg.contains("discard") && msg.contains("port 9") && msg.contains("EADDRINUSE"),

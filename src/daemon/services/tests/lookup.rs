@@ -147,7 +147,7 @@ fn answers_for_clients_that_went_away_are_dropped_without_effect() {
         92,
         ServicesConfig {
             socks: Some(1080),
-            forwards: vec![(8080, ForwardTarget::Name("forward.test".into(), 7000))],
+            forwards: vec![forward(8080, "forward.test", 7000)],
             ..Default::default()
         },
     );

@@ -21,19 +21,17 @@ use std::sync::Mutex;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::device::wait_readable;
-use ephemera::error::errno;
 use ephemera::{
     Duration, Instant, ListenerHandle, PortTableConfig, RecvError, Stack, StackConfig, TcpHandle,
     TcpState,
 };
-use ephemera::{Protocol, SocketInfo};
 
+use super::fetch::{FetchError, FetchEvent, FetchId};
+use super::lookup::{InlineResolver, LookupId, LookupResult, Resolver};
+use super::{Forward, Services, ServicesConfig};
+use crate::daemon::host::Host;
 use crate::daemon::http::{pattern_byte, ResponseParser, Url};
 use crate::daemon::resolver::ResolverPool;
-use crate::daemon::services::{
-    render_port_table, FetchError, FetchEvent, FetchId, ForwardTarget, InlineResolver, LookupId,
-    LookupResult, Resolver, ServiceError, Services, ServicesConfig,
-};
 
 const CLIENT: &str = "10.0.0.1";
 const SERVER: &str = "10.0.0.2";
@@ -47,6 +45,15 @@ fn ip(s: &str) -> IpAddr {
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// `--forward LPORT=HOST:PORT`.
+fn forward(listen_port: u16, host: &str, port: u16) -> Forward {
+    Forward {
+        listen_port,
+        host: Host::parse(host).unwrap(),
+        port,
+    }
 }
 
 fn config(addr: &str, seed: u64) -> StackConfig {
@@ -399,79 +406,4 @@ fn drain_fetch(svc: &mut Services, id: FetchId, events: &mut Vec<FetchEvent>, bo
             ev => events.push(ev),
         }
     }
-}
-
-// ---- pure helpers --------------------------------------------------------
-
-#[test]
-fn forward_targets_parse() {
-    assert_eq!(
-        "10.0.0.3:80".parse(),
-        Ok(ForwardTarget::Addr("10.0.0.3:80".parse().unwrap()))
-    );
-    assert_eq!(
-        "[fd00::1]:8080".parse(),
-        Ok(ForwardTarget::Addr("[fd00::1]:8080".parse().unwrap()))
-    );
-    assert_eq!(
-        "Origin.Test:22".parse(),
-        Ok(ForwardTarget::Name("origin.test".into(), 22))
-    );
-    for bad in [
-        "",
-        "host",
-        "host:0",
-        "host:x",
-        ":80",
-        "a b:80",
-        "fd00::1:80x",
-    ] {
-        assert!(bad.parse::<ForwardTarget>().is_err(), "{bad:?}");
-    }
-}
-
-#[test]
-fn port_table_renders_like_ss() {
-    let rows = [
-        SocketInfo {
-            proto: Protocol::Tcp,
-            state: "ESTABLISHED".into(),
-            local: "10.0.0.2:80".parse().unwrap(),
-            remote: Some("10.0.0.1:50000".parse().unwrap()),
-            recv_queue: 3,
-            send_queue: 1000,
-            age: std::time::Duration::from_millis(12_345),
-        },
-        SocketInfo {
-            proto: Protocol::Udp,
-            state: "UNCONN".into(),
-            local: "0.0.0.0:7".parse().unwrap(),
-            remote: None,
-            recv_queue: 0,
-            send_queue: 0,
-            age: std::time::Duration::from_millis(5),
-        },
-    ];
-    let t = render_port_table(&rows);
-    let lines: Vec<&str> = t.lines().collect();
-    assert_eq!(lines.len(), 3, "{t}");
-    assert!(lines[0].contains("State") && lines[0].contains("Recv-Q"));
-    let est = lines.iter().find(|l| l.contains("ESTABLISHED")).unwrap();
-    for cell in ["tcp", "3", "1000", "10.0.0.2:80", "10.0.0.1:50000", "12.3s"] {
-        assert!(est.contains(cell), "{est:?} lacks {cell}");
-    }
-    let udp = lines.iter().find(|l| l.starts_with("udp")).unwrap();
-    assert!(udp.contains("0.0.0.0:7") && udp.contains("*:*") && udp.ends_with("5ms"));
-}
-
-#[test]
-fn service_errors_name_the_port() {
-    let e = ServiceError {
-        service: "http".into(),
-        proto: Protocol::Tcp,
-        addr: "0.0.0.0:80".parse().unwrap(),
-        errno: errno::EADDRINUSE,
-    };
-    let m = e.to_string();
-    assert!(m.contains("http") && m.contains("TCP port 80") && m.contains("EADDRINUSE"));
 }

@@ -1,0 +1,278 @@
+//! The session map: every connection the services hold belongs to one
+//! session (an HTTP client, an echo client, a SOCKS handshake, a relay, a
+//! fetch...), found by its handle.
+//!
+//! Invariants: every connection handle the services own is in `handles`,
+//! naming exactly one session, and each session owns its handles until it
+//! ends, when it closes or aborts them and they leave the map together. A
+//! session that idles has a deadline; no other has one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use log::debug;
+
+use ephemera::{ConnectError, Duration, Instant, SendError, Stack, TcpHandle};
+
+use super::echo::EchoSession;
+use super::fetch::FetchConn;
+use super::forward::ForwardWait;
+use super::http::HttpSession;
+use super::lookup::LookupId;
+use super::relay::{Relay, CHUNK};
+use super::socks::SocksSession;
+use crate::daemon::socks::SocksState;
+
+/// Names a session.
+pub(super) type SessionId = u64;
+
+/// One client's state, by what it is doing.
+#[derive(Debug)]
+pub(super) enum Session {
+    Http(HttpSession),
+    Echo(EchoSession),
+    Discard(TcpHandle),
+    Socks(SocksSession),
+    /// A forwarded client waiting for its target's name.
+    Resolving(ForwardWait),
+    Relay(Relay),
+    Fetch(FetchConn),
+}
+
+impl Session {
+    /// The connections it owns.
+    pub(super) fn handles(&self) -> [Option<TcpHandle>; 2] {
+        match self {
+            Session::Http(s) => [Some(s.conn), None],
+            Session::Echo(s) => [Some(s.conn), None],
+            Session::Discard(h) => [Some(*h), None],
+            Session::Socks(s) => [Some(s.client), s.upstream],
+            Session::Resolving(f) => [Some(f.client), None],
+            Session::Relay(r) => [Some(r.client), Some(r.upstream)],
+            Session::Fetch(f) => [Some(f.conn), None],
+        }
+    }
+
+    /// The lookup it waits for, if any.
+    pub(super) fn lookup(&self) -> Option<LookupId> {
+        match self {
+            Session::Socks(s) => s.lookup,
+            Session::Resolving(f) => Some(f.lookup),
+            _ => None,
+        }
+    }
+
+    /// Whether the idle timeout applies.
+    fn idles(&self) -> bool {
+        match self {
+            Session::Http(_) => true,
+            Session::Socks(s) => s.socks.state() != SocksState::Established,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a session goes on after a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pump {
+    /// Waiting for the stack.
+    Idle,
+    /// Moved bytes: the idle clock restarts.
+    Active,
+    /// Ended; its handles are closed or aborted.
+    Ended,
+}
+
+/// "Did anything move" as a [`Pump`].
+pub(super) fn progress(moved: bool) -> Pump {
+    if moved {
+        Pump::Active
+    } else {
+        Pump::Idle
+    }
+}
+
+/// A session and its idle deadline.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) session: Session,
+    pub(super) deadline: Option<Instant>,
+}
+
+/// The sessions, by id and by handle. See the [module docs](self).
+#[derive(Debug)]
+pub(super) struct Sessions {
+    map: HashMap<SessionId, Entry>,
+    handles: HashMap<TcpHandle, SessionId>,
+    next: SessionId,
+    idle: Option<Duration>,
+}
+
+impl Sessions {
+    /// No sessions; those that idle end after `idle` without traffic.
+    pub(super) fn new(idle: Option<Duration>) -> Sessions {
+        Sessions {
+            map: HashMap::new(),
+            handles: HashMap::new(),
+            next: 0,
+            idle,
+        }
+    }
+
+    /// A new id, for a session that needs it before it exists.
+    pub(super) fn reserve(&mut self) -> SessionId {
+        let sid = self.next;
+        self.next += 1;
+        sid
+    }
+
+    /// Add `session` under a new id.
+    pub(super) fn add(&mut self, session: Session, now: Instant) -> SessionId {
+        let sid = self.reserve();
+        self.insert(sid, session, now);
+        sid
+    }
+
+    /// Add `session` under `sid`, from [`Sessions::reserve`].
+    pub(super) fn insert(&mut self, sid: SessionId, session: Session, now: Instant) {
+        for h in session.handles().into_iter().flatten() {
+            self.handles.insert(h, sid);
+        }
+        let deadline = self.deadline_for(&session, now);
+        self.map.insert(sid, Entry { session, deadline });
+    }
+
+    /// `h` joined session `sid` (an upstream connection it opened).
+    pub(super) fn adopt(&mut self, h: TcpHandle, sid: SessionId) {
+        self.handles.insert(h, sid);
+    }
+
+    /// Take session `sid` out, with its handles.
+    pub(super) fn remove(&mut self, sid: SessionId) -> Option<Session> {
+        let e = self.map.remove(&sid)?;
+        for h in e.session.handles().into_iter().flatten() {
+            self.handles.remove(&h);
+        }
+        Some(e.session)
+    }
+
+    /// The session that owns `h`.
+    pub(super) fn owner(&self, h: TcpHandle) -> Option<SessionId> {
+        self.handles.get(&h).copied()
+    }
+
+    pub(super) fn get_mut(&mut self, sid: SessionId) -> Option<&mut Entry> {
+        self.map.get_mut(&sid)
+    }
+
+    /// Session `sid` moved bytes at `now`: its idle clock restarts.
+    pub(super) fn touch(&mut self, sid: SessionId, now: Instant) {
+        let idle = self.idle;
+        if let Some(e) = self.map.get_mut(&sid) {
+            e.deadline = idle.filter(|_| e.session.idles()).map(|d| now + d);
+        }
+    }
+
+    fn deadline_for(&self, session: &Session, now: Instant) -> Option<Instant> {
+        self.idle.filter(|_| session.idles()).map(|d| now + d)
+    }
+
+    /// Sessions idle past their deadline at `now`.
+    pub(super) fn idle_at(&self, now: Instant) -> Vec<SessionId> {
+        self.map
+            .iter()
+            .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
+            .map(|(&sid, _)| sid)
+            .collect()
+    }
+
+    /// The earliest idle deadline.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.map.values().filter_map(|e| e.deadline).min()
+    }
+
+    pub(super) fn ids(&self) -> Vec<SessionId> {
+        self.map.keys().copied().collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Connections the sessions hold.
+    #[cfg(test)]
+    pub(super) fn connections(&self) -> usize {
+        self.handles.len()
+    }
+}
+
+/// Bytes taken from a protocol state machine and not yet accepted by
+/// `send`.
+#[derive(Debug, Default)]
+pub(super) struct OutBuf {
+    pub(super) buf: Vec<u8>,
+    pub(super) pos: usize,
+}
+
+impl OutBuf {
+    pub(super) fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// Send pending bytes, refilling from `fill` while the stack takes
+    /// them. Returns whether anything moved.
+    pub(super) fn flush(
+        &mut self,
+        stack: &mut Stack,
+        h: TcpHandle,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> Result<bool, SendError> {
+        let mut progress = false;
+        loop {
+            if self.is_empty() {
+                self.buf.resize(CHUNK, 0);
+                let n = fill(&mut self.buf);
+                self.buf.truncate(n);
+                self.pos = 0;
+                if n == 0 {
+                    return Ok(progress);
+                }
+            }
+            match stack.send(h, &self.buf[self.pos..]) {
+                Ok(n) => {
+                    self.pos += n;
+                    progress = true;
+                }
+                Err(SendError::WouldBlock) => return Ok(progress),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Why no connection was opened to any of a list of addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoConnection {
+    /// The list was empty.
+    NoAddress,
+    /// The stack refused the last address tried.
+    Refused(SocketAddr, ConnectError),
+}
+
+/// Open a connection to the first of `addrs` the stack accepts.
+pub(super) fn connect_any(
+    stack: &mut Stack,
+    addrs: &[SocketAddr],
+) -> Result<(TcpHandle, SocketAddr), NoConnection> {
+    let mut last = NoConnection::NoAddress;
+    for &a in addrs {
+        match stack.connect(a) {
+            Ok(h) => {
+                debug!("connect {:?} -> {a}", stack.local_addr(h));
+                return Ok((h, a));
+            }
+            Err(e) => last = NoConnection::Refused(a, e),
+        }
+    }
+    Err(last)
+}

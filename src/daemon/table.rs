@@ -1,0 +1,267 @@
+//! The stack's port table and counters as the daemon shows them: rows of
+//! the control protocol ([`PortEntry`]), the `ss -tuan`-like text that
+//! `ephemera ports` prints and the HTTP service's `/` page shows, and
+//! `name value` counter lines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use ephemera::{Protocol, SocketInfo, Stack};
+use serde::{Deserialize, Serialize};
+
+/// One row of the port table, as the control protocol carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortEntry {
+    /// TCP or UDP; `tcp` or `udp` on the wire.
+    #[serde(with = "proto_name")]
+    pub proto: Protocol,
+    /// RFC 9293 state name (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, ...), or
+    /// `UNCONN` for a bound UDP socket.
+    pub state: String,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port; none for listeners and unconnected UDP.
+    pub remote: Option<SocketAddr>,
+    /// Bytes received and not yet read by the application.
+    pub recv_q: usize,
+    /// Bytes queued to send and not yet acknowledged.
+    pub send_q: usize,
+    /// Milliseconds since the socket was created.
+    pub age_ms: u64,
+}
+
+/// [`Protocol`] as `tcp` / `udp`, the names `ss` uses.
+mod proto_name {
+    use ephemera::Protocol;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn name(p: Protocol) -> &'static str {
+        match p {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(name(*p))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+        match <&str>::deserialize(d)? {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(de::Error::unknown_variant(other, &["tcp", "udp"])),
+        }
+    }
+}
+
+/// One socket of the stack as a row.
+pub fn port_entry(info: &SocketInfo) -> PortEntry {
+    PortEntry {
+        proto: info.proto,
+        state: info.state.clone(),
+        local: info.local,
+        remote: info.remote,
+        recv_q: info.recv_queue,
+        send_q: info.send_queue,
+        age_ms: u64::try_from(info.age.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Every socket of the stack as rows.
+pub fn port_entries(stack: &Stack) -> Vec<PortEntry> {
+    stack.snapshot().iter().map(port_entry).collect()
+}
+
+/// The stack's counters by name.
+pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
+    stack
+        .counters()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// The port table like `ss -tuan` (Netid, State, Recv-Q, Send-Q, Local,
+/// Peer, Age), one line per socket, in the same format `ephemera ports`
+/// prints.
+pub fn render_port_table(rows: &[SocketInfo]) -> String {
+    let entries: Vec<PortEntry> = rows.iter().map(port_entry).collect();
+    format_ports_table(&entries)
+}
+
+/// "850ms", "12.3s", "5m02s", "3h07m".
+fn format_age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{}.{}s", ms / 1000, ms % 1000 / 100),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// The port table as `ss -tuan` would print it, one socket per line, TCP
+/// before UDP, then by local port.
+pub fn format_ports_table(ports: &[PortEntry]) -> String {
+    let mut rows: Vec<&PortEntry> = ports.iter().collect();
+    rows.sort_by_key(|p| (p.proto, p.local.port(), p.local.ip(), p.remote));
+    let header = [
+        "Netid",
+        "State",
+        "Recv-Q",
+        "Send-Q",
+        "Local Address:Port",
+        "Peer Address:Port",
+        "Age",
+    ];
+    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    for p in rows {
+        let remote = match p.remote {
+            Some(r) => r.to_string(),
+            None if p.local.is_ipv6() => "[::]:*".to_string(),
+            None => "*:*".to_string(),
+        };
+        table.push([
+            proto_name::name(p.proto).to_string(),
+            p.state.clone(),
+            p.recv_q.to_string(),
+            p.send_q.to_string(),
+            p.local.to_string(),
+            remote,
+            format_age(p.age_ms),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Counters as `name value` lines, names aligned.
+pub fn format_counters(counters: &BTreeMap<String, u64>) -> String {
+    let w = counters.keys().map(|k| k.len()).max().unwrap_or(0);
+    counters
+        .iter()
+        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A row for tests.
+    pub(crate) fn entry(
+        proto: Protocol,
+        state: &str,
+        local: &str,
+        remote: Option<&str>,
+        age_ms: u64,
+    ) -> PortEntry {
+        PortEntry {
+            proto,
+            state: state.into(),
+            local: local.parse().unwrap(),
+            remote: remote.map(|r| r.parse().unwrap()),
+            recv_q: 0,
+            send_q: 12,
+            age_ms,
+        }
+    }
+
+    #[test]
+    fn rows_carry_tcp_and_udp_by_name() {
+        let row = entry(Protocol::Udp, "UNCONN", "10.7.0.2:7", None, 5);
+        let s = serde_json::to_string(&row).unwrap();
+        assert!(s.contains(r#""proto":"udp""#), "{s}");
+        assert_eq!(serde_json::from_str::<PortEntry>(&s).unwrap(), row);
+        let bad = s.replace(r#""udp""#, r#""sctp""#);
+        assert!(serde_json::from_str::<PortEntry>(&bad).is_err());
+    }
+
+    #[test]
+    fn table_and_counters_format() {
+        let t = format_ports_table(&[
+            entry(Protocol::Udp, "UNCONN", "10.7.0.2:7", None, 61_000),
+            entry(
+                Protocol::Tcp,
+                "ESTABLISHED",
+                "10.7.0.2:80",
+                Some("10.7.0.1:51234"),
+                12_345,
+            ),
+            entry(Protocol::Tcp, "LISTEN", "[fd00:7::2]:80", None, 800),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("Netid  State"));
+        assert!(
+            lines[1].starts_with("tcp")
+                && lines[1].contains("10.7.0.1:51234")
+                && lines[1].ends_with("12.3s")
+        );
+        assert!(lines[2].contains("[::]:*") && lines[2].ends_with("800ms"));
+        assert!(
+            lines[3].starts_with("udp") && lines[3].contains("*:*") && lines[3].ends_with("1m01s")
+        );
+        // Columns line up: every "Local" cell starts at the same offset.
+        let col = lines[0].find("Local").unwrap();
+        assert_eq!(&lines[1][col..col + 8], "10.7.0.2");
+        assert_eq!(format_age(3 * 3_600_000 + 7 * 60_000), "3h07m");
+        let mut c = BTreeMap::new();
+        c.insert("rx_packets".to_string(), 10);
+        c.insert("drops".to_string(), 1);
+        assert_eq!(format_counters(&c), "drops       1\nrx_packets  10\n");
+    }
+
+    #[test]
+    fn port_table_renders_like_ss() {
+        let rows = [
+            SocketInfo {
+                proto: Protocol::Tcp,
+                state: "ESTABLISHED".into(),
+                local: "10.0.0.2:80".parse().unwrap(),
+                remote: Some("10.0.0.1:50000".parse().unwrap()),
+                recv_queue: 3,
+                send_queue: 1000,
+                age: std::time::Duration::from_millis(12_345),
+            },
+            SocketInfo {
+                proto: Protocol::Udp,
+                state: "UNCONN".into(),
+                local: "0.0.0.0:7".parse().unwrap(),
+                remote: None,
+                recv_queue: 0,
+                send_queue: 0,
+                age: std::time::Duration::from_millis(5),
+            },
+        ];
+        let t = render_port_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].contains("State") && lines[0].contains("Recv-Q"));
+        let est = lines.iter().find(|l| l.contains("ESTABLISHED")).unwrap();
+        for cell in ["tcp", "3", "1000", "10.0.0.2:80", "10.0.0.1:50000", "12.3s"] {
+            assert!(est.contains(cell), "{est:?} lacks {cell}");
+        }
+        let udp = lines.iter().find(|l| l.starts_with("udp")).unwrap();
+        assert!(udp.contains("0.0.0.0:7") && udp.contains("*:*") && udp.ends_with("5ms"));
+    }
+}
