@@ -104,11 +104,6 @@ impl Tun {
         })
     }
 
-    /// Whether writes may carry TCP segmentation offload.
-    pub fn offload(&self) -> bool {
-        matches!(self.kind, Kind::Offload { .. })
-    }
-
     /// The interface's name, as the kernel reports it.
     pub fn name(&self) -> &str {
         match &self.kind {
