@@ -8,8 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use super::{
-    content_length, find_head_end, head_lines, is_token, list_values, parse_decimal, trim_ows,
-    Field,
+    content_length, find_head_end, head_lines, is_token, list_values, parse_decimal, Field,
 };
 use crate::daemon::host::Host;
 
@@ -425,7 +424,7 @@ impl ResponseParser {
                 if self.buf.len() > MAX_CHUNK_LINE {
                     return Err(ResponseError::BadChunk);
                 }
-                let size = parse_chunk_size(&self.buf).ok_or(ResponseError::BadChunk)?;
+                let size = parse_chunk_size(&mut self.buf).ok_or(ResponseError::BadChunk)?;
                 self.buf.clear();
                 self.state = ResponseState::Chunked(if size == 0 {
                     // The zero chunk's CRLF is consumed: the trailer section
@@ -463,18 +462,23 @@ impl ResponseParser {
     }
 }
 
-/// `1*HEXDIG [BWS ; ext...]` (RFC 9112 §7.1), with an optional trailing CR.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-    let hex = trim_ows(hex);
-    if hex.is_empty() || hex.len() > 16 {
+/// The size on a chunk-size line (RFC 9112 §7.1: `1*HEXDIG [BWS ; ext...]`),
+/// its LF already split off and its CR, if any, still on. httparse reads
+/// the line once it ends in CRLF; leading whitespace is skipped, as before
+/// httparse, and an empty size is refused (httparse reads it as 0).
+fn parse_chunk_size(line: &mut Vec<u8>) -> Option<u64> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let start = line.iter().position(|&b| b != b' ' && b != b'\t')?;
+    if !line[start].is_ascii_hexdigit() {
         return None;
     }
-    hex.iter().try_fold(0u64, |acc, &b| {
-        let d = (b as char).to_digit(16)?;
-        Some(acc << 4 | u64::from(d))
-    })
+    line.extend_from_slice(b"\r\n");
+    match httparse::parse_chunk_size(&line[start..]) {
+        Ok(httparse::Status::Complete((_, size))) => Some(size),
+        _ => None,
+    }
 }
 
 fn parse_response_head(head: &[u8]) -> Result<ResponseHead, ResponseError> {

@@ -1,4 +1,5 @@
-//! The server half: [`ServerConn`] is one server-side connection.
+//! The server half: [`ServerConn`] is one server-side connection, its
+//! request heads read by `httparse`.
 //! Received bytes go in through [`ServerConn::handle_input`], bytes to send
 //! come out of [`ServerConn::poll_output`], and
 //! [`ServerConn::should_close`] says when the daemon should send FIN. Idle
@@ -13,10 +14,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{
-    content_length, find_head_end, head_lines, is_token, list_values, parse_decimal, trim_ows,
-    Field,
-};
+use super::{content_length, find_head_end, list_values, parse_decimal, trim_ows, Field};
 
 /// Largest request line plus header fields the server accepts; beyond it the
 /// answer is 431 and the connection closes.
@@ -198,8 +196,8 @@ impl ServerConn {
                 // Reject a bad request line at once rather than waiting for
                 // a blank line that a non-HTTP client may never send.
                 if let Some(rel) = self.inbuf[self.scan..].iter().position(|&b| b == b'\n') {
-                    let line = &self.inbuf[self.start..self.scan + rel];
-                    if let Err(status) = parse_request_line(line) {
+                    let line = &self.inbuf[self.start..=self.scan + rel];
+                    if let Err(status) = check_request_line(line) {
                         self.queue_error(status);
                         break;
                     }
@@ -444,79 +442,92 @@ struct Request {
     content_length: u64,
 }
 
-/// Index just past the blank line that ends a message head starting at
-/// Header fields as (name, value) with the value's surrounding whitespace trimmed.
-fn parse_fields<'a>(lines: &[&'a [u8]]) -> Result<Vec<Field<'a>>, ()> {
-    let mut fields = Vec::with_capacity(lines.len());
-    for line in lines {
-        // RFC 9112 §5.2: obs-fold in a request is rejected with 400.
-        let colon = line.iter().position(|&b| b == b':').ok_or(())?;
-        let name = &line[..colon];
-        // RFC 9112 §5.1: no whitespace between the name and the colon.
-        if !is_token(name) {
-            return Err(());
-        }
-        let value = trim_ows(&line[colon + 1..]);
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(());
-        }
-        fields.push((name, value));
+/// Checks a request line, its LF included, before the rest of the head
+/// arrives: `Ok` if the head may go on, the status to answer if not.
+fn check_request_line(line: &[u8]) -> Result<(), Status> {
+    // No room for fields: a valid line then reads as a partial head.
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse(line) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
+        Err(httparse::Error::Version) => version_fallback(line).map(|_| ()),
+        Err(_) => Err(Status::BAD_REQUEST),
     }
-    Ok(fields)
 }
 
-/// The parts of a request line we act on.
-struct RequestLine {
-    method: Method,
-    path: String,
-    http10: bool,
-}
-
-/// Parses a request line (its LF excluded, a final CR allowed).
-fn parse_request_line(line: &[u8]) -> Result<RequestLine, Status> {
-    let bad = Status::BAD_REQUEST;
+/// For a head httparse refused for its version: where its minor version
+/// digit is if it is `HTTP/1.x` with a later x, to be read as 1.1 (RFC
+/// 9110 §2.5: a server reads a later minor version as its own); 505 for
+/// another `HTTP/d.d`; 400 for anything else.
+fn version_fallback(head: &[u8]) -> Result<usize, Status> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    // RFC 9112 §3: method SP request-target SP HTTP-version.
     let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
+    let (Some(_), Some(_), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(bad);
+        return Err(Status::BAD_REQUEST);
     };
-    if !is_token(method) || target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
-        return Err(bad);
-    }
-    let http10 = match version {
-        b"HTTP/1.0" => true,
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => false,
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => Ok(line.len() - 1),
         [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit() => {
-            return Err(Status::VERSION_NOT_SUPPORTED);
+            Err(Status::VERSION_NOT_SUPPORTED)
         }
-        _ => return Err(bad),
-    };
-    let method = match method {
-        b"GET" => Method::Get,
-        b"HEAD" => Method::Head,
-        _ => Method::Other,
-    };
-    let path = request_path(target).ok_or(bad)?;
-    Ok(RequestLine {
-        method,
-        path,
-        http10,
-    })
+        _ => Err(Status::BAD_REQUEST),
+    }
 }
 
+/// Parses a complete head (request line, fields, blank line): its syntax
+/// with httparse, then what this server requires on top of it.
 fn parse_request(head: &[u8]) -> Result<Request, Status> {
+    match parse_head(head) {
+        Err(httparse::Error::Version) => {
+            let minor = version_fallback(head)?;
+            let mut as_11 = head.to_vec();
+            as_11[minor] = b'1';
+            parse_head(&as_11).map_err(|_| Status::BAD_REQUEST)?
+        }
+        r => r.map_err(|e| match e {
+            httparse::Error::TooManyHeaders => Status::HEADERS_TOO_LARGE,
+            _ => Status::BAD_REQUEST,
+        })?,
+    }
+}
+
+/// [`parse_request`] once httparse has accepted the syntax: the inner
+/// `Result` says what the server makes of it.
+fn parse_head(head: &[u8]) -> Result<Result<Request, Status>, httparse::Error> {
+    // Room for every line of the head: no valid request is refused for
+    // its number of fields, and the head is bounded (MAX_REQUEST_HEAD).
+    let lines = head.iter().filter(|&&b| b == b'\n').count();
+    let mut headers = vec![httparse::EMPTY_HEADER; lines];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(head)?.is_partial() {
+        // The caller found the blank line, so httparse cannot want more.
+        return Ok(Err(Status::BAD_REQUEST));
+    }
+    Ok(interpret(&req))
+}
+
+/// What the server acts on in a request httparse accepted.
+fn interpret(req: &httparse::Request<'_, '_>) -> Result<Request, Status> {
     let bad = Status::BAD_REQUEST;
-    let lines = head_lines(head).map_err(|()| bad)?;
-    let (request_line, field_lines) = lines.split_first().ok_or(bad)?;
-    let RequestLine {
-        method,
-        path,
-        http10,
-    } = parse_request_line(request_line)?;
-    let fields = parse_fields(field_lines).map_err(|()| bad)?;
+    let http10 = req.version == Some(0);
+    let method = match req.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
+    };
+    // httparse lets octets above 0x7f through; a target is ASCII.
+    let target = req.path.unwrap_or_default().as_bytes();
+    if !target.iter().all(u8::is_ascii_graphic) {
+        return Err(bad);
+    }
+    let path = request_path(target).ok_or(bad)?;
+    let fields: Vec<Field<'_>> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.as_bytes(), trim_ows(h.value)))
+        .collect();
     // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
     let hosts = fields
         .iter()
@@ -847,6 +858,15 @@ mod tests {
         let out = String::from_utf8(drain(&mut conn)).unwrap();
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
         assert!(conn.should_close());
+    }
+
+    #[test]
+    fn a_later_http_1_minor_version_is_served_as_1_1() {
+        // RFC 9110 §2.5; httparse itself knows only 1.0 and 1.1.
+        let (out, conn) = exchange(b"GET /bytes/2 HTTP/1.2\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n01"), "{out}");
+        assert!(!conn.should_close());
     }
 
     #[test]
