@@ -451,8 +451,7 @@ pub fn control_path(explicit: Option<&Path>, tun: &str) -> PathBuf {
     match explicit {
         Some(p) => p.to_path_buf(),
         None => {
-            // SAFETY: geteuid(2) cannot fail.
-            let euid = unsafe { libc::geteuid() };
+            let euid = nix::unistd::geteuid().as_raw();
             default_control_path(euid, std::env::var_os("XDG_RUNTIME_DIR").as_deref(), tun)
         }
     }

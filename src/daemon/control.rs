@@ -20,11 +20,14 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::socket::{
+    bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use serde::{Deserialize, Serialize};
 
 use ephemera::device::PollFd;
@@ -129,52 +132,32 @@ pub struct ControlServer {
     euid: u32,
 }
 
-fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+/// `path` as a Unix socket address: not empty, no NUL, and short enough
+/// for `sun_path`.
+fn socket_addr(path: &Path) -> io::Result<UnixAddr> {
+    // sun_path holds 108 octets, the last a NUL (unix(7)).
+    const SUN_PATH: usize = 108;
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    if bytes.is_empty() || bytes.len() >= SUN_PATH || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "control socket path {} is empty or longer than {} bytes",
                 path.display(),
-                addr.sun_path.len() - 1
+                SUN_PATH - 1
             ),
         ));
     }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    Ok(UnixAddr::new(path)?)
 }
 
 /// The uid of the process at the other end of a Unix stream (SO_PEERCRED).
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    // SAFETY: ucred is plain data.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes a ucred of at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
+    Ok(getsockopt(stream, sockopt::PeerCredentials)?.uid())
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Whether a peer with `uid` may use a daemon (or be trusted as one)
@@ -220,31 +203,14 @@ impl ControlServer {
             }
         }
         clear_stale(path)?;
-        let (addr, len) = sockaddr_un(path)?;
-        // SAFETY: socket(2); the result is checked, then owned.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `addr` is a valid sockaddr_un of length `len`.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        let addr = socket_addr(path)?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        bind(fd.as_raw_fd(), &addr)?;
         // Until listen(2) below, connects are refused, so the file's
         // momentary umask-derived mode exposes nothing.
         let restrict = || -> io::Result<()> {
@@ -252,11 +218,7 @@ impl ControlServer {
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
             }
-            // SAFETY: listen(2) on our bound socket.
-            if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            Ok(listen(&fd, Backlog::new(16)?)?)
         };
         if let Err(e) = restrict() {
             let _ = std::fs::remove_file(path);
@@ -654,6 +616,7 @@ mod tests {
     use crate::daemon::table::tests::entry;
     use ephemera::Protocol;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::OwnedFd;
     use std::time::Instant;
 
     /// A fresh directory under the temp dir, removed on drop.
@@ -676,17 +639,16 @@ mod tests {
     /// Bound but never listening, so connects are refused even while a
     /// concurrently forked test child holds a copy of the fd.
     fn stale_socket(path: &Path) -> OwnedFd {
-        let (addr, len) = sockaddr_un(path).unwrap();
-        // SAFETY: socket + bind with a valid address; the fd is owned.
-        unsafe {
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0);
-            assert_eq!(
-                libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len),
-                0
-            );
-            OwnedFd::from_raw_fd(fd)
-        }
+        let addr = socket_addr(path).unwrap();
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        );
+        let fd = fd.unwrap();
+        bind(fd.as_raw_fd(), &addr).unwrap();
+        fd
     }
 
     /// Run the server's side until `done` says so (bounded).

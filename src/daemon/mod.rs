@@ -162,8 +162,7 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
     let name = args.tun.as_str();
     let owner = match &args.user {
         Some(user) => {
-            // SAFETY: geteuid cannot fail.
-            if unsafe { libc::geteuid() } != 0 {
+            if !nix::unistd::geteuid().is_root() {
                 return Err(format!("--user {user} needs the daemon to start as root"));
             }
             Some(
