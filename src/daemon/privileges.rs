@@ -1,75 +1,46 @@
 //! Dropping root once the TUN is open: the fd keeps working, nothing else
 //! privileged is needed afterwards.
 
-use std::ffi::CString;
 use std::io;
 
+use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, Gid, Uid, User};
+
 /// The uid and gid of `user` (`getpwnam_r`); `NotFound` if there is none.
-pub fn lookup_user(user: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
-    let name = CString::new(user)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: passwd is plain data, filled in by getpwnam_r.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the stated buffer size.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no such user: {user}"),
-            ));
-        }
-        return Ok((pwd.pw_uid, pwd.pw_gid));
+pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
+    if user.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "user name contains NUL",
+        ));
+    }
+    match User::from_name(user)? {
+        Some(u) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        None => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no such user: {user}"),
+        )),
     }
 }
 
 /// Become `user` for good: supplementary groups cleared to the user's
 /// primary group, then gid, then uid (in that order: after `setuid` the
-/// others are no longer allowed). Verified afterwards, including that root
-/// cannot be regained.
+/// others are no longer allowed). The C library's calls, which nix makes,
+/// change every thread's credentials, not only the caller's. Verified
+/// afterwards, including that root cannot be regained.
 pub fn drop_privileges(user: &str) -> io::Result<()> {
     let (uid, gid) = lookup_user(user)?;
-    let check = |rc: libc::c_int, what: &str| {
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-        }
-        Ok(())
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    let step = |result: nix::Result<()>, what: &str| {
+        result.map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        })
     };
-    // SAFETY: plain credential syscalls with valid arguments.
-    unsafe {
-        check(libc::setgroups(1, &gid), "setgroups")?;
-        check(libc::setgid(gid), "setgid")?;
-        check(libc::setuid(uid), "setuid")?;
-    }
-    // SAFETY: credential getters cannot fail; setuid(0) is the probe.
-    let (ruid, euid, rgid, egid, regained) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-            uid != 0 && libc::setuid(0) == 0,
-        )
-    };
-    if ruid != uid || euid != uid || rgid != gid || egid != gid || regained {
+    step(setgroups(&[gid]), "setgroups")?;
+    step(setgid(gid), "setgid")?;
+    step(setuid(uid), "setuid")?;
+    let regained = !uid.is_root() && setuid(Uid::from_raw(0)).is_ok();
+    if getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid || regained {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("privileges were not fully dropped to {user}"),
@@ -105,9 +76,8 @@ mod tests {
         const MARK: &str = "EPHEMERA_TEST_DROP_CHILD";
         if std::env::var_os(MARK).is_some() {
             drop_privileges("nobody").unwrap();
-            // SAFETY: credential getters cannot fail.
-            let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
-            assert_ne!(uid, 0);
+            let (uid, euid) = (getuid(), geteuid());
+            assert!(!uid.is_root());
             assert_eq!(uid, euid);
             assert_eq!(
                 std::fs::read("/etc/shadow").map_err(|e| e.kind()),
@@ -115,8 +85,7 @@ mod tests {
             );
             return;
         }
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 || lookup_user("nobody").is_err() {
+        if !geteuid().is_root() || lookup_user("nobody").is_err() {
             eprintln!("SKIP drop_to_nobody_in_a_child: needs root and a `nobody` user");
             return;
         }
