@@ -20,7 +20,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,8 +30,7 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
-use ephemera::device::PollFd;
-
+use crate::daemon::poll::{interest, PollFd};
 use crate::daemon::table::PortEntry;
 
 /// Longest request line the server reads; longer ones end the connection.
@@ -236,10 +235,10 @@ impl ControlServer {
 
     /// Append what to wait on: the listener, each client for reading, and
     /// for writing those with output pending.
-    pub fn poll_fds(&self, out: &mut Vec<PollFd>) {
-        out.push(PollFd::new(self.listener.as_raw_fd(), false));
+    pub fn poll_fds<'a>(&'a self, out: &mut Vec<PollFd<'a>>) {
+        out.push(interest(self.listener.as_fd(), false));
         for c in &self.clients {
-            out.push(PollFd::new(c.stream.as_raw_fd(), !c.output.is_empty()));
+            out.push(interest(c.stream.as_fd(), !c.output.is_empty()));
         }
     }
 
@@ -657,7 +656,7 @@ mod tests {
         while Instant::now() < deadline {
             let mut fds = Vec::new();
             server.poll_fds(&mut fds);
-            ephemera::device::poll(&mut fds, Some(Duration::from_millis(20))).unwrap();
+            crate::daemon::poll::poll(&mut fds, Some(Duration::from_millis(20))).unwrap();
             server.handle_io();
             if step(server) {
                 return;

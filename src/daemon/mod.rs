@@ -11,6 +11,7 @@
 pub mod control;
 pub mod host;
 pub mod http;
+pub mod poll;
 pub mod privileges;
 pub mod resolver;
 pub mod services;
@@ -25,11 +26,12 @@ use std::path::Path;
 
 use crate::cli::{control_path, UpArgs};
 use control::Request;
-use ephemera::device::{tun, PcapWriter, PollFd, Tun};
+use ephemera::device::{tun, PcapWriter, Tun};
 use ephemera::Instant;
 use ephemera::PortTableConfig;
 use ephemera::{Stack, StackConfig};
 use services::{DaemonServices as Services, ServicesConfig};
+use std::os::unix::io::AsFd;
 use table::{counter_map, port_entries};
 
 /// Which setup step an OS error came from, for [`explain`].
@@ -469,14 +471,14 @@ impl EventLoop {
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             let mut fds = vec![
-                PollFd::new(self.edge.tun.raw_fd(), false),
-                PollFd::new(self.edge.signals.fd(), false),
+                poll::interest(self.edge.tun.as_fd(), false),
+                poll::interest(self.edge.signals.fd(), false),
             ];
             if let Some(fd) = self.services.wake_fd() {
-                fds.push(PollFd::new(fd, false));
+                fds.push(poll::interest(fd, false));
             }
             self.edge.control.poll_fds(&mut fds);
-            ephemera::device::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
+            poll::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
         }
         if let Some(pcap) = &mut self.edge.pcap {
             if let Err(e) = pcap.flush() {

@@ -23,7 +23,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsFd, BorrowedFd};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -184,7 +184,7 @@ impl Resolver for ResolverPool {
         Some(answer)
     }
 
-    fn wake_fd(&self) -> Option<RawFd> {
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.running.as_ref().map(|r| r.wake.fd())
     }
 }
@@ -216,43 +216,35 @@ fn work(
 
 /// A non-blocking eventfd(2): readable from `signal` until `clear`.
 #[derive(Debug)]
-struct EventFd(OwnedFd);
+struct EventFd(nix::sys::eventfd::EventFd);
 
 impl EventFd {
     fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd(2) takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        use nix::sys::eventfd::EfdFlags;
+        let flags = EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC;
+        Ok(EventFd(nix::sys::eventfd::EventFd::from_flags(flags)?))
     }
 
-    fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 
     fn signal(&self) {
-        let one: u64 = 1;
         // Only EAGAIN (the counter at its maximum) can fail, and then the
         // fd is readable anyway.
-        // SAFETY: writing 8 bytes from a local.
-        unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        let _ = self.0.write(1);
     }
 
     fn clear(&self) {
-        let mut count: u64 = 0;
         // EAGAIN means it was clear already.
-        // SAFETY: reading 8 bytes into a local.
-        unsafe { libc::read(self.fd(), (&mut count as *mut u64).cast(), 8) };
+        let _ = self.0.read();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ephemera::device::wait_readable;
+    use crate::daemon::poll::wait_readable;
     use std::time::Duration;
 
     const LIMIT: Duration = Duration::from_secs(10);
@@ -296,23 +288,25 @@ mod tests {
     #[test]
     fn answers_arrive_off_the_callers_thread_and_wake_the_fd() {
         let (mut pool, entered, open) = pool(2, 8);
-        assert_eq!(pool.wake_fd(), None, "no thread, no fd before a lookup");
+        assert!(pool.wake_fd().is_none(), "no thread, no fd before a lookup");
         assert!(pool.poll_answer().is_none());
 
         pool.submit(id(1), "gated", 80).unwrap();
         entered.recv_timeout(LIMIT).unwrap();
         pool.submit(id(2), "host7", 81).unwrap();
-        let fd = pool.wake_fd().unwrap();
         // host7 is answered while the other worker is stuck on "gated".
-        assert!(wait_readable(fd, Some(LIMIT)).unwrap());
+        assert!(wait_readable(pool.wake_fd().unwrap(), Some(LIMIT)).unwrap());
         let (got, answer) = pool.poll_answer().unwrap();
         assert_eq!(got, id(2));
         assert_eq!(answer.unwrap(), vec!["10.0.0.7:81".parse().unwrap()]);
         assert!(pool.poll_answer().is_none());
-        assert!(!wait_readable(fd, Some(Duration::ZERO)).unwrap(), "cleared");
+        assert!(
+            !wait_readable(pool.wake_fd().unwrap(), Some(Duration::ZERO)).unwrap(),
+            "cleared"
+        );
 
         open.send(()).unwrap();
-        assert!(wait_readable(fd, Some(LIMIT)).unwrap());
+        assert!(wait_readable(pool.wake_fd().unwrap(), Some(LIMIT)).unwrap());
         let (got, answer) = pool.poll_answer().unwrap();
         assert_eq!(got, id(1));
         assert_eq!(answer.unwrap(), vec!["10.0.0.0:80".parse().unwrap()]);
@@ -332,10 +326,9 @@ mod tests {
         assert!(e.to_string().contains("busy"), "{e}");
 
         open.send(()).unwrap();
-        let fd = pool.wake_fd().unwrap();
         let mut answered = Vec::new();
         while answered.len() < 2 {
-            assert!(wait_readable(fd, Some(LIMIT)).unwrap());
+            assert!(wait_readable(pool.wake_fd().unwrap(), Some(LIMIT)).unwrap());
             while let Some((got, _)) = pool.poll_answer() {
                 answered.push(got);
             }

@@ -10,7 +10,7 @@
 //! [`SignalPipe`] exists at a time; dropping it unregisters its actions.
 
 use std::io::{self, Read};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,8 +76,8 @@ impl SignalPipe {
     }
 
     /// The pipe's read end: readable once a signal has arrived.
-    pub fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
     }
 
     /// The signal that arrived since the last call, if any (SIGTERM when
@@ -108,7 +108,7 @@ impl Drop for SignalPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ephemera::device::wait_readable;
+    use crate::daemon::poll::wait_readable;
     use signal_hook::low_level::raise;
     use std::time::Duration;
 

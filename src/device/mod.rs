@@ -1,4 +1,4 @@
-//! The OS edge: the TUN device, a pcap writer, and `poll(2)`.
+//! The OS edge: the TUN device and a pcap writer.
 //!
 //! Everything here is thin and policy-free: functions return `io::Result`
 //! and the caller (the daemon) turns errors into messages. The one piece of
@@ -15,10 +15,7 @@ pub mod virtual_link;
 pub use pcap::PcapWriter;
 pub use tun::Tun;
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::io::RawFd;
-use std::time::Duration;
 
 /// Why no kernel-side address can be derived from the stack's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,91 +91,6 @@ fn peer_in(addr: u128, prefix: u8, bits: u8, has_broadcast: bool) -> Result<u128
     }
     let lowest = network + 1;
     Ok(if lowest == addr { lowest + 1 } else { lowest })
-}
-
-/// One file descriptor to wait on, with what to wait for and what happened.
-#[derive(Debug, Clone, Copy)]
-#[repr(transparent)]
-pub struct PollFd(libc::pollfd);
-
-impl PollFd {
-    /// Wait for `fd` to be readable (and, if `writable`, writable too).
-    pub fn new(fd: RawFd, writable: bool) -> PollFd {
-        let mut events = libc::POLLIN;
-        if writable {
-            events |= libc::POLLOUT;
-        }
-        PollFd(libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        })
-    }
-
-    /// The file descriptor.
-    pub fn fd(&self) -> RawFd {
-        self.0.fd
-    }
-
-    /// Readable, or hung up / in error (a read will then say what happened).
-    pub fn readable(&self) -> bool {
-        self.0.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-    }
-
-    /// Writable, or in error (a write will then say what happened).
-    pub fn writable(&self) -> bool {
-        self.0.revents & (libc::POLLOUT | libc::POLLERR) != 0
-    }
-}
-
-/// Wait with `poll(2)` until one of `fds` is ready or `timeout` passes
-/// (`None` waits forever). Returns how many are ready; 0 on timeout or when a
-/// signal interrupted the wait (the caller checks its signal flag).
-///
-/// The timeout is rounded *up* to whole milliseconds, so a deadline a
-/// fraction of a millisecond away never turns into a busy loop.
-pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
-    for p in fds.iter_mut() {
-        p.0.revents = 0;
-    }
-    let ms = timeout_ms(timeout);
-    // SAFETY: `PollFd` is `repr(transparent)` over `libc::pollfd`, and the
-    // slice is valid for its length.
-    let n = unsafe {
-        libc::poll(
-            fds.as_mut_ptr().cast::<libc::pollfd>(),
-            fds.len() as libc::nfds_t,
-            ms,
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(err);
-    }
-    Ok(n as usize)
-}
-
-/// Wait until `fd` is readable or `timeout` passes (`None`: forever).
-/// Returns whether it is readable; `false` on timeout or signal.
-pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut fds = [PollFd::new(fd, false)];
-    poll(&mut fds, timeout)?;
-    Ok(fds[0].readable())
-}
-
-/// `poll(2)`'s timeout argument: -1 for none, whole milliseconds rounded up,
-/// capped at `i32::MAX`.
-fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
-    match timeout {
-        None => -1,
-        Some(d) => {
-            let ms = d.as_nanos().div_ceil(1_000_000);
-            ms.min(libc::c_int::MAX as u128) as libc::c_int
-        }
-    }
 }
 
 #[cfg(test)]
@@ -265,37 +177,5 @@ mod tests {
             Ok(v6("fd00:7::1:1"))
         );
         assert_eq!(kernel_peer_addr(v6("::5"), 0), Ok(v6("::1")));
-    }
-
-    #[test]
-    fn timeout_rounds_up() {
-        assert_eq!(timeout_ms(None), -1);
-        assert_eq!(timeout_ms(Some(Duration::ZERO)), 0);
-        assert_eq!(timeout_ms(Some(Duration::from_micros(1))), 1);
-        assert_eq!(timeout_ms(Some(Duration::from_micros(1500))), 2);
-        assert_eq!(timeout_ms(Some(Duration::from_millis(7))), 7);
-        assert_eq!(
-            timeout_ms(Some(Duration::from_secs(u64::MAX))),
-            libc::c_int::MAX
-        );
-    }
-
-    #[test]
-    fn wait_readable_on_a_pipe() {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        assert!(!wait_readable(fds[0], Some(Duration::from_millis(1))).unwrap());
-        // SAFETY: writes one byte from a valid buffer to a fd we own.
-        assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
-        assert!(wait_readable(fds[0], None).unwrap());
-        let mut set = [PollFd::new(fds[0], false), PollFd::new(fds[1], true)];
-        assert_eq!(poll(&mut set, Some(Duration::ZERO)).unwrap(), 2);
-        assert!(set[0].readable() && set[1].writable() && !set[1].readable());
-        // SAFETY: closing the descriptors we opened.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
     }
 }

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use tun_tap::{Iface, Mode};
 
@@ -112,14 +112,6 @@ impl Tun {
         }
     }
 
-    /// The file descriptor, to wait on with `poll(2)`.
-    pub fn raw_fd(&self) -> RawFd {
-        match &self.kind {
-            Kind::Plain(iface) => iface.as_raw_fd(),
-            Kind::Offload { file, .. } => file.as_raw_fd(),
-        }
-    }
-
     /// Read one packet into `buf`; `WouldBlock` when none is queued. A
     /// packet longer than `buf` is truncated, so size `buf` to the MTU.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -164,6 +156,27 @@ impl Tun {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The device's descriptor, to wait on with `poll(2)`.
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.kind {
+            Kind::Plain(iface) => iface.as_raw_fd(),
+            Kind::Offload { file, .. } => file.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Tun {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.kind {
+            // SAFETY: `iface` owns this descriptor and keeps it open for
+            // as long as `self`, and so the borrow, lives.
+            Kind::Plain(iface) => unsafe { BorrowedFd::borrow_raw(iface.as_raw_fd()) },
+            Kind::Offload { file, .. } => file.as_fd(),
         }
     }
 }

@@ -11,7 +11,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::time::Duration;
 
-use ephemera::device::{self, kernel_peer_addr, tun, Tun};
+use std::os::unix::io::AsFd;
+
+use ephemera::device::{kernel_peer_addr, tun, Tun};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Run `f` on a fresh thread inside a fresh network namespace, or explain
 /// why not and skip.
@@ -44,7 +47,8 @@ fn in_private_netns(name: &str, f: impl FnOnce() + Send + 'static) {
 fn recv_matching(tun: &Tun, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut buf = vec![0u8; 65535];
     for _ in 0..50 {
-        if !device::wait_readable(tun.raw_fd(), Some(Duration::from_secs(2))).unwrap() {
+        let mut fds = [PollFd::new(tun.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(2000u16)).unwrap() == 0 {
             break;
         }
         match tun.recv(&mut buf) {

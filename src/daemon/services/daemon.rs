@@ -7,7 +7,7 @@
 //! is shutting down.
 
 use std::net::SocketAddr;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::BorrowedFd;
 
 use crate::daemon::control::{ClientId, Response};
 use crate::daemon::http::Url;
@@ -86,7 +86,7 @@ impl DaemonServices {
     /// Readable when a name lookup has been answered: the loop polls it
     /// with its other descriptors, and then calls [`Self::resume`]. `None`
     /// until the first lookup starts the resolver.
-    pub fn wake_fd(&self) -> Option<RawFd> {
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.inner.wake_fd()
     }
 

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::BorrowedFd;
 
 use log::debug;
 
@@ -66,7 +66,7 @@ pub trait Resolver {
     /// driver that sleeps in `poll(2)`. `None` (the default) if the driver
     /// need not wait on one: answers are ready when `submit` returns, or
     /// the driver calls `Services::handle_events` often anyway.
-    fn wake_fd(&self) -> Option<RawFd> {
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
 }
@@ -298,7 +298,7 @@ impl Lookups {
         self.counters
     }
 
-    pub(super) fn wake_fd(&self) -> Option<RawFd> {
+    pub(super) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.resolver.wake_fd()
     }
 }

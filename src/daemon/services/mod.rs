@@ -41,7 +41,7 @@ mod session;
 mod socks;
 
 use std::fmt;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::BorrowedFd;
 
 use log::debug;
 
@@ -122,7 +122,7 @@ impl Services {
     /// The resolver's wake-up descriptor, if it has one: a driver that
     /// sleeps in `poll(2)` waits on it too, and calls
     /// [`Services::handle_events`] when it is readable.
-    pub fn wake_fd(&self) -> Option<RawFd> {
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
         self.dns.wake_fd()
     }
 

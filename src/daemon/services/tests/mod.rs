@@ -20,7 +20,6 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
-use ephemera::device::wait_readable;
 use ephemera::{
     Duration, Instant, ListenerHandle, PortTableConfig, RecvError, Stack, StackConfig, TcpHandle,
     TcpState,
@@ -31,6 +30,7 @@ use super::lookup::{InlineResolver, LookupId, LookupResult, Resolver};
 use super::{Forward, Services, ServicesConfig};
 use crate::daemon::host::Host;
 use crate::daemon::http::{pattern_byte, ResponseParser, Url};
+use crate::daemon::poll::wait_readable;
 use crate::daemon::resolver::ResolverPool;
 
 const CLIENT: &str = "10.0.0.1";
