@@ -7,11 +7,14 @@
 //! configuring always needs it. Errors are the OS's, untouched: the daemon
 //! names the cause and the fix.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::net::if_::if_nametoindex;
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
 use tun_tap::{Iface, Mode};
 
@@ -52,7 +55,7 @@ impl Tun {
     pub fn open(name: &str) -> io::Result<Tun> {
         check_name(name)?;
         let iface = Iface::without_packet_info(name, Mode::Tun)?;
-        set_nonblocking(iface.as_raw_fd())?;
+        iface.set_non_blocking()?;
         Ok(Tun {
             kind: Kind::Plain(iface),
         })
@@ -65,42 +68,33 @@ impl Tun {
     /// segments and checksums what it sends. `tun-tap` cannot set the
     /// flag, so this opens `/dev/net/tun` itself; same errors as `open`.
     pub fn open_with_offload(name: &str) -> io::Result<Tun> {
-        let mut req = ifreq(name)?;
-        // SAFETY: open(2) of a constant path; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
+        let mut req = IfReq::named(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        req.set_short((libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short);
+        ifreq_ioctl(file.as_fd(), IfIoctl::TunSetIff, &mut req)?;
+        let hdr_len = gso::VNET_HDR_LEN as libc::c_int;
+        let fd = file.as_raw_fd();
+        // SAFETY: TUNSETVNETHDRSZ reads one `int` through its pointer, which
+        // points at a local; TUNSETOFFLOAD takes its argument (no offloads)
+        // by value. Both act on `fd`, which `file` holds open.
+        let failed = unsafe {
+            libc::ioctl(
+                fd,
+                libc::TUNSETVNETHDRSZ as _,
+                &hdr_len as *const libc::c_int,
+            ) < 0
+                || libc::ioctl(fd, libc::TUNSETOFFLOAD as _, 0 as libc::c_ulong) < 0
         };
-        if fd < 0 {
+        if failed {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
-        let mut hdr_len = gso::VNET_HDR_LEN as libc::c_int;
-        let offload: libc::c_ulong = 0;
-        // SAFETY: each request gets the argument type it is defined with.
-        unsafe {
-            ioctl(&fd, libc::TUNSETIFF as _, &mut req)?;
-            ioctl(&fd, libc::TUNSETVNETHDRSZ as _, &mut hdr_len)?;
-            // TUNSETOFFLOAD takes its argument by value.
-            if libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD as _, offload) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        let name = req
-            .ifr_name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8 as char)
-            .collect();
+        let name = req.name();
         Ok(Tun {
-            kind: Kind::Offload {
-                file: File::from(fd),
-                name,
-            },
+            kind: Kind::Offload { file, name },
         })
     }
 
@@ -189,17 +183,6 @@ fn write_with(file: &File, hdr: gso::VnetHdr, packet: &[u8]) -> io::Result<usize
     Ok(n.saturating_sub(gso::VNET_HDR_LEN))
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Reject names the kernel would silently truncate or reinterpret.
 fn check_name(name: &str) -> io::Result<()> {
     let bad = name.is_empty()
@@ -220,59 +203,120 @@ fn check_name(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// An `ifreq` naming `name`, all else zero.
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
-    check_name(name)?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    Ok(req)
+/// `struct ifreq` (netdevice(7)): an interface name, then a union this
+/// module reads and writes as octets: a `struct sockaddr_in` (address,
+/// netmask), an `int` (MTU) or a `short` (flags).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    data: [u8; IFREQ_DATA],
 }
 
-/// A datagram socket of `family`, only as a handle for interface ioctls.
-fn ctl_socket(family: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// Octets of `ifreq`'s union (`struct ifmap`, the largest member, on
+/// 64-bit Linux).
+const IFREQ_DATA: usize = 24;
+const _: () = assert!(std::mem::size_of::<IfReq>() == std::mem::size_of::<libc::ifreq>());
+
+impl IfReq {
+    /// An `ifreq` naming `name`, all else zero.
+    fn named(name: &str) -> io::Result<IfReq> {
+        check_name(name)?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; IFREQ_DATA],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(req)
     }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    /// The name, as the kernel left it.
+    fn name(&self) -> String {
+        let len = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(self.name.len());
+        String::from_utf8_lossy(&self.name[..len]).into_owned()
+    }
+
+    /// The union as a `struct sockaddr_in` holding `addr`.
+    fn set_v4(&mut self, addr: Ipv4Addr) {
+        self.data = [0; IFREQ_DATA];
+        let family = libc::AF_INET as libc::sa_family_t;
+        self.data[..2].copy_from_slice(&family.to_ne_bytes());
+        // sin_port (2 octets, zero), then sin_addr in network order.
+        self.data[4..8].copy_from_slice(&addr.octets());
+    }
+
+    /// The address of the union's `struct sockaddr_in`.
+    fn v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.data[4], self.data[5], self.data[6], self.data[7])
+    }
+
+    /// The union as an `int`.
+    fn set_int(&mut self, v: libc::c_int) {
+        self.data[..4].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn int(&self) -> libc::c_int {
+        libc::c_int::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
+    /// The union as a `short`.
+    fn set_short(&mut self, v: libc::c_short) {
+        self.data[..2].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn short(&self) -> libc::c_short {
+        libc::c_short::from_ne_bytes([self.data[0], self.data[1]])
+    }
 }
 
-/// `ioctl(sock, request, arg)`, errno as `io::Error`.
-///
-/// # Safety
-/// `arg` must point to the structure `request` expects.
-unsafe fn ioctl<T>(sock: &OwnedFd, request: libc::c_ulong, arg: *mut T) -> io::Result<()> {
-    // The request's C type differs between libcs; `as _` fits either.
-    if libc::ioctl(sock.as_raw_fd(), request as _, arg) < 0 {
+/// The `ioctl(2)` requests this module makes with an [`IfReq`].
+#[derive(Debug, Clone, Copy)]
+enum IfIoctl {
+    TunSetIff,
+    SetAddr,
+    GetAddr,
+    SetNetmask,
+    GetNetmask,
+    SetMtu,
+    GetMtu,
+    SetFlags,
+    GetFlags,
+}
+
+/// `ioctl(fd, request, &mut req)`, errno as `io::Error`.
+fn ifreq_ioctl(fd: BorrowedFd<'_>, request: IfIoctl, req: &mut IfReq) -> io::Result<()> {
+    let number = match request {
+        IfIoctl::TunSetIff => libc::TUNSETIFF as libc::c_ulong,
+        IfIoctl::SetAddr => libc::SIOCSIFADDR,
+        IfIoctl::GetAddr => libc::SIOCGIFADDR,
+        IfIoctl::SetNetmask => libc::SIOCSIFNETMASK,
+        IfIoctl::GetNetmask => libc::SIOCGIFNETMASK,
+        IfIoctl::SetMtu => libc::SIOCSIFMTU,
+        IfIoctl::GetMtu => libc::SIOCGIFMTU,
+        IfIoctl::SetFlags => libc::SIOCSIFFLAGS,
+        IfIoctl::GetFlags => libc::SIOCGIFFLAGS,
+    };
+    // SAFETY: every `IfIoctl` request reads and writes at most one `struct
+    // ifreq` through its pointer, and `req` is one (same size, checked at
+    // compile time), borrowed mutably for the call. The request's C type
+    // differs between libcs; `as _` fits either.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), number as _, req as *mut IfReq) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-fn sockaddr_v4(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; the
-    // kernel reads the family and interprets the rest as sockaddr_in.
-    unsafe { mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-fn sockaddr_to_v4(sa: &libc::sockaddr) -> Ipv4Addr {
-    // SAFETY: same size, and the kernel filled in an AF_INET address.
-    let sin: libc::sockaddr_in =
-        unsafe { mem::transmute::<libc::sockaddr, libc::sockaddr_in>(*sa) };
-    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+/// A datagram socket of `family`, only as a handle for interface ioctls.
+fn ctl_socket(family: AddressFamily) -> io::Result<OwnedFd> {
+    Ok(socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
 }
 
 /// The IPv4 netmask of a prefix length (0..=32).
@@ -290,42 +334,30 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
             "IPv4 prefix over 32",
         ));
     }
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
-    // SAFETY: SIOCSIFADDR takes an ifreq with an address.
-    unsafe { ioctl(&sock, libc::SIOCSIFADDR as libc::c_ulong, &mut req)? };
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr_v4(netmask_v4(prefix));
-    // SAFETY: SIOCSIFNETMASK takes an ifreq with a netmask.
-    unsafe { ioctl(&sock, libc::SIOCSIFNETMASK as libc::c_ulong, &mut req) }
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    req.set_v4(addr);
+    ifreq_ioctl(sock.as_fd(), IfIoctl::SetAddr, &mut req)?;
+    req.set_v4(netmask_v4(prefix));
+    ifreq_ioctl(sock.as_fd(), IfIoctl::SetNetmask, &mut req)
 }
 
 /// The interface's IPv4 address and prefix length (`SIOCGIFADDR`,
 /// `SIOCGIFNETMASK`); `AddrNotAvailable`-style errors when it has none.
 pub fn ipv4(name: &str) -> io::Result<(Ipv4Addr, u8)> {
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFADDR fills in the ifreq's address.
-    unsafe { ioctl(&sock, libc::SIOCGIFADDR as libc::c_ulong, &mut req)? };
-    // SAFETY: the kernel wrote an address into the union.
-    let addr = sockaddr_to_v4(unsafe { &req.ifr_ifru.ifru_addr });
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFNETMASK fills in the ifreq's netmask.
-    unsafe { ioctl(&sock, libc::SIOCGIFNETMASK as libc::c_ulong, &mut req)? };
-    // SAFETY: the kernel wrote a netmask into the union.
-    let mask = sockaddr_to_v4(unsafe { &req.ifr_ifru.ifru_netmask });
-    Ok((addr, u32::from(mask).leading_ones() as u8))
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    ifreq_ioctl(sock.as_fd(), IfIoctl::GetAddr, &mut req)?;
+    let addr = req.v4();
+    ifreq_ioctl(sock.as_fd(), IfIoctl::GetNetmask, &mut req)?;
+    Ok((addr, u32::from(req.v4()).leading_ones() as u8))
 }
 
-/// The interface's index (`SIOCGIFINDEX`).
+/// The interface's index (`if_nametoindex(3)`).
 pub fn index(name: &str) -> io::Result<libc::c_int> {
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFINDEX fills in the ifreq's index.
-    unsafe { ioctl(&sock, libc::SIOCGIFINDEX as libc::c_ulong, &mut req)? };
-    // SAFETY: the kernel wrote the index into the union.
-    Ok(unsafe { req.ifr_ifru.ifru_ifindex })
+    check_name(name)?;
+    let index = if_nametoindex(name)?;
+    libc::c_int::try_from(index).map_err(io::Error::other)
 }
 
 /// Add an IPv6 address with its prefix length to the interface
@@ -339,7 +371,7 @@ pub fn add_ipv6(name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
         ));
     }
     let ifindex = index(name)?;
-    let sock = ctl_socket(libc::AF_INET6)?;
+    let sock = ctl_socket(AddressFamily::Inet6)?;
     let mut req = libc::in6_ifreq {
         ifr6_addr: libc::in6_addr {
             s6_addr: addr.octets(),
@@ -347,8 +379,19 @@ pub fn add_ipv6(name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
         ifr6_prefixlen: u32::from(prefix),
         ifr6_ifindex: ifindex,
     };
-    // SAFETY: SIOCSIFADDR on an AF_INET6 socket takes an in6_ifreq.
-    unsafe { ioctl(&sock, libc::SIOCSIFADDR as libc::c_ulong, &mut req) }
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one `struct
+    // in6_ifreq` through its pointer, which points at a local one.
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFADDR as _,
+            &mut req as *mut libc::in6_ifreq,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Set the interface's MTU (`SIOCSIFMTU`), at most [`MAX_MTU`].
@@ -359,45 +402,36 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
             format!("MTU over {MAX_MTU}"),
         ));
     }
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-    // SAFETY: SIOCSIFMTU takes an ifreq with an MTU.
-    unsafe { ioctl(&sock, libc::SIOCSIFMTU as libc::c_ulong, &mut req) }
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    req.set_int(mtu as libc::c_int);
+    ifreq_ioctl(sock.as_fd(), IfIoctl::SetMtu, &mut req)
 }
 
 /// The interface's MTU (`SIOCGIFMTU`).
 pub fn mtu(name: &str) -> io::Result<u32> {
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFMTU fills in the ifreq's MTU.
-    unsafe { ioctl(&sock, libc::SIOCGIFMTU as libc::c_ulong, &mut req)? };
-    // SAFETY: the kernel wrote the MTU into the union.
-    Ok(unsafe { req.ifr_ifru.ifru_mtu }.max(0) as u32)
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    ifreq_ioctl(sock.as_fd(), IfIoctl::GetMtu, &mut req)?;
+    Ok(req.int().max(0) as u32)
 }
 
 /// The interface's flags (`SIOCGIFFLAGS`), e.g. `libc::IFF_UP`.
 pub fn flags(name: &str) -> io::Result<libc::c_int> {
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFFLAGS fills in the ifreq's flags.
-    unsafe { ioctl(&sock, libc::SIOCGIFFLAGS as libc::c_ulong, &mut req)? };
-    // SAFETY: the kernel wrote the flags into the union. They are a C
-    // `short` bit set, so widen without sign extension.
-    Ok(libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags } as u16))
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    ifreq_ioctl(sock.as_fd(), IfIoctl::GetFlags, &mut req)?;
+    // A C `short` bit set: widen without sign extension.
+    Ok(libc::c_int::from(req.short() as u16))
 }
 
 /// Bring the link up (`IFF_UP | IFF_RUNNING`, keeping the other flags).
 pub fn set_up(name: &str) -> io::Result<()> {
-    let sock = ctl_socket(libc::AF_INET)?;
-    let mut req = ifreq(name)?;
-    // SAFETY: SIOCGIFFLAGS fills in the ifreq's flags.
-    unsafe { ioctl(&sock, libc::SIOCGIFFLAGS as libc::c_ulong, &mut req)? };
-    // SAFETY: reading the flags the kernel just wrote, then setting them.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        ioctl(&sock, libc::SIOCSIFFLAGS as libc::c_ulong, &mut req)
-    }
+    let sock = ctl_socket(AddressFamily::Inet)?;
+    let mut req = IfReq::named(name)?;
+    ifreq_ioctl(sock.as_fd(), IfIoctl::GetFlags, &mut req)?;
+    req.set_short(req.short() | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short);
+    ifreq_ioctl(sock.as_fd(), IfIoctl::SetFlags, &mut req)
 }
 
 #[cfg(test)]
@@ -439,7 +473,25 @@ mod tests {
     #[test]
     fn sockaddr_round_trip() {
         let a = Ipv4Addr::new(10, 7, 0, 1);
-        assert_eq!(sockaddr_to_v4(&sockaddr_v4(a)), a);
+        let mut req = IfReq::named("tun0").unwrap();
+        req.set_v4(a);
+        assert_eq!(req.v4(), a);
+        assert_eq!(req.name(), "tun0");
+        // The layout of a `struct sockaddr_in`: family, port, address.
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(a).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut octets = [0u8; 16];
+        octets[..2].copy_from_slice(&sin.sin_family.to_ne_bytes());
+        octets[4..8].copy_from_slice(&sin.sin_addr.s_addr.to_ne_bytes());
+        assert_eq!(req.data[..16], octets);
+        req.set_int(9000);
+        assert_eq!(req.int(), 9000);
     }
 
     #[test]
