@@ -19,7 +19,10 @@
 //!   in `Stack`, so it is dropped after it).
 
 use std::io;
+use std::num::NonZeroUsize;
 use std::ptr::NonNull;
+
+use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
 
 const PAGE: usize = 4096;
 /// Chunks per mapping: few enough mappings for `vm.max_map_count` at
@@ -52,10 +55,9 @@ unsafe impl Send for Arena {}
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` came from one successful mmap.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        // SAFETY: `ptr`/`len` came from one successful mmap, and no chunk
+        // of it is in use once the pool (and so the arena) is dropped.
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -97,27 +99,24 @@ impl BufferPool {
 
     fn grow(&mut self) -> io::Result<()> {
         let len = self.chunk * CHUNKS_PER_ARENA;
-        // SAFETY: a fresh private anonymous mapping; no file, no aliasing.
+        let size = NonZeroUsize::new(len).expect("chunks are at least a page");
+        // SAFETY: a fresh private anonymous mapping at an address the
+        // kernel picks; no file, nothing else aliases it.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+            mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )?
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
+        let base = p.cast::<u8>();
         self.arenas.push(Arena { ptr: base, len });
         // Hand out low addresses first.
         for i in (0..CHUNKS_PER_ARENA).rev() {
-            // SAFETY: inside the mapping just made.
+            let chunk = base.as_ptr().wrapping_add(i * self.chunk);
             self.free
-                .push(unsafe { NonNull::new_unchecked(base.as_ptr().add(i * self.chunk)) });
+                .push(NonNull::new(chunk).expect("inside the mapping just made"));
         }
         Ok(())
     }
@@ -142,10 +141,9 @@ impl BufferPool {
     /// Give the chunk's pages back to the kernel; it reads as zeros after.
     /// Only while both ring buffers in it are empty.
     pub fn shrink(&self, chunk: &Chunk) {
-        // SAFETY: the range is the page-aligned chunk, inside our mapping.
-        unsafe {
-            libc::madvise(chunk.ptr.as_ptr().cast(), self.chunk, libc::MADV_DONTNEED);
-        }
+        // SAFETY: the range is the page-aligned chunk, inside our mapping;
+        // the caller keeps its ring buffers empty, so no live data is lost.
+        let _ = unsafe { madvise(chunk.ptr.cast(), self.chunk, MmapAdvise::MADV_DONTNEED) };
     }
 
     /// Take a chunk back once its socket is gone; its pages are released.
