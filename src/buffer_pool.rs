@@ -184,6 +184,8 @@ mod tests {
         let mut pool = BufferPool::new(64 * 1024, 64 * 1024);
         let chunks: Vec<Chunk> = (0..10).map(|_| pool.lease().unwrap()).collect();
         assert_eq!(pool.resident_bytes(), 0, "reserving costs nothing");
+        // SAFETY: one set of slices for this lease, dropped (last used)
+        // before the chunk goes back.
         let (rx, tx) = unsafe { pool.slices(&chunks[3]) };
         rx[0] = 1;
         tx[tx.len() - 1] = 2;
@@ -207,7 +209,10 @@ mod tests {
         let mut pool = BufferPool::new(1000, 3000);
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
+        // SAFETY: one set of slices per lease, last used before the chunks
+        // go back.
         let (ar, at) = unsafe { pool.slices(&a) };
+        // SAFETY: as above.
         let (br, _) = unsafe { pool.slices(&b) };
         assert_eq!((ar.len(), at.len()), (1000, 3000));
         ar.fill(1);
