@@ -11,9 +11,8 @@
 //! up by a [`Resolver`] that answers later (see [`lookup`]): a session waits
 //! for its answer while every other one is served, and address literals
 //! skip the lookup. [`Services::new`] gives them the system's resolver on a
-//! [`ResolverPool`](crate::daemon::resolver::ResolverPool), whose worker
-//! threads and wake-up descriptor start with the first lookup; tests
-//! inject their own with [`Services::set_resolver`].
+//! [`ResolverPool`], whose worker threads and wake-up descriptor start
+//! with the first lookup; tests inject their own (`set_resolver`).
 //!
 //! The concerns, one module each: [`registry`] (configuration, listeners),
 //! [`session`] (the session map), [`fetch`] (fetches and their events),
@@ -93,8 +92,7 @@ impl Services {
     /// Start the configured services, listening on the wildcard address.
     /// On error nothing stays bound; the error names the service and port.
     /// Names are looked up with the system's resolver, for IPv4 addresses
-    /// and, with `cfg.ipv6`, IPv6 ones, until [`Services::set_resolver`]
-    /// says otherwise.
+    /// and, with `cfg.ipv6`, IPv6 ones (tests swap it with `set_resolver`).
     pub fn new(stack: &mut Stack, cfg: ServicesConfig) -> Result<Services, ServiceError> {
         let listeners = Listeners::bind(stack, &cfg)?;
         let ipv6 = cfg.ipv6;

@@ -137,8 +137,8 @@ impl BindFailure {
     /// The Linux errno.
     pub fn errno(self) -> i32 {
         match self {
-            BindFailure::AddrInUse => ephemera::error::errno::EADDRINUSE,
-            BindFailure::AddrNotAvailable => ephemera::error::errno::EADDRNOTAVAIL,
+            BindFailure::AddrInUse => libc::EADDRINUSE,
+            BindFailure::AddrNotAvailable => libc::EADDRNOTAVAIL,
         }
     }
 }
@@ -295,6 +295,6 @@ mod tests {
         };
         let m = e.to_string();
         assert!(m.contains("http") && m.contains("TCP port 80") && m.contains("EADDRINUSE"));
-        assert_eq!(e.cause.errno(), ephemera::error::errno::EADDRINUSE);
+        assert_eq!(e.cause.errno(), libc::EADDRINUSE);
     }
 }
