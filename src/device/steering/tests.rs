@@ -12,8 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::device::{self, tun, PollFd};
+use crate::device::tun;
 use crate::rng::{Rng, SeededRng};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Print past the test harness's capture, so a skip shows in `cargo test`.
 fn skip(test: &str, reason: &str) {
@@ -955,9 +956,10 @@ fn steer_real_packets(test: &str, n: u16) -> bool {
     while arrived.len() < expected.len() && Instant::now() < deadline {
         let mut fds: Vec<PollFd> = queues
             .iter()
-            .map(|q| PollFd::new(q.as_raw_fd(), false))
+            .map(|q| PollFd::new(q.as_fd(), PollFlags::POLLIN))
             .collect();
-        device::poll(&mut fds, Some(Duration::from_millis(200))).unwrap();
+        // Interrupted or not, every queue is read below.
+        let _ = poll(&mut fds, PollTimeout::from(200u8));
         for (q, file) in queues.iter().enumerate() {
             loop {
                 let len = match (&*file).read(&mut buf) {
