@@ -10,6 +10,7 @@ pub mod port_table;
 pub mod rng;
 pub mod socket_set;
 pub mod stack;
+pub mod wire;
 
 pub use counters::Counters;
 pub use error::{
