@@ -2,7 +2,7 @@
 # Run every cargo-fuzz target for a bounded time; fail on any crash.
 #
 #   .ci/fuzz.sh [SECONDS]          # per target, default 60
-#   FUZZ_TARGETS="demux" .ci/fuzz.sh 600
+#   FUZZ_TARGETS="stack_hostile" .ci/fuzz.sh 600
 #
 # Builds on the stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs
 # -Zsanitizer and friends). New corpus entries go to fuzz/work/<target>
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 secs=${1:-60}
-targets=${FUZZ_TARGETS:-"demux port_table stack_pair"}
+targets=${FUZZ_TARGETS:-"stack_hostile port_table stack_pair"}
 cd "$(dirname "$0")/../fuzz"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -54,7 +54,7 @@ for t in $targets; do
             echo "reproducer: fuzz/$f"
             echo "base64: $(base64 -w0 "$f")"
             echo "replay:  cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O --no-cfg-fuzzing $t $f"
-            echo "keep it: cp fuzz/$f fuzz/regressions/$t/  (then cargo test --test fuzz_regressions)"
+            echo "keep it: cp fuzz/$f fuzz/regressions/$t/  (then cargo test --lib fuzzing::)"
         done < <(find "artifacts/$t" -type f -newer "$stamp")
         [ "$found" = 1 ] || echo "(no reproducer written; see the log above)"
     fi

@@ -1,8 +1,8 @@
 //! Write the fuzzers' seed corpus to `fuzz/corpus/<target>/`.
 //!
-//! `cargo run --example gen_corpus` (the `fuzzing` feature is on for
-//! examples through the crate's dev-dependency on itself). Deterministic:
-//! running it again rewrites the same files.
+//! `cargo run --example gen_corpus --features fuzzing` (the fuzz-target
+//! bodies are behind that feature). Deterministic: running it again
+//! rewrites the same files.
 
 use std::fs;
 use std::path::Path;

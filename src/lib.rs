@@ -23,5 +23,6 @@ pub use stack::{
     ConfigError, Event, ListenerHandle, SocketInfo, Stack, StackConfig, TcpHandle, TcpState,
     UdpHandle,
 };
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
 pub mod fuzzing;

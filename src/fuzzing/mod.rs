@@ -1,24 +1,23 @@
 //! Fuzz-target bodies, shared by cargo-fuzz (`fuzz/fuzz_targets/`) and the
-//! plain-test replay of the seed corpus and the regression inputs
-//! (`tests/fuzz_regressions.rs`), so that every crash ever found is
-//! re-checked by `cargo test` on stable, without libFuzzer.
+//! replay of the seed corpus and the regression inputs in this module's
+//! unit tests, so that every crash ever found is re-checked by plain
+//! `cargo test` on stable, without libFuzzer.
 //!
 //! Each target is a `run(data: &[u8])` that panics when a property fails;
 //! see `docs/testing.md` for how to run, reproduce and minimize.
 //!
-//! Compiled only with the `fuzzing` feature (which the crate's
-//! dev-dependency on itself turns on for tests and examples).
+//! Not part of the library's API: compiled for the crate's own tests and
+//! with the `fuzzing` feature, which `fuzz/Cargo.toml` turns on.
 
-pub mod demux;
 pub mod port_table;
+pub mod stack_hostile;
 pub mod stack_pair;
-pub mod wire;
 
 /// Run target `name` on one input. Panics on a failed property, and on
 /// an unknown name.
 pub fn run(name: &str, data: &[u8]) {
     match name {
-        "demux" => demux::run(data),
+        "stack_hostile" => stack_hostile::run(data),
         "port_table" => port_table::run(data),
         "stack_pair" => stack_pair::run(data),
         other => panic!("no fuzz target {other:?}"),
@@ -26,15 +25,15 @@ pub fn run(name: &str, data: &[u8]) {
 }
 
 /// The names of the fuzz targets.
-pub const TARGETS: &[&str] = &["demux", "port_table", "stack_pair"];
+pub const TARGETS: &[&str] = &["stack_hostile", "port_table", "stack_pair"];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
-/// `demux` gets real packets for its fixture's 4-tuples; the structured
-/// targets get seeded pseudo-random bytes, which decode to operation
-/// sequences.
+/// `stack_hostile` gets real packets for its fixture's 4-tuples; the
+/// structured targets get seeded pseudo-random bytes, which decode to
+/// operation sequences.
 pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
-    if name == "demux" {
-        return demux::seeds();
+    if name == "stack_hostile" {
+        return stack_hostile::seeds();
     }
     let mut rng = crate::SeededRng::new(name.len() as u64);
     (0..6)
@@ -46,4 +45,72 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
             (format!("random-{i}"), bytes)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replay the seed corpus (`fuzz/corpus/<target>/`) and every crash the
+    //! fuzzers ever found (`fuzz/regressions/<target>/`) through the same
+    //! bodies cargo-fuzz runs.
+
+    use std::fs;
+    use std::panic;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn inputs(target: &str) -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut files = Vec::new();
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                let hidden = path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                if path.is_file() && !hidden {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    fn replay(target: &str) {
+        let files = inputs(target);
+        assert!(!files.is_empty(), "no seed corpus for {target}");
+        let mut failed = Vec::new();
+        for path in &files {
+            let data = fs::read(path).unwrap();
+            if panic::catch_unwind(|| run(target, &data)).is_err() {
+                failed.push(path.display().to_string());
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{target}: {} of {} inputs failed:\n{}",
+            failed.len(),
+            files.len(),
+            failed.join("\n")
+        );
+    }
+
+    #[test]
+    fn stack_hostile_corpus_and_regressions() {
+        replay("stack_hostile");
+    }
+
+    #[test]
+    fn port_table_corpus_and_regressions() {
+        replay("port_table");
+    }
+
+    #[test]
+    fn stack_pair_corpus_and_regressions() {
+        replay("stack_pair");
+    }
 }

@@ -1,0 +1,6 @@
+//! cargo-fuzz entry for `stack_hostile`; the body is
+//! `ephemera::fuzzing::stack_hostile::run`, which the library's unit tests
+//! also replay on stable.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ephemera::fuzzing::stack_hostile::run(data));
