@@ -20,14 +20,17 @@
 /// opened with `IFF_VNET_HDR`.
 pub const VNET_HDR_LEN: usize = 10;
 
+use crate::wire::checksum::{self, fold};
+use crate::wire::{TcpFlags, TcpView};
+
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 /// Offset of the checksum field in a TCP header.
 const TCP_CSUM_AT: usize = 16;
+/// Offset of the flags octet in a TCP header.
+const TCP_FLAGS_AT: usize = 13;
 
 /// A `struct virtio_net_hdr` (in host byte order, which is what a TUN
 /// device without `TUNSETVNETLE`/`BE` expects).
@@ -70,50 +73,33 @@ struct Seg {
     /// IP + TCP header length.
     hdr_len: usize,
     seq: u32,
-    flags: u8,
+    flags: TcpFlags,
     payload: usize,
 }
 
-/// Parse a packet smoltcp emitted, if it is a TCP segment that may take
-/// part in a merge: IPv4 without options or fragmentation, or IPv6 with
-/// TCP as its first header; ACK, optionally PSH, and nothing else.
+/// Read a packet smoltcp emitted, if it is a TCP segment that may take
+/// part in a merge: IPv4 without options, or IPv6 with TCP as its first
+/// header; ACK, optionally PSH, and nothing else.
 fn parse(p: &[u8]) -> Option<Seg> {
-    let (v6, ip_len, total) = match p.first()? >> 4 {
-        4 => {
-            let frag = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]);
-            // IHL 5, protocol TCP, DF (an atomic datagram, whose ID no
-            // one reads, RFC 6864: the kernel numbers the segments it cuts
-            // anew), neither MF nor a fragment offset.
-            if p[0] & 0x0f != 5 || *p.get(9)? != 6 || frag & 0x7fff != 0x4000 {
-                return None;
-            }
-            (false, 20, u16::from_be_bytes([p[2], p[3]]) as usize)
-        }
-        6 => {
-            if *p.get(6)? != 6 {
-                return None;
-            }
-            let payload = u16::from_be_bytes([p[4], p[5]]) as usize;
-            (true, 40, 40 + payload)
-        }
-        _ => return None,
-    };
-    if total != p.len() {
-        return None;
-    }
-    let tcp = p.get(ip_len..)?;
-    let tcp_len = ((*tcp.get(12)? >> 4) as usize) * 4;
-    let flags = *tcp.get(13)?;
-    if tcp_len < 20 || tcp.len() < tcp_len || flags & !TCP_PSH != TCP_ACK {
+    let v = TcpView::parse(p).ok()?;
+    // IPv4: DF, an atomic datagram, whose ID no one reads (RFC 6864): the
+    // kernel numbers the segments it cuts anew. The view has refused
+    // fragments already.
+    let ip_len = if v.is_ipv6() { 40 } else { 20 };
+    if v.ip_header_len() != ip_len
+        || !v.dont_fragment()
+        || v.packet_len() != p.len()
+        || v.flags() & !TcpFlags::PSH != TcpFlags::ACK
+    {
         return None;
     }
     Some(Seg {
-        v6,
+        v6: v.is_ipv6(),
         ip_len,
-        hdr_len: ip_len + tcp_len,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        flags,
-        payload: p.len() - ip_len - tcp_len,
+        hdr_len: ip_len + v.header_len(),
+        seq: v.seq(),
+        flags: v.flags(),
+        payload: v.payload().len(),
     })
 }
 
@@ -144,29 +130,9 @@ fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -
         // of what the application wrote) only on the last.
         && bs.seq == ls.seq.wrapping_add(ls.payload as u32)
         && ls.payload == fs.payload
-        && ls.flags & TCP_PSH == 0
+        && !ls.flags.psh()
         && (1..=fs.payload).contains(&bs.payload)
         && merged + bs.payload <= 0xffff - fs.hdr_len
-}
-
-/// Internet checksum arithmetic: the one's-complement sum of `data` as
-/// big-endian 16-bit words, added to `sum`.
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for w in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Build one super-packet from a run of at least two segments.
@@ -181,21 +147,19 @@ fn merge(run: &[(Vec<u8>, Seg)]) -> (VnetHdr, Vec<u8>) {
     }
     let (ip, tcp_len) = (fs.ip_len, out.len() - fs.ip_len);
     // PSH as the last segment had it: the kernel keeps it for the last.
-    out[ip + 13] = (fs.flags & !TCP_PSH) | (ls.flags & TCP_PSH);
-    let pseudo = if fs.v6 {
+    out[ip + TCP_FLAGS_AT] = ((fs.flags & !TcpFlags::PSH) | (ls.flags & TcpFlags::PSH)).bits();
+    if fs.v6 {
         out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        sum16(sum16(0, &out[8..40]), &[0, 6]) + tcp_len as u32
     } else {
         let total = out.len() as u16;
         out[2..4].copy_from_slice(&total.to_be_bytes());
-        out[10..12].fill(0);
-        let h = !fold(sum16(0, &out[..20]));
-        out[10..12].copy_from_slice(&h.to_be_bytes());
-        sum16(sum16(0, &out[12..20]), &[0, 6]) + tcp_len as u32
-    };
+        checksum::fill_ipv4_header(&mut out[..20]);
+    }
+    let view = TcpView::parse(&out[..]).expect("a merged run is a TCP segment");
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, and the
     // kernel sums the TCP header and payload over it.
-    out[ip + TCP_CSUM_AT..ip + TCP_CSUM_AT + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    let pseudo = fold(view.pseudo_header_sum());
+    out[ip + TCP_CSUM_AT..ip + TCP_CSUM_AT + 2].copy_from_slice(&pseudo.to_be_bytes());
     let hdr = VnetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: if fs.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
@@ -251,38 +215,59 @@ pub fn coalesce(batch: Vec<Vec<u8>>) -> Vec<(VnetHdr, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
+    use crate::wire::build::{Ipv4, Ipv6, Tcp, Udp};
+    use crate::wire::checksum::sum;
+    use crate::wire::protocol;
 
     const MSS: usize = 1460;
 
-    /// A segment as smoltcp would emit it, checksums filled in.
-    fn seg(v6: bool, id: u16, seq: u32, psh: bool, window: u16, payload: &[u8]) -> Vec<u8> {
-        let ip = if v6 {
-            PacketBuilder::ipv6(
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-                64,
+    fn addrs(v6: bool) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        if v6 {
+            (
+                "[fd00::2]:80".parse().unwrap(),
+                "[fd00::1]:40000".parse().unwrap(),
             )
         } else {
-            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
+            (
+                "10.7.0.2:80".parse().unwrap(),
+                "10.7.0.1:40000".parse().unwrap(),
+            )
+        }
+    }
+
+    /// A segment as smoltcp would emit it (IPv4 with DF), checksums
+    /// filled in.
+    fn seg(v6: bool, id: u16, seq: u32, psh: bool, window: u16, payload: &[u8]) -> Vec<u8> {
+        let (src, dst) = addrs(v6);
+        let flags = if psh {
+            TcpFlags::ACK | TcpFlags::PSH
+        } else {
+            TcpFlags::ACK
         };
-        let mut tcp = ip.tcp(80, 40000, seq, window).ack(777);
-        if psh {
-            tcp = tcp.psh();
+        let tcp = Tcp {
+            seq,
+            ack: 777,
+            flags,
+            window,
+            payload,
+            ..Default::default()
         }
-        let mut out = Vec::new();
-        tcp.write(&mut out, payload).unwrap();
-        if !v6 {
-            set_ip_id(&mut out, id);
+        .segment(src, dst);
+        if v6 {
+            Ipv6::default().packet(src.ip(), dst.ip(), protocol::TCP, &tcp)
+        } else {
+            Ipv4 {
+                id,
+                dont_fragment: true,
+                ..Default::default()
+            }
+            .packet(src.ip(), dst.ip(), protocol::TCP, &tcp)
         }
-        out
     }
 
     fn set_ip_id(p: &mut [u8], id: u16) {
         p[4..6].copy_from_slice(&id.to_be_bytes());
-        p[10..12].fill(0);
-        let h = !fold(sum16(0, &p[..20]));
-        p[10..12].copy_from_slice(&h.to_be_bytes());
+        checksum::fill_ipv4_header(&mut p[..20]);
     }
 
     /// Packets with their IPv4 IDs cleared: smoltcp sends 0 in every
@@ -307,10 +292,10 @@ mod tests {
         if hdr.gso_type == GSO_NONE {
             return vec![p.to_vec()];
         }
-        let (h, ip) = (hdr.hdr_len as usize, hdr.csum_start as usize);
+        let h = hdr.hdr_len as usize;
         let v6 = hdr.gso_type == GSO_TCPV6;
         let id0 = u16::from_be_bytes([p[4], p[5]]);
-        let seq0 = u32::from_be_bytes([p[ip + 4], p[ip + 5], p[ip + 6], p[ip + 7]]);
+        let seq0 = TcpView::parse(p).unwrap().seq();
         let chunks: Vec<&[u8]> = p[h..].chunks(hdr.gso_size as usize).collect();
         let n = chunks.len();
         chunks
@@ -319,27 +304,21 @@ mod tests {
             .map(|(i, c)| {
                 let mut s = p[..h].to_vec();
                 s.extend_from_slice(c);
-                let off = (i * hdr.gso_size as usize) as u32;
-                s[ip + 4..ip + 8].copy_from_slice(&seq0.wrapping_add(off).to_be_bytes());
-                if i + 1 < n {
-                    s[ip + 13] &= !TCP_PSH;
-                }
-                let tcp_len = s.len() - ip;
-                let pseudo = if v6 {
-                    s[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-                    sum16(sum16(0, &s[8..40]), &[0, 6]) + tcp_len as u32
+                if v6 {
+                    let plen = (s.len() - 40) as u16;
+                    s[4..6].copy_from_slice(&plen.to_be_bytes());
                 } else {
                     let total = s.len() as u16;
                     s[2..4].copy_from_slice(&total.to_be_bytes());
-                    s[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-                    s[10..12].fill(0);
-                    let hc = !fold(sum16(0, &s[..20]));
-                    s[10..12].copy_from_slice(&hc.to_be_bytes());
-                    sum16(sum16(0, &s[12..20]), &[0, 6]) + tcp_len as u32
-                };
-                s[ip + 16..ip + 18].fill(0);
-                let c = !fold(sum16(pseudo, &s[ip..]));
-                s[ip + 16..ip + 18].copy_from_slice(&c.to_be_bytes());
+                    set_ip_id(&mut s, id0.wrapping_add(i as u16));
+                }
+                let mut v = TcpView::parse(&mut s[..]).unwrap();
+                let off = (i * hdr.gso_size as usize) as u32;
+                v.set_seq(seq0.wrapping_add(off));
+                if i + 1 < n {
+                    v.set_flags(v.flags() & !TcpFlags::PSH);
+                }
+                v.fill_checksum();
                 s
             })
             .collect()
@@ -381,11 +360,11 @@ mod tests {
         let ip = h.csum_start as usize;
         // The device (or skb_checksum_help) sums from csum_start to the end,
         // the pre-filled field included, and stores the complement.
-        let completed = !fold(sum16(0, &p[ip..]));
-        let mut zeroed = p.clone();
-        zeroed[ip + 16..ip + 18].fill(0);
-        let pseudo = sum16(sum16(0, &p[12..20]), &[0, 6]) + (p.len() - ip) as u32;
-        assert_eq!(completed, !fold(sum16(pseudo, &zeroed[ip..])));
+        let completed = !fold(sum(0, &p[ip..]));
+        let mut full = p.clone();
+        let mut v = TcpView::parse(&mut full[..]).unwrap();
+        v.fill_checksum();
+        assert_eq!(completed, v.checksum());
     }
 
     #[test]
@@ -440,23 +419,19 @@ mod tests {
 
     #[test]
     fn other_packets_pass_through_in_order() {
-        let syn = {
-            let mut out = Vec::new();
-            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
-                .tcp(80, 40000, 5, 1000)
-                .syn()
-                .write(&mut out, &[])
-                .unwrap();
-            out
-        };
-        let udp = {
-            let mut out = Vec::new();
-            PacketBuilder::ipv4([10, 7, 0, 2], [10, 7, 0, 1], 64)
-                .udp(53, 53)
-                .write(&mut out, b"x")
-                .unwrap();
-            out
-        };
+        let (src, dst) = addrs(false);
+        let syn = Tcp {
+            seq: 5,
+            flags: TcpFlags::SYN,
+            window: 1000,
+            ..Default::default()
+        }
+        .packet(src, dst);
+        let udp = Udp {
+            payload: b"x",
+            ..Default::default()
+        }
+        .packet(src, dst);
         let m = MSS as u32;
         let d = data(MSS, 2);
         let batch = vec![
@@ -528,14 +503,7 @@ mod tests {
                         // The other flow of the family: another port.
                         let t = if v6 { 40 } else { 20 };
                         p[t + 1] = 81;
-                        let pseudo = if v6 {
-                            sum16(sum16(0, &p[8..40]), &[0, 6])
-                        } else {
-                            sum16(sum16(0, &p[12..20]), &[0, 6])
-                        } + (p.len() - t) as u32;
-                        p[t + 16..t + 18].fill(0);
-                        let c = !fold(sum16(pseudo, &p[t..]));
-                        p[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+                        TcpView::parse(&mut p[..]).unwrap().fill_checksum();
                     }
                     seq[flow] = seq[flow].wrapping_add(len as u32);
                     p
