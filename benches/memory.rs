@@ -1,6 +1,6 @@
 //! Bytes per idle established connection: heap counted by a global
 //! allocator, plus the buffer pages the kernel backs (ephemera's TCP
-//! buffers live in lazily backed mappings, see `ephemera::buffer_pool`,
+//! buffers live in the buffer pool's lazily backed mappings,
 //! measured with `mincore`).
 //!
 //! Not a criterion benchmark: it opens `N` connections on a server stack,

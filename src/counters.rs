@@ -112,7 +112,7 @@ counters! {
 
 impl Counters {
     /// Count a drop by its reason.
-    pub fn count_drop(&mut self, reason: Drop) {
+    pub(crate) fn count_drop(&mut self, reason: Drop) {
         let c = match reason {
             Drop::Malformed => &mut self.drop_malformed,
             Drop::BadChecksum => &mut self.drop_bad_checksum,
@@ -126,8 +126,9 @@ impl Counters {
         *c += 1;
     }
 
-    /// Packets `classify` rejected: the `drop_*` counters of [`Drop`]
-    /// reasons (the others count drops later on the path).
+    /// Packets demultiplexing rejected before any lookup: the `drop_*`
+    /// counters from `drop_malformed` to `drop_port_zero` (the others count
+    /// drops later on the path).
     pub fn classify_drops(&self) -> u64 {
         self.drop_malformed
             + self.drop_bad_checksum
