@@ -1,19 +1,19 @@
 //! The core's promises, end to end over the virtual link: scale, 4-tuple
 //! demultiplexing, refusals, loss recovery and listener backlogs.
 
-mod common;
-use common::*;
-#[path = "common/raw.rs"]
-mod raw;
-
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
-use ephemera::device::virtual_link::LinkConfig;
+use ephemera::device::virtual_link::{LinkConfig, Network};
+use ephemera::wire::TcpFlags;
 use ephemera::{
-    ConnError, ConnectError, Event, ListenerHandle, Protocol, RecvError, StackConfig, TcpHandle,
-    TcpState,
+    ConnError, ConnectError, Duration, Event, ListenerHandle, Protocol, RecvError, StackConfig,
+    TcpHandle, TcpState,
 };
+
+use crate::util::*;
 
 fn small_buffers(addr: &str, seed: u64) -> StackConfig {
     StackConfig {
@@ -25,45 +25,12 @@ fn small_buffers(addr: &str, seed: u64) -> StackConfig {
     }
 }
 
-/// Accept everything waiting on `l`.
-fn accept_all(
-    net: &mut ephemera::device::virtual_link::Network,
-    i: usize,
-    l: ListenerHandle,
-) -> Vec<TcpHandle> {
-    let mut out = Vec::new();
-    while let Ok(h) = net.stack(i).accept(l) {
-        out.push(h);
-    }
-    out
-}
-
-/// Run the network until `count` connections have been accepted from
-/// the server's listener `l` (at most `steps` steps); those connections.
-fn accept_until(
-    net: &mut ephemera::device::virtual_link::Network,
-    l: ListenerHandle,
-    count: usize,
-    steps: u64,
-) -> Vec<TcpHandle> {
-    let mut accepted = Vec::new();
-    net.run_until(steps, |n| {
-        accepted.extend(accept_all(n, 1, l));
-        accepted.len() == count
-    })
-    .unwrap_or_else(|e| panic!("{} of {count} accepted: {e:?}", accepted.len()));
-    accepted
-}
-
 /// Listen on port 80 of the server, connect from the client, and return
 /// the listener and the client's and the server's end once accepted.
-fn one_connection(
-    net: &mut ephemera::device::virtual_link::Network,
-) -> (ListenerHandle, TcpHandle, TcpHandle) {
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let server = accept_until(net, l, 1, 1000);
-    (l, c, server[0])
+fn one_connection(net: &mut Network) -> (ListenerHandle, TcpHandle, TcpHandle) {
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let (c, s) = establish(net, l);
+    (l, c, s)
 }
 
 /// Open `n` connections from stack 0 to `servers` (round robin), send each
@@ -82,7 +49,7 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     let listeners: Vec<ListenerHandle> = server_ports
         .iter()
         .map(|p| {
-            net.stack(1)
+            net.server()
                 .listen(SocketAddr::new(ip(SERVER), *p), None)
                 .unwrap()
         })
@@ -92,7 +59,7 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     for i in 0..n {
         let port = server_ports[i % server_ports.len()];
         let h = net
-            .stack(0)
+            .client()
             .connect(SocketAddr::new(ip(SERVER), port))
             .unwrap_or_else(|e| panic!("connect #{i}: {e}"));
         clients.push(h);
@@ -101,8 +68,8 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     let mut tuples = std::collections::HashSet::new();
     for &h in &clients {
         let (l, r) = (
-            net.stack(0).local_addr(h).unwrap(),
-            net.stack(0).peer_addr(h).unwrap(),
+            net.client().local_addr(h).unwrap(),
+            net.client().peer_addr(h).unwrap(),
         );
         assert_eq!(l.ip(), ip(CLIENT));
         assert!(tuples.insert((l, r)), "4-tuple {l} -> {r} handed out twice");
@@ -111,7 +78,7 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     let mut servers = Vec::with_capacity(n);
     net.run_until(200_000, |net| {
         for &l in &listeners {
-            servers.extend(accept_all(net, 1, l));
+            servers.extend(accept_all(net, l));
         }
         servers.len() == n
     })
@@ -119,13 +86,13 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     net.run_until(100_000, |net| {
         clients
             .iter()
-            .all(|&c| net.stack_ref(0).tcp_state(c) == Some(TcpState::Established))
+            .all(|&c| net.node_ref(Client).tcp_state(c) == Some(TcpState::Established))
     })
     .expect("all clients established");
 
     for &c in &clients {
-        let msg = format!("from {}", net.stack(0).local_addr(c).unwrap());
-        assert_eq!(net.stack(0).send(c, msg.as_bytes()), Ok(msg.len()));
+        let msg = format!("from {}", net.client().local_addr(c).unwrap());
+        assert_eq!(net.client().send(c, msg.as_bytes()), Ok(msg.len()));
     }
     // Server side: read, check the message names the peer, echo it.
     let mut pending: HashMap<TcpHandle, Vec<u8>> =
@@ -133,25 +100,25 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     let mut echoed = 0;
     let mut buf = [0u8; 256];
     net.run_until(200_000, |net| {
-        while let Some(ev) = net.stack(1).poll_event() {
+        while let Some(ev) = net.server().poll_event() {
             let Event::Tcp(s) = ev else { continue };
             let Some(acc) = pending.get_mut(&s) else {
                 continue;
             };
-            while let Ok(k) = net.stack(1).recv(s, &mut buf) {
+            while let Ok(k) = net.server().recv(s, &mut buf) {
                 if k == 0 {
                     break;
                 }
                 acc.extend_from_slice(&buf[..k]);
             }
-            let want = format!("from {}", net.stack(1).peer_addr(s).unwrap());
+            let want = format!("from {}", net.server().peer_addr(s).unwrap());
             if acc.len() == want.len() {
                 assert_eq!(
                     String::from_utf8_lossy(acc),
                     want,
                     "message reached the wrong connection"
                 );
-                net.stack(1).send(s, acc).unwrap();
+                net.server().send(s, acc).unwrap();
                 pending.remove(&s);
                 echoed += 1;
             }
@@ -163,16 +130,16 @@ fn many_connections(n: usize, server_ports: &[u16]) {
     let mut done = 0;
     let mut got: HashMap<TcpHandle, Vec<u8>> = HashMap::new();
     net.run_until(200_000, |net| {
-        while let Some(ev) = net.stack(0).poll_event() {
+        while let Some(ev) = net.client().poll_event() {
             let Event::Tcp(c) = ev else { continue };
             let acc = got.entry(c).or_default();
-            while let Ok(k) = net.stack(0).recv(c, &mut buf) {
+            while let Ok(k) = net.client().recv(c, &mut buf) {
                 if k == 0 {
                     break;
                 }
                 acc.extend_from_slice(&buf[..k]);
             }
-            let want = format!("from {}", net.stack(0).local_addr(c).unwrap());
+            let want = format!("from {}", net.client().local_addr(c).unwrap());
             if acc.len() == want.len() {
                 assert_eq!(
                     String::from_utf8_lossy(acc),
@@ -185,10 +152,10 @@ fn many_connections(n: usize, server_ports: &[u16]) {
         done == n
     })
     .expect("every client got its echo");
-    assert_eq!(net.stack(0).port_table().live_flows(), n);
-    assert_eq!(net.stack(1).port_table().live_flows(), n);
-    net.stack(0).check_invariants().unwrap();
-    net.stack(1).check_invariants().unwrap();
+    assert_eq!(net.client().port_table().live_flows(), n);
+    assert_eq!(net.server().port_table().live_flows(), n);
+    net.client().check_invariants().unwrap();
+    net.server().check_invariants().unwrap();
 }
 
 #[test]
@@ -206,80 +173,80 @@ fn more_than_65536_outbound_connections_from_one_address() {
 #[test]
 fn connect_to_a_closed_port_is_refused_by_rst() {
     let mut net = default_pair(3);
-    let c = net.stack(0).connect(sa("10.0.0.2:4444")).unwrap();
-    net.run_until(100, |n| n.stack(0).tcp_error(c).is_some())
+    let c = net.client().connect(sa("10.0.0.2:4444")).unwrap();
+    net.run_until(100, |n| n.client().tcp_error(c).is_some())
         .unwrap();
-    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Refused));
+    assert_eq!(net.client().tcp_error(c), Some(ConnError::Refused));
     let mut buf = [0u8; 8];
     assert_eq!(
-        net.stack(0).recv(c, &mut buf),
+        net.client().recv(c, &mut buf),
         Err(RecvError::ConnectionRefused)
     );
-    assert_eq!(net.stack(1).counters().tcp_refused, 1);
-    assert_eq!(net.stack(1).counters().tcp_rst_sent, 1);
-    assert_eq!(net.stack(0).counters().tcp_connect_refused, 1);
+    assert_eq!(net.server().counters().tcp_refused, 1);
+    assert_eq!(net.server().counters().tcp_rst_sent, 1);
+    assert_eq!(net.client().counters().tcp_connect_refused, 1);
     // Refused well before any retransmission (RTO is 1 s).
     assert!(net.now().total_millis() < 100);
     // The port is free again at once.
-    assert_eq!(net.stack(0).port_table().live_flows(), 0);
-    net.stack(0).close(c);
-    assert_eq!(net.stack(0).socket_count(), 0);
+    assert_eq!(net.client().port_table().live_flows(), 0);
+    net.client().close(c);
+    assert_eq!(net.client().socket_count(), 0);
 }
 
 #[test]
 fn udp_to_a_closed_port_gets_port_unreachable() {
     let mut net = default_pair(4);
-    let u = net.stack(0).udp_bind(sa("0.0.0.0:0")).unwrap();
-    let local = net.stack(0).udp_local_addr(u).unwrap();
+    let u = net.client().udp_bind(sa("0.0.0.0:0")).unwrap();
+    let local = net.client().udp_local_addr(u).unwrap();
     assert!((49152..=65535).contains(&local.port()));
-    net.stack(0)
+    net.client()
         .udp_send_to(u, b"anyone?", sa("10.0.0.2:9999"))
         .unwrap();
-    net.run_until(100, |n| n.stack(0).counters().icmp_errors == 1)
+    net.run_until(100, |n| n.client().counters().icmp_errors == 1)
         .unwrap();
-    assert_eq!(net.stack(1).counters().udp_no_port, 1);
+    assert_eq!(net.server().counters().udp_no_port, 1);
     let mut buf = [0u8; 64];
     assert_eq!(
-        net.stack(0).udp_recv_from(u, &mut buf),
+        net.client().udp_recv_from(u, &mut buf),
         Err(RecvError::ConnectionRefused)
     );
     // Reported once; then the socket works as before.
     assert_eq!(
-        net.stack(0).udp_recv_from(u, &mut buf),
+        net.client().udp_recv_from(u, &mut buf),
         Err(RecvError::WouldBlock)
     );
 
     // And an open port answers.
-    let s = net.stack(1).udp_bind(sa("10.0.0.2:9999")).unwrap();
-    net.stack(0)
+    let s = net.server().udp_bind(sa("10.0.0.2:9999")).unwrap();
+    net.client()
         .udp_send_to(u, b"hello", sa("10.0.0.2:9999"))
         .unwrap();
-    net.run_until(100, |n| n.stack(1).udp_recv_from(s, &mut buf).is_ok())
+    net.run_until(100, |n| n.server().udp_recv_from(s, &mut buf).is_ok())
         .unwrap();
 }
 
 #[test]
 fn udp_round_trip_names_both_ends() {
     let mut net = default_pair(5);
-    let s = net.stack(1).udp_bind(sa("0.0.0.0:53")).unwrap();
-    let c = net.stack(0).udp_bind(sa("10.0.0.1:0")).unwrap();
-    let cl = net.stack(0).udp_local_addr(c).unwrap();
-    net.stack(0)
+    let s = net.server().udp_bind(sa("0.0.0.0:53")).unwrap();
+    let c = net.client().udp_bind(sa("10.0.0.1:0")).unwrap();
+    let cl = net.client().udp_local_addr(c).unwrap();
+    net.client()
         .udp_send_to(c, b"query", sa("10.0.0.2:53"))
         .unwrap();
     let mut buf = [0u8; 64];
     let mut got = None;
     net.run_until(100, |n| {
-        got = n.stack(1).udp_recv_from(s, &mut buf).ok();
+        got = n.server().udp_recv_from(s, &mut buf).ok();
         got.is_some()
     })
     .unwrap();
     let (k, from) = got.unwrap();
     assert_eq!(&buf[..k], b"query");
     assert_eq!(from, cl);
-    net.stack(1).udp_send_to(s, b"answer", from).unwrap();
+    net.server().udp_send_to(s, b"answer", from).unwrap();
     net.run_until(100, |n| {
-        got = n.stack(0).udp_recv_from(c, &mut buf).ok();
+        got = n.client().udp_recv_from(c, &mut buf).ok();
         got.is_some()
     })
     .unwrap();
@@ -287,7 +254,7 @@ fn udp_round_trip_names_both_ends() {
     assert_eq!(&buf[..6], b"answer");
     // Binding the same port twice is EADDRINUSE.
     assert_eq!(
-        net.stack(1)
+        net.server()
             .udp_bind(sa("10.0.0.2:53"))
             .err()
             .map(|e| e.errno()),
@@ -296,18 +263,12 @@ fn udp_round_trip_names_both_ends() {
 }
 
 /// Send `total` bytes one way and check they arrive byte-exact.
-fn bulk(link: LinkConfig, total: usize) -> ephemera::device::virtual_link::Network {
+fn bulk(link: LinkConfig, total: usize) -> Network {
     let seed = link.seed;
     let mut net = pair(link, config(CLIENT, seed), config(SERVER, seed + 1));
-    let l = net.stack(1).listen(sa("0.0.0.0:9"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:9")).unwrap();
-    let mut s = None;
-    net.run_until(10_000, |n| {
-        s = s.or_else(|| n.stack(1).accept(l).ok());
-        s.is_some()
-    })
-    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-    let s = s.unwrap();
+    let _guard = SeedGuard("bulk", seed);
+    let l = net.server().listen(sa("0.0.0.0:9"), None).unwrap();
+    let (c, s) = establish(&mut net, l);
 
     let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 256) as u8).collect();
     let (mut sent, mut got) = (0usize, Vec::with_capacity(total));
@@ -315,15 +276,15 @@ fn bulk(link: LinkConfig, total: usize) -> ephemera::device::virtual_link::Netwo
     let mut closed = false;
     net.run_until(2_000_000, |n| {
         if sent < total {
-            if let Ok(k) = n.stack(0).send(c, &data[sent..]) {
+            if let Ok(k) = n.client().send(c, &data[sent..]) {
                 sent += k;
             }
         } else if !closed {
-            n.stack(0).close(c);
+            n.client().close(c);
             closed = true;
         }
         loop {
-            match n.stack(1).recv(s, &mut buf) {
+            match n.server().recv(s, &mut buf) {
                 Ok(0) => return true,
                 Ok(k) => got.extend_from_slice(&buf[..k]),
                 Err(_) => return false,
@@ -346,7 +307,7 @@ fn bulk_transfer_survives_five_percent_loss_and_reordering() {
     for seed in 11..17 {
         let net = bulk(
             LinkConfig {
-                delay: ephemera::Duration::from_millis(5),
+                delay: Duration::from_millis(5),
                 loss: 0.05,
                 reorder: 0.05,
                 seed,
@@ -365,30 +326,29 @@ fn bulk_transfer_survives_five_percent_loss_and_reordering() {
 #[test]
 fn backlog_overflow_is_counted_and_the_listener_keeps_serving() {
     let mut net = default_pair(21);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), Some(4)).unwrap();
+    let l = net.server().listen(sa("0.0.0.0:80"), Some(4)).unwrap();
     // Ten clients, nobody accepting: four fit the accept queue.
     let clients: Vec<TcpHandle> = (0..10)
-        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .map(|_| net.client().connect(sa("10.0.0.2:80")).unwrap())
         .collect();
-    net.run_for(ephemera::Duration::from_millis(200), 100_000)
-        .unwrap();
-    let c = net.stack(1).counters().clone();
+    net.run_for(Duration::from_millis(200), 100_000).unwrap();
+    let c = net.server().counters().clone();
     assert!(c.drop_accept_queue_full >= 6, "{c:?}");
     assert_eq!(c.tcp_passive_opens, 4);
-    let snap = net.stack(1).snapshot();
+    let snap = net.server().snapshot();
     let row = snap.iter().find(|r| r.state == "LISTEN").unwrap();
     assert_eq!((row.recv_queue, row.send_queue), (4, 4));
-    net.stack(1).check_invariants().unwrap();
+    net.server().check_invariants().unwrap();
 
     // Accept as they come: the SYN retransmissions of the others get in.
     let accepted = accept_until(&mut net, l, 10, 1_000_000);
     let mut peers: Vec<_> = accepted
         .iter()
-        .map(|&s| net.stack(1).peer_addr(s).unwrap())
+        .map(|&s| net.server().peer_addr(s).unwrap())
         .collect();
     let mut locals: Vec<_> = clients
         .iter()
-        .map(|&c| net.stack(0).local_addr(c).unwrap())
+        .map(|&c| net.client().local_addr(c).unwrap())
         .collect();
     peers.sort();
     locals.sort();
@@ -398,7 +358,7 @@ fn backlog_overflow_is_counted_and_the_listener_keeps_serving() {
 #[test]
 fn listen_conflicts_follow_linux() {
     let mut net = default_pair(31);
-    let s = net.stack(1);
+    let s = net.server();
     let _l = s.listen(sa("10.0.0.2:80"), None).unwrap();
     assert_eq!(
         s.listen(sa("0.0.0.0:80"), None).err().map(|e| e.errno()),
@@ -435,53 +395,52 @@ fn exhausting_one_destination_leaves_others_working_and_time_wait_releases() {
     cfg.ports.ephemeral = 50000..=50003;
     cfg.ports.time_wait = std::time::Duration::from_secs(30);
     let mut net = pair(LinkConfig::default(), cfg, config(SERVER, 42));
-    let l80 = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let _l81 = net.stack(1).listen(sa("0.0.0.0:81"), None).unwrap();
+    let l80 = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let _l81 = net.server().listen(sa("0.0.0.0:81"), None).unwrap();
     let cs: Vec<_> = (0..4)
-        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .map(|_| net.client().connect(sa("10.0.0.2:80")).unwrap())
         .collect();
     assert_eq!(
-        net.stack(0).connect(sa("10.0.0.2:80")).err(),
+        net.client().connect(sa("10.0.0.2:80")).err(),
         Some(ConnectError::AddrNotAvailable)
     );
-    assert!(net.stack(0).connect(sa("10.0.0.2:81")).is_ok());
+    assert!(net.client().connect(sa("10.0.0.2:81")).is_ok());
 
     // Close all four from the client side: TIME-WAIT holds the ports.
     let mut servers = Vec::new();
     net.run_until(10_000, |n| {
-        servers.extend(accept_all(n, 1, l80));
+        servers.extend(accept_all(n, l80));
         servers.len() == 4
     })
     .unwrap();
     for c in cs {
-        net.stack(0).close(c);
+        net.client().close(c);
     }
     net.run_until(10_000, |n| {
         let mut buf = [0u8; 4];
         for &s in &servers {
-            if n.stack(1).recv(s, &mut buf) == Ok(0) {
-                n.stack(1).close(s);
+            if n.server().recv(s, &mut buf) == Ok(0) {
+                n.server().close(s);
             }
         }
-        n.stack_ref(0).port_table().time_wait_flows() == 4
+        n.node_ref(Client).port_table().time_wait_flows() == 4
     })
     .unwrap();
     assert_eq!(
-        net.stack(0).connect(sa("10.0.0.2:80")).err(),
+        net.client().connect(sa("10.0.0.2:80")).err(),
         Some(ConnectError::AddrNotAvailable)
     );
     let tw_rows = net
-        .stack(0)
+        .client()
         .snapshot()
         .into_iter()
         .filter(|r| r.state == "TIME-WAIT" && r.proto == Protocol::Tcp)
         .count();
     assert_eq!(tw_rows, 4);
     // After 2·MSL the range is usable again.
-    net.run_for(ephemera::Duration::from_secs(31), 100_000)
-        .unwrap();
-    assert_eq!(net.stack(0).port_table().time_wait_flows(), 0);
-    assert!(net.stack(0).connect(sa("10.0.0.2:80")).is_ok());
+    net.run_for(Duration::from_secs(31), 100_000).unwrap();
+    assert_eq!(net.client().port_table().time_wait_flows(), 0);
+    assert!(net.client().connect(sa("10.0.0.2:80")).is_ok());
 }
 
 #[test]
@@ -497,19 +456,18 @@ fn a_retransmitted_syn_reaches_the_half_open_connection_it_created() {
         config(CLIENT, 51),
         config(SERVER, 52),
     );
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.client().connect(sa("10.0.0.2:80")).unwrap();
     let mut accepted = Vec::new();
-    net.run_for(ephemera::Duration::from_millis(100), 10_000)
-        .unwrap();
-    accepted.extend(accept_all(&mut net, 1, l));
+    net.run_for(Duration::from_millis(100), 10_000).unwrap();
+    accepted.extend(accept_all(&mut net, l));
     assert_eq!(accepted.len(), 1, "one SYN, twice, makes one connection");
-    assert_eq!(net.stack(1).counters().tcp_passive_opens, 1);
+    assert_eq!(net.server().counters().tcp_passive_opens, 1);
     // Listener + the one connection.
-    assert_eq!(net.stack(1).socket_count(), 2);
-    assert_eq!(net.stack(0).tcp_state(c), Some(TcpState::Established));
+    assert_eq!(net.server().socket_count(), 2);
+    assert_eq!(net.client().tcp_state(c), Some(TcpState::Established));
     assert!(net.stats().duplicated > 0);
-    net.stack(1).check_invariants().unwrap();
+    net.server().check_invariants().unwrap();
 }
 
 #[test]
@@ -520,13 +478,13 @@ fn active_close_acks_the_peers_fin_at_once() {
     let mut net = default_pair(51);
     let (_, c, s) = one_connection(&mut net);
     let start = net.now();
-    net.stack(0).close(c);
+    net.client().close(c);
     net.run_until(1000, |n| {
         let mut buf = [0u8; 4];
-        if n.stack(1).recv(s, &mut buf) == Ok(0) {
-            n.stack(1).close(s);
+        if n.server().recv(s, &mut buf) == Ok(0) {
+            n.server().close(s);
         }
-        n.stack_ref(1).counters().tcp_closed == 1
+        n.node_ref(Server).counters().tcp_closed == 1
     })
     .unwrap();
     assert!(
@@ -534,28 +492,27 @@ fn active_close_acks_the_peers_fin_at_once() {
         "peer left LAST-ACK only after {} ms",
         (net.now() - start).total_millis()
     );
-    assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
+    assert_eq!(net.client().port_table().time_wait_flows(), 1);
 }
 
 #[test]
 fn closing_a_listener_resets_connections_still_in_its_accept_queue() {
     let mut net = default_pair(61);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let c = net.client().connect(sa("10.0.0.2:80")).unwrap();
     net.run_until(1000, |n| {
-        n.stack(0).tcp_state(c) == Some(TcpState::Established)
+        n.client().tcp_state(c) == Some(TcpState::Established)
     })
     .unwrap();
-    net.run_for(ephemera::Duration::from_millis(10), 1000)
-        .unwrap();
+    net.run_for(Duration::from_millis(10), 1000).unwrap();
     // Never accepted: closing the listener must not leave it orphaned.
-    net.stack(1).close_listener(l);
-    net.run_until(1000, |n| n.stack(0).tcp_error(c).is_some())
+    net.server().close_listener(l);
+    net.run_until(1000, |n| n.client().tcp_error(c).is_some())
         .unwrap();
-    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Reset));
-    assert_eq!(net.stack(1).socket_count(), 0);
-    assert_eq!(net.stack(1).port_table().live_flows(), 0);
-    net.stack(1).check_invariants().unwrap();
+    assert_eq!(net.client().tcp_error(c), Some(ConnError::Reset));
+    assert_eq!(net.server().socket_count(), 0);
+    assert_eq!(net.server().port_table().live_flows(), 0);
+    net.server().check_invariants().unwrap();
 }
 
 #[test]
@@ -568,22 +525,20 @@ fn abort_released_resets_connections_still_draining() {
         small_buffers(SERVER, 72),
     );
     let (l, c, s) = one_connection(&mut net);
-    assert_eq!(net.stack(1).send(s, &[7u8; 1024]), Ok(1024));
-    net.run_for(ephemera::Duration::from_millis(50), 10_000)
+    assert_eq!(net.server().send(s, &[7u8; 1024]), Ok(1024));
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    assert_eq!(net.server().send(s, &[7u8; 1024]), Ok(1024));
+    net.server().close(s);
+    net.server().close_listener(l);
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    assert_eq!(net.server().socket_count(), 1, "still draining");
+    assert_eq!(net.server().abort_released(), 1);
+    assert_eq!(net.server().socket_count(), 0);
+    assert_eq!(net.server().port_table().live_flows(), 0);
+    net.run_until(1000, |n| n.client().tcp_error(c).is_some())
         .unwrap();
-    assert_eq!(net.stack(1).send(s, &[7u8; 1024]), Ok(1024));
-    net.stack(1).close(s);
-    net.stack(1).close_listener(l);
-    net.run_for(ephemera::Duration::from_millis(50), 10_000)
-        .unwrap();
-    assert_eq!(net.stack(1).socket_count(), 1, "still draining");
-    assert_eq!(net.stack(1).abort_released(), 1);
-    assert_eq!(net.stack(1).socket_count(), 0);
-    assert_eq!(net.stack(1).port_table().live_flows(), 0);
-    net.run_until(1000, |n| n.stack(0).tcp_error(c).is_some())
-        .unwrap();
-    assert_eq!(net.stack(0).tcp_error(c), Some(ConnError::Reset));
-    assert_eq!(net.stack(1).abort_released(), 0);
+    assert_eq!(net.client().tcp_error(c), Some(ConnError::Reset));
+    assert_eq!(net.server().abort_released(), 0);
 }
 
 #[test]
@@ -594,24 +549,24 @@ fn closing_a_handle_already_in_time_wait_still_acks_the_peers_fin() {
     let mut net = default_pair(81);
     let (_, c, s) = one_connection(&mut net);
     let start = net.now();
-    net.stack(0).shutdown(c).unwrap();
+    net.client().shutdown(c).unwrap();
     net.run_until(1000, |n| {
         let mut buf = [0u8; 4];
-        if n.stack(1).recv(s, &mut buf) == Ok(0) {
-            n.stack(1).close(s);
+        if n.server().recv(s, &mut buf) == Ok(0) {
+            n.server().close(s);
         }
-        n.stack(0).tcp_state(c) == Some(TcpState::TimeWait)
+        n.client().tcp_state(c) == Some(TcpState::TimeWait)
     })
     .unwrap();
-    net.stack(0).close(c);
-    net.run_until(1000, |n| n.stack_ref(1).counters().tcp_closed == 1)
+    net.client().close(c);
+    net.run_until(1000, |n| n.node_ref(Server).counters().tcp_closed == 1)
         .unwrap();
     assert!(
         (net.now() - start).total_millis() < 100,
         "peer left LAST-ACK only after {} ms",
         (net.now() - start).total_millis()
     );
-    assert_eq!(net.stack(0).port_table().time_wait_flows(), 1);
+    assert_eq!(net.client().port_table().time_wait_flows(), 1);
 }
 
 #[test]
@@ -620,52 +575,51 @@ fn a_burst_of_real_clients_beyond_the_backlog_all_get_in() {
     // half-open limit of 128: the surplus is dropped and retransmitted, not
     // reset, so every client connects.
     let mut net = default_pair(61);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
     let clients: Vec<TcpHandle> = (0..200)
-        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .map(|_| net.client().connect(sa("10.0.0.2:80")).unwrap())
         .collect();
     accept_until(&mut net, l, 200, 1_000_000);
-    net.run_for(ephemera::Duration::from_millis(50), 100_000)
-        .unwrap();
+    net.run_for(Duration::from_millis(50), 100_000).unwrap();
     for &c in &clients {
-        assert_eq!(net.stack(0).tcp_state(c), Some(TcpState::Established));
-        assert_eq!(net.stack(0).tcp_error(c), None);
+        assert_eq!(net.client().tcp_state(c), Some(TcpState::Established));
+        assert_eq!(net.client().tcp_error(c), None);
     }
-    let ctr = net.stack(1).counters();
+    let ctr = net.server().counters();
     assert_eq!(ctr.drop_half_open_evicted, 0, "{ctr:?}");
     assert!(
         ctr.drop_accept_queue_full + ctr.drop_syn_queue_full > 0,
         "{ctr:?}"
     );
-    assert_eq!(net.stack(0).counters().tcp_reset_by_peer, 0);
+    assert_eq!(net.client().counters().tcp_reset_by_peer, 0);
 }
 
 #[test]
 fn idle_connections_give_their_buffer_pages_back_and_keep_working() {
     let mut net = default_pair(71);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
     let clients: Vec<TcpHandle> = (0..100)
-        .map(|_| net.stack(0).connect(sa("10.0.0.2:80")).unwrap())
+        .map(|_| net.client().connect(sa("10.0.0.2:80")).unwrap())
         .collect();
     let servers = accept_until(&mut net, l, 100, 100_000);
     net.run_until(10_000, |n| {
-        clients.iter().all(|&c| n.stack_ref(0).can_send(c))
+        clients.iter().all(|&c| n.node_ref(Client).can_send(c))
     })
     .unwrap();
     // 20 kB each way on every connection: buffer pages get touched.
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let mut buf = vec![0u8; 32 * 1024];
-    let mut exchange = |net: &mut ephemera::device::virtual_link::Network, round: u8| {
+    let mut exchange = |net: &mut Network, round: u8| {
         let mut sent = vec![0usize; 100];
         let mut got = vec![Vec::new(); 100];
         net.run_until(1_000_000, |n| {
             for i in 0..100 {
                 if sent[i] < data.len() {
-                    if let Ok(k) = n.stack(0).send(clients[i], &data[sent[i]..]) {
+                    if let Ok(k) = n.client().send(clients[i], &data[sent[i]..]) {
                         sent[i] += k;
                     }
                 }
-                while let Ok(k) = n.stack(1).recv(servers[i], &mut buf) {
+                while let Ok(k) = n.server().recv(servers[i], &mut buf) {
                     if k == 0 {
                         break;
                     }
@@ -681,17 +635,16 @@ fn idle_connections_give_their_buffer_pages_back_and_keep_working() {
         );
     };
     exchange(&mut net, 1);
-    let busy = net.stack(0).buffer_resident_bytes() + net.stack(1).buffer_resident_bytes();
+    let busy = net.client().buffer_resident_bytes() + net.server().buffer_resident_bytes();
     assert!(busy >= 100 * 20_000, "buffers were used: {busy}");
     // Idle for longer than `shrink_idle_after` (1 s): every page goes back.
-    net.run_for(ephemera::Duration::from_secs(2), 100_000)
-        .unwrap();
-    assert_eq!(net.stack(0).buffer_resident_bytes(), 0);
-    assert_eq!(net.stack(1).buffer_resident_bytes(), 0);
+    net.run_for(Duration::from_secs(2), 100_000).unwrap();
+    assert_eq!(net.client().buffer_resident_bytes(), 0);
+    assert_eq!(net.server().buffer_resident_bytes(), 0);
     // And the connections carry data as before.
     exchange(&mut net, 2);
-    net.stack(0).check_invariants().unwrap();
-    net.stack(1).check_invariants().unwrap();
+    net.client().check_invariants().unwrap();
+    net.server().check_invariants().unwrap();
 }
 
 #[test]
@@ -703,63 +656,54 @@ fn a_new_syn_reopens_the_servers_time_wait_only_with_a_higher_isn() {
     let from = sa("10.0.0.1:45000");
     let server = sa("10.0.0.2:80");
     // The client's next sequence number, as seen on the wire.
-    let client_next = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let client_next = Rc::new(Cell::new(0u32));
     let seen = client_next.clone();
-    net.set_tap(move |_, p| {
-        if let Some(seg) = raw::parse(p) {
-            if seg.src == from {
-                seen.set(
-                    seg.seq
-                        .wrapping_add(seg.len + seg.flags.syn as u32 + seg.flags.fin as u32),
-                );
-            }
+    tap_segments(&mut net, move |_, seg| {
+        if seg.src == from {
+            seen.set(seg.end());
         }
     });
-    let l = net.stack(1).listen(server, None).unwrap();
-    let c = net.stack(0).connect_from(from, server).unwrap();
-    let mut s = None;
-    net.run_until(10_000, |n| {
-        s = s.or_else(|| n.stack(1).accept(l).ok());
-        s.is_some()
-    })
-    .unwrap();
-    net.stack(1).close(s.unwrap());
+    let l = net.server().listen(server, None).unwrap();
+    let c = net.client().connect_from(from, server).unwrap();
+    let s = accept_until(&mut net, l, 1, 10_000)[0];
+    net.server().close(s);
     let mut buf = [0u8; 8];
-    net.run_until(10_000, |n| n.stack(0).recv(c, &mut buf) == Ok(0))
+    net.run_until(10_000, |n| n.client().recv(c, &mut buf) == Ok(0))
         .unwrap();
-    net.stack(0).close(c);
+    net.client().close(c);
     net.run_until(10_000, |n| {
-        n.stack_ref(1).port_table().time_wait_flows() == 1 && n.stack_ref(0).socket_count() == 0
+        n.node_ref(Server).port_table().time_wait_flows() == 1
+            && n.node_ref(Client).socket_count() == 0
     })
     .unwrap();
     let rcv_nxt = client_next.get();
 
-    let syn = |seq: u32| raw::tcp(from, server, seq, 0, raw::SYN, 65535, b"");
-    let before = net.stack(1).counters().clone();
+    let syn = |seq: u32| tcp(from, server, seq, 0, TcpFlags::SYN, 65535, b"");
+    let before = net.server().counters().clone();
     // An ISN not beyond the old connection is an old duplicate: dropped.
-    net.inject(1, &syn(rcv_nxt.wrapping_sub(1_000)));
+    net.inject_to(Server, &syn(rcv_nxt.wrapping_sub(1_000)));
     assert_eq!(
-        net.stack(1).counters().drop_time_wait,
+        net.server().counters().drop_time_wait,
         before.drop_time_wait + 1
     );
-    assert_eq!(net.stack(1).port_table().time_wait_flows(), 1);
+    assert_eq!(net.server().port_table().time_wait_flows(), 1);
     // Beyond it: the record ends and a new connection begins.
-    net.inject(1, &syn(rcv_nxt.wrapping_add(1_000)));
-    let after = net.stack(1).counters().clone();
+    net.inject_to(Server, &syn(rcv_nxt.wrapping_add(1_000)));
+    let after = net.server().counters().clone();
     assert_eq!(
         after.tcp_time_wait_reopened,
         before.tcp_time_wait_reopened + 1
     );
-    assert_eq!(net.stack(1).port_table().time_wait_flows(), 0);
-    assert_eq!(net.stack(1).port_table().live_flows(), 1);
+    assert_eq!(net.server().port_table().time_wait_flows(), 0);
+    assert_eq!(net.server().port_table().live_flows(), 1);
     // And it answers with a SYN-ACK for the new ISN.
     let now = net.now();
     let reply = net
-        .stack(1)
+        .server()
         .poll_transmit(now)
-        .and_then(|p| raw::parse(&p))
+        .and_then(|p| Seg::parse(&p))
         .unwrap();
-    assert!(reply.flags.syn && reply.flags.ack);
+    assert!(reply.flags.syn() && reply.flags.ack());
     assert_eq!(reply.ack, rcv_nxt.wrapping_add(1_001));
-    net.stack(1).check_invariants().unwrap();
+    net.server().check_invariants().unwrap();
 }

@@ -1,20 +1,16 @@
 //! Churn: a million connect / transfer / close cycles through one listener
-//! and one client. Its own test binary, so the counting allocator sees only
-//! this test.
-
-mod common;
-use common::*;
-#[path = "common/alloc.rs"]
-mod alloc;
-#[path = "common/raw.rs"]
-mod raw;
+//! and one client. The heap is counted for this test's thread alone
+//! (`crate::alloc`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use ephemera::device::virtual_link::LinkConfig;
-use ephemera::{Duration, Event, PortTableConfig, StackConfig, TcpHandle, TcpState};
+use ephemera::{Duration, Event, PortTableConfig, RecvError, StackConfig, TcpHandle, TcpState};
+
+use crate::alloc;
+use crate::util::*;
 
 const CYCLES: u64 = 1_000_000;
 /// Connections in flight at once.
@@ -57,7 +53,7 @@ struct Reuse {
 #[test]
 fn a_million_cycles_leave_nothing_behind() {
     let seed = 0xc4u64;
-    let _guard = raw::SeedGuard("churn", seed);
+    let _guard = SeedGuard("churn", seed);
     let mut net = pair(
         LinkConfig {
             seed,
@@ -70,16 +66,14 @@ fn a_million_cycles_leave_nothing_behind() {
     {
         let reuse = reuse.clone();
         let client = ip(CLIENT);
-        net.set_tap(move |now, p| {
-            // Stacks emit IPv4 without options: the TCP header is at 20.
-            if p.len() < 40 || p[9] != 6 || p[12..16] != client_octets(client) {
+        tap_segments(&mut net, move |now, s| {
+            if s.src.ip() != client {
                 return;
             }
-            let port = u16::from_be_bytes([p[20], p[21]]);
-            let flags = p[33];
+            let port = s.src.port();
             let mut r = reuse.borrow_mut();
             let t = now.total_micros();
-            if flags & 0x12 == 0x02 {
+            if s.flags.syn() && !s.flags.ack() {
                 r.syns += 1;
                 if let Some(&last) = r.last.get(&port) {
                     if t - last < TIME_WAIT.total_micros() as i64 {
@@ -91,7 +85,7 @@ fn a_million_cycles_leave_nothing_behind() {
             }
         });
     }
-    let l = net.stack(1).listen(sa("10.0.0.2:80"), None).unwrap();
+    let l = net.server().listen(sa("10.0.0.2:80"), None).unwrap();
     let target = sa("10.0.0.2:80");
 
     // Client side: cycle number and bytes of the echo received so far
@@ -109,7 +103,7 @@ fn a_million_cycles_leave_nothing_behind() {
     while done < CYCLES || !servers.is_empty() {
         while clients.len() < CONCURRENT && started < CYCLES {
             let c = net
-                .stack(0)
+                .client()
                 .connect(target)
                 .unwrap_or_else(|e| panic!("connect #{started}: {e}"));
             clients.insert(c, (started, usize::MAX));
@@ -117,7 +111,7 @@ fn a_million_cycles_leave_nothing_behind() {
         }
         net.step();
 
-        let server = net.stack(1);
+        let server = net.server();
         while let Some(ev) = server.poll_event() {
             match ev {
                 Event::Incoming(_) => {
@@ -149,7 +143,7 @@ fn a_million_cycles_leave_nothing_behind() {
                                 );
                                 *got += n;
                             }
-                            Err(ephemera::RecvError::WouldBlock) => break,
+                            Err(RecvError::WouldBlock) => break,
                             Err(e) => panic!("server recv: {e}"),
                         }
                     }
@@ -158,7 +152,7 @@ fn a_million_cycles_leave_nothing_behind() {
             }
         }
 
-        let client = net.stack(0);
+        let client = net.client();
         while let Some(ev) = client.poll_event() {
             let Event::Tcp(c) = ev else { continue };
             let Some(&(cycle, got)) = clients.get(&c) else {
@@ -201,7 +195,7 @@ fn a_million_cycles_leave_nothing_behind() {
                             samples.push(alloc::live_bytes());
                         }
                     }
-                    Err(ephemera::RecvError::WouldBlock) => {
+                    Err(RecvError::WouldBlock) => {
                         clients.insert(c, (cycle, have));
                     }
                     Err(e) => panic!("cycle {cycle}: client recv: {e}"),
@@ -214,7 +208,7 @@ fn a_million_cycles_leave_nothing_behind() {
     // Let the last closes finish and every TIME-WAIT expire.
     net.run_for(Duration::from_secs(5), 10_000_000).unwrap();
     let end = alloc::live_bytes();
-    let (c, s) = (net.stack_ref(0), net.stack_ref(1));
+    let (c, s) = (net.node_ref(Client), net.node_ref(Server));
     c.check_invariants().unwrap();
     s.check_invariants().unwrap();
     let r = reuse.borrow();
@@ -252,11 +246,4 @@ fn a_million_cycles_leave_nothing_behind() {
     // many connections happen to be in flight or in TIME-WAIT.
     assert!(hi - lo < 2 << 20, "heap moved {lo}..{hi} across samples");
     assert!(end <= lo, "drained heap {end} above the steady level {lo}");
-}
-
-fn client_octets(ip: std::net::IpAddr) -> [u8; 4] {
-    match ip {
-        std::net::IpAddr::V4(v) => v.octets(),
-        _ => unreachable!(),
-    }
 }

@@ -1,28 +1,21 @@
 //! Malformed input, table-driven: each packet is dropped and counted under
 //! its named counter, nothing panics, and a live connection is untouched.
 
-mod common;
-use common::*;
-#[path = "common/raw.rs"]
-mod raw;
-
 use ephemera::device::virtual_link::Network;
-use ephemera::{Counters, TcpHandle, TcpState};
-use etherparse::{IpNumber, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder};
-use smoltcp::wire::Ipv4Packet;
+use ephemera::wire::build::{Ext, Ipv6, Tcp, Udp};
+use ephemera::wire::checksum::fill_ipv4_header;
+use ephemera::wire::{protocol, TcpFlags};
+use ephemera::{Counters, Rng, SeededRng, TcpHandle, TcpState};
 
-fn ip_checksum(p: &mut [u8]) {
-    let ihl = ((p[0] & 0x0f) as usize * 4).min(p.len());
-    Ipv4Packet::new_unchecked(&mut p[..ihl.max(20)]).fill_checksum();
-}
+use crate::util::*;
 
 fn syn_to_server() -> Vec<u8> {
-    raw::tcp(
+    tcp(
         sa("10.0.0.1:40000"),
         sa("10.0.0.2:80"),
         1,
         0,
-        raw::SYN,
+        TcpFlags::SYN,
         1000,
         b"",
     )
@@ -30,46 +23,29 @@ fn syn_to_server() -> Vec<u8> {
 
 fn udp(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
     let (s, d) = (sa(src), sa(dst));
-    let oct = |a: std::net::SocketAddr| match a.ip() {
-        std::net::IpAddr::V4(v) => v.octets(),
-        _ => unreachable!(),
-    };
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(oct(s), oct(d), 64)
-        .udp(s.port(), d.port())
-        .write(&mut out, payload)
-        .unwrap();
-    out
+    let dgram = Udp {
+        payload,
+        ..Default::default()
+    }
+    .datagram(s, d);
+    ip_packet(s.ip(), d.ip(), protocol::UDP, &dgram)
 }
 
-fn v6_tcp_with_ext(ext: &[(IpNumber, Vec<u8>)], last: IpNumber) -> Vec<u8> {
-    // IPv6 header + raw extension headers + a TCP SYN, built by hand.
-    let tcp = raw::tcp(
-        sa("10.0.0.1:40000"),
-        sa("10.0.0.2:80"),
-        1,
-        0,
-        raw::SYN,
-        1000,
-        b"",
-    )[20..]
-        .to_vec();
-    let mut body = Vec::new();
-    for (i, (_, h)) in ext.iter().enumerate() {
-        let mut h = h.clone();
-        h[0] = ext.get(i + 1).map_or(last, |e| e.0).0;
-        body.extend_from_slice(&h);
+/// A SYN from fd00::1 to fd00::2 behind IPv6 extension headers.
+fn v6_syn_behind(exts: Vec<Ext>) -> Vec<u8> {
+    let (src, dst) = (sa("[fd00::1]:40000"), sa("[fd00::2]:80"));
+    let syn = Tcp {
+        seq: 1,
+        flags: TcpFlags::SYN,
+        window: 1000,
+        ..Default::default()
     }
-    body.extend_from_slice(&tcp);
-    let mut p = vec![0u8; 40];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
-    p[6] = ext.first().map_or(last, |e| e.0).0;
-    p[7] = 64;
-    p[8..24].copy_from_slice(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    p[24..40].copy_from_slice(&"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    p.extend_from_slice(&body);
-    p
+    .segment(src, dst);
+    Ipv6 {
+        exts,
+        ..Default::default()
+    }
+    .packet(src.ip(), dst.ip(), protocol::TCP, &syn)
 }
 
 #[allow(clippy::vec_init_then_push)] // one case per line reads best
@@ -97,7 +73,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     v.push(("bad UDP checksum", p, "drop_bad_checksum"));
     let mut p = syn.clone();
     p[0] = 0x44; // IHL 4 < 5
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("IHL below 5", p, "drop_malformed"));
     let mut p = syn.clone();
     p[0] = 0x4f; // IHL 15: 60 octets, longer than the total length
@@ -111,11 +87,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     v.push(("TCP data offset below 5", p, "drop_malformed"));
     let mut p = syn.clone();
     p[2..4].copy_from_slice(&1500u16.to_be_bytes());
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("total length beyond the buffer", p, "drop_malformed"));
     let mut p = syn.clone();
     p[2..4].copy_from_slice(&10u16.to_be_bytes());
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("total length below the header", p, "drop_malformed"));
     // IPv4 with a 4-octet option (NOPs + EOL): IHL 6.
     let mut p = syn[..20].to_vec();
@@ -124,54 +100,43 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     p[0] = 0x46;
     let len = p.len() as u16;
     p[2..4].copy_from_slice(&len.to_be_bytes());
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("IPv4 options", p, "drop_ip_options"));
     let mut p = syn.clone();
     p[6] = 0x20; // more fragments
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("first fragment", p, "drop_fragment"));
     let mut p = syn.clone();
     p[6] = 0x00;
     p[7] = 0x10; // offset 128 octets, last fragment
-    ip_checksum(&mut p);
+    fill_ipv4_header(&mut p);
     v.push(("later fragment", p, "drop_fragment"));
     // IPv6: hop-by-hop, destination options, then a fragment header.
-    let hbh = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0])
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    let frag = Ipv6FragmentHeader::new(IpNumber::TCP, 0.try_into().unwrap(), true, 7)
-        .to_bytes()
-        .to_vec();
+    let padn = vec![1, 4, 0, 0, 0, 0];
     v.push((
         "IPv6 extension chain ending in a fragment header",
-        v6_tcp_with_ext(
-            &[
-                (IpNumber::IPV6_HEADER_HOP_BY_HOP, hbh.clone()),
-                (IpNumber::IPV6_DESTINATION_OPTIONS, hbh.clone()),
-                (IpNumber::IPV6_FRAGMENTATION_HEADER, frag),
-            ],
-            IpNumber::TCP,
-        ),
+        v6_syn_behind(vec![
+            Ext::HopByHop(padn.clone()),
+            Ext::DestOpts(padn.clone()),
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+                id: 7,
+            },
+        ]),
         "drop_fragment",
     ));
-    let mut p = v6_tcp_with_ext(
-        &[
-            (IpNumber::IPV6_HEADER_HOP_BY_HOP, hbh.clone()),
-            (IpNumber::IPV6_DESTINATION_OPTIONS, hbh.clone()),
-        ],
-        IpNumber::TCP,
-    );
+    let mut p = v6_syn_behind(vec![Ext::HopByHop(padn.clone()), Ext::DestOpts(padn)]);
     p.truncate(40 + 8 + 4); // cut inside the second extension header
     v.push(("IPv6 extension chain cut short", p, "drop_malformed"));
     v.push((
         "source port 0",
-        raw::tcp(
+        tcp(
             sa("10.0.0.1:0"),
             sa("10.0.0.2:80"),
             1,
             0,
-            raw::SYN,
+            TcpFlags::SYN,
             1000,
             b"",
         ),
@@ -179,12 +144,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ));
     v.push((
         "destination port 0",
-        raw::tcp(
+        tcp(
             sa("10.0.0.1:4000"),
             sa("10.0.0.2:0"),
             1,
             0,
-            raw::SYN,
+            TcpFlags::SYN,
             1000,
             b"",
         ),
@@ -204,18 +169,18 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ] {
         v.push((
             name,
-            raw::tcp(sa(src), sa("10.0.0.2:80"), 1, 0, raw::SYN, 1000, b""),
+            tcp(sa(src), sa("10.0.0.2:80"), 1, 0, TcpFlags::SYN, 1000, b""),
             "drop_martian_source",
         ));
     }
     v.push((
         "land attack (source = destination)",
-        raw::tcp(
+        tcp(
             sa("10.0.0.2:80"),
             sa("10.0.0.2:80"),
             1,
             0,
-            raw::SYN,
+            TcpFlags::SYN,
             1000,
             b"",
         ),
@@ -223,12 +188,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ));
     v.push((
         "not for us",
-        raw::tcp(
+        tcp(
             sa("10.0.0.1:4000"),
             sa("10.0.0.9:80"),
             1,
             0,
-            raw::SYN,
+            TcpFlags::SYN,
             1000,
             b"",
         ),
@@ -252,23 +217,17 @@ fn setup() -> (Network, TcpHandle, TcpHandle) {
     let mut client = config(CLIENT, 1);
     client.addrs.push((ip("fd00::1"), 64));
     let mut net = pair(Default::default(), client, server);
-    let l = net.stack(1).listen(sa("0.0.0.0:80"), None).unwrap();
-    let c = net.stack(0).connect(sa("10.0.0.2:80")).unwrap();
-    let mut s = None;
-    net.run_until(10_000, |n| {
-        s = s.or_else(|| n.stack(1).accept(l).ok());
-        s.is_some() && n.stack(0).tcp_state(c) == Some(TcpState::Established)
-    })
-    .unwrap();
-    (net, c, s.unwrap())
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let (c, s) = establish(&mut net, l);
+    (net, c, s)
 }
 
 fn echo_once(net: &mut Network, c: TcpHandle, s: TcpHandle, msg: &[u8]) {
-    assert_eq!(net.stack(0).send(c, msg), Ok(msg.len()));
+    assert_eq!(net.client().send(c, msg), Ok(msg.len()));
     let mut buf = [0u8; 64];
     let mut got = Vec::new();
     net.run_until(10_000, |n| {
-        if let Ok(k) = n.stack(1).recv(s, &mut buf) {
+        if let Ok(k) = n.server().recv(s, &mut buf) {
             got.extend_from_slice(&buf[..k]);
         }
         got.len() == msg.len()
@@ -279,15 +238,15 @@ fn echo_once(net: &mut Network, c: TcpHandle, s: TcpHandle, msg: &[u8]) {
 
 #[test]
 fn each_malformed_packet_is_dropped_under_its_counter() {
-    let _guard = raw::SeedGuard("malformed table", 1);
+    let _guard = SeedGuard("malformed table", 1);
     let (mut net, c, s) = setup();
     echo_once(&mut net, c, s, b"before");
     for (name, packet, want) in cases() {
-        let before = net.stack(1).counters().clone();
-        let sockets = net.stack(1).socket_count();
-        let flows = net.stack(1).port_table().live_flows();
-        net.inject(1, &packet);
-        let after = net.stack(1).counters().clone();
+        let before = net.server().counters().clone();
+        let sockets = net.server().socket_count();
+        let flows = net.server().port_table().live_flows();
+        net.inject_to(Server, &packet);
+        let after = net.server().counters().clone();
         assert_eq!(
             counter(&after, want),
             counter(&before, want) + 1,
@@ -300,15 +259,15 @@ fn each_malformed_packet_is_dropped_under_its_counter() {
         }
         // Nothing sent in reply, nothing created.
         let now = net.now();
-        assert_eq!(net.stack(1).poll_transmit(now), None, "{name}");
-        assert_eq!(net.stack(1).socket_count(), sockets, "{name}");
-        assert_eq!(net.stack(1).port_table().live_flows(), flows, "{name}");
+        assert_eq!(net.server().poll_transmit(now), None, "{name}");
+        assert_eq!(net.server().socket_count(), sockets, "{name}");
+        assert_eq!(net.server().port_table().live_flows(), flows, "{name}");
         assert_eq!(
-            net.stack(1).tcp_state(s),
+            net.server().tcp_state(s),
             Some(TcpState::Established),
             "{name}"
         );
-        net.stack(1).check_invariants().unwrap();
+        net.server().check_invariants().unwrap();
     }
     // The connection still carries data both ways.
     echo_once(&mut net, c, s, b"after every malformed packet");
@@ -317,19 +276,18 @@ fn each_malformed_packet_is_dropped_under_its_counter() {
 #[test]
 fn random_corruption_of_live_traffic_never_panics() {
     let seed = 0xbadu64;
-    let _guard = raw::SeedGuard("random corruption", seed);
+    let _guard = SeedGuard("random corruption", seed);
     let (mut net, c, s) = setup();
     let base = syn_to_server();
-    let data = raw::tcp(
+    let data = tcp(
         sa("10.0.0.1:40000"),
         sa("10.0.0.2:80"),
         7,
         9,
-        raw::ACK,
+        TcpFlags::ACK,
         1000,
         b"some payload",
     );
-    use ephemera::{Rng, SeededRng};
     let mut rng = SeededRng::new(seed);
     for i in 0..50_000u32 {
         let mut p = if i % 2 == 0 {
@@ -342,11 +300,11 @@ fn random_corruption_of_live_traffic_never_panics() {
             p[k] = rng.next_u64() as u8;
         }
         p.truncate(rng.below(p.len() as u64 + 1) as usize);
-        net.inject(1, &p);
+        net.inject_to(Server, &p);
         let now = net.now();
-        while net.stack(1).poll_transmit(now).is_some() {}
+        while net.server().poll_transmit(now).is_some() {}
     }
-    net.stack(1).check_invariants().unwrap();
-    assert_eq!(net.stack(1).tcp_state(s), Some(TcpState::Established));
+    net.server().check_invariants().unwrap();
+    assert_eq!(net.server().tcp_state(s), Some(TcpState::Established));
     echo_once(&mut net, c, s, b"still fine");
 }

@@ -1,14 +1,15 @@
 //! Impaired links and misbehaving peers over the virtual link.
 
-mod common;
-use common::*;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::collections::HashMap;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
-use ephemera::{Duration, Event, ListenerHandle, StackConfig, TcpHandle, TcpState};
+use ephemera::wire::TcpFlags;
+use ephemera::{
+    Duration, Event, Instant, ListenerHandle, RecvError, SendError, Stack, StackConfig, TcpHandle,
+    TcpState,
+};
+
+use crate::util::*;
 
 const CONNS: usize = 1000;
 const BYTES: usize = 8 * 1024;
@@ -22,7 +23,7 @@ struct End {
     /// The peer's stream id, learned from its first four octets.
     peer: Option<u32>,
     head: Vec<u8>,
-    hash: u64,
+    hash: Fnv,
     got: usize,
     sent: usize,
     id: u32,
@@ -34,7 +35,7 @@ impl End {
         End {
             peer: None,
             head: Vec::new(),
-            hash: FNV_INIT,
+            hash: Fnv::default(),
             got: 0,
             sent: 0,
             id,
@@ -43,16 +44,16 @@ impl End {
     }
 }
 
-fn expected_hash(id: u32) -> u64 {
-    let mut h = FNV_INIT;
+fn expected_hash(id: u32) -> Fnv {
+    let mut h = Fnv::default();
     let body: Vec<u8> = (0..BYTES).map(|i| stream_byte(id, i)).collect();
-    fnv(&mut h, &body);
+    h.write(&body);
     h
 }
 
 /// Drive one end: send its stream (4-octet id, then BYTES octets), read the
 /// peer's, close once both are done.
-fn pump(st: &mut ephemera::Stack, h: TcpHandle, e: &mut End) {
+fn pump(st: &mut Stack, h: TcpHandle, e: &mut End) {
     let mut buf = [0u8; 4096];
     while e.sent < 4 + BYTES {
         let chunk: Vec<u8> = (e.sent..(4 + BYTES).min(e.sent + 4096))
@@ -66,7 +67,7 @@ fn pump(st: &mut ephemera::Stack, h: TcpHandle, e: &mut End) {
             .collect();
         match st.send(h, &chunk) {
             Ok(n) => e.sent += n,
-            Err(ephemera::SendError::WouldBlock) => break,
+            Err(SendError::WouldBlock) => break,
             Err(err) => panic!("send: {err}"),
         }
     }
@@ -84,10 +85,10 @@ fn pump(st: &mut ephemera::Stack, h: TcpHandle, e: &mut End) {
                         e.peer = Some(u32::from_be_bytes(e.head[..4].try_into().unwrap()));
                     }
                 }
-                fnv(&mut e.hash, data);
+                e.hash.write(data);
                 e.got += data.len();
             }
-            Err(ephemera::RecvError::WouldBlock) => break,
+            Err(RecvError::WouldBlock) => break,
             Err(err) => panic!("recv: {err}"),
         }
     }
@@ -108,24 +109,24 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
     let mut net = pair(link, cfg(CLIENT, seed), cfg(SERVER, seed + 1));
     // Both stacks listen and both connect: traffic in both directions.
     let ls: [ListenerHandle; 2] = [
-        net.stack(0).listen(sa("0.0.0.0:7000"), None).unwrap(),
-        net.stack(1).listen(sa("0.0.0.0:7000"), None).unwrap(),
+        net.client().listen(sa("0.0.0.0:7000"), None).unwrap(),
+        net.server().listen(sa("0.0.0.0:7000"), None).unwrap(),
     ];
     let mut ends: [HashMap<TcpHandle, End>; 2] = [HashMap::new(), HashMap::new()];
     for i in 0..CONNS {
         let (from, to) = if i % 2 == 0 {
-            (0, "10.0.0.2:7000")
+            (Client, "10.0.0.2:7000")
         } else {
-            (1, "10.0.0.1:7000")
+            (Server, "10.0.0.1:7000")
         };
-        let h = net.stack(from).connect(sa(to)).unwrap();
-        ends[from].insert(h, End::new(i as u32 * 2));
+        let h = net.node(from).connect(sa(to)).unwrap();
+        ends[from.index()].insert(h, End::new(i as u32 * 2));
     }
     let mut next_id = 1u32;
     let mut finished = Vec::new();
     net.run_until(400_000_000, |n| {
-        for side in 0..2 {
-            let st = n.stack(side);
+        for node in [Client, Server] {
+            let (st, side) = (n.node(node), node.index());
             while let Some(ev) = st.poll_event() {
                 match ev {
                     Event::Incoming(_) => {
@@ -169,8 +170,8 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
     peers.dedup();
     assert_eq!(peers.len(), 2 * CONNS);
     net.run_for(Duration::from_secs(200), 10_000_000).unwrap();
-    for i in 0..2 {
-        let st = net.stack(i);
+    for i in [Client, Server] {
+        let st = net.node(i);
         st.check_invariants().unwrap();
         // Nothing but the listener is left, and nothing needed the
         // FIN-WAIT-2 timeout: every FIN was accepted, ACKed and answered.
@@ -190,7 +191,7 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
             "{c:?}"
         );
         println!(
-            "soak: stack {i}: {} FIN-WAIT-2 timeout(s), {} FIN(s) re-sent by the watchdog",
+            "soak: {i:?}: {} FIN-WAIT-2 timeout(s), {} FIN(s) re-sent by the watchdog",
             c.tcp_fin_wait2_timeouts, c.tcp_fin_resent
         );
     }
@@ -200,7 +201,7 @@ fn soak(seed: u64, link: LinkConfig) -> Network {
 #[test]
 fn impaired_soak_thousand_connections_both_directions() {
     let seed = 0x50a4;
-    let _guard = raw::SeedGuard("impaired soak", seed);
+    let _guard = SeedGuard("impaired soak", seed);
     let t = std::time::Instant::now();
     let net = soak(
         seed,
@@ -214,8 +215,9 @@ fn impaired_soak_thousand_connections_both_directions() {
         },
     );
     let s = net.stats();
-    let bad: u64 = (0..2)
-        .map(|i| net.stack_ref(i).counters().drop_bad_checksum)
+    let bad: u64 = [Client, Server]
+        .iter()
+        .map(|&i| net.node_ref(i).counters().drop_bad_checksum)
         .sum();
     println!(
         "soak: {CONNS} connections x 2 directions x {BYTES} octets; link {s:?}; checksum drops {bad}; \
@@ -230,15 +232,11 @@ fn impaired_soak_thousand_connections_both_directions() {
 /// Everything `st` puts on the wire from `*now` until `until`, with its
 /// time, stepping the clock from deadline to deadline as the virtual link
 /// does.
-fn drain_until(
-    st: &mut ephemera::Stack,
-    now: &mut ephemera::Instant,
-    until: ephemera::Instant,
-) -> Vec<(ephemera::Instant, raw::Seg)> {
+fn drain_until(st: &mut Stack, now: &mut Instant, until: Instant) -> Vec<(Instant, Seg)> {
     let mut out = Vec::new();
     loop {
         while let Some(p) = st.poll_transmit(*now) {
-            out.extend(raw::parse(&p).map(|s| (*now, s)));
+            out.extend(Seg::parse(&p).map(|s| (*now, s)));
         }
         match st.poll_at() {
             Some(t) if t <= until => *now = t.max(*now + Duration::from_micros(1)),
@@ -262,36 +260,32 @@ fn drain_until(
 /// server sends must acknowledge only what it accepted (RCV.NXT).
 #[test]
 fn fin_watchdog_never_acknowledges_an_out_of_order_fin() {
-    use ephemera::Instant;
     let seed = 0x0f1f;
-    let _guard = raw::SeedGuard("out-of-order FIN", seed);
+    let _guard = SeedGuard("out-of-order FIN", seed);
     let mut now = Instant::from_millis(0);
-    let mut st = ephemera::Stack::new(config(SERVER, seed), now).unwrap();
+    let mut st = Stack::new(config(SERVER, seed), now).unwrap();
     let l = st.listen(sa("0.0.0.0:80"), None).unwrap();
     let (peer, server) = (sa("10.0.0.1:40000"), sa("10.0.0.2:80"));
-    let fin_ack = raw::Flags {
-        fin: true,
-        ..raw::ACK
-    };
+    let fin_ack = TcpFlags::FIN | TcpFlags::ACK;
     let isn = 1000u32;
-    let send = |st: &mut ephemera::Stack, now: Instant, seq, ack, flags, data: &[u8]| {
-        st.handle_packet(now, &raw::tcp(peer, server, seq, ack, flags, 65535, data));
+    let send = |st: &mut Stack, now: Instant, seq, ack, flags, data: &[u8]| {
+        st.handle_packet(now, &tcp(peer, server, seq, ack, flags, 65535, data));
     };
 
     // Handshake.
-    send(&mut st, now, isn, 0, raw::SYN, b"");
+    send(&mut st, now, isn, 0, TcpFlags::SYN, b"");
     let out = drain_until(&mut st, &mut now, Instant::from_millis(1));
-    let syn_ack = out.iter().find(|(_, s)| s.flags.syn).expect("SYN-ACK").1;
+    let syn_ack = out.iter().find(|(_, s)| s.flags.syn()).expect("SYN-ACK").1;
     assert_eq!(syn_ack.ack, isn + 1);
     let snd = syn_ack.seq.wrapping_add(1);
-    send(&mut st, now, isn + 1, snd, raw::ACK, b"");
+    send(&mut st, now, isn + 1, snd, TcpFlags::ACK, b"");
     let h = st.accept(l).unwrap();
 
     // The peer's last 100 octets and its FIN arrive before the 100 octets
     // in front of them: the FIN is out of order.
     send(&mut st, now, isn + 101, snd, fin_ack, &[2; 100]);
     // The retransmission fills the hole, without the FIN.
-    send(&mut st, now, isn + 1, snd, raw::ACK, &[1; 100]);
+    send(&mut st, now, isn + 1, snd, TcpFlags::ACK, &[1; 100]);
     let rcv_nxt = isn + 201;
     let t = now + Duration::from_millis(50);
     let out = drain_until(&mut st, &mut now, t);
@@ -299,14 +293,14 @@ fn fin_watchdog_never_acknowledges_an_out_of_order_fin() {
     assert_eq!(st.tcp_state(h), Some(TcpState::Established), "FIN accepted");
     let mut buf = [0u8; 512];
     assert_eq!(st.recv(h, &mut buf), Ok(200));
-    assert_eq!(st.recv(h, &mut buf), Err(ephemera::RecvError::WouldBlock));
+    assert_eq!(st.recv(h, &mut buf), Err(RecvError::WouldBlock));
 
     // The server closes. The peer hears nothing of it for 3 s (its FIN and
     // the retransmission are lost): the FIN watchdog re-sends the FIN.
     st.close(h);
     let t0 = now;
     let out = drain_until(&mut st, &mut now, t0 + Duration::from_secs(3));
-    let fins: Vec<_> = out.iter().filter(|(_, s)| s.flags.fin).collect();
+    let fins: Vec<_> = out.iter().filter(|(_, s)| s.flags.fin()).collect();
     assert!(fins.len() >= 2, "FIN not re-sent: {out:?}");
     assert!(
         st.counters().tcp_fin_resent >= 1,
@@ -329,7 +323,7 @@ fn fin_watchdog_never_acknowledges_an_out_of_order_fin() {
     let out = drain_until(&mut st, &mut now, t1 + Duration::from_millis(100));
     assert!(
         out.iter()
-            .any(|(_, s)| s.ack == rcv_nxt + 1 && !s.flags.fin),
+            .any(|(_, s)| s.ack == rcv_nxt + 1 && !s.flags.fin()),
         "peer's FIN not acknowledged: {out:?}"
     );
     assert_eq!(st.port_table().time_wait_flows(), 1);

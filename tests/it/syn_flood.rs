@@ -1,18 +1,17 @@
 //! SYN flood: 100,000 SYNs from random spoofed sources at a listener with
-//! backlog 128 while a real client keeps connecting. Its own test binary,
-//! so the counting allocator sees only this test.
-
-mod common;
-use common::*;
-#[path = "common/alloc.rs"]
-mod alloc;
-#[path = "common/raw.rs"]
-mod raw;
+//! backlog 128 while a real client keeps connecting. The heap is counted
+//! for this test's thread alone (`crate::alloc`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ephemera::device::virtual_link::LinkConfig;
-use ephemera::{Duration, Rng, SeededRng, StackConfig, TcpState};
+use ephemera::device::virtual_link::{LinkConfig, Network};
+use ephemera::wire::TcpFlags;
+use ephemera::{
+    Duration, Instant, ListenerHandle, Rng, SeededRng, StackConfig, TcpHandle, TcpState,
+};
+
+use crate::alloc;
+use crate::util::*;
 
 const FLOOD: u64 = 100_000;
 /// Spoofed SYNs per simulated millisecond: 50,000 SYN/s.
@@ -30,10 +29,42 @@ fn small(addr: &str, seed: u64) -> StackConfig {
     }
 }
 
+/// The real client's connections in flight, and how they fared.
+#[derive(Default)]
+struct RealClient {
+    pending: Vec<(TcpHandle, Instant)>,
+    attempts: u64,
+    connected: u64,
+    worst: Duration,
+}
+
+impl RealClient {
+    /// The server accepts and closes whatever is waiting; the client
+    /// closes each connection once it is established, keeping the longest
+    /// time one took.
+    fn settle(&mut self, net: &mut Network, l: ListenerHandle) {
+        for s in accept_all(net, l) {
+            net.server().close(s);
+        }
+        let now = net.now();
+        let client = net.client();
+        self.pending.retain(|&(c, t0)| match client.tcp_state(c) {
+            Some(TcpState::Established) => {
+                self.worst = self.worst.max(now - t0);
+                self.connected += 1;
+                client.close(c);
+                false
+            }
+            Some(TcpState::SynSent) => true,
+            other => panic!("real client connection ended in {other:?}"),
+        });
+    }
+}
+
 #[test]
 fn syn_flood_is_absorbed_and_the_real_client_gets_through() {
     let seed = 0x5_f100d;
-    let _guard = raw::SeedGuard("syn flood", seed);
+    let _guard = SeedGuard("syn flood", seed);
     let mut net = pair(
         LinkConfig {
             seed,
@@ -42,15 +73,13 @@ fn syn_flood_is_absorbed_and_the_real_client_gets_through() {
         small(CLIENT, seed),
         small(SERVER, seed + 1),
     );
-    let l = net.stack(1).listen(sa("10.0.0.2:80"), Some(128)).unwrap();
+    let l = net.server().listen(sa("10.0.0.2:80"), Some(128)).unwrap();
     let target = sa("10.0.0.2:80");
     let mut rng = SeededRng::new(seed);
 
     let before = alloc::live_bytes();
     alloc::reset_peak();
-    let mut pending = Vec::new();
-    let (mut attempts, mut connected) = (0u64, 0u64);
-    let mut worst = Duration::ZERO;
+    let mut real = RealClient::default();
     let mut sent = 0;
     while sent < FLOOD {
         for _ in 0..PER_MS {
@@ -59,71 +88,47 @@ fn syn_flood_is_absorbed_and_the_real_client_gets_through() {
             let r = rng.next_u64();
             let src = Ipv4Addr::from(0xac10_0000 | (r as u32 & 0x000f_ffff));
             let port = 1024 + (r >> 32) as u16 % 64_000;
-            let syn = raw::tcp(
+            let syn = tcp(
                 SocketAddr::new(IpAddr::V4(src), port),
                 target,
                 (r >> 16) as u32,
                 0,
-                raw::SYN,
+                TcpFlags::SYN,
                 64_240,
                 b"",
             );
-            net.inject(1, &syn);
+            net.inject_to(Server, &syn);
             sent += 1;
             if sent % CLIENT_EVERY == 0 {
-                let c = net.stack(0).connect(target).unwrap();
-                pending.push((c, net.now()));
-                attempts += 1;
+                let c = net.client().connect(target).unwrap();
+                real.pending.push((c, net.now()));
+                real.attempts += 1;
             }
         }
         net.run_for(Duration::from_millis(1), 100_000).unwrap();
-        while let Ok(s) = net.stack(1).accept(l) {
-            net.stack(1).close(s);
-        }
-        let now = net.now();
-        let client = net.stack(0);
-        pending.retain(|&(c, t0)| match client.tcp_state(c) {
-            Some(TcpState::Established) => {
-                worst = worst.max(now - t0);
-                connected += 1;
-                client.close(c);
-                false
-            }
-            Some(TcpState::SynSent) => true,
-            other => panic!("real client connection ended in {other:?}"),
-        });
+        real.settle(&mut net, l);
         // Half-open count within its limit, queues and table in agreement.
-        net.stack(1).check_invariants().unwrap();
+        net.server().check_invariants().unwrap();
     }
     let peak = alloc::peak_bytes() - before;
     net.run_until(100_000, |n| {
-        while let Ok(s) = n.stack(1).accept(l) {
-            n.stack(1).close(s);
-        }
-        let now = n.now();
-        let client = n.stack(0);
-        pending.retain(|&(c, t0)| match client.tcp_state(c) {
-            Some(TcpState::Established) => {
-                worst = worst.max(now - t0);
-                connected += 1;
-                client.close(c);
-                false
-            }
-            Some(TcpState::SynSent) => true,
-            other => panic!("real client connection ended in {other:?}"),
-        });
-        pending.is_empty()
+        real.settle(n, l);
+        real.pending.is_empty()
     })
     .unwrap();
     // Everything the flood left behind times out on its own.
     for _ in 0..300 {
         net.run_for(Duration::from_secs(1), 1_000_000).unwrap();
-        while let Ok(s) = net.stack(1).accept(l) {
-            net.stack(1).close(s);
-        }
+        real.settle(&mut net, l);
     }
+    let RealClient {
+        attempts,
+        connected,
+        worst,
+        ..
+    } = real;
     let after = alloc::live_bytes();
-    let server = net.stack(1);
+    let server = net.server();
     server.check_invariants().unwrap();
     let c = server.counters().clone();
     println!(
@@ -154,9 +159,9 @@ fn syn_flood_is_absorbed_and_the_real_client_gets_through() {
     // a stale entry per evicted SYN until its deadline), not per-SYN state.
     assert!(after <= before + (2 << 20), "heap {before} -> {after}");
     assert_eq!(
-        net.stack(0).socket_count(),
+        net.client().socket_count(),
         0,
         "client: {:?}",
-        net.stack(0).snapshot()
+        net.client().snapshot()
     );
 }

@@ -1,0 +1,18 @@
+//! Every virtual-link integration test, in one binary: whole stacks over
+//! the in-memory link with a simulated clock, seeded impairments and a
+//! step limit. No root, no devices.
+//!
+//! The code they share is in [`util`]; [`alloc`] counts heap bytes per
+//! thread for the tests that bound memory (churn, SYN flood).
+
+mod alloc;
+mod util;
+
+mod churn;
+mod core;
+mod hostile;
+mod malformed;
+mod misbehaving;
+mod reliability;
+mod syn_flood;
+mod tcp_basic;

@@ -1,0 +1,284 @@
+//! What every integration test shares, one function or type per job: a
+//! client and a server stack on one virtual link ([`pair`], named by
+//! [`Node`]), opening and accepting connections ([`establish`],
+//! [`accept_until`]), segments built and read with `ephemera::wire`
+//! ([`tcp`], [`Seg`], [`tap_segments`]), the stream hash ([`Fnv`]) and the
+//! seed printed on failure ([`SeedGuard`]).
+
+use std::net::{IpAddr, SocketAddr};
+
+use ephemera::device::virtual_link::{LinkConfig, Network};
+use ephemera::wire::build::{Ipv4, Ipv6, Tcp};
+use ephemera::wire::{protocol, TcpFlags, TcpView};
+use ephemera::{Instant, ListenerHandle, Stack, StackConfig, TcpHandle, TcpState};
+
+/// The client's address.
+pub const CLIENT: &str = "10.0.0.1";
+/// The server's address.
+pub const SERVER: &str = "10.0.0.2";
+
+/// An address from a literal.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A socket address from a literal.
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A stack owning `addr/24`, seeded.
+pub fn config(addr: &str, seed: u64) -> StackConfig {
+    StackConfig {
+        addrs: vec![(ip(addr), 24)],
+        seed: Some(seed),
+        ..Default::default()
+    }
+}
+
+/// One of the two stacks of a [`pair`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    /// The first stack (10.0.0.1 unless configured otherwise).
+    Client,
+    /// The second stack (10.0.0.2 unless configured otherwise).
+    Server,
+}
+
+pub use Node::{Client, Server};
+
+impl Node {
+    /// Its index in the [`Network`] (what the link's filter sees).
+    pub fn index(self) -> usize {
+        match self {
+            Client => 0,
+            Server => 1,
+        }
+    }
+}
+
+/// A [`Network`] made by [`pair`], its stacks addressed by [`Node`].
+pub trait Pair {
+    /// The client stack.
+    fn client(&mut self) -> &mut Stack;
+    /// The server stack.
+    fn server(&mut self) -> &mut Stack;
+    /// Stack `n`.
+    fn node(&mut self, n: Node) -> &mut Stack;
+    /// Stack `n`, shared.
+    fn node_ref(&self, n: Node) -> &Stack;
+    /// Hand stack `n` a packet as if it came off the link now.
+    fn inject_to(&mut self, n: Node, packet: &[u8]);
+}
+
+impl Pair for Network {
+    fn client(&mut self) -> &mut Stack {
+        self.stack(Client.index())
+    }
+    fn server(&mut self) -> &mut Stack {
+        self.stack(Server.index())
+    }
+    fn node(&mut self, n: Node) -> &mut Stack {
+        self.stack(n.index())
+    }
+    fn node_ref(&self, n: Node) -> &Stack {
+        self.stack_ref(n.index())
+    }
+    fn inject_to(&mut self, n: Node, packet: &[u8]) {
+        self.inject(n.index(), packet);
+    }
+}
+
+/// A client stack and a server stack on one link.
+pub fn pair(link: LinkConfig, client: StackConfig, server: StackConfig) -> Network {
+    let mut net = Network::new(link);
+    let t0 = Instant::from_millis(0);
+    for (node, cfg) in [(Client, client), (Server, server)] {
+        let addrs: Vec<IpAddr> = cfg.addrs.iter().map(|a| a.0).collect();
+        let i = net.add(Stack::new(cfg, t0).unwrap(), &addrs);
+        assert_eq!(i, node.index());
+    }
+    net
+}
+
+/// [`pair`] on a clean link, both stacks with default settings.
+pub fn default_pair(seed: u64) -> Network {
+    pair(
+        LinkConfig {
+            seed,
+            ..Default::default()
+        },
+        config(CLIENT, seed),
+        config(SERVER, seed + 1),
+    )
+}
+
+/// Connect the client to the server's listener `l` (at its address, or
+/// at [`SERVER`] for a wildcard listener) and run until the server has
+/// accepted the connection and the client is ESTABLISHED. The client's
+/// and the server's handle.
+pub fn establish(net: &mut Network, l: ListenerHandle) -> (TcpHandle, TcpHandle) {
+    let at = net.server().listener_addr(l).expect("a listener");
+    let to = if at.ip().is_unspecified() {
+        SocketAddr::new(ip(SERVER), at.port())
+    } else {
+        at
+    };
+    let c = net.client().connect(to).unwrap();
+    let mut s = None;
+    net.run_until(10_000, |n| {
+        s = s.or_else(|| n.server().accept(l).ok());
+        s.is_some() && n.client().tcp_state(c) == Some(TcpState::Established)
+    })
+    .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+    (c, s.unwrap())
+}
+
+/// Accept everything waiting on the server's listener `l`.
+pub fn accept_all(net: &mut Network, l: ListenerHandle) -> Vec<TcpHandle> {
+    let mut out = Vec::new();
+    while let Ok(h) = net.server().accept(l) {
+        out.push(h);
+    }
+    out
+}
+
+/// Run the network until `count` connections have been accepted from the
+/// server's listener `l` (at most `steps` steps); those connections.
+pub fn accept_until(
+    net: &mut Network,
+    l: ListenerHandle,
+    count: usize,
+    steps: u64,
+) -> Vec<TcpHandle> {
+    let mut accepted = Vec::new();
+    net.run_until(steps, |n| {
+        accepted.extend(accept_all(n, l));
+        accepted.len() == count
+    })
+    .unwrap_or_else(|e| panic!("{} of {count} accepted: {e:?}", accepted.len()));
+    accepted
+}
+
+/// `l4` (of protocol `protocol`) in an IP packet as a peer's stack sends
+/// it: IPv4 an atomic datagram (DF set, identification 0, RFC 6864), IPv6
+/// without extension headers.
+pub fn ip_packet(src: IpAddr, dst: IpAddr, protocol: u8, l4: &[u8]) -> Vec<u8> {
+    if src.is_ipv4() {
+        Ipv4 {
+            id: 0,
+            dont_fragment: true,
+            ..Default::default()
+        }
+        .packet(src, dst, protocol, l4)
+    } else {
+        Ipv6::default().packet(src, dst, protocol, l4)
+    }
+}
+
+/// An IP packet ([`ip_packet`]) carrying a TCP segment from `src` to
+/// `dst`, checksums right, no options; the acknowledgment field is zero
+/// unless ACK is set.
+pub fn tcp(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: TcpFlags,
+    window: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let seg = Tcp {
+        seq,
+        ack: if flags.ack() { ack } else { 0 },
+        flags,
+        window,
+        payload,
+        ..Default::default()
+    }
+    .segment(src, dst);
+    ip_packet(src.ip(), dst.ip(), protocol::TCP, &seg)
+}
+
+/// What a test needs to know about a TCP segment on the wire, copied out
+/// of a [`TcpView`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// Source.
+    pub src: SocketAddr,
+    /// Destination.
+    pub dst: SocketAddr,
+    /// SEG.SEQ.
+    pub seq: u32,
+    /// SEG.ACK.
+    pub ack: u32,
+    /// Flags.
+    pub flags: TcpFlags,
+    /// SEG.WND.
+    pub window: u16,
+    /// Payload octets.
+    pub len: u32,
+}
+
+impl Seg {
+    /// The segment in IP packet `p`; `None` for anything else.
+    pub fn parse(p: &[u8]) -> Option<Seg> {
+        let v = TcpView::parse(p).ok()?;
+        Some(Seg {
+            src: v.src(),
+            dst: v.dst(),
+            seq: v.seq(),
+            ack: v.ack(),
+            flags: v.flags(),
+            window: v.window(),
+            len: v.payload().len() as u32,
+        })
+    }
+
+    /// The sequence number after this segment (SYN and FIN count one).
+    pub fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.len + u32::from(self.flags.syn()) + u32::from(self.flags.fin()))
+    }
+}
+
+/// Call `f` with every TCP segment the link carries, with its time.
+pub fn tap_segments(net: &mut Network, mut f: impl FnMut(Instant, Seg) + 'static) {
+    net.set_tap(move |t, p| {
+        if let Some(s) = Seg::parse(p) {
+            f(t, s);
+        }
+    });
+}
+
+/// A 64-bit FNV-1a hash, to compare streams without keeping them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    /// Hash `bytes` in after what came before.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Prints the seed if the test panics while this guard is alive, so a
+/// failure can be replayed.
+pub struct SeedGuard(pub &'static str, pub u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{} failed with seed {:#x}", self.0, self.1);
+        }
+    }
+}
