@@ -1,6 +1,7 @@
-//! Fixtures shared by the benchmarks: hand-crafted TCP segments, and a
-//! server holding N established idle connections, either ephemera's
-//! `Stack` or a stock smoltcp `Interface` + one `SocketSet`.
+//! Fixtures shared by the benchmarks: TCP segments built with
+//! `ephemera::wire::build`, and a server holding N established idle
+//! connections, either ephemera's `Stack` or a stock smoltcp `Interface` +
+//! one `SocketSet`.
 //!
 //! Both servers get the same peers, the same buffer sizes and no delayed
 //! ACK, so that one data segment in produces exactly one ACK out.
@@ -8,14 +9,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use ephemera::wire::build::{tcp_options, Ipv4, Tcp, TcpOpt};
+use ephemera::wire::{protocol, TcpFlags, TcpView};
 use ephemera::{Instant, ListenerHandle, Stack, StackConfig, TcpHandle};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{
-    HardwareAddress, IpAddress, IpCidr, IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber,
-};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 /// The server's address (both stacks).
 pub const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
@@ -60,59 +60,41 @@ pub fn peer(i: usize) -> Peer {
     }
 }
 
-/// An IPv4/TCP segment from `p` to the server, checksums filled in.
-pub fn segment(p: &Peer, control: TcpControl, ack: bool, payload: &[u8]) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: p.addr.port(),
-        dst_port: SERVER.port(),
-        control,
-        seq_number: TcpSeqNumber(p.seq as i32),
-        ack_number: ack.then_some(TcpSeqNumber(p.ack as i32)),
-        window_len: 65535,
-        window_scale: None,
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None, None, None],
-        timestamp: None,
+/// An IPv4/TCP segment from `p` to the server as a client's stack sends
+/// it (DF set, window 65535, MSS 1460 on a SYN), checksums filled in. It
+/// acknowledges `p.ack` if `flags` has ACK.
+pub fn segment(p: &Peer, flags: TcpFlags, payload: &[u8]) -> Vec<u8> {
+    let mss = tcp_options(&[TcpOpt::Mss(1460)]);
+    let (src, dst) = (SocketAddr::V4(p.addr), SocketAddr::V4(SERVER));
+    let tcp = Tcp {
+        seq: p.seq,
+        ack: if flags.ack() { p.ack } else { 0 },
+        flags,
+        window: 65535,
+        options: if flags.syn() { &mss } else { &[] },
         payload,
-    };
-    let ip = IpRepr::new(
-        IpAddress::Ipv4(*p.addr.ip()),
-        IpAddress::Ipv4(*SERVER.ip()),
-        IpProtocol::Tcp,
-        tcp.buffer_len(),
-        64,
-    );
-    let mut buf = vec![0u8; ip.buffer_len()];
-    let caps = phy::ChecksumCapabilities::default();
-    ip.emit(&mut buf[..], &caps);
-    let hl = ip.header_len();
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut buf[hl..]),
-        &ip.src_addr(),
-        &ip.dst_addr(),
-        &caps,
-    );
-    buf
+        ..Default::default()
+    }
+    .segment(src, dst);
+    Ipv4 {
+        id: 0,
+        dont_fragment: true,
+        ..Default::default()
+    }
+    .packet(src.ip(), dst.ip(), protocol::TCP, &tcp)
 }
 
 /// The data segment `p` sends next; advances `p.seq` past it.
 pub fn data_segment(p: &mut Peer) -> Vec<u8> {
-    let s = segment(p, TcpControl::Psh, true, &[0x5a; PAYLOAD]);
+    let s = segment(p, TcpFlags::PSH | TcpFlags::ACK, &[0x5a; PAYLOAD]);
     p.seq = p.seq.wrapping_add(PAYLOAD as u32);
     s
 }
 
 /// (SYN, ACK flags, sequence number, ack number) of a server segment.
 pub fn parse(packet: &[u8]) -> (bool, bool, u32, u32) {
-    let hl = ((packet[0] & 0x0f) as usize) * 4;
-    let t = TcpPacket::new_checked(&packet[hl..]).expect("a TCP segment");
-    (
-        t.syn(),
-        t.ack(),
-        t.seq_number().0 as u32,
-        t.ack_number().0 as u32,
-    )
+    let t = TcpView::parse(packet).expect("a TCP segment");
+    (t.flags().syn(), t.flags().ack(), t.seq(), t.ack())
 }
 
 fn check_syn_ack(p: &mut Peer, reply: &[u8]) {
@@ -178,11 +160,11 @@ impl EphemeraServer {
     pub fn open(&mut self, mut p: Peer, peers: &mut Vec<Peer>) {
         let t = now();
         self.stack
-            .handle_packet(t, &segment(&p, TcpControl::Syn, false, &[]));
+            .handle_packet(t, &segment(&p, TcpFlags::SYN, &[]));
         let reply = self.stack.poll_transmit(t).expect("SYN-ACK");
         check_syn_ack(&mut p, &reply);
         self.stack
-            .handle_packet(t, &segment(&p, TcpControl::None, true, &[]));
+            .handle_packet(t, &segment(&p, TcpFlags::ACK, &[]));
         while self.stack.poll_transmit(t).is_some() {}
         while self.stack.poll_event().is_some() {}
         let h = self.stack.accept(self.listener).expect("established");
@@ -333,10 +315,10 @@ impl StockServer {
             let mut sock = stock_socket(rx, tx);
             sock.listen(SERVER.port()).unwrap();
             let h = one.add(sock);
-            s.exchange(&mut one, &segment(&p, TcpControl::Syn, false, &[]));
+            s.exchange(&mut one, &segment(&p, TcpFlags::SYN, &[]));
             let reply = s.sink.last.clone();
             check_syn_ack(&mut p, &reply);
-            s.exchange(&mut one, &segment(&p, TcpControl::None, true, &[]));
+            s.exchange(&mut one, &segment(&p, TcpFlags::ACK, &[]));
             assert_eq!(one.get::<tcp::Socket>(h).state(), tcp::State::Established);
             let sock = one.remove(h);
             s.conns.push(s.sockets.add(sock));
