@@ -268,7 +268,7 @@ impl<'a> Iterator for TcpOptions<'a> {
             (2, 2) => TcpOption::Mss(u16::from_be_bytes([data[0], data[1]])),
             (3, 1) => TcpOption::WindowScale(data[0]),
             (4, 0) => TcpOption::SackPermitted,
-            (5, n) if n % 8 == 0 && (8..=32).contains(&n) => TcpOption::Sack(SackBlocks(data)),
+            (5, n) if is_sack_len(n) => TcpOption::Sack(SackBlocks(data)),
             (8, 8) => TcpOption::Timestamp {
                 tsval: u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
                 tsecr: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
@@ -523,6 +523,16 @@ impl<T: AsRef<[u8]>> TcpView<T> {
         }
     }
 
+    /// The offset of the first block and the number of blocks of the
+    /// first SACK option at or after offset `from`, an option boundary.
+    fn next_sack(&self, from: usize) -> Option<(usize, usize)> {
+        let mut walk = self.raw_options();
+        walk.at = from;
+        walk.map_while(Result::ok)
+            .find(|&(_, kind, data)| kind == 5 && is_sack_len(data.len()))
+            .map(|(at, _, data)| (at, data.len() / 8))
+    }
+
     fn find<R>(&self, f: impl Fn(TcpOption<'_>) -> Option<R>) -> Option<R> {
         self.options().map_while(Result::ok).find_map(f)
     }
@@ -622,18 +632,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
     /// sequence numbers, say), keeping the checksum right. Returns how many
     /// blocks there were.
     pub fn map_sack_blocks(&mut self, mut f: impl FnMut(SackBlock) -> SackBlock) -> usize {
-        let at: Vec<(usize, usize)> = self
-            .raw_options()
-            .map_while(Result::ok)
-            .filter(|&(_, kind, data)| {
-                kind == 5 && data.len() % 8 == 0 && (8..=32).contains(&data.len())
-            })
-            .map(|(at, _, data)| (at, data.len() / 8))
-            .collect();
-        let mut n = 0;
-        for (at, blocks) in at {
-            for i in 0..blocks {
-                let b = at + 8 * i;
+        let (mut from, mut n) = (20, 0);
+        // Rewriting blocks leaves kinds and lengths alone, so the walk can
+        // resume where the last SACK option ended.
+        while let Some((at, blocks)) = self.next_sack(from) {
+            for b in (at..at + 8 * blocks).step_by(8) {
                 let old = SackBlock {
                     left: self.u32_at(b),
                     right: self.u32_at(b + 4),
@@ -645,6 +648,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
                 self.rewrite(b, &bytes);
                 n += 1;
             }
+            from = at + 8 * blocks;
         }
         n
     }
@@ -658,6 +662,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
         let c = !checksum::fold(checksum::sum(pseudo, seg));
         seg[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
     }
+}
+
+/// Whether a SACK option's data is one to four blocks (RFC 2018 §3).
+fn is_sack_len(n: usize) -> bool {
+    n.is_multiple_of(8) && (8..=32).contains(&n)
 }
 
 /// IPv4: (false, TCP offset, end of packet).

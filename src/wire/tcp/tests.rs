@@ -446,3 +446,43 @@ fn addresses_of_both_families() {
         let _ = v.into_inner();
     }
 }
+
+#[test]
+fn every_sack_option_is_rewritten_and_nothing_else() {
+    let (src, dst) = (sa(V6.0), sa(V6.1));
+    let one = [SackBlock { left: 1, right: 2 }];
+    let two = [
+        SackBlock { left: 3, right: 4 },
+        SackBlock { left: 5, right: 6 },
+    ];
+    let opts = tcp_options(&[
+        TcpOpt::Nop,
+        TcpOpt::Sack(&one),
+        TcpOpt::Timestamp { tsval: 7, tsecr: 8 },
+        TcpOpt::Sack(&two),
+    ]);
+    let mut p = Tcp {
+        flags: TcpFlags::ACK,
+        options: &opts,
+        payload: b"odd",
+        ..Default::default()
+    }
+    .packet(src, dst);
+    let mut v = TcpView::parse(&mut p[..]).unwrap();
+    let n = v.map_sack_blocks(|b| SackBlock {
+        left: b.left + 100,
+        right: b.right + 100,
+    });
+    assert_eq!(n, 3);
+    let edges: Vec<(u32, u32)> = v
+        .options()
+        .filter_map(|o| match o {
+            Ok(TcpOption::Sack(b)) => Some(b.iter().map(|b| (b.left, b.right)).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(edges, [(101, 102), (103, 104), (105, 106)]);
+    assert_eq!(v.timestamp(), Some((7, 8)));
+    assert!(v.verify_checksum());
+}
