@@ -16,6 +16,9 @@
 //! - [`build`]: the one packet builder of the tests, fuzz targets and
 //!   benchmarks: IPv4/IPv6 (with extension headers) around TCP, UDP or
 //!   ICMP, with correct checksums unless told to get something wrong.
+//! - [`dns`]: DNS messages (RFC 1035): a parser into views of the received
+//!   bytes that turns every malformed message into a typed error, a
+//!   builder, and the owned names and questions a resolver keeps.
 //!
 //! What this module does not do: check that a packet is *for us*, or that
 //! its checksum is right before trusting it. That is demultiplexing's job;
@@ -23,6 +26,7 @@
 
 pub mod build;
 pub mod checksum;
+pub mod dns;
 pub mod tcp;
 
 pub use tcp::{ParseError, SackBlock, TcpFlags, TcpOption, TcpView};
