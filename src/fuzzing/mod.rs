@@ -9,6 +9,7 @@
 //! Not part of the library's API: compiled for the crate's own tests and
 //! with the `fuzzing` feature, which `fuzz/Cargo.toml` turns on.
 
+pub mod dns;
 pub mod port_table;
 pub mod stack_hostile;
 pub mod stack_pair;
@@ -18,6 +19,7 @@ pub mod stack_pair;
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "stack_hostile" => stack_hostile::run(data),
+        "dns" => dns::run(data),
         "port_table" => port_table::run(data),
         "stack_pair" => stack_pair::run(data),
         other => panic!("no fuzz target {other:?}"),
@@ -25,15 +27,17 @@ pub fn run(name: &str, data: &[u8]) {
 }
 
 /// The names of the fuzz targets.
-pub const TARGETS: &[&str] = &["stack_hostile", "port_table", "stack_pair"];
+pub const TARGETS: &[&str] = &["stack_hostile", "dns", "port_table", "stack_pair"];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
 /// `stack_hostile` gets real packets for its fixture's 4-tuples; the
 /// structured targets get seeded pseudo-random bytes, which decode to
 /// operation sequences.
 pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
-    if name == "stack_hostile" {
-        return stack_hostile::seeds();
+    match name {
+        "stack_hostile" => return stack_hostile::seeds(),
+        "dns" => return dns::seeds(),
+        _ => {}
     }
     let mut rng = crate::SeededRng::new(name.len() as u64);
     (0..6)
@@ -102,6 +106,11 @@ mod tests {
     #[test]
     fn stack_hostile_corpus_and_regressions() {
         replay("stack_hostile");
+    }
+
+    #[test]
+    fn dns_corpus_and_regressions() {
+        replay("dns");
     }
 
     #[test]
