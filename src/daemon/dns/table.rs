@@ -276,7 +276,8 @@ impl<C> QueryTable<C> {
 
     /// Ask the upstreams `question` for `client`, sending `message` (a
     /// query of at least a header; its ID is replaced on every attempt).
-    /// Refused, and counted, when the table is full.
+    /// Refused, and counted, when the table is full (or `message` is
+    /// shorter than a header, which neither front end passes).
     pub fn start(
         &mut self,
         now: Instant,
