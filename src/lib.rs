@@ -11,7 +11,7 @@
 //! - [`device`]: the in-memory [`virtual_link`](device::virtual_link) for
 //!   tests and simulations, and the TUN device and pcap writer for driving
 //!   a stack on a real host;
-//! - [`wire`]: the TCP header view and the packet builder.
+//! - [`wire`]: the TCP header view, the packet builder and DNS messages.
 #![deny(missing_docs)]
 
 mod buffer_pool;
