@@ -21,13 +21,6 @@ pub mod device;
 mod error;
 pub mod port_table;
 mod rng;
-// Private now, the lint finds Slab::is_empty and TimerQueue::len/is_empty
-// unused; the module moves into the stack's folder, where they go.
-#[expect(
-    dead_code,
-    reason = "unused Slab and TimerQueue methods, removed with the stack split"
-)]
-mod socket_set;
 // Its docs link to the private buffer pool and to its own module; they are
 // rewritten with the stack split.
 #[allow(rustdoc::private_intra_doc_links)]
