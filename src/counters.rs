@@ -1,7 +1,7 @@
 //! Counters: every packet the stack drops, and every connection event, is
 //! counted here under a name (netstack3's habit), not only logged.
 
-use crate::demux::Drop;
+use crate::demux::DropReason;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident,)*) => {
@@ -112,16 +112,16 @@ counters! {
 
 impl Counters {
     /// Count a drop by its reason.
-    pub(crate) fn count_drop(&mut self, reason: Drop) {
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
         let c = match reason {
-            Drop::Malformed => &mut self.drop_malformed,
-            Drop::BadChecksum => &mut self.drop_bad_checksum,
-            Drop::Fragment => &mut self.drop_fragment,
-            Drop::IpOptions => &mut self.drop_ip_options,
-            Drop::NotForUs => &mut self.drop_not_for_us,
-            Drop::MartianSource => &mut self.drop_martian_source,
-            Drop::Land => &mut self.drop_land,
-            Drop::PortZero => &mut self.drop_port_zero,
+            DropReason::Malformed => &mut self.drop_malformed,
+            DropReason::BadChecksum => &mut self.drop_bad_checksum,
+            DropReason::Fragment => &mut self.drop_fragment,
+            DropReason::IpOptions => &mut self.drop_ip_options,
+            DropReason::NotForUs => &mut self.drop_not_for_us,
+            DropReason::MartianSource => &mut self.drop_martian_source,
+            DropReason::Land => &mut self.drop_land,
+            DropReason::PortZero => &mut self.drop_port_zero,
         };
         *c += 1;
     }

@@ -2,8 +2,8 @@
 //!
 //! This is the one place a packet from the wire is parsed (with
 //! etherparse) and checked before anything trusts it: lengths, header
-//! fields, checksums (IPv4 header, TCP, UDP), source sanity. What fails is a
-//! [`Drop`] with a reason that the stack counts; what passes is reduced to
+//! fields, checksums (IPv4 header, TCP, UDP), source sanity. What fails has a
+//! [`DropReason`] that the stack counts; what passes is reduced to
 //! the flow key and the few TCP fields the stack needs to route it, so no
 //! later stage walks the headers again to find its connection.
 
@@ -83,7 +83,7 @@ pub enum Class {
 
 /// Why a packet was dropped before reaching any socket; each has a counter.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     /// Truncated, or header fields that lie about lengths.
     Malformed,
     /// IPv4 header, TCP or UDP checksum wrong.
@@ -111,17 +111,17 @@ pub trait LocalAddrs {
 }
 
 /// Check and classify one IP packet.
-pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
-    let sliced = SlicedPacket::from_ip(packet).map_err(|_| Drop::Malformed)?;
+pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropReason> {
+    let sliced = SlicedPacket::from_ip(packet).map_err(|_| DropReason::Malformed)?;
     let (src, dst, fragmented) = match &sliced.net {
         Some(NetSlice::Ipv4(v4)) => {
             let h = v4.header();
             if h.ihl() > 5 {
-                return Err(Drop::IpOptions);
+                return Err(DropReason::IpOptions);
             }
             // etherparse checks lengths, not the header checksum.
             if !Ipv4Packet::new_unchecked(h.slice()).verify_checksum() {
-                return Err(Drop::BadChecksum);
+                return Err(DropReason::BadChecksum);
             }
             (
                 IpAddr::V4(h.source_addr()),
@@ -137,33 +137,33 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
                 v6.is_payload_fragmented(),
             )
         }
-        None => return Err(Drop::Malformed),
+        None => return Err(DropReason::Malformed),
     };
     if fragmented {
-        return Err(Drop::Fragment);
+        return Err(DropReason::Fragment);
     }
     if !addrs.is_local(dst) {
-        return Err(Drop::NotForUs);
+        return Err(DropReason::NotForUs);
     }
     if src == dst {
-        return Err(Drop::Land);
+        return Err(DropReason::Land);
     }
     if is_martian(src) || addrs.is_local(src) || addrs.is_subnet_broadcast(src) {
-        return Err(Drop::MartianSource);
+        return Err(DropReason::MartianSource);
     }
     let ip_payload = sliced
         .net
         .as_ref()
         .and_then(|n| n.ip_payload_ref())
-        .ok_or(Drop::Malformed)?;
+        .ok_or(DropReason::Malformed)?;
     let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
     match sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
             if !TcpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
-                return Err(Drop::BadChecksum);
+                return Err(DropReason::BadChecksum);
             }
             if tcp.source_port() == 0 || tcp.destination_port() == 0 {
-                return Err(Drop::PortZero);
+                return Err(DropReason::PortZero);
             }
             Ok(Class::Tcp {
                 key: FlowKey::new(
@@ -188,10 +188,10 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
             // A zero UDP checksum over IPv4 means "not computed" (RFC 768).
             let skip = src.is_ipv4() && udp.checksum() == 0;
             if !skip && !UdpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
-                return Err(Drop::BadChecksum);
+                return Err(DropReason::BadChecksum);
             }
             if udp.source_port() == 0 || udp.destination_port() == 0 {
-                return Err(Drop::PortZero);
+                return Err(DropReason::PortZero);
             }
             Ok(Class::Udp {
                 key: FlowKey::new(
@@ -222,7 +222,7 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, Drop> {
         }
         None => match ip_payload.ip_number {
             IpNumber::TCP | IpNumber::UDP | IpNumber::ICMP | IpNumber::IPV6_ICMP => {
-                Err(Drop::Malformed)
+                Err(DropReason::Malformed)
             }
             _ => Ok(Class::OtherProtocol),
         },
@@ -348,36 +348,36 @@ mod tests {
         let mut frag = good.clone();
         frag[6] = 0x20; // more fragments
         Ipv4Packet::new_unchecked(&mut frag[..]).fill_checksum();
-        let cases: Vec<(&str, Vec<u8>, Drop)> = vec![
-            ("empty", vec![], Drop::Malformed),
-            ("truncated", good[..30].to_vec(), Drop::Malformed),
-            ("bad tcp checksum", bad_sum, Drop::BadChecksum),
-            ("bad ip checksum", bad_ip_sum, Drop::BadChecksum),
-            ("fragment", frag, Drop::Fragment),
+        let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            ("empty", vec![], DropReason::Malformed),
+            ("truncated", good[..30].to_vec(), DropReason::Malformed),
+            ("bad tcp checksum", bad_sum, DropReason::BadChecksum),
+            ("bad ip checksum", bad_ip_sum, DropReason::BadChecksum),
+            ("fragment", frag, DropReason::Fragment),
             (
                 "not ours",
                 tcp_v4([10, 0, 0, 2], [10, 0, 0, 7], 1, 80, b""),
-                Drop::NotForUs,
+                DropReason::NotForUs,
             ),
             (
                 "land",
                 tcp_v4([10, 0, 0, 1], [10, 0, 0, 1], 80, 80, b""),
-                Drop::Land,
+                DropReason::Land,
             ),
             (
                 "broadcast src",
                 tcp_v4([10, 0, 0, 255], [10, 0, 0, 1], 1, 80, b""),
-                Drop::MartianSource,
+                DropReason::MartianSource,
             ),
             (
                 "multicast src",
                 tcp_v4([224, 0, 0, 1], [10, 0, 0, 1], 1, 80, b""),
-                Drop::MartianSource,
+                DropReason::MartianSource,
             ),
             (
                 "port zero",
                 tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 0, 80, b""),
-                Drop::PortZero,
+                DropReason::PortZero,
             ),
         ];
         for (name, p, want) in cases {
