@@ -17,7 +17,7 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::port_table::{
-    AllocError, BindError, FlowKey, Lookup, PortTable, PortTableConfig, Protocol,
+    AllocError, BindConflict, FlowKey, Lookup, PortTable, PortTableConfig, Protocol,
 };
 use crate::rng::SeededRng;
 
@@ -278,7 +278,7 @@ impl Harness {
                             assert!(!m.bind_conflicts(p, ip, q), "bind(0) gave taken {sa}");
                             m.binds.insert((p, ip, q), owner as u32);
                         }
-                        Err(BindError::AddrInUse) => assert!(
+                        Err(BindConflict::AddrInUse) => assert!(
                             m.range().all(|q| m.bind_conflicts(p, ip, q)),
                             "bind(0) on {ip} failed with free ports"
                         ),
@@ -367,7 +367,7 @@ impl Harness {
             Op::EnterTimeWait(f) => {
                 let key = self.flow(f);
                 let now = self.model.now;
-                let got = self.table.enter_time_wait(&key, now);
+                let got = self.table.enter_time_wait(&key, now, 0);
                 let m = &mut self.model;
                 let want = match m.flows.get(&key) {
                     Some(&MState::Live(h)) => {

@@ -33,9 +33,7 @@ use crate::error::{
 };
 use crate::port_table::{self, FlowKey, Lookup, PortTable, PortTableConfig, Protocol};
 use crate::rng::{Rng, SeededRng};
-use socket_set::{
-    Listener, Owner, Phase, Slab, Socket, SocketId, TcpConn, TimerQueue, UdpSock,
-};
+use socket_set::{Listener, Owner, Phase, Slab, Socket, SocketId, TcpConn, TimerQueue, UdpSock};
 
 pub use smoltcp::socket::tcp::State as TcpState;
 
@@ -156,7 +154,7 @@ pub enum ConfigError {
     /// above 65535.
     BadMtu(usize),
     /// The port table's configuration is invalid.
-    Ports(port_table::ConfigError),
+    Ports(port_table::PortTableConfigError),
     /// A backlog or buffer size of zero.
     ZeroSize(&'static str),
 }
@@ -1507,8 +1505,7 @@ impl Stack {
                 let c = tcp_in(&mut self.sockets, id)?;
                 if c.registered {
                     let rcv_nxt = c.rcv_nxt();
-                    self.table
-                        .enter_time_wait_at(&key, since_epoch(now), rcv_nxt);
+                    self.table.enter_time_wait(&key, since_epoch(now), rcv_nxt);
                 }
                 self.counters.tcp_closed += 1;
                 self.free_tcp(id);
