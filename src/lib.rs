@@ -21,9 +21,6 @@ pub mod device;
 mod error;
 pub mod port_table;
 mod rng;
-// Its docs link to the private buffer pool and to its own module; they are
-// rewritten with the stack split.
-#[allow(rustdoc::private_intra_doc_links)]
 mod stack;
 pub mod wire;
 

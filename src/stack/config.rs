@@ -1,0 +1,203 @@
+//! A stack's configuration and its validation.
+
+use std::net::IpAddr;
+
+use smoltcp::time::Duration;
+use smoltcp::wire::IpCidr;
+
+use super::conn::Limits;
+use crate::port_table::{PortTableConfig, PortTableConfigError};
+
+/// Configuration of a [`Stack`](super::Stack).
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// The stack's own addresses with their prefix lengths.
+    pub addrs: Vec<(IpAddr, u8)>,
+    /// IP MTU of the link (smoltcp derives the TCP MSS from it).
+    pub mtu: usize,
+    /// Ephemeral range, TIME-WAIT length, allocation step.
+    pub ports: PortTableConfig,
+    /// Default accept-queue length for `listen` (Linux `somaxconn`).
+    pub backlog: usize,
+    /// Half-open (SYN-RECEIVED) connections allowed per listener.
+    pub syn_backlog: usize,
+    /// Receive buffer per TCP connection, octets.
+    pub tcp_rx_buffer: usize,
+    /// Send buffer per TCP connection, octets.
+    pub tcp_tx_buffer: usize,
+    /// Datagrams buffered per UDP socket and direction.
+    pub udp_packets: usize,
+    /// Nagle's algorithm (RFC 896); off by default, as servers set
+    /// `TCP_NODELAY`.
+    pub nagle: bool,
+    /// Delayed-ACK time (RFC 1122 §4.2.3.2); smoltcp's default is 10 ms.
+    pub ack_delay: Option<Duration>,
+    /// Give up on a connection whose outstanding data, SYN or FIN has seen
+    /// no progress for this long (user timeout, RFC 9293 §3.8.4; RFC 5482).
+    /// Idle connections with nothing outstanding never time out. This also
+    /// ends a peer that keeps its window at zero forever.
+    pub user_timeout: Option<Duration>,
+    /// Free a connection the application has closed that has sat in
+    /// FIN-WAIT-2 this long without a state change, waiting for a peer FIN
+    /// that may never come (Linux `tcp_fin_timeout`, 60 s). The connection
+    /// is reset and its port released; counted in `tcp_fin_wait2_timeouts`.
+    /// Connections still held by the application (`shutdown` only) wait
+    /// for the peer indefinitely, as on Linux. `None` never gives up.
+    pub fin_timeout: Option<Duration>,
+    /// Hand an idle connection's buffer pages back to the kernel
+    /// (`madvise(MADV_DONTNEED)`; the buffers live in lazily backed
+    /// mappings) after its buffers have been empty this long; `None` keeps
+    /// them. Default 1 s.
+    pub shrink_idle_after: Option<Duration>,
+    /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
+    /// one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            addrs: Vec::new(),
+            mtu: 1500,
+            ports: PortTableConfig::default(),
+            backlog: 128,
+            syn_backlog: 128,
+            tcp_rx_buffer: 64 * 1024,
+            tcp_tx_buffer: 64 * 1024,
+            udp_packets: 64,
+            nagle: false,
+            ack_delay: Some(Duration::from_millis(10)),
+            user_timeout: Some(Duration::from_secs(120)),
+            fin_timeout: Some(Duration::from_secs(60)),
+            shrink_idle_after: Some(Duration::from_secs(1)),
+            seed: None,
+        }
+    }
+}
+
+impl StackConfig {
+    /// The stack's addresses as smoltcp takes them, if the configuration
+    /// can work. (The port table checks `ports` itself.)
+    pub(crate) fn validate(&self) -> Result<Vec<IpCidr>, ConfigError> {
+        if self.addrs.is_empty() {
+            return Err(ConfigError::NoAddress);
+        }
+        let mut cidrs = Vec::new();
+        for &(ip, prefix) in &self.addrs {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if prefix > max || ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::BadAddress(ip, prefix));
+            }
+            cidrs.push(IpCidr::new(ip.into(), prefix));
+        }
+        let min_mtu = if self.addrs.iter().any(|(a, _)| a.is_ipv6()) {
+            1280
+        } else {
+            576
+        };
+        if self.mtu < min_mtu || self.mtu > 65535 {
+            return Err(ConfigError::BadMtu(self.mtu));
+        }
+        for (what, n) in [
+            ("backlog", self.backlog),
+            ("syn backlog", self.syn_backlog),
+            ("TCP receive buffer", self.tcp_rx_buffer),
+            ("TCP send buffer", self.tcp_tx_buffer),
+            ("UDP buffer", self.udp_packets),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroSize(what));
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// The limits a connection's own rules apply.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            user_timeout: self.user_timeout,
+            fin_timeout: self.fin_timeout,
+            shrink_idle_after: self.shrink_idle_after,
+        }
+    }
+}
+
+/// A [`StackConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No address given.
+    NoAddress,
+    /// An address is unspecified, multicast, or has a prefix longer than
+    /// its family allows.
+    BadAddress(IpAddr, u8),
+    /// The MTU is below the minimum the families need (576 / 1280) or
+    /// above 65535.
+    BadMtu(usize),
+    /// The port table's configuration is invalid.
+    Ports(PortTableConfigError),
+    /// A backlog or buffer size of zero.
+    ZeroSize(&'static str),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::NoAddress => write!(f, "the stack needs at least one address"),
+            ConfigError::BadAddress(a, p) => write!(f, "{a}/{p} is not a usable unicast address"),
+            ConfigError::BadMtu(m) => {
+                write!(f, "MTU {m} is out of range (576..=65535, 1280 with IPv6)")
+            }
+            ConfigError::Ports(e) => e.fmt(f),
+            ConfigError::ZeroSize(what) => write!(f, "{what} must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut StackConfig)) -> Result<Vec<IpCidr>, ConfigError> {
+        let mut c = StackConfig {
+            addrs: vec![("10.0.0.1".parse().unwrap(), 24)],
+            ..StackConfig::default()
+        };
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_named() {
+        assert_eq!(with(|_| ()).map(|c| c.len()), Ok(1));
+        assert_eq!(with(|c| c.addrs.clear()), Err(ConfigError::NoAddress));
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(
+            with(|c| c.addrs = vec![(v6, 129)]),
+            Err(ConfigError::BadAddress(v6, 129))
+        );
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(
+            with(|c| c.addrs = vec![(any, 8)]),
+            Err(ConfigError::BadAddress(any, 8))
+        );
+        assert_eq!(with(|c| c.mtu = 575), Err(ConfigError::BadMtu(575)));
+        // IPv6 needs 1280.
+        assert_eq!(
+            with(|c| {
+                c.addrs.push((v6, 64));
+                c.mtu = 1279
+            }),
+            Err(ConfigError::BadMtu(1279))
+        );
+        assert_eq!(
+            with(|c| c.syn_backlog = 0),
+            Err(ConfigError::ZeroSize("syn backlog"))
+        );
+        assert_eq!(
+            with(|c| c.syn_backlog = 0).unwrap_err().to_string(),
+            "syn backlog must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Listeners: SYN handling, the half-open queue and its eviction, the
+//! accept queue (RFC 9293 §3.10.1 "LISTEN").
+//!
+//! A SYN for a listener becomes a connection of its own at once (a smoltcp
+//! socket put in LISTEN on the SYN's exact address), registered under the
+//! SYN's 4-tuple so a retransmitted SYN reaches it. Half-open connections
+//! count against the backlog too, so one that completes its handshake
+//! always finds room in the accept queue.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use log::debug;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::IpListenEndpoint;
+
+use super::conn::{Handshake, Phase};
+use super::socket_set::{Owner, Socket, SocketId};
+use super::{Event, Stack, TcpHandle, TcpState};
+use crate::demux::TcpSeg;
+use crate::error::{AcceptError, ListenError};
+use crate::port_table::{FlowKey, Lookup, Protocol};
+
+/// A half-open connection is evicted for a new SYN only once it is older
+/// than this and than its listener's smoothed handshake time: a real
+/// client completes within about one handshake time, a spoofed SYN never.
+const MIN_EVICTION_AGE: Duration = Duration::from_millis(1);
+
+/// Handle of a TCP listener.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct ListenerHandle(pub(crate) SocketId);
+
+/// A TCP listener: a bound port with its queues.
+pub(crate) struct Listener {
+    /// The bound address (may be a wildcard).
+    pub local: SocketAddr,
+    /// Accept-queue limit.
+    pub backlog: usize,
+    /// Half-open (SYN-RECEIVED) connections it has spawned.
+    pub half_open: usize,
+    /// Ids of the half-open connections in arrival order, oldest first;
+    /// may hold stale ids (connections that completed or failed), which
+    /// eviction skips and pruning drops.
+    pub half_open_order: VecDeque<SocketId>,
+    /// Established connections waiting for `accept`.
+    pub queue: VecDeque<SocketId>,
+    /// When it was created.
+    pub created: Instant,
+    /// Whether an `Incoming` event is queued for it.
+    pub event_queued: bool,
+    /// Smoothed time from SYN to ESTABLISHED of its connections.
+    pub handshake_rtt: Option<Duration>,
+}
+
+impl Stack {
+    /// Listen on `local` (port 0 picks an ephemeral port; the address may be
+    /// the wildcard). `backlog` bounds the accept queue; `None` uses the
+    /// configured default.
+    pub fn listen(
+        &mut self,
+        local: SocketAddr,
+        backlog: Option<usize>,
+    ) -> Result<ListenerHandle, ListenError> {
+        if !local.ip().is_unspecified() && !self.is_local(local.ip()) {
+            return Err(ListenError::AddrNotAvailable);
+        }
+        let id = self.sockets.next_id();
+        let bound = self
+            .table
+            .bind(Protocol::Tcp, local, Owner::of(id), &mut self.rng)
+            .map_err(|_| ListenError::AddrInUse)?;
+        let got = self.sockets.insert(Socket::Listener(Listener {
+            local: bound,
+            backlog: backlog.unwrap_or(self.config.backlog).max(1),
+            half_open: 0,
+            half_open_order: VecDeque::new(),
+            queue: VecDeque::new(),
+            created: self.now,
+            event_queued: false,
+            handshake_rtt: None,
+        }));
+        debug_assert_eq!(got, id);
+        debug!("listen {bound}");
+        Ok(ListenerHandle(id))
+    }
+
+    /// The address a listener is bound to.
+    pub fn listener_addr(&self, l: ListenerHandle) -> Option<SocketAddr> {
+        self.sockets.listener(l.0).map(|l| l.local)
+    }
+
+    /// Take the oldest established connection from the accept queue.
+    pub fn accept(&mut self, l: ListenerHandle) -> Result<TcpHandle, AcceptError> {
+        loop {
+            let listener = self
+                .sockets
+                .listener_mut(l.0)
+                .ok_or(AcceptError::InvalidHandle)?;
+            let id = listener.queue.pop_front().ok_or(AcceptError::WouldBlock)?;
+            if let Some(c) = self.sockets.tcp_mut(id) {
+                c.phase = Phase::Owned;
+                self.counters.tcp_accepted += 1;
+                debug!("accept {} <- {}", c.key.local, c.key.remote);
+                // Data (or FIN, or RST) that arrived while it was queued
+                // raised no event, as nobody owned it: raise one now, as a
+                // socket registered with epoll reports it readable.
+                let s = c.socket();
+                if (s.can_recv() || s.state() != TcpState::Established || c.error.is_some())
+                    && !c.event_queued
+                {
+                    c.event_queued = true;
+                    self.events.push_back(Event::Tcp(TcpHandle(id)));
+                }
+                return Ok(TcpHandle(id));
+            }
+        }
+    }
+
+    /// Stop listening. Connections still in the accept queue are reset;
+    /// half-open ones are reset when they next make progress.
+    pub fn close_listener(&mut self, l: ListenerHandle) {
+        let Some(Socket::Listener(listener)) = self.sockets.remove(l.0) else {
+            return;
+        };
+        self.table.unbind(Protocol::Tcp, listener.local);
+        // Nobody will accept these: reset them (they are not the
+        // application's yet, so `abort` would not touch them).
+        for id in listener.queue {
+            if self.sockets.tcp(id).is_some_and(|c| c.socket().is_open()) {
+                self.counters.tcp_aborted += 1;
+            }
+            self.reset_and_free(id);
+        }
+    }
+
+    /// A segment no connection owns: a SYN for a listener opens a half-open
+    /// connection; anything else is refused with RST (never for a RST).
+    pub(super) fn tcp_without_flow(
+        &mut self,
+        found: Lookup<Owner>,
+        key: &FlowKey,
+        seg: &TcpSeg,
+        packet: &[u8],
+    ) {
+        match found {
+            Lookup::Bound(l) if seg.is_initial_syn() => {
+                self.syn_to_listener(l.id, *key, seg.seq, packet)
+            }
+            _ => {
+                if seg.is_initial_syn() {
+                    self.counters.tcp_refused += 1;
+                }
+                if !seg.rst {
+                    self.counters.tcp_rst_sent += 1;
+                }
+                self.link.answer_unmatched(self.now, packet);
+            }
+        }
+    }
+
+    /// A SYN for a listener: make a half-open connection of its own.
+    /// Half-open connections count against the backlog too, so a connection
+    /// that completes always finds room in the accept queue; a SYN beyond
+    /// the backlog is dropped and counted (the peer retransmits it, RFC 9293
+    /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
+    /// oldest half-open connection makes room instead (see
+    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
+    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, isn: u32, packet: &[u8]) {
+        let Some(listener) = self.sockets.listener(l) else {
+            return;
+        };
+        if listener.half_open >= self.config.syn_backlog {
+            if !self.evict_oldest_half_open(l) {
+                self.counters.drop_syn_queue_full += 1;
+                return;
+            }
+        } else if listener.queue.len() + listener.half_open >= listener.backlog {
+            self.counters.drop_accept_queue_full += 1;
+            return;
+        }
+        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
+            return;
+        };
+        let Some(listener) = self.sockets.listener_mut(l) else {
+            drop(socket);
+            self.buffers.release(chunk);
+            return;
+        };
+        listener.half_open += 1;
+        socket
+            .listen(IpListenEndpoint {
+                addr: Some(key.local.ip().into()),
+                port: key.local.port(),
+            })
+            .expect("listening on a non-zero port of ours");
+        let id = self.sockets.next_id();
+        self.table
+            .insert(key, Owner::of(id))
+            .expect("lookup found no flow for this 4-tuple");
+        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(isn));
+        debug_assert_eq!(got, id);
+        let syn_backlog = self.config.syn_backlog;
+        if let Some(listener) = self.sockets.listener_mut(l) {
+            listener.half_open_order.push_back(id);
+            // Drop stale ids now and then, so the order stays within twice
+            // the half-open limit (amortised O(1) per SYN).
+            if listener.half_open_order.len() > 2 * syn_backlog {
+                let mut order = std::mem::take(&mut listener.half_open_order);
+                order.retain(|&h| {
+                    self.sockets
+                        .tcp(h)
+                        .is_some_and(|c| c.phase == Phase::HalfOpen(l))
+                });
+                if let Some(listener) = self.sockets.listener_mut(l) {
+                    listener.half_open_order = order;
+                }
+            }
+        }
+        self.ingress(id, packet);
+    }
+
+    /// SYN-flood defence: free the listener's oldest half-open connection
+    /// silently (no RST: under a flood its peer is usually spoofed, and a
+    /// RST would be backscatter). A real client answers a SYN-ACK within
+    /// one round trip, so it survives as long as fewer than `syn_backlog`
+    /// SYNs arrive per round trip; this is the "SYN cache with oldest-first
+    /// eviction" of RFC 4987 §3.3/§3.4, chosen over SYN cookies (§3.6)
+    /// because smoltcp cannot build an established socket from a cookie.
+    /// Returns whether one was evicted.
+    fn evict_oldest_half_open(&mut self, l: SocketId) -> bool {
+        let now = self.now;
+        loop {
+            let Some(listener) = self.sockets.listener(l) else {
+                return false;
+            };
+            let Some(&id) = listener.half_open_order.front() else {
+                return false;
+            };
+            let threshold = listener
+                .handshake_rtt
+                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE));
+            let key = match self.sockets.tcp(id) {
+                Some(c) if c.phase == Phase::HalfOpen(l) => {
+                    // Younger than a typical handshake: likely a burst of
+                    // real clients, not a flood. Drop the new SYN instead
+                    // (its sender retransmits) rather than reset one of them.
+                    if now - c.created < threshold {
+                        return false;
+                    }
+                    c.registered.then_some(c.key)
+                }
+                _ => {
+                    if let Some(listener) = self.sockets.listener_mut(l) {
+                        listener.half_open_order.pop_front();
+                    }
+                    continue;
+                }
+            };
+            if let Some(listener) = self.sockets.listener_mut(l) {
+                listener.half_open_order.pop_front();
+            }
+            if let Some(key) = key {
+                self.table.release(&key);
+            }
+            self.free_tcp(id);
+            if let Some(listener) = self.sockets.listener_mut(l) {
+                listener.half_open -= 1;
+            }
+            self.counters.drop_half_open_evicted += 1;
+            return true;
+        }
+    }
+
+    /// A half-open connection's handshake is over (`took`: since its SYN):
+    /// established, it moves to its listener's accept queue (or is reset
+    /// when the queue is full); failed, it is freed. Returns whether the
+    /// connection lives on.
+    pub(super) fn settle_half_open(
+        &mut self,
+        id: SocketId,
+        l: SocketId,
+        outcome: Handshake,
+        took: Duration,
+    ) -> bool {
+        let established = outcome == Handshake::Established;
+        let queued = match self.sockets.listener_mut(l) {
+            Some(listener) => {
+                listener.half_open -= 1;
+                if established && listener.queue.len() < listener.backlog {
+                    // Smoothed handshake time (RFC 6298 gain 1/8), for the
+                    // eviction age threshold.
+                    listener.handshake_rtt = Some(match listener.handshake_rtt {
+                        Some(r) => (r * 7 + took) / 8,
+                        None => took,
+                    });
+                    listener.queue.push_back(id);
+                    if !listener.event_queued {
+                        listener.event_queued = true;
+                        self.events.push_back(Event::Incoming(ListenerHandle(l)));
+                    }
+                    true
+                } else {
+                    if established {
+                        self.counters.drop_accept_queue_full += 1;
+                    }
+                    false
+                }
+            }
+            // The listener closed while this was half-open.
+            None => false,
+        };
+        if !queued {
+            self.reset_and_free(id);
+            return false;
+        }
+        self.counters.tcp_passive_opens += 1;
+        match self.sockets.tcp_mut(id) {
+            Some(c) => {
+                c.phase = Phase::Queued(l);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The TCP socket API: connect, send, receive, shut down, close, abort,
+//! and the queries, much as a BSD socket offers them; plus the life of a
+//! connection's slot (its socket, buffers and port-table entry).
+
+use std::net::SocketAddr;
+
+use log::debug;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpEndpoint;
+
+use super::conn::{Cause, Phase, TcpConn};
+use super::socket_set::{Owner, Slab, Socket, SocketId};
+use super::{Stack, TcpState};
+use crate::buffer_pool::Chunk;
+use crate::error::{ConnError, ConnectError, RecvError, SendError};
+use crate::port_table::{FlowKey, Protocol};
+
+/// Handle of a TCP connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct TcpHandle(pub(crate) SocketId);
+
+impl Stack {
+    /// Open a connection to `remote` from an ephemeral port that the port
+    /// table assigns (RFC 6056).
+    pub fn connect(&mut self, remote: SocketAddr) -> Result<TcpHandle, ConnectError> {
+        let local_ip = self.source_for(remote)?;
+        self.connect_from(SocketAddr::new(local_ip, 0), remote)
+    }
+
+    /// Open a connection from an explicit `local` address; port 0 means an
+    /// ephemeral port.
+    pub fn connect_from(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<TcpHandle, ConnectError> {
+        if remote.ip().is_unspecified() || remote.port() == 0 || remote.ip().is_multicast() {
+            return Err(ConnectError::InvalidAddress);
+        }
+        if !self.is_local(local.ip()) {
+            return Err(ConnectError::AddrNotAvailable);
+        }
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(ConnectError::NetworkUnreachable);
+        }
+        let id = self.sockets.next_id();
+        let key = if local.port() == 0 {
+            self.table.allocate(
+                Protocol::Tcp,
+                local.ip(),
+                remote,
+                Owner::of(id),
+                &mut self.rng,
+            )
+        } else {
+            let key = FlowKey::new(Protocol::Tcp, local, remote);
+            self.table.insert(key, Owner::of(id)).map(|_| key)
+        }
+        .map_err(|_| ConnectError::AddrNotAvailable)?;
+
+        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
+            self.table.release(&key);
+            return Err(ConnectError::NoBuffers);
+        };
+        let r = socket.connect(
+            self.link.iface.context(),
+            IpEndpoint::from(key.remote),
+            IpEndpoint::from(key.local),
+        );
+        if r.is_err() {
+            drop(socket);
+            self.buffers.release(chunk);
+            self.table.release(&key);
+            return Err(ConnectError::AddrNotAvailable);
+        }
+        let got = self.insert_conn((socket, chunk), key, Phase::Owned, None);
+        debug_assert_eq!(got, id);
+        self.counters.tcp_active_opens += 1;
+        debug!("connect {} -> {}", key.local, key.remote);
+        self.mark_dirty(id);
+        Ok(TcpHandle(id))
+    }
+
+    /// Queue `data` for sending; returns how much fit in the send buffer.
+    pub fn send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, SendError> {
+        let c = self.sockets.owned_mut(h).ok_or(SendError::InvalidHandle)?;
+        if let Some(e) = c.error {
+            return Err(e.into());
+        }
+        let state = c.socket().state();
+        let n = match c.socket_mut().send_slice(data) {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(match state {
+                    TcpState::SynSent | TcpState::SynReceived => SendError::WouldBlock,
+                    TcpState::Closed | TcpState::Listen => SendError::NotConnected,
+                    _ => SendError::BrokenPipe,
+                })
+            }
+        };
+        if n == 0 && !data.is_empty() {
+            return Err(SendError::WouldBlock);
+        }
+        c.mark_dirty(h.0, &mut self.dirty);
+        Ok(n)
+    }
+
+    /// Read received data into `buf`. `Ok(0)` is end of stream (the peer
+    /// sent FIN and everything before it has been read).
+    pub fn recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let c = self.sockets.owned_mut(h).ok_or(RecvError::InvalidHandle)?;
+        let state = c.socket().state();
+        let error = c.error;
+        match c.socket_mut().recv_slice(buf) {
+            Ok(0) if !buf.is_empty() => match error {
+                Some(e) => Err(e.into()),
+                None if matches!(state, TcpState::Closed) => Err(RecvError::NotConnected),
+                None => Err(RecvError::WouldBlock),
+            },
+            Ok(n) => {
+                c.seq.rx_read = c.seq.rx_read.wrapping_add(n as u32);
+                // The window opened: let the peer know.
+                c.mark_dirty(h.0, &mut self.dirty);
+                Ok(n)
+            }
+            Err(tcp::RecvError::Finished) => Ok(0),
+            Err(tcp::RecvError::InvalidState) => match (error, state) {
+                (Some(e), _) => Err(e.into()),
+                (None, TcpState::SynSent | TcpState::SynReceived) => Err(RecvError::WouldBlock),
+                (None, TcpState::TimeWait | TcpState::LastAck | TcpState::Closing) => Ok(0),
+                (None, _) => Err(RecvError::NotConnected),
+            },
+        }
+    }
+
+    /// Send FIN but keep reading (`shutdown(SHUT_WR)`).
+    pub fn shutdown(&mut self, h: TcpHandle) -> Result<(), SendError> {
+        let c = self.sockets.owned_mut(h).ok_or(SendError::InvalidHandle)?;
+        c.socket_mut().close();
+        self.after_io(h.0, Cause::App);
+        self.mark_dirty(h.0);
+        Ok(())
+    }
+
+    /// Close gracefully: FIN after the queued data, and give up the handle.
+    /// The connection lingers through FIN-WAIT and TIME-WAIT on its own.
+    pub fn close(&mut self, h: TcpHandle) {
+        let Some(c) = self.sockets.owned_mut(h) else {
+            return;
+        };
+        c.socket_mut().close();
+        c.phase = Phase::Released;
+        c.mark_dirty(h.0, &mut self.dirty);
+        self.after_io(h.0, Cause::App);
+    }
+
+    /// Reset the connection (RST) and give up the handle at once.
+    pub fn abort(&mut self, h: TcpHandle) {
+        let Some(c) = self.sockets.owned_mut(h) else {
+            return;
+        };
+        let was_open = c.socket().is_open();
+        c.socket_mut().abort();
+        c.phase = Phase::Released;
+        if was_open {
+            self.counters.tcp_aborted += 1;
+        }
+        // Send the RST now, then reap.
+        self.egress(h.0);
+    }
+
+    /// Reset (RST) and free every connection the application has already
+    /// closed but that is still open: draining its send queue, or waiting
+    /// for the peer's FIN or ACK. For a shutdown deadline, so no peer is
+    /// left waiting on a stack that is gone. Returns how many were reset.
+    pub fn abort_released(&mut self) -> usize {
+        let ids: Vec<SocketId> = self
+            .sockets
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Socket::Tcp(c) if c.phase == Phase::Released && c.socket().is_open() => Some(id),
+                _ => None,
+            })
+            .collect();
+        self.counters.tcp_aborted += ids.len() as u64;
+        for &id in &ids {
+            self.reset_and_free(id);
+        }
+        ids.len()
+    }
+
+    /// The connection's RFC 9293 state; `None` once the handle is stale.
+    pub fn tcp_state(&self, h: TcpHandle) -> Option<TcpState> {
+        self.sockets.owned(h).map(|c| c.socket().state())
+    }
+
+    /// Why the connection failed, if it did.
+    pub fn tcp_error(&self, h: TcpHandle) -> Option<ConnError> {
+        self.sockets.owned(h).and_then(|c| c.error)
+    }
+
+    /// Whether `send` would accept data now.
+    pub fn can_send(&self, h: TcpHandle) -> bool {
+        self.sockets.owned(h).is_some_and(|c| c.socket().can_send())
+    }
+
+    /// Whether `recv` would return data or end of stream now.
+    pub fn can_recv(&self, h: TcpHandle) -> bool {
+        self.sockets.owned(h).is_some_and(|c| {
+            let s = c.socket();
+            s.can_recv()
+                || (!s.may_recv()
+                    && s.state() != TcpState::SynSent
+                    && s.state() != TcpState::SynReceived)
+                || c.error.is_some()
+        })
+    }
+
+    /// Octets queued but not yet acknowledged by the peer.
+    pub fn send_queue(&self, h: TcpHandle) -> usize {
+        self.sockets.owned(h).map_or(0, |c| c.socket().send_queue())
+    }
+
+    /// The connection's local address.
+    pub fn local_addr(&self, h: TcpHandle) -> Option<SocketAddr> {
+        self.sockets.owned(h).map(|c| c.key.local)
+    }
+
+    /// The connection's remote address.
+    pub fn peer_addr(&self, h: TcpHandle) -> Option<SocketAddr> {
+        self.sockets.owned(h).map(|c| c.key.remote)
+    }
+
+    // ---- a connection's slot -------------------------------------------
+
+    /// A fresh socket with buffers from the pool; `None` when the pool
+    /// cannot reserve more memory.
+    pub(super) fn new_tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, Chunk)> {
+        let chunk = match self.buffers.lease() {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("no buffer memory: {e}");
+                self.counters.drop_no_buffers += 1;
+                return None;
+            }
+        };
+        // SAFETY: one set of slices per lease; the socket is dropped before
+        // the chunk is released (`free_tcp`), and the pool outlives both.
+        let (rx, tx) = unsafe { self.buffers.slices(&chunk) };
+        let c = &self.config;
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        s.set_nagle_enabled(c.nagle);
+        s.set_ack_delay(c.ack_delay);
+        // smoltcp's own timeout also fires on idle connections; ephemera
+        // applies the user timeout itself, only to outstanding data.
+        s.set_timeout(None);
+        Some((s, chunk))
+    }
+
+    /// Put a new connection in the slab and tell the port table where its
+    /// memory lies; `peer_isn` is the peer's ISN when its SYN opened it.
+    pub(super) fn insert_conn(
+        &mut self,
+        (socket, chunk): (tcp::Socket<'static>, Chunk),
+        key: FlowKey,
+        phase: Phase,
+        peer_isn: Option<u32>,
+    ) -> SocketId {
+        let conn = TcpConn::new(socket, Some(chunk), key, phase, self.now, peer_isn);
+        let owner = self.sockets.next_id();
+        self.table.set_owner(&key, conn.owner(owner));
+        let id = self.sockets.insert(Socket::Tcp(conn));
+        debug_assert_eq!(id, owner);
+        id
+    }
+
+    /// Free a TCP connection's slot and give its buffer memory back.
+    pub(super) fn free_tcp(&mut self, id: SocketId) {
+        if let Some(Socket::Tcp(mut c)) = self.sockets.remove(id) {
+            let chunk = c.chunk.take();
+            drop(c);
+            if let Some(chunk) = chunk {
+                self.buffers.release(chunk);
+            }
+        }
+    }
+
+    /// Send RST for a connection the application never saw, and free it.
+    pub(super) fn reset_and_free(&mut self, id: SocketId) {
+        if let Some(c) = self.sockets.tcp_mut(id) {
+            c.socket_mut().abort();
+            c.phase = Phase::Released;
+        }
+        self.egress(id);
+        if let Some(c) = self.sockets.tcp(id) {
+            if c.registered {
+                let key = c.key;
+                self.table.release(&key);
+            }
+            self.free_tcp(id);
+        }
+    }
+}
+
+/// The application's connections: a stale handle, or one the application
+/// gave up, finds nothing.
+impl Slab<Socket> {
+    fn owned(&self, h: TcpHandle) -> Option<&TcpConn> {
+        self.tcp(h.0).filter(|c| c.phase == Phase::Owned)
+    }
+
+    fn owned_mut(&mut self, h: TcpHandle) -> Option<&mut TcpConn> {
+        self.tcp_mut(h.0).filter(|c| c.phase == Phase::Owned)
+    }
+}
