@@ -60,7 +60,7 @@ mod proto_name {
 pub fn port_entry(info: &SocketInfo) -> PortEntry {
     PortEntry {
         proto: info.proto,
-        state: info.state.clone(),
+        state: info.state.to_string(),
         local: info.local,
         remote: info.remote,
         recv_q: info.recv_queue,
@@ -166,6 +166,7 @@ pub fn format_counters(counters: &BTreeMap<String, u64>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use ephemera::{SocketState, TcpState};
 
     /// A row for tests.
     pub(crate) fn entry(
@@ -236,7 +237,7 @@ pub(crate) mod tests {
         let rows = [
             SocketInfo {
                 proto: Protocol::Tcp,
-                state: "ESTABLISHED".into(),
+                state: SocketState::Tcp(TcpState::Established),
                 local: "10.0.0.2:80".parse().unwrap(),
                 remote: Some("10.0.0.1:50000".parse().unwrap()),
                 recv_queue: 3,
@@ -245,7 +246,7 @@ pub(crate) mod tests {
             },
             SocketInfo {
                 proto: Protocol::Udp,
-                state: "UNCONN".into(),
+                state: SocketState::Unconnected,
                 local: "0.0.0.0:7".parse().unwrap(),
                 remote: None,
                 recv_queue: 0,

@@ -68,9 +68,9 @@ pub enum Event {
 pub struct SocketInfo {
     /// TCP or UDP.
     pub proto: Protocol,
-    /// RFC 9293 state name (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, …), or
+    /// The RFC 9293 state (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, …), or
     /// `UNCONN` for UDP.
-    pub state: String,
+    pub state: SocketState,
     /// Local address.
     pub local: SocketAddr,
     /// Remote address, for connections.
@@ -81,6 +81,51 @@ pub struct SocketInfo {
     pub send_queue: usize,
     /// Time since creation (for TIME-WAIT: since entering it).
     pub age: StdDuration,
+}
+
+/// The state of a row of [`Stack::snapshot`]. It displays as `ss` prints
+/// it, with RFC 9293's names (`LISTEN`, `SYN-SENT`, `TIME-WAIT`, …, and
+/// `UNCONN`), and compares equal to that name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SocketState {
+    /// A TCP listener (`Listen`), connection, or TIME-WAIT record.
+    Tcp(TcpState),
+    /// A bound UDP socket.
+    Unconnected,
+}
+
+impl SocketState {
+    /// The name `ss` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketState::Unconnected => "UNCONN",
+            SocketState::Tcp(s) => match s {
+                TcpState::Closed => "CLOSED",
+                TcpState::Listen => "LISTEN",
+                TcpState::SynSent => "SYN-SENT",
+                TcpState::SynReceived => "SYN-RECEIVED",
+                TcpState::Established => "ESTABLISHED",
+                TcpState::FinWait1 => "FIN-WAIT-1",
+                TcpState::FinWait2 => "FIN-WAIT-2",
+                TcpState::CloseWait => "CLOSE-WAIT",
+                TcpState::Closing => "CLOSING",
+                TcpState::LastAck => "LAST-ACK",
+                TcpState::TimeWait => "TIME-WAIT",
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for SocketState {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
 }
 
 /// The stack: packets and time in, packets and deadlines out.
@@ -283,7 +328,7 @@ impl Stack {
             rows.push(match s {
                 Socket::Listener(l) => SocketInfo {
                     proto: Protocol::Tcp,
-                    state: "LISTEN".into(),
+                    state: SocketState::Tcp(TcpState::Listen),
                     local: l.local,
                     remote: None,
                     recv_queue: l.queue.len(),
@@ -292,7 +337,7 @@ impl Stack {
                 },
                 Socket::Tcp(c) => SocketInfo {
                     proto: Protocol::Tcp,
-                    state: c.socket().state().to_string(),
+                    state: SocketState::Tcp(c.socket().state()),
                     local: c.key.local,
                     remote: Some(c.key.remote),
                     recv_queue: c.socket().recv_queue(),
@@ -301,7 +346,7 @@ impl Stack {
                 },
                 Socket::Udp(u) => SocketInfo {
                     proto: Protocol::Udp,
-                    state: "UNCONN".into(),
+                    state: SocketState::Unconnected,
                     local: u.local,
                     remote: None,
                     recv_queue: u.socket().recv_queue(),
@@ -315,7 +360,7 @@ impl Stack {
             let left = until.saturating_sub(since_epoch(self.now));
             rows.push(SocketInfo {
                 proto: key.proto,
-                state: "TIME-WAIT".into(),
+                state: SocketState::Tcp(TcpState::TimeWait),
                 local: key.local,
                 remote: Some(key.remote),
                 recv_queue: 0,

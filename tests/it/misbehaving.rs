@@ -541,7 +541,7 @@ fn simultaneous_close_both_pass_through_closing_into_time_wait() {
                 .snapshot()
                 .into_iter()
                 .find(|r| r.state != "LISTEN")
-                .map(|r| r.state);
+                .map(|r| r.state.to_string());
             let mut v = states[i.index()].borrow_mut();
             if let Some(row) = row {
                 if v.last() != Some(&row) {
