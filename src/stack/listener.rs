@@ -324,3 +324,77 @@ impl Stack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+
+    use super::*;
+    use crate::{Instant, StackConfig};
+
+    /// A SYN from `from` to `to`.
+    fn syn(from: SocketAddr, to: SocketAddr, isn: u32) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: from.port(),
+            dst_port: to.port(),
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(isn as i32),
+            ack_number: None,
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = IpRepr::new(
+            from.ip().into(),
+            to.ip().into(),
+            IpProtocol::Tcp,
+            tcp.header_len(),
+            64,
+        );
+        let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut buf[..], &caps);
+        let hl = ip.header_len();
+        let mut packet = TcpPacket::new_unchecked(&mut buf[hl..]);
+        tcp.emit(&mut packet, &ip.src_addr(), &ip.dst_addr(), &caps);
+        buf
+    }
+
+    #[test]
+    fn half_open_connections_count_against_the_backlog_and_invariants_check_it() {
+        let config = StackConfig {
+            addrs: vec![("10.0.0.2".parse().unwrap(), 24)],
+            seed: Some(1),
+            ..StackConfig::default()
+        };
+        let now = Instant::from_millis(0);
+        let mut st = Stack::new(config, now).unwrap();
+        let server: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let l = st.listen(server, Some(2)).unwrap();
+        for port in [40000, 40001, 40002] {
+            let client = SocketAddr::new("10.0.0.1".parse().unwrap(), port);
+            st.handle_packet(now, &syn(client, server, 7));
+        }
+        // Two half-open connections fill a backlog of 2: the third SYN is
+        // dropped, so each of the two finds room once established.
+        assert_eq!(st.counters().drop_accept_queue_full, 1);
+        assert_eq!(st.socket_count(), 3);
+        st.check_invariants().unwrap();
+
+        // A listener whose counts outgrow its backlog...
+        st.sockets.listener_mut(l.0).unwrap().half_open += 1;
+        let e = st.check_invariants().unwrap_err();
+        assert!(e.contains("3 half-open + 0 queued over backlog 2"), "{e}");
+        // ...or disagree with its connections, is caught.
+        st.sockets.listener_mut(l.0).unwrap().backlog = 10;
+        let e = st.check_invariants().unwrap_err();
+        assert!(e.contains("counts 3 half-open"), "{e}");
+        st.sockets.listener_mut(l.0).unwrap().half_open -= 1;
+        st.check_invariants().unwrap();
+    }
+}

@@ -387,14 +387,23 @@ impl Stack {
         self.table.check_invariants()?;
         self.counters.check_accounting()?;
         let mut live = 0;
+        let mut tcp = 0;
+        // Per listener: connections half-open on it, and queued on it.
+        let mut spawned: std::collections::HashMap<SocketId, (usize, usize)> = Default::default();
         for (id, s) in self.sockets.iter() {
             match s {
                 Socket::Tcp(c) => {
+                    tcp += 1;
                     if c.registered {
                         live += 1;
                         if self.table.flow(&c.key).map(|o| o.id) != Some(id) {
                             return Err(format!("{:?} registered but not in the table", c.key));
                         }
+                    }
+                    match c.phase {
+                        Phase::HalfOpen(l) => spawned.entry(l).or_default().0 += 1,
+                        Phase::Queued(l) => spawned.entry(l).or_default().1 += 1,
+                        Phase::Owned | Phase::Released => {}
                     }
                     if let Phase::HalfOpen(l) | Phase::Queued(l) = c.phase {
                         if !matches!(self.sockets.get(l), Some(Socket::Listener(_)) | None) {
@@ -408,6 +417,17 @@ impl Stack {
                     }
                     if l.queue.len() > l.backlog {
                         return Err(format!("accept queue {} over backlog", l.queue.len()));
+                    }
+                    // So a connection that completes its handshake always
+                    // finds room in the accept queue.
+                    if l.half_open + l.queue.len() > l.backlog {
+                        return Err(format!(
+                            "listener {}: {} half-open + {} queued over backlog {}",
+                            l.local,
+                            l.half_open,
+                            l.queue.len(),
+                            l.backlog
+                        ));
                     }
                     if self
                         .table
@@ -430,11 +450,20 @@ impl Stack {
                 }
             }
         }
-        let tcp = self
-            .sockets
-            .iter()
-            .filter(|(_, s)| matches!(s, Socket::Tcp(_)))
-            .count();
+        for (id, l) in self.sockets.iter().filter_map(|(id, s)| match s {
+            Socket::Listener(l) => Some((id, l)),
+            _ => None,
+        }) {
+            let (half_open, queued) = spawned.get(&id).copied().unwrap_or_default();
+            if (half_open, queued) != (l.half_open, l.queue.len()) {
+                return Err(format!(
+                    "listener {} counts {} half-open and {} queued, has {half_open} and {queued}",
+                    l.local,
+                    l.half_open,
+                    l.queue.len()
+                ));
+            }
+        }
         if tcp != self.buffers.leased() {
             return Err(format!(
                 "{tcp} TCP sockets but {} buffer chunks leased",
