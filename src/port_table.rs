@@ -27,7 +27,8 @@
 //!
 //! Here: binds, flows, lookup and the invariants; in submodules, the
 //! packed 4-tuple map (`flow_map`), ephemeral allocation and `PortSet`
-//! (`ephemeral`), and TIME-WAIT records and their expiry (`time_wait`).
+//! (`ephemeral`), TIME-WAIT records and their expiry (`time_wait`), and
+//! which stack shard owns a flow ([`Shards`]).
 //!
 //! Invariants (checked by [`PortTable::check_invariants`]):
 //! - every flow whose local port lies in the ephemeral range is in the
@@ -52,10 +53,10 @@ use crate::rng::Rng;
 
 mod ephemeral;
 mod flow_map;
+mod shard;
 mod time_wait;
 use ephemeral::PortSet;
 use flow_map::FlowMap;
-mod shard;
 pub use shard::{ShardPorts, Shards, ShardsError, MAX_SHARDS};
 
 /// Transport protocol: TCP and UDP have separate port spaces.
