@@ -106,8 +106,9 @@ pub struct UpArgs {
     /// Write every packet in and out to this pcap file (tcpdump -r FILE).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// Control socket path [default: /run/ephemera/TUN.sock as root, else
-    /// $XDG_RUNTIME_DIR/ephemera-TUN.sock or /tmp/ephemera-UID-TUN.sock].
+    /// Control socket path [default: /run/ephemera/TUN/control.sock as root, else
+    /// $XDG_RUNTIME_DIR/ephemera-TUN.sock or /tmp/ephemera-UID/TUN.sock]; its
+    /// directory must be writable by no one but the daemon's user (and root).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 }
@@ -431,18 +432,24 @@ impl UpArgs {
     }
 }
 
-/// The control socket used when `--control` is not given: under
-/// `/run/ephemera/` for root, else in `$XDG_RUNTIME_DIR`, else in `/tmp`
-/// with the uid in the name.
+/// The control socket used when `--control` is not given: for root,
+/// `/run/ephemera/TUN/control.sock`, in a directory of its own that the
+/// daemon gives to the user it runs as; otherwise in the user's private
+/// `$XDG_RUNTIME_DIR`, or else in a private directory `/tmp/ephemera-UID`.
+/// Nobody else can write either directory, so nobody can put a socket of
+/// their own at the path first (the daemon checks it; see
+/// `daemon::files`).
 pub fn default_control_path(euid: u32, xdg_runtime_dir: Option<&OsStr>, tun: &str) -> PathBuf {
     if euid == 0 {
-        return Path::new("/run/ephemera").join(format!("{tun}.sock"));
+        return Path::new("/run/ephemera").join(tun).join("control.sock");
     }
     match xdg_runtime_dir {
         Some(dir) if !dir.is_empty() && Path::new(dir).is_absolute() => {
             Path::new(dir).join(format!("ephemera-{tun}.sock"))
         }
-        _ => PathBuf::from(format!("/tmp/ephemera-{euid}-{tun}.sock")),
+        _ => Path::new("/tmp")
+            .join(format!("ephemera-{euid}"))
+            .join(format!("{tun}.sock")),
     }
 }
 
@@ -792,23 +799,25 @@ mod tests {
     fn control_paths() {
         assert_eq!(
             default_control_path(0, Some(OsStr::new("/run/user/0")), "tun0"),
-            PathBuf::from("/run/ephemera/tun0.sock")
+            PathBuf::from("/run/ephemera/tun0/control.sock")
         );
         assert_eq!(
             default_control_path(1000, Some(OsStr::new("/run/user/1000")), "tun0"),
             PathBuf::from("/run/user/1000/ephemera-tun0.sock")
         );
+        // Without $XDG_RUNTIME_DIR: in a directory of the user's own, not
+        // a name in /tmp that anyone could take first.
         assert_eq!(
             default_control_path(1000, None, "tun1"),
-            PathBuf::from("/tmp/ephemera-1000-tun1.sock")
+            PathBuf::from("/tmp/ephemera-1000/tun1.sock")
         );
         assert_eq!(
             default_control_path(1000, Some(OsStr::new("")), "t"),
-            PathBuf::from("/tmp/ephemera-1000-t.sock")
+            PathBuf::from("/tmp/ephemera-1000/t.sock")
         );
         assert_eq!(
             default_control_path(1000, Some(OsStr::new("rel")), "t"),
-            PathBuf::from("/tmp/ephemera-1000-t.sock")
+            PathBuf::from("/tmp/ephemera-1000/t.sock")
         );
         assert_eq!(
             control_path(Some(Path::new("/x/y.sock")), "tun0"),

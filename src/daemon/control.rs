@@ -1,9 +1,10 @@
 //! The control socket: how `ephemera ports` and `ephemera fetch` talk to a
 //! running daemon.
 //!
-//! A Unix stream socket, mode 0600 (set before `listen`, so there is no
-//! moment when others could connect), and a peer-credential check on every
-//! connection: only the daemon's effective user and root are served.
+//! A Unix stream socket, created mode 0600 by the user the daemon runs as
+//! (after any privilege drop), in a directory no one else can write, and
+//! removed at exit; and a peer-credential check on every connection: only
+//! that user and root are served.
 //!
 //! The protocol is line-delimited JSON: one [`Request`] per line in, one
 //! [`Response`] per line out. The one exception carries a fetched body
@@ -19,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -28,8 +29,10 @@ use std::time::Duration;
 use nix::sys::socket::{
     bind, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
+use nix::sys::stat::{fchmod, Mode};
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::files::{self, DirRule};
 use crate::daemon::poll::{interest, PollFd};
 use crate::daemon::table::PortEntry;
 
@@ -128,7 +131,11 @@ pub struct ControlServer {
     clients: Vec<Client>,
     requests: VecDeque<(ClientId, Request)>,
     next_id: u64,
-    euid: u32,
+    /// The socket file bind made (device, inode): removed at exit only
+    /// if it is still this one.
+    inode: (u64, u64),
+    /// Served besides root: the user the daemon runs as.
+    serve_uid: u32,
 }
 
 /// `path` as a Unix socket address: not empty, no NUL, and short enough
@@ -165,6 +172,25 @@ pub fn peer_allowed(uid: u32, euid: u32) -> bool {
     uid == euid || uid == 0
 }
 
+/// Whether a client running as `me` may trust the daemon serving `path`
+/// as `daemon`: the same user, or root; or, for a root client, the user
+/// whose own directory, closed to everyone else, holds the socket: a
+/// daemon root started with `--user`, which made its socket after the
+/// drop. A socket in a directory others can write could be anyone's.
+pub fn daemon_trusted(path: &Path, daemon: u32, me: u32) -> bool {
+    if peer_allowed(daemon, me) {
+        return true;
+    }
+    let dir = match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => return false,
+    };
+    me == 0
+        && std::fs::symlink_metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == daemon && m.mode() & 0o022 == 0)
+}
+
 /// Remove a leftover socket at `path` if no one listens on it; refuse if a
 /// daemon does, or if something other than a socket is there.
 fn clear_stale(path: &Path) -> io::Result<()> {
@@ -190,46 +216,54 @@ fn clear_stale(path: &Path) -> io::Result<()> {
 }
 
 impl ControlServer {
-    /// Create the socket at `path` (and its directory, mode 0755, if
-    /// missing), mode 0600, owned by `owner` (uid, gid) if given so a
-    /// daemon that later drops to that user still serves it. A stale socket
-    /// left by a dead daemon is replaced; a live one is `AddrInUse`.
-    pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> io::Result<ControlServer> {
+    /// Create the socket at `path`, served to `serve_uid` (the user the
+    /// daemon runs as, after any privilege drop) and root. Call it as that
+    /// user: the socket is then that user's, and the daemon can remove it
+    /// at exit.
+    ///
+    /// Its directory is made (mode 0700) if missing and must pass `rule`
+    /// (checked with `lstat`). The socket is created with its final mode,
+    /// 0600 from the first instant, and nothing changes it by path
+    /// afterwards. A stale socket left by a
+    /// dead daemon is replaced; a live one is `AddrInUse`.
+    pub fn bind(path: &Path, rule: DirRule, serve_uid: u32) -> io::Result<ControlServer> {
+        let addr = socket_addr(path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::create_dir_all(dir)?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-            }
+            files::ensure_dir(dir, 0o700, rule)?;
         }
         clear_stale(path)?;
-        let addr = socket_addr(path)?;
         let fd = socket(
             AddressFamily::Unix,
             SockType::Stream,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
+        // Linux creates the file with the socket's own mode less the
+        // umask (`unix_bind_bsd`), so a mode set on the descriptor before
+        // bind is the file's from its first instant, with no process-wide
+        // umask change.
+        fchmod(&fd, Mode::from_bits_truncate(0o600))?;
         bind(fd.as_raw_fd(), &addr)?;
-        // Until listen(2) below, connects are refused, so the file's
-        // momentary umask-derived mode exposes nothing.
-        let restrict = || -> io::Result<()> {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        let socket_file = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()));
+        let listening = socket_file.and_then(|id| {
+            listen(&fd, Backlog::new(16)?)?;
+            Ok(id)
+        });
+        let inode = match listening {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
             }
-            Ok(listen(&fd, Backlog::new(16)?)?)
         };
-        if let Err(e) = restrict() {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
         Ok(ControlServer {
             listener: UnixListener::from(fd),
             path: path.to_path_buf(),
+            inode,
             clients: Vec::new(),
             requests: VecDeque::new(),
             next_id: 1,
-            euid: euid(),
+            serve_uid,
         })
     }
 
@@ -282,7 +316,7 @@ impl ControlServer {
                 let _ = (&*s).write(&line);
             };
             match peer_uid(&stream) {
-                Ok(uid) if peer_allowed(uid, self.euid) => {}
+                Ok(uid) if peer_allowed(uid, self.serve_uid) => {}
                 Ok(uid) => {
                     log::warn!("control: refused a connection from uid {uid}");
                     refuse(
@@ -425,9 +459,17 @@ impl ControlServer {
 }
 
 impl Drop for ControlServer {
+    /// Remove the socket file, if it is still the one `bind` made: the
+    /// daemon runs as the directory's owner, so this works after a
+    /// privilege drop too.
     fn drop(&mut self) {
-        // Best effort: after a privilege drop the directory may not let us.
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.inode);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("cannot remove {}: {e}", self.path.display());
+            }
+        }
     }
 }
 
@@ -456,13 +498,13 @@ fn protocol_error(what: impl Into<String>) -> io::Error {
 }
 
 impl ControlClient {
-    /// Connect to the daemon at `path`, and check that it runs as this
-    /// user or as root (a socket in a shared directory could be anyone's).
-    /// `timeout` bounds each wait for a reply.
+    /// Connect to the daemon at `path`, and check that it may be trusted
+    /// ([`daemon_trusted`]: a socket in a shared directory could be
+    /// anyone's). `timeout` bounds each wait for a reply.
     pub fn connect(path: &Path, timeout: Duration) -> io::Result<ControlClient> {
         let stream = UnixStream::connect(path)?;
         let uid = peer_uid(&stream)?;
-        if !peer_allowed(uid, euid()) {
+        if !daemon_trusted(path, uid, euid()) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
@@ -614,7 +656,7 @@ mod tests {
     use super::*;
     use crate::daemon::table::tests::entry;
     use ephemera::Protocol;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::io::OwnedFd;
     use std::time::Instant;
 
@@ -625,6 +667,7 @@ mod tests {
             let p = std::env::temp_dir().join(format!("eph-ctl-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
             TempDir(p)
         }
     }
@@ -648,6 +691,11 @@ mod tests {
         let fd = fd.unwrap();
         bind(fd.as_raw_fd(), &addr).unwrap();
         fd
+    }
+
+    /// The directory rule of an explicit `--control`, for this user.
+    fn rule() -> DirRule {
+        DirRule::NotShared { uid: euid() }
     }
 
     /// Run the server's side until `done` says so (bounded).
@@ -704,17 +752,20 @@ mod tests {
     fn socket_is_private_and_serves_requests() {
         let dir = TempDir::new("serve");
         let path = dir.0.join("sub").join("c.sock");
-        let mut server = ControlServer::bind(&path, None).unwrap();
+        let mut server = ControlServer::bind(&path, rule(), euid()).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), euid());
         assert_eq!(
             std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
-            0o755
+            0o700
         );
 
         // A second daemon on the same path is refused.
         assert_eq!(
-            ControlServer::bind(&path, None).unwrap_err().kind(),
+            ControlServer::bind(&path, rule(), euid())
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::AddrInUse
         );
 
@@ -828,21 +879,25 @@ mod tests {
         let path = dir.0.join("c.sock");
         let _stale = stale_socket(&path);
         assert!(path.exists());
-        let server = ControlServer::bind(&path, None).unwrap();
+        let server = ControlServer::bind(&path, rule(), euid()).unwrap();
         assert!(UnixStream::connect(&path).is_ok());
         drop(server);
 
         let file = dir.0.join("plain");
         std::fs::write(&file, b"keep me").unwrap();
         assert_eq!(
-            ControlServer::bind(&file, None).unwrap_err().kind(),
+            ControlServer::bind(&file, rule(), euid())
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::AlreadyExists
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
         let long = dir.0.join("x".repeat(200));
         assert_eq!(
-            ControlServer::bind(&long, None).unwrap_err().kind(),
+            ControlServer::bind(&long, rule(), euid())
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::InvalidInput
         );
     }
@@ -851,7 +906,7 @@ mod tests {
     fn oversized_request_closes_the_connection() {
         let dir = TempDir::new("big");
         let path = dir.0.join("c.sock");
-        let mut server = ControlServer::bind(&path, None).unwrap();
+        let mut server = ControlServer::bind(&path, rule(), euid()).unwrap();
         let p = path.clone();
         let client = std::thread::spawn(move || {
             let mut c = ControlClient::connect(&p, Duration::from_secs(5)).unwrap();
@@ -885,6 +940,25 @@ mod tests {
     }
 
     #[test]
+    fn a_root_client_trusts_a_daemon_only_in_its_own_closed_directory() {
+        let dir = TempDir::new("trust");
+        let sock = dir.0.join("c.sock");
+        let me = euid();
+        assert!(daemon_trusted(&sock, me, me));
+        assert!(daemon_trusted(&sock, 0, me));
+        // The directory is ours (the test's): only a root client trusts
+        // another daemon user, and only in that user's own directory.
+        assert!(!daemon_trusted(&sock, me + 1, 0));
+        if me == 0 {
+            std::os::unix::fs::chown(&dir.0, Some(4242), None).unwrap();
+            assert!(daemon_trusted(&sock, 4242, 0));
+            assert!(!daemon_trusted(&sock, 4242, 1000));
+            std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o775)).unwrap();
+            assert!(!daemon_trusted(&sock, 4242, 0), "group-writable");
+        }
+    }
+
+    #[test]
     fn peer_policy() {
         assert!(peer_allowed(1000, 1000));
         assert!(peer_allowed(0, 1000));
@@ -896,34 +970,40 @@ mod tests {
     /// Marker telling a re-run of this test binary to act as the client.
     const CRED_CHILD: &str = "EPHEMERA_TEST_CRED_CHILD";
 
-    #[test]
-    fn other_users_are_refused() {
-        if let Some(path) = std::env::var_os(CRED_CHILD) {
-            // Child, running as `nobody`: connect and print the reply line.
-            let mut s = UnixStream::connect(PathBuf::from(path)).unwrap();
-            // The server may refuse and hang up before this write lands.
-            let _ = s.write_all(b"{\"cmd\":\"ports\"}\n");
-            let mut line = String::new();
-            BufReader::new(s).read_line(&mut line).unwrap();
-            println!("REPLY {line}");
-            return;
-        }
+    /// In the child (run as `nobody`): connect, ask for the ports, print
+    /// the reply line. Returns whether this process is that child.
+    fn cred_child() -> bool {
+        let Some(path) = std::env::var_os(CRED_CHILD) else {
+            return false;
+        };
+        let mut s = UnixStream::connect(PathBuf::from(path)).unwrap();
+        // The server may refuse and hang up before this write lands.
+        let _ = s.write_all(b"{\"cmd\":\"ports\"}\n");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        println!("REPLY {line}");
+        true
+    }
+
+    /// Serve a socket that `nobody` can reach (only the credential check
+    /// stands in its way) as a daemon running as `serve_uid`, and run test
+    /// `name` again as `nobody` against it. Returns what the child printed
+    /// and the server, or `None` (after saying why) if that cannot be done.
+    fn ask_as_nobody(name: &str, serve_uid: u32) -> Option<(String, ControlServer)> {
         if euid() != 0 {
-            eprintln!("SKIP other_users_are_refused: needs root to act as another user");
-            return;
+            eprintln!("SKIP {name}: needs root to act as another user");
+            return None;
         }
-        let dir = TempDir::new("cred");
-        // Let `nobody` reach and open the socket, so that only the
-        // credential check stands in its way.
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = TempDir::new(name);
         let path = dir.0.join("c.sock");
-        let mut server = ControlServer::bind(&path, None).unwrap();
+        let mut server = ControlServer::bind(&path, rule(), serve_uid).unwrap();
+        // Test only: a daemon's socket is 0600 and its own user's.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         use std::os::unix::process::CommandExt;
         let spawned = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "daemon::control::tests::other_users_are_refused",
+                &format!("daemon::control::tests::{name}"),
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -936,13 +1016,16 @@ mod tests {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                eprintln!(
-                    "SKIP other_users_are_refused: cannot run the test binary as uid 65534: {e}"
-                );
-                return;
+                eprintln!("SKIP {name}: cannot run the test binary as uid 65534: {e}");
+                return None;
             }
         };
-        serve_until(&mut server, |_| matches!(child.try_wait(), Ok(Some(_))));
+        serve_until(&mut server, |s| {
+            while let Some((id, _)) = s.poll_request() {
+                s.reply(id, &Response::Ports { ports: Vec::new() });
+            }
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
         let mut out = String::new();
         child
             .stdout
@@ -950,11 +1033,32 @@ mod tests {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
+        Some((out, server))
+    }
+
+    #[test]
+    fn other_users_are_refused() {
+        if cred_child() {
+            return;
+        }
+        let Some((out, server)) = ask_as_nobody("other_users_are_refused", 0) else {
+            return;
+        };
         assert!(
             out.contains("REPLY") && out.contains("permission denied"),
             "{out:?}"
         );
-        assert!(server.poll_request().is_none());
         assert_eq!(server.clients.len(), 0);
+    }
+
+    #[test]
+    fn the_user_the_daemon_runs_as_is_served() {
+        if cred_child() {
+            return;
+        }
+        let Some((out, _)) = ask_as_nobody("the_user_the_daemon_runs_as_is_served", 65534) else {
+            return;
+        };
+        assert!(out.contains(r#"REPLY {"reply":"ports""#), "{out:?}");
     }
 }

@@ -3,8 +3,10 @@
 //! event loop.
 //!
 //! Setup order matters: the TUN is opened and configured first, while we
-//! are still privileged; then the files the daemon writes; then privileges
-//! are dropped; then signals. If any step fails, everything opened so far is
+//! are still privileged; then the pcap file (created new, never opened if
+//! something is there, handed to the user the daemon will run as); then
+//! privileges are dropped; then the control socket is made by that user;
+//! then signals. If any step fails, everything opened so far is
 //! closed on return, and a non-persistent TUN disappears with its fd, so
 //! nothing is left half-configured.
 
@@ -12,6 +14,7 @@ pub mod control;
 // Driven by unit tests until the loop feeds it connected UDP sockets.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod dns;
+pub mod files;
 pub mod host;
 pub mod http;
 pub mod poll;
@@ -33,6 +36,7 @@ use ephemera::device::{tun, PcapWriter, Tun};
 use ephemera::Instant;
 use ephemera::PortTableConfig;
 use ephemera::{Stack, StackConfig};
+use files::{DirRule, Owner};
 use services::{DaemonServices as Services, ServicesConfig};
 use std::os::unix::io::AsFd;
 use table::{counter_map, port_entries};
@@ -88,14 +92,20 @@ pub fn explain(step: Step<'_>, tun_name: &str, err: &io::Error) -> String {
             Some(libc::EINVAL) => format!("cannot configure {tun_name} ({what}): the kernel rejected the value"),
             _ => format!("cannot configure {tun_name} ({what}): {err}"),
         },
-        Step::Pcap(path) => format!("cannot write pcap file {}: {err}", path.display()),
+        Step::Pcap(path) => match err.kind() {
+            io::ErrorKind::AlreadyExists => format!(
+                "pcap file {} already exists: ephemera only creates a new capture file (it starts as root, and an existing name could be a link to any file); remove it or choose another name",
+                path.display()
+            ),
+            _ => format!("cannot write pcap file {}: {err}", path.display()),
+        },
         Step::Control(path) => match err.kind() {
             io::ErrorKind::AddrInUse => format!(
                 "control socket {} is in use: is another `ephemera up --tun {tun_name}` running? Stop it or pass --control PATH",
                 path.display()
             ),
             _ if denied => format!(
-                "cannot create control socket {}: permission denied; pass --control PATH in a directory you can write",
+                "cannot create control socket {}: permission denied; pass --control PATH in a directory the daemon's user can write (with --user, one that belongs to that user)",
                 path.display()
             ),
             _ => format!("cannot create control socket {}: {err}", path.display()),
@@ -214,13 +224,18 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         .map_or_else(String::new, |a| a.to_string());
     log::info!("{name}: stack {}, kernel {kernel}, MTU {mtu}", args.addr);
 
+    // Files and the control socket belong to the user the daemon runs as.
+    let runs_as = owner.map_or_else(
+        || Owner {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        },
+        |(uid, gid)| Owner { uid, gid },
+    );
     let pcap = match &args.pcap {
         Some(path) => {
-            let file = File::create(path).map_err(|e| explain(Step::Pcap(path), name, &e))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                    .map_err(|e| explain(Step::Pcap(path), name, &e))?;
-            }
+            let file = files::create_new_private(path, owner.map(|_| runs_as))
+                .map_err(|e| explain(Step::Pcap(path), name, &e))?;
             Some(
                 PcapWriter::new(BufWriter::new(file))
                     .map_err(|e| explain(Step::Pcap(path), name, &e))?,
@@ -229,16 +244,33 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         None => None,
     };
 
+    // The control socket is made by the user the daemon runs as, after
+    // the drop, so it is that user's and the daemon can remove it at
+    // exit. Root's default directory, /run/ephemera/TUN, is prepared for
+    // that user first; a non-root daemon's default directory must be
+    // private ($XDG_RUNTIME_DIR, or /tmp/ephemera-UID made 0700); an
+    // explicit --control's must be writable by no one else.
     let path = control_path(args.control.as_deref(), name);
-    let control = control::ControlServer::bind(&path, owner)
-        .map_err(|e| explain(Step::Control(&path), name, &e))?;
-    log::info!("control socket {}", path.display());
+    let rule = if args.control.is_some() {
+        DirRule::NotShared { uid: runs_as.uid }
+    } else {
+        if nix::unistd::geteuid().is_root() {
+            if let Some(dir) = path.parent() {
+                files::ensure_owned_dir(dir, runs_as)
+                    .map_err(|e| explain(Step::Control(&path), name, &e))?;
+            }
+        }
+        DirRule::Private { uid: runs_as.uid }
+    };
 
     if let Some(user) = &args.user {
         privileges::drop_privileges(user)
             .map_err(|e| explain(Step::DropPrivileges(user), name, &e))?;
         log::info!("dropped privileges to {user}");
     }
+    let control = control::ControlServer::bind(&path, rule, runs_as.uid)
+        .map_err(|e| explain(Step::Control(&path), name, &e))?;
+    log::info!("control socket {}", path.display());
     let signals = signals::SignalPipe::install()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     Ok(Edge {
@@ -528,14 +560,14 @@ mod tests {
         assert!(m.contains("MTU") && m.contains("--no-configure"), "{m}");
         let m = explain(Step::Configure("IPv6 address"), "tun0", &os(libc::EEXIST));
         assert!(m.contains("already assigned"), "{m}");
-        let p = Path::new("/run/ephemera/tun0.sock");
+        let p = Path::new("/run/ephemera/tun0/control.sock");
         let m = explain(
             Step::Control(p),
             "tun0",
             &io::Error::new(io::ErrorKind::AddrInUse, "x"),
         );
         assert!(
-            m.contains("/run/ephemera/tun0.sock") && m.contains("--control"),
+            m.contains("/run/ephemera/tun0/control.sock") && m.contains("--control"),
             "{m}"
         );
         let m = explain(

@@ -795,7 +795,14 @@ fn user_drops_privileges_and_pcap_is_readable() {
     };
     let pcap = ns.path("trace.pcap");
     let pcap_arg = pcap.to_str().unwrap().to_string();
-    let daemon = ns.start_daemon(&["--http", "80", "--user", "nobody", "--pcap", &pcap_arg]);
+    // The daemon makes its control socket as nobody, in a directory that
+    // user owns.
+    let control = ns.owned_dir("ctl", 65534).join("ctl.sock");
+    let daemon = ns.start_daemon_with(
+        "eph0",
+        Some(&control),
+        &["--http", "80", "--user", "nobody", "--pcap", &pcap_arg],
+    );
     // The daemon runs as nobody now: every uid field of the process.
     let pid = ns.children[daemon.index].id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -200,17 +200,43 @@ impl Netns {
     /// 40000-40999 extra…` and wait until it answers `ephemera ports`.
     pub(crate) fn start_daemon(&mut self, extra: &[&str]) -> Daemon {
         let control = self.path("ctl.sock");
-        let log = self.path("daemon.log");
-        let mut cmd = self.command(&[BIN, "up", "--tun", "eph0", "--addr", "10.7.0.2/24"]);
-        cmd.args(["--ephemeral-range", RANGE_ARG])
-            .arg("--control")
-            .arg(&control)
-            .args(extra)
+        self.start_daemon_with("eph0", Some(&control), extra)
+    }
+
+    /// A TUN name no other test uses, for a daemon on its default control
+    /// path (`/run/ephemera/TUN/`, shared by every namespace).
+    pub(crate) fn unique_tun(&self) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        format!("e{}x{n}", std::process::id())
+    }
+
+    /// Start `ephemera up --tun TUN --addr 10.7.0.2/24 --ephemeral-range
+    /// 40000-40999 [--control PATH] extra…` (without `control`, on the
+    /// default path, which the clients then name) and wait until it
+    /// answers `ephemera ports`.
+    pub(crate) fn start_daemon_with(
+        &mut self,
+        tun: &str,
+        control: Option<&Path>,
+        extra: &[&str],
+    ) -> Daemon {
+        let log = self.path(&format!("daemon-{}.log", self.children.len()));
+        let mut cmd = self.command(&[BIN, "up", "--tun", tun, "--addr", "10.7.0.2/24"]);
+        cmd.args(["--ephemeral-range", RANGE_ARG]);
+        if let Some(c) = control {
+            cmd.arg("--control").arg(c);
+        }
+        cmd.args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let index = self.spawn(cmd);
+        let control = control.map_or_else(
+            || Path::new("/run/ephemera").join(tun).join("control.sock"),
+            Path::to_path_buf,
+        );
         let daemon = Daemon {
             index,
             control,
@@ -231,6 +257,36 @@ impl Netns {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Send `signal` to child `index` and wait (at most 15 s) for it to
+    /// exit; its status.
+    pub(crate) fn stop(&mut self, index: usize, signal: i32) -> ExitStatus {
+        let pid = self.children[index].id() as i32;
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        self.wait_child(index, Duration::from_secs(15))
+            .expect("still running 15 s after the signal")
+    }
+
+    /// A scratch subdirectory owned by `uid`, mode 0700.
+    pub(crate) fn owned_dir(&self, name: &str, uid: u32) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    /// A copy of the `ephemera` binary that any user can run (the target
+    /// directory may be private), for commands run as another user.
+    pub(crate) fn world_binary(&self) -> PathBuf {
+        let bin = self.path("ephemera");
+        if !bin.exists() {
+            std::fs::copy(BIN, &bin).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        bin
     }
 
     /// Wait for child `index` to exit, at most `limit`.

@@ -1,5 +1,6 @@
 //! The `ephemera` binary on real TUN devices, in network namespaces the
 //! tests make themselves: [`daemon`] runs `ephemera up` with real clients,
+//! [`hardening`] with hostile ones and other local users,
 //! [`tun`] drives the library's TUN device directly. Nothing is configured
 //! in the host's namespace.
 //!
@@ -7,5 +8,6 @@
 //! prints `SKIP <test>: <reason>` on stderr and passes.
 
 mod daemon;
+mod hardening;
 mod harness;
 mod tun;

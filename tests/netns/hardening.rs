@@ -1,0 +1,189 @@
+//! `ephemera up` as root facing other local users and hostile clients:
+//! the files it makes, its control socket, who may use its SOCKS proxy
+//! and where to, and peers that never finish (see [`crate::harness`]).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::harness::*;
+
+/// Removes `/run/ephemera/TUN` (left by a daemon that ran as another user:
+/// it may remove its socket, not the directory root made for it).
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // And /run/ephemera, if no other daemon uses it.
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// `args` run in the namespace as uid `uid` (gid the same), or `None`
+/// without setpriv.
+fn as_user(ns: &Netns, uid: u32, args: &[&str]) -> Option<Output> {
+    if !have("setpriv", "--version") {
+        return None;
+    }
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let mut all = vec!["setpriv", &reuid, &regid, "--clear-groups"];
+    all.extend_from_slice(args);
+    Some(ns.run(&all))
+}
+
+#[test]
+fn pcap_is_created_new_and_private_and_never_through_a_planted_link() {
+    let test = "pcap_is_created_new_and_private_and_never_through_a_planted_link";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    // A root-only file, and a directory `nobody` writes, where it planted
+    // a link to that file under the name the operator will give.
+    let secret = ns.path("secret");
+    std::fs::write(&secret, b"root's own data\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let drop_dir = ns.path("captures");
+    std::fs::create_dir(&drop_dir).unwrap();
+    std::os::unix::fs::chown(&drop_dir, Some(65534), Some(65534)).unwrap();
+    let planted = drop_dir.join("trace.pcap");
+    std::os::unix::fs::symlink(&secret, &planted).unwrap();
+
+    let control = ns.owned_dir("ctl", 65534).join("ctl.sock");
+    // Bounded: a daemon that wrongly starts must not hang the test.
+    let up = |pcap: &Path| {
+        ns.run(&[
+            "timeout",
+            "10",
+            BIN,
+            "up",
+            "--tun",
+            "eph0",
+            "--addr",
+            "10.7.0.2/24",
+            "--user",
+            "nobody",
+            "--control",
+            control.to_str().unwrap(),
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ])
+    };
+    let out = up(&planted);
+    assert!(!out.status.success(), "started on a planted link");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("remove it or choose another name"),
+        "{err}"
+    );
+    // The link's target is untouched: same bytes, still root's, still 0600.
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root's own data\n");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    assert_eq!(ns.links(), ["lo"], "interface left behind");
+
+    // An existing regular file is not reused either.
+    let old = drop_dir.join("old.pcap");
+    std::fs::write(&old, b"earlier").unwrap();
+    assert!(!up(&old).status.success());
+    assert_eq!(std::fs::read(&old).unwrap(), b"earlier");
+
+    // A new name: created 0600 and given to the user the daemon runs as.
+    let fresh = drop_dir.join("new.pcap");
+    let daemon = ns.start_daemon_with(
+        "eph0",
+        Some(&control),
+        &[
+            "--http",
+            "80",
+            "--user",
+            "nobody",
+            "--pcap",
+            fresh.to_str().unwrap(),
+        ],
+    );
+    let meta = std::fs::symlink_metadata(&fresh).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600),
+        "{}",
+        daemon.log()
+    );
+    assert!(ns.stop(daemon.index, libc::SIGTERM).success());
+    assert!(std::fs::read(&fresh).unwrap().len() >= 24, "pcap header");
+}
+
+#[test]
+fn control_socket_is_the_dropped_users_and_goes_away_at_exit() {
+    let test = "control_socket_is_the_dropped_users_and_goes_away_at_exit";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let tun = ns.unique_tun();
+    let run_dir = RunDir(Path::new("/run/ephemera").join(&tun));
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        // The default path as root: /run/ephemera/TUN/control.sock.
+        let daemon = ns.start_daemon_with(&tun, None, &["--http", "80", "--user", "nobody"]);
+        let sock = daemon.control.clone();
+        assert_eq!(sock, run_dir.0.join("control.sock"));
+        let dir = std::fs::symlink_metadata(&run_dir.0).unwrap();
+        assert_eq!(
+            (dir.uid(), dir.mode() & 0o7777),
+            (65534, 0o700),
+            "{}",
+            daemon.log()
+        );
+        let meta = std::fs::symlink_metadata(&sock).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (65534, 0o600),
+            "{}",
+            daemon.log()
+        );
+        // Root finds it by --tun alone.
+        let out = std::process::Command::new(BIN)
+            .args(["ports", "--tun", &tun])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+
+        let bin = ns.world_binary();
+        let bin = bin.to_str().unwrap();
+        let ports = [bin, "ports", "--control", sock.to_str().unwrap()];
+        match as_user(&ns, 65534, &ports) {
+            Some(out) => {
+                // The user the daemon runs as is served (before the fix,
+                // the check compared with the uid before the drop: root).
+                assert!(
+                    out.status.success(),
+                    "{}\n{}",
+                    text(&out.stderr),
+                    daemon.log()
+                );
+                assert!(text(&out.stdout).contains("LISTEN"));
+                // Anyone else is not.
+                let other = as_user(&ns, 4242, &ports).unwrap();
+                assert!(!other.status.success());
+                assert!(
+                    text(&other.stderr).contains("permission denied"),
+                    "{}",
+                    text(&other.stderr)
+                );
+            }
+            None => skip(
+                &format!("{test} (other users)"),
+                "setpriv not found (apt install util-linux)",
+            ),
+        }
+
+        assert!(ns.stop(daemon.index, signal).success(), "{}", daemon.log());
+        assert!(
+            !sock.exists(),
+            "{name}: the socket is still there after exit:\n{}",
+            daemon.log()
+        );
+    }
+}
