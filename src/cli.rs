@@ -17,6 +17,7 @@ use ephemera::device::kernel_peer_addr;
 use ephemera::device::tun::{MAX_MTU, MAX_NAME_LEN};
 
 use crate::daemon::host::Host;
+use crate::daemon::policy::{DenyArg, Net};
 pub use crate::daemon::services::Forward;
 
 /// `ephemera`: a user-space TCP/IP stack on a TUN device.
@@ -81,6 +82,19 @@ pub struct UpArgs {
     /// Forward TCP connections on LPORT to HOST:PORT (repeatable); HOST may be an IPv6 address in brackets, or a name.
     #[arg(long, value_name = "LPORT=HOST:PORT", value_parser = parse_forward)]
     pub forward: Vec<Forward>,
+    /// Client network that may use the SOCKS proxy (repeatable); others get reply 02
+    /// [default: the subnets of --addr and --addr6].
+    #[arg(long, value_name = "CIDR", value_parser = Net::parse, requires = "socks")]
+    pub socks_allow: Vec<Net>,
+    /// Destination network that SOCKS, a --forward to a name and fetch may not reach
+    /// (repeatable), besides the defaults: loopback, link-local (169.254.169.254 too),
+    /// unspecified, multicast, broadcast; `none` lifts the defaults.
+    #[arg(long, value_name = "CIDR|none", value_parser = DenyArg::parse)]
+    pub socks_deny: Vec<DenyArg>,
+    /// Require a SOCKS username and password (RFC 1929) from FILE: USER:PASSWORD lines,
+    /// the file mode 0600 and yours.
+    #[arg(long, value_name = "FILE", requires = "socks")]
+    pub socks_auth: Option<PathBuf>,
     /// Ports ephemera's own table hands out for outgoing connections.
     #[arg(long, value_name = "A-B", default_value = "49152-65535", value_parser = parse_range)]
     pub ephemeral_range: PortRange,
@@ -776,6 +790,58 @@ mod tests {
         assert!(e.contains("backwards"), "{e}");
         assert!(up(&["--addr", "10.7.0.2/24"]).is_err());
         assert!(up(&["--tun", "tun0"]).is_err());
+    }
+
+    #[test]
+    fn socks_rules_and_users() {
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24", "--socks", "1080"];
+        let a = up(&base).unwrap();
+        assert!(a.socks_allow.is_empty() && a.socks_deny.is_empty() && a.socks_auth.is_none());
+        let a = up(&[
+            &base[..],
+            &[
+                "--socks-allow",
+                "192.0.2.0/24",
+                "--socks-allow",
+                "fd00:7::/64",
+                "--socks-deny",
+                "none",
+                "--socks-deny",
+                "10.0.0.0/8",
+                "--socks-auth",
+                "/etc/ephemera/socks.users",
+            ],
+        ]
+        .concat())
+        .unwrap();
+        assert_eq!(a.socks_allow.len(), 2);
+        assert_eq!(
+            a.socks_deny,
+            [
+                DenyArg::NoDefaults,
+                DenyArg::Net(Net::parse("10.0.0.0/8").unwrap())
+            ]
+        );
+        assert_eq!(
+            a.socks_auth,
+            Some(PathBuf::from("/etc/ephemera/socks.users"))
+        );
+        let e = up(&[&base[..], &["--socks-allow", "10.7.0.5/24"]].concat()).unwrap_err();
+        assert!(
+            e.contains("--socks-allow") && e.contains("host bits") && e.contains("10.7.0.0/24"),
+            "{e}"
+        );
+        let e = up(&[&base[..], &["--socks-deny", "nobody"]].concat()).unwrap_err();
+        assert!(
+            e.contains("--socks-deny") && e.contains("not an IP address"),
+            "{e}"
+        );
+        // Client rules and users need a SOCKS service; destination rules
+        // also guard forwards and fetch.
+        let no_socks = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        assert!(up(&[&no_socks[..], &["--socks-allow", "10.0.0.0/8"]].concat()).is_err());
+        assert!(up(&[&no_socks[..], &["--socks-auth", "f"]].concat()).is_err());
+        assert!(up(&[&no_socks[..], &["--socks-deny", "10.0.0.0/8"]].concat()).is_ok());
     }
 
     #[test]

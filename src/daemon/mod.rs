@@ -11,12 +11,14 @@
 //! nothing is left half-configured.
 
 pub mod control;
+pub mod credentials;
 // Driven by unit tests until the loop feeds it connected UDP sockets.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod dns;
 pub mod files;
 pub mod host;
 pub mod http;
+pub mod policy;
 pub mod poll;
 pub mod privileges;
 pub mod resolver;
@@ -32,11 +34,13 @@ use std::path::Path;
 
 use crate::cli::{control_path, UpArgs};
 use control::Request;
+use credentials::Credentials;
 use ephemera::device::{tun, PcapWriter, Tun};
 use ephemera::Instant;
 use ephemera::PortTableConfig;
 use ephemera::{Stack, StackConfig};
 use files::{DirRule, Owner};
+use policy::{deny_list, Destinations, Net, NetList};
 use services::{DaemonServices as Services, ServicesConfig};
 use std::os::unix::io::AsFd;
 use table::{counter_map, port_entries};
@@ -282,8 +286,21 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
     })
 }
 
-/// `ephemera up`: open the edge, then serve until SIGINT/SIGTERM.
+/// `ephemera up`: read the SOCKS users (while the file is still
+/// readable: it is the starting user's, mode 0600), open the edge, then
+/// serve until SIGINT/SIGTERM.
 pub fn run(args: &UpArgs) -> Result<(), String> {
+    let socks_auth = match &args.socks_auth {
+        Some(path) => {
+            let users = Credentials::load(path, nix::unistd::geteuid().as_raw())?;
+            log::info!(
+                "SOCKS: username/password required ({} users)",
+                users.users()
+            );
+            Some(std::sync::Arc::new(users))
+        }
+        None => None,
+    };
     let edge = open_edge(args)?;
     let mut addrs = vec![(args.addr.addr, args.addr.prefix)];
     if let Some(c) = args.addr6 {
@@ -308,6 +325,30 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             }),
         ..StackConfig::default()
     };
+    // Who may use SOCKS: the interface's own subnets unless told.
+    let socks_allow = if args.socks_allow.is_empty() {
+        let mut nets = vec![Net::containing(args.addr.addr, args.addr.prefix)];
+        nets.extend(args.addr6.map(|c| Net::containing(c.addr, c.prefix)));
+        nets
+    } else {
+        args.socks_allow.clone()
+    };
+    let destinations = Destinations::new(deny_list(&args.socks_deny));
+    if args.socks.is_some() {
+        let list = |nets: &[Net]| {
+            let v: Vec<String> = nets.iter().map(Net::to_string).collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(" ")
+            }
+        };
+        log::info!(
+            "SOCKS: clients from {}; destinations denied: {}",
+            list(&socks_allow),
+            list(destinations.nets())
+        );
+    }
     let services = ServicesConfig {
         http: args.http,
         echo: args.echo,
@@ -316,6 +357,9 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         forwards: args.forward.clone(),
         backlog: args.backlog,
         ipv6: args.addr6.is_some(),
+        socks_allow: NetList::new(socks_allow),
+        destinations,
+        socks_auth,
         ..ServicesConfig::default()
     };
     EventLoop::new(edge, config, services)?.run()
@@ -417,6 +461,8 @@ impl EventLoop {
                     let mut counters = counter_map(&self.stack);
                     let lookups = self.services.lookup_counters();
                     counters.extend(lookups.iter().map(|(k, v)| (k.to_string(), v)));
+                    let refused = self.services.counters();
+                    counters.extend(refused.iter().map(|(k, v)| (k.to_string(), v)));
                     self.edge
                         .control
                         .reply(id, &control::Response::Stats { counters });

@@ -10,21 +10,31 @@
 //! [`SocksServer::take_payload`]: client bytes that arrived with or after the
 //! request, before the relay began.
 //!
-//! Only "no authentication" (method 0x00) and CONNECT are supported. Bytes may
-//! arrive split at any boundary. A wrong version closes without a reply (there
+//! Methods: "no authentication" (0x00), or, when the server is given
+//! [`Credentials`], only "username/password" (0x02, RFC 1929: the pair is
+//! checked in constant time; a wrong one gets status 01 and the
+//! connection closes). Only CONNECT is supported. Bytes may arrive split
+//! at any boundary. A wrong version closes without a reply (there
 //! is no SOCKS5 reply a non-SOCKS5 client would understand); other errors get
 //! the RFC reply code, then the connection closes.
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use crate::daemon::credentials::Credentials;
 
 /// RFC 1928 §3 and §4: the protocol version byte.
 const VERSION: u8 = 5;
 /// RFC 1928 §3: "NO AUTHENTICATION REQUIRED".
 const METHOD_NO_AUTH: u8 = 0x00;
+/// RFC 1928 §3: "USERNAME/PASSWORD" (RFC 1929).
+const METHOD_USERPASS: u8 = 0x02;
 /// RFC 1928 §3: "NO ACCEPTABLE METHODS".
 const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
+/// RFC 1929 §2: the version of the username/password subnegotiation.
+const USERPASS_VERSION: u8 = 0x01;
 /// RFC 1928 §4 commands.
 const CMD_CONNECT: u8 = 0x01;
 /// RFC 1928 §5 address types.
@@ -103,7 +113,11 @@ impl From<io::ErrorKind> for ReplyCode {
 pub enum SocksState {
     /// Waiting for (the rest of) the method-selection message.
     Greeting,
-    /// Method chosen; waiting for (the rest of) the request.
+    /// Username/password chosen; waiting for (the rest of) the
+    /// subnegotiation (RFC 1929).
+    Auth,
+    /// Method chosen (and the client authenticated, if it had to);
+    /// waiting for (the rest of) the request.
     Request,
     /// CONNECT parsed; the driver is connecting to the target.
     Connecting,
@@ -117,6 +131,13 @@ pub enum SocksState {
 #[derive(Debug)]
 pub struct SocksServer {
     state: SocksState,
+    /// Who may log in; `None`: no authentication.
+    auth: Option<Arc<Credentials>>,
+    /// The client offered a wrong username/password (reported once).
+    auth_failed: bool,
+    /// Every login fails, whatever is offered: a client the rules refuse
+    /// learns nothing about the passwords.
+    logins_refused: bool,
     /// Handshake bytes not yet parsed.
     inbuf: Vec<u8>,
     /// Reply bytes not yet sent; `out[out_pos..]` is pending.
@@ -129,15 +150,19 @@ pub struct SocksServer {
 
 impl Default for SocksServer {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl SocksServer {
-    /// A connection waiting for the client's greeting.
-    pub fn new() -> Self {
+    /// A connection waiting for the client's greeting; with `auth`, the
+    /// client must log in as one of its users.
+    pub fn new(auth: Option<Arc<Credentials>>) -> Self {
         SocksServer {
             state: SocksState::Greeting,
+            auth,
+            auth_failed: false,
+            logins_refused: false,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -159,11 +184,32 @@ impl SocksServer {
             SocksState::Connecting | SocksState::Established => {
                 self.payload.extend_from_slice(data);
             }
-            SocksState::Greeting | SocksState::Request => {
+            SocksState::Greeting | SocksState::Auth | SocksState::Request => {
                 self.inbuf.extend_from_slice(data);
                 self.parse();
             }
         }
+    }
+
+    /// Fail every login from now on (RFC 1929 status 01), without looking
+    /// at what is offered: for a client the rules refuse, so it cannot use
+    /// this server to guess passwords.
+    pub fn refuse_logins(&mut self) {
+        self.logins_refused = true;
+    }
+
+    /// Whether the client just failed to log in; true once per failure.
+    pub fn take_auth_failure(&mut self) -> bool {
+        std::mem::take(&mut self.auth_failed)
+    }
+
+    /// Whether the client has yet to send its whole request: the part of
+    /// the handshake it controls, which the driver bounds in time.
+    pub fn in_handshake(&self) -> bool {
+        matches!(
+            self.state,
+            SocksState::Greeting | SocksState::Auth | SocksState::Request
+        )
     }
 
     /// Writes pending reply bytes into `buf`; returns how many.
@@ -233,7 +279,7 @@ impl SocksServer {
     /// Whether the driver should keep reading from the client.
     pub fn wants_input(&self) -> bool {
         match self.state {
-            SocksState::Greeting | SocksState::Request => true,
+            SocksState::Greeting | SocksState::Auth | SocksState::Request => true,
             SocksState::Connecting | SocksState::Established => {
                 self.payload.len() < MAX_EARLY_PAYLOAD
             }
@@ -245,16 +291,20 @@ impl SocksServer {
         loop {
             let used = match self.state {
                 SocksState::Greeting => self.parse_greeting(),
+                SocksState::Auth => self.parse_auth(),
                 SocksState::Request => self.parse_request(),
                 _ => None,
             };
             match used {
                 Some(n) => {
+                    // Overwrite what was read (a password, maybe) before
+                    // the buffer lets it go.
+                    self.inbuf[..n].fill(0);
                     self.inbuf.drain(..n);
                 }
                 None => break,
             }
-            if self.state != SocksState::Greeting && self.state != SocksState::Request {
+            if !self.in_handshake() {
                 break;
             }
         }
@@ -275,7 +325,17 @@ impl SocksServer {
         }
         let nmethods = usize::from(*buf.get(1)?);
         let methods = buf.get(2..2 + nmethods)?;
-        if methods.contains(&METHOD_NO_AUTH) {
+        if self.auth.is_some() {
+            // Credentials configured: username/password or nothing.
+            if methods.contains(&METHOD_USERPASS) {
+                self.out.extend_from_slice(&[VERSION, METHOD_USERPASS]);
+                self.state = SocksState::Auth;
+            } else {
+                self.out
+                    .extend_from_slice(&[VERSION, METHOD_NONE_ACCEPTABLE]);
+                self.state = SocksState::Closing;
+            }
+        } else if methods.contains(&METHOD_NO_AUTH) {
             self.out.extend_from_slice(&[VERSION, METHOD_NO_AUTH]);
             self.state = SocksState::Request;
         } else {
@@ -285,6 +345,34 @@ impl SocksServer {
             self.state = SocksState::Closing;
         }
         Some(2 + nmethods)
+    }
+
+    /// RFC 1929 §2: VER ULEN UNAME PLEN PASSWD, answered VER STATUS.
+    /// Returns bytes used once complete.
+    fn parse_auth(&mut self) -> Option<usize> {
+        let buf = &self.inbuf;
+        let &ver = buf.first()?;
+        if ver != USERPASS_VERSION {
+            self.close_silently();
+            return None;
+        }
+        let ulen = usize::from(*buf.get(1)?);
+        let plen = usize::from(*buf.get(2 + ulen)?);
+        let end = 3 + ulen + plen;
+        let msg = buf.get(..end)?;
+        let (user, pass) = (&msg[2..2 + ulen], &msg[3 + ulen..end]);
+        let ok = !self.logins_refused && self.auth.as_ref().is_some_and(|c| c.check(user, pass));
+        // RFC 1929 §2: STATUS 0 is success; on failure the server MUST
+        // close the connection.
+        self.out
+            .extend_from_slice(&[USERPASS_VERSION, u8::from(!ok)]);
+        if ok {
+            self.state = SocksState::Request;
+        } else {
+            self.auth_failed = true;
+            self.state = SocksState::Closing;
+        }
+        Some(end)
     }
 
     /// RFC 1928 §4: VER CMD RSV ATYP DST.ADDR DST.PORT. Returns bytes used
@@ -402,7 +490,7 @@ mod tests {
 
     #[test]
     fn connect_ipv4_happy_path() {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         s.handle_input(GREETING);
         assert_eq!(drain(&mut s), [5, 0]);
         assert_eq!(s.state(), SocksState::Request);
@@ -423,7 +511,7 @@ mod tests {
 
     #[test]
     fn connect_ipv6_and_domain() {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         let mut req = vec![5, 1, 0, 4];
         req.extend_from_slice(&"fd00:7::1".parse::<Ipv6Addr>().unwrap().octets());
         req.extend_from_slice(&[0, 80]);
@@ -440,7 +528,7 @@ mod tests {
         assert_eq!(reply.len(), 4 + 16 + 2);
         assert_eq!(reply[20..], 50000u16.to_be_bytes());
 
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         let mut req = vec![5, 1, 0, 5, 1, 0, 3, 11];
         req.extend_from_slice(b"example.com");
         req.extend_from_slice(&[0x01, 0xbb]);
@@ -458,7 +546,7 @@ mod tests {
         all.extend_from_slice(&[0, 7]);
         all.extend_from_slice(b"early");
         for split in 1..all.len() {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             for piece in all.chunks(split) {
                 s.handle_input(piece);
             }
@@ -473,7 +561,7 @@ mod tests {
 
     #[test]
     fn bytes_after_the_request_become_the_first_payload() {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         let mut all = GREETING.to_vec();
         all.extend_from_slice(CONNECT_V4);
         all.extend_from_slice(b"GET / HTTP/1.1\r\n");
@@ -489,7 +577,7 @@ mod tests {
     #[test]
     fn no_acceptable_method_replies_ff_and_closes() {
         for greeting in [&[5u8, 1, 2][..], &[5, 0], &[5, 3, 1, 2, 3]] {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             s.handle_input(greeting);
             assert_eq!(drain(&mut s), [5, 0xff]);
             assert!(s.should_close());
@@ -503,12 +591,12 @@ mod tests {
     fn wrong_version_closes_without_reply() {
         // A SOCKS4 greeting, an HTTP request, and a bad request version.
         for input in [&[4u8, 1, 0, 80, 10, 7, 0, 1, 0][..], b"GET / HTTP/1.1\r\n"] {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             s.handle_input(input);
             assert!(s.should_close());
             assert!(drain(&mut s).is_empty());
         }
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         s.handle_input(&[5, 1, 0, 4, 1, 0, 1]);
         assert_eq!(drain(&mut s), [5, 0]);
         assert!(s.should_close());
@@ -517,7 +605,7 @@ mod tests {
     #[test]
     fn unsupported_commands_reply_07() {
         for cmd in [2u8, 3, 9] {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             s.handle_input(GREETING);
             let mut req = CONNECT_V4.to_vec();
             req[1] = cmd;
@@ -534,7 +622,7 @@ mod tests {
 
     #[test]
     fn unknown_address_type_replies_08() {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         s.handle_input(GREETING);
         s.handle_input(&[5, 1, 0, 2, 1, 2, 3]);
         assert_eq!(drain(&mut s), [5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -544,7 +632,7 @@ mod tests {
     #[test]
     fn bad_domain_replies_04() {
         for name in [&b""[..], b"a b", b"\xff\xfe"] {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             let mut req = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
             req.extend_from_slice(name);
             req.extend_from_slice(&[0, 80]);
@@ -566,7 +654,7 @@ mod tests {
             (ReplyCode::Succeeded, 1),
         ];
         for (code, byte) in cases {
-            let mut s = SocksServer::new();
+            let mut s = SocksServer::new(None);
             s.handle_input(GREETING);
             s.handle_input(CONNECT_V4);
             s.handle_input(b"early data is dropped");
@@ -597,9 +685,85 @@ mod tests {
         );
     }
 
+    fn with_users() -> SocksServer {
+        let users = Credentials::parse(b"alice:s3cret\n").unwrap();
+        SocksServer::new(Some(Arc::new(users)))
+    }
+
+    fn login(user: &[u8], pass: &[u8]) -> Vec<u8> {
+        let mut m = vec![1, user.len() as u8];
+        m.extend_from_slice(user);
+        m.push(pass.len() as u8);
+        m.extend_from_slice(pass);
+        m
+    }
+
+    #[test]
+    fn username_password_is_required_when_there_are_users() {
+        // RFC 1929: method 02, then VER 1 ULEN UNAME PLEN PASSWD; status 0.
+        let mut all = vec![5, 2, 0, 2];
+        all.extend(login(b"alice", b"s3cret"));
+        all.extend_from_slice(CONNECT_V4);
+        for split in 1..all.len() {
+            let mut s = with_users();
+            for piece in all.chunks(split) {
+                s.handle_input(piece);
+            }
+            assert_eq!(drain(&mut s), [5, 2, 1, 0], "split {split}");
+            assert!(!s.take_auth_failure());
+            assert_eq!(
+                s.poll_target(),
+                Some(SocksTarget::Addr("10.7.0.1:8000".parse().unwrap()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_password_gets_status_1_and_the_connection_closes() {
+        for (user, pass) in [
+            (&b"alice"[..], &b"wrong"[..]),
+            (b"alice", b"s3cret!"),
+            (b"mallory", b"s3cret"),
+            (b"", b""),
+        ] {
+            let mut s = with_users();
+            s.handle_input(&[5, 1, 2]);
+            s.handle_input(&login(user, pass));
+            s.handle_input(CONNECT_V4);
+            assert_eq!(drain(&mut s), [5, 2, 1, 1]);
+            assert!(s.should_close());
+            assert!(s.take_auth_failure());
+            assert!(!s.take_auth_failure(), "reported once");
+            assert_eq!(s.poll_target(), None);
+        }
+    }
+
+    #[test]
+    fn refused_logins_fail_even_with_the_right_password() {
+        let mut s = with_users();
+        s.refuse_logins();
+        s.handle_input(&[5, 1, 2]);
+        s.handle_input(&login(b"alice", b"s3cret"));
+        assert_eq!(drain(&mut s), [5, 2, 1, 1]);
+        assert!(s.should_close() && s.take_auth_failure());
+    }
+
+    #[test]
+    fn without_username_password_offered_no_method_is_acceptable() {
+        let mut s = with_users();
+        s.handle_input(&[5, 1, 0]);
+        assert_eq!(drain(&mut s), [5, 0xff]);
+        assert!(s.should_close());
+        // A bad subnegotiation version closes without a reply.
+        let mut s = with_users();
+        s.handle_input(&[5, 1, 2, 5, 1, 0]);
+        assert_eq!(drain(&mut s), [5, 2]);
+        assert!(s.should_close() && !s.take_auth_failure());
+    }
+
     #[test]
     fn early_payload_applies_back_pressure() {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         s.handle_input(GREETING);
         s.handle_input(CONNECT_V4);
         assert!(s.wants_input());
@@ -613,7 +777,7 @@ mod tests {
 
     /// Feeds `input` in random pieces, draining output in random sizes.
     fn feed(rng: &mut SeededRng, input: &[u8]) -> (SocksServer, Vec<u8>) {
-        let mut s = SocksServer::new();
+        let mut s = SocksServer::new(None);
         let mut out = Vec::new();
         let mut rest = input;
         while !rest.is_empty() {

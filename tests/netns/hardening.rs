@@ -187,3 +187,146 @@ fn control_socket_is_the_dropped_users_and_goes_away_at_exit() {
         );
     }
 }
+
+/// A SOCKS5 CONNECT to `to` (an IPv4 address and port) through the
+/// daemon, from the namespace's kernel side (10.7.0.1), with a plain
+/// socket: the reply code (REP), or `None` if the daemon closed first.
+fn socks_rep(ns: &Netns, to: &str) -> Option<u8> {
+    const CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection(("10.7.0.2", 1080), timeout=10)
+s.sendall(bytes([5, 1, 0]))
+def read(n):
+    got = b""
+    while len(got) < n:
+        more = s.recv(n - len(got))
+        if not more:
+            break
+        got += more
+    return got
+assert read(2) == b"\x05\x00", "method"
+s.sendall(bytes([5, 1, 0, 1]) + socket.inet_aton(host) + int(port).to_bytes(2, "big"))
+reply = read(10)
+print(reply[1] if len(reply) == 10 else "closed")
+"#;
+    let out = ns.run(&["python3", "-c", CLIENT, to]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn socks_refuses_outsiders_and_denied_destinations_with_reply_2() {
+    let test = "socks_refuses_outsiders_and_denied_destinations_with_reply_2";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    std::fs::write(ns.path("hello.txt"), b"hello\n").unwrap();
+
+    // 10.7.0.1 is not in the allowed network: reply 02 to any request.
+    let daemon = ns.start_daemon(&["--socks", "1080", "--socks-allow", "192.0.2.0/24"]);
+    ns.start_file_server();
+    assert_eq!(socks_rep(&ns, "10.7.0.1:8000"), Some(2), "{}", daemon.log());
+    let stats = daemon.stats();
+    assert_eq!(stats.get("socks_denied_client"), Some(&1), "{stats:?}");
+    assert_eq!(stats.get("tcp_active_opens"), Some(&0), "{stats:?}");
+    assert!(ns.stop(daemon.index, libc::SIGTERM).success());
+
+    // By default the interface's subnet may use it (the README's first
+    // session), but not to reach cloud metadata or the host's loopback.
+    let daemon = ns.start_daemon(&["--socks", "1080"]);
+    assert_eq!(socks_rep(&ns, "169.254.169.254:80"), Some(2));
+    assert_eq!(socks_rep(&ns, "127.0.0.1:22"), Some(2));
+    let body = ns.curl_body(
+        "readme",
+        10,
+        &[
+            "--socks5-hostname",
+            "10.7.0.2:1080",
+            "http://10.7.0.1:8000/hello.txt",
+        ],
+        &daemon,
+    );
+    assert_eq!(body, b"hello\n");
+    // curl names the refusal.
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--socks5-hostname",
+        "10.7.0.2:1080",
+        "http://169.254.169.254/latest/meta-data/",
+    ]);
+    assert!(!out.status.success());
+    let stats = daemon.stats();
+    assert_eq!(stats.get("socks_denied_destination"), Some(&3), "{stats:?}");
+    assert_eq!(stats.get("socks_denied_client"), Some(&0), "{stats:?}");
+    // `fetch` obeys the same rules.
+    let out = daemon.client("fetch", &["http://127.0.0.1:8000/hello.txt"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not allowed as a destination"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(daemon.stats().get("fetch_denied_destination"), Some(&1));
+}
+
+#[test]
+fn socks_users_log_in_with_rfc_1929_from_a_private_file() {
+    let test = "socks_users_log_in_with_rfc_1929_from_a_private_file";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    std::fs::write(ns.path("hello.txt"), b"hello\n").unwrap();
+    let users = ns.path("socks.users");
+    std::fs::write(&users, b"# who may use the proxy\nalice:s3cret\n").unwrap();
+    let users_arg = users.to_str().unwrap().to_string();
+
+    // A file others may read is refused before anything is set up.
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ns.run(&[
+        "timeout",
+        "10",
+        BIN,
+        "up",
+        "--tun",
+        "eph0",
+        "--addr",
+        "10.7.0.2/24",
+        "--socks",
+        "1080",
+        "--socks-auth",
+        &users_arg,
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(ns.links(), ["lo"]);
+
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = ns.start_daemon(&["--socks", "1080", "--socks-auth", &users_arg]);
+    ns.start_file_server();
+    let url = "http://10.7.0.1:8000/hello.txt";
+    let body = ns.curl_body(
+        "login",
+        10,
+        &["--proxy", "socks5h://alice:s3cret@10.7.0.2:1080", url],
+        &daemon,
+    );
+    assert_eq!(body, b"hello\n");
+    for proxy in [
+        "socks5h://alice:guess@10.7.0.2:1080",
+        // No credentials: no acceptable method.
+        "socks5h://10.7.0.2:1080",
+    ] {
+        let out = ns.run(&["curl", "-sS", "--max-time", "10", "--proxy", proxy, url]);
+        assert!(!out.status.success(), "{proxy} got through");
+    }
+    let stats = daemon.stats();
+    assert_eq!(stats.get("socks_auth_failed"), Some(&1), "{stats:?}");
+}

@@ -14,7 +14,8 @@ use crate::daemon::http::Url;
 use ephemera::{Event, Stack};
 
 use super::{
-    FetchEvent, FetchId, LookupCounters, ServiceError, Services, ServicesConfig, SHUTTING_DOWN,
+    FetchEvent, FetchId, LookupCounters, ServiceCounters, ServiceError, Services, ServicesConfig,
+    SHUTTING_DOWN,
 };
 
 /// Fetch body bytes queued to a control client before reading pauses.
@@ -93,6 +94,11 @@ impl DaemonServices {
     /// How name lookups went, for the stats.
     pub fn lookup_counters(&self) -> LookupCounters {
         self.inner.lookup_counters()
+    }
+
+    /// What the services refused or cut short, for the stats.
+    pub fn counters(&self) -> ServiceCounters {
+        self.inner.counters()
     }
 
     /// Act on one stack event.
@@ -380,6 +386,9 @@ mod tests {
         .unwrap();
         let spec = ServicesConfig {
             socks: Some(1080),
+            socks_allow: crate::daemon::policy::NetList::new(vec![
+                crate::daemon::policy::Net::parse("10.0.0.0/24").unwrap(),
+            ]),
             forwards: vec![Forward {
                 listen_port: 8080,
                 host: Host::Ip("10.0.0.1".parse().unwrap()),

@@ -72,6 +72,9 @@ pub enum FetchError {
     /// The stack refused to open the connection (no address of that
     /// family, no free port, …).
     Connect(SocketAddr, ConnectError),
+    /// The destination rules (`--socks-deny`) do not allow the address
+    /// (given, or every one the name resolved to); the reason.
+    Denied(String),
 }
 
 impl fmt::Display for FetchError {
@@ -80,6 +83,7 @@ impl fmt::Display for FetchError {
             FetchError::Resolve { host, error } => write!(f, "cannot resolve {host}: {error}"),
             FetchError::NoAddress(host) => write!(f, "{host} has no address"),
             FetchError::Connect(to, e) => write!(f, "cannot connect to {to}: {e}"),
+            FetchError::Denied(why) => write!(f, "refused: {why}"),
         }
     }
 }
@@ -176,6 +180,10 @@ impl Services {
                 }
             }
             Host::Ip(ip) => {
+                if let Err(d) = self.destinations.check(*ip) {
+                    self.counters.fetch_denied_destination += 1;
+                    return Err(FetchError::Denied(d.to_string()));
+                }
                 let (conn, _) = connect_any(stack, &[(*ip, url.port).into()])
                     .map_err(|e| FetchError::no_connection(&url.host, e))?;
                 let fetch = FetchConn::new(conn, id, request);
@@ -245,6 +253,10 @@ impl Services {
             return None;
         };
         let error = match answer {
+            // The destination rules refused every address (`resolved`).
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                FetchError::Denied(error.to_string())
+            }
             Err(error) => FetchError::Resolve {
                 host: host.to_string(),
                 error,

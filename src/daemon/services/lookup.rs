@@ -305,7 +305,11 @@ impl Lookups {
 
 impl Services {
     /// The answer to `waiter`'s lookup (or the error that ends its wait):
-    /// connect, or report the failure, and go on.
+    /// connect, or report the failure, and go on. The answer's addresses
+    /// pass the destination rules first: DNS can point a name anywhere,
+    /// loopback and metadata addresses included, and a name that resolves
+    /// only to denied addresses fails as denied (SOCKS reply 02, forward
+    /// reset, fetch error), counted per service.
     pub(super) fn resolved(
         &mut self,
         stack: &mut Stack,
@@ -313,15 +317,26 @@ impl Services {
         answer: LookupResult,
         table: &mut Option<String>,
     ) {
+        let (answer, denied) = match answer.map(|addrs| self.destinations.filter(addrs)) {
+            Ok(Ok(addrs)) => (Ok(addrs), false),
+            Ok(Err(d)) => {
+                debug!("name lookup: {d}");
+                (Err(d.into()), true)
+            }
+            Err(e) => (Err(e), false),
+        };
+        let c = &mut self.counters;
         let sid = match waiter {
             Waiter::Session(sid) => {
                 let waiting = self.sessions.get_mut(sid).map(|e| &mut e.session);
                 match waiting {
                     Some(Session::Socks(s)) if s.lookup.is_some() => {
+                        c.socks_denied_destination += u64::from(denied);
                         s.resolved(stack, answer);
                         Some(sid)
                     }
                     Some(Session::Resolving(_)) => {
+                        c.forward_denied_destination += u64::from(denied);
                         self.forward_resolved(stack, sid, answer).then_some(sid)
                     }
                     // Gone, or not waiting: a detached waiter is never
@@ -329,7 +344,10 @@ impl Services {
                     _ => None,
                 }
             }
-            Waiter::Fetch(id) => self.fetch_resolved(stack, id, answer),
+            Waiter::Fetch(id) => {
+                c.fetch_denied_destination += u64::from(denied);
+                self.fetch_resolved(stack, id, answer)
+            }
         };
         if let Some(sid) = sid {
             self.pump(stack, sid, table);

@@ -27,6 +27,7 @@
 //! stack holds, so a slow reader on one end shows up as a closed TCP window
 //! on the other.
 
+mod counters;
 mod daemon;
 mod discard;
 mod echo;
@@ -41,12 +42,16 @@ mod socks;
 
 use std::fmt;
 use std::os::unix::io::BorrowedFd;
+use std::sync::Arc;
 
 use log::debug;
 
 use ephemera::{Event, Instant, ListenerHandle, Stack, UdpHandle};
 
+use crate::daemon::credentials::Credentials;
+use crate::daemon::policy::{Destinations, NetList};
 use crate::daemon::resolver::{resolve_families, ResolverPool, DEFAULT_WORKERS};
+pub use counters::ServiceCounters;
 pub use daemon::{ControlSink, DaemonServices};
 use fetch::{FetchEvent, FetchId, Fetches};
 use lookup::Lookups;
@@ -65,6 +70,13 @@ pub struct Services {
     /// (a paused fetch whose consumer caught up).
     wake: Vec<SessionId>,
     dns: Lookups,
+    /// Who may use SOCKS.
+    socks_allow: NetList,
+    /// SOCKS users, if a login is required.
+    socks_auth: Option<Arc<Credentials>>,
+    /// Where connections made for others may not go.
+    destinations: Destinations,
+    counters: ServiceCounters,
     now: Instant,
     scratch: Vec<u8>,
 }
@@ -104,6 +116,10 @@ impl Services {
             fetches: Fetches::default(),
             wake: Vec::new(),
             dns: Lookups::new(Box::new(pool), cfg.max_lookups, cfg.lookup_timeout),
+            socks_allow: cfg.socks_allow,
+            socks_auth: cfg.socks_auth,
+            destinations: cfg.destinations,
+            counters: ServiceCounters::default(),
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
         })
@@ -134,6 +150,11 @@ impl Services {
     /// How name lookups went so far.
     pub fn lookup_counters(&self) -> LookupCounters {
         self.dns.counters()
+    }
+
+    /// What the services refused or cut short so far.
+    pub fn counters(&self) -> ServiceCounters {
+        self.counters
     }
 
     /// Connections the services hold open (client and upstream sides).
@@ -283,7 +304,13 @@ impl Services {
                         },
                         Service::Echo => Session::Echo(echo::EchoSession::new(h)),
                         Service::Discard => Session::Discard(h),
-                        Service::Socks => Session::Socks(socks::SocksSession::new(h)),
+                        Service::Socks => {
+                            let allowed = stack
+                                .peer_addr(h)
+                                .is_some_and(|a| self.socks_allow.contains(a.ip()));
+                            let auth = self.socks_auth.clone();
+                            Session::Socks(socks::SocksSession::new(h, allowed, auth))
+                        }
                         Service::Forward(_) => unreachable!("matched above"),
                     };
                     self.sessions.add(session, self.now)
@@ -320,12 +347,14 @@ impl Services {
             Session::Discard(h) => discard::pump(stack, *h, scratch),
             Session::Resolving(f) => f.pump(stack),
             Session::Socks(s) => {
-                let mut dns = socks::Dns {
+                let mut ctx = socks::Ctx {
                     lookups: &mut self.dns,
                     now: self.now,
                     sid,
+                    destinations: &self.destinations,
+                    counters: &mut self.counters,
                 };
-                let r = s.pump(stack, scratch, &mut dns);
+                let r = s.pump(stack, scratch, &mut ctx);
                 adopted = s.upstream;
                 let established = if r == Pump::Active {
                     s.take_relay()

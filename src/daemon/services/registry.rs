@@ -8,10 +8,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use ephemera::{BindError, Duration, ListenError, ListenerHandle, Protocol, Stack, UdpHandle};
 
+use crate::daemon::credentials::Credentials;
 use crate::daemon::host::Host;
+use crate::daemon::policy::{Destinations, NetList};
 
 /// `--forward LPORT=HOST:PORT`: connections to the stack's `listen_port`
 /// are relayed to `host`:`port`, a name being looked up for each.
@@ -54,6 +57,15 @@ pub struct ServicesConfig {
     /// for this long. Relays and echo/discard connections have none: like
     /// `socat`, they live as long as their peers do.
     pub idle_timeout: Option<Duration>,
+    /// Client networks that may use the SOCKS proxy (`--socks-allow`);
+    /// others get reply 02 to their request. Empty: nobody.
+    pub socks_allow: NetList,
+    /// Where SOCKS, a `--forward` to a name (each answer of its lookup)
+    /// and `fetch` may not connect (`--socks-deny`).
+    pub destinations: Destinations,
+    /// The SOCKS users (`--socks-auth`, RFC 1929); `None`: no
+    /// authentication.
+    pub socks_auth: Option<Arc<Credentials>>,
     /// Name lookups outstanding at once; more are refused at once (SOCKS
     /// reply 01, the forwarded client reset, the fetch failed). A lookup
     /// counts until the resolver answers it, even after its client left.
@@ -83,6 +95,9 @@ impl Default for ServicesConfig {
             backlog: None,
             ipv6: false,
             idle_timeout: Some(Duration::from_secs(60)),
+            socks_allow: NetList::default(),
+            destinations: Destinations::default(),
+            socks_auth: None,
             max_lookups: MAX_LOOKUPS,
             lookup_timeout: Duration::from_secs(LOOKUP_TIMEOUT_SECS),
         }

@@ -3,15 +3,20 @@
 //! ephemeral port of the stack's table, and then a plain [`Relay`].
 
 use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use log::debug;
 
 use ephemera::{Instant, RecvError, Stack, TcpHandle, TcpState};
 
+use super::counters::ServiceCounters;
 use super::lookup::{LookupId, LookupResult, Lookups, Waiter};
 use super::relay::{Direction, Relay, CHUNK};
 use super::session::{connect_any, progress, NoConnection, OutBuf, Pump, SessionId};
+use crate::daemon::credentials::Credentials;
 use crate::daemon::host::Host;
+use crate::daemon::policy::Destinations;
 use crate::daemon::socks::{ReplyCode, SocksServer, SocksState, SocksTarget};
 
 /// One SOCKS client, until its reply is out.
@@ -25,21 +30,39 @@ pub(super) struct SocksSession {
     pub(super) lookup: Option<LookupId>,
     /// The client sent FIN during the handshake.
     eof: bool,
+    /// The client's address is in `--socks-allow`.
+    allowed: bool,
 }
 
-/// Where a SOCKS session's name lookups go: the lookups, the time, and
-/// the session's own id (its waiter).
-pub(super) struct Dns<'a> {
+/// What a SOCKS session's handshake needs from the services: the name
+/// lookups, the time, the session's own id (its waiter), the destination
+/// rules, and the counters.
+pub(super) struct Ctx<'a> {
     pub(super) lookups: &'a mut Lookups,
     pub(super) now: Instant,
     pub(super) sid: SessionId,
+    pub(super) destinations: &'a Destinations,
+    pub(super) counters: &'a mut ServiceCounters,
 }
 
 impl SocksSession {
-    pub(super) fn new(client: TcpHandle) -> SocksSession {
+    /// A session for client `client`, which `allowed` says may use the
+    /// proxy; with `auth`, it must log in first. A client that may not use
+    /// it gets reply 02 to its request; with `auth` its login fails
+    /// whatever it offers, so outsiders cannot guess passwords here.
+    pub(super) fn new(
+        client: TcpHandle,
+        allowed: bool,
+        auth: Option<Arc<Credentials>>,
+    ) -> SocksSession {
+        let mut socks = SocksServer::new(auth);
+        if !allowed {
+            socks.refuse_logins();
+        }
         SocksSession {
             client,
-            socks: SocksServer::new(),
+            allowed,
+            socks,
             out: OutBuf::default(),
             upstream: None,
             lookup: None,
@@ -90,16 +113,45 @@ impl SocksSession {
         }
     }
 
+    /// Refuse the request with reply 02 (RFC 1928: "connection not
+    /// allowed by ruleset") if `ip` is a denied destination.
+    fn denied(&mut self, ip: IpAddr, ctx: &mut Ctx<'_>) -> bool {
+        match ctx.destinations.check(ip) {
+            Ok(()) => false,
+            Err(d) => {
+                debug!("socks CONNECT: {d}");
+                ctx.counters.socks_denied_destination += 1;
+                self.socks.handle_connect_failed(ReplyCode::NotAllowed);
+                true
+            }
+        }
+    }
+
     /// Start connecting to what the client asked for: at once for an
-    /// address, after a lookup for a name.
-    fn start(&mut self, stack: &mut Stack, target: &SocksTarget, dns: &mut Dns<'_>) {
+    /// address, after a lookup for a name (whose answer the destination
+    /// rules filter, `Services::resolved`); refuse a client or an address
+    /// the rules do not allow, with reply 02, before anything else.
+    fn start(&mut self, stack: &mut Stack, target: &SocksTarget, ctx: &mut Ctx<'_>) {
+        if !self.allowed {
+            debug!("socks CONNECT {target}: client not in --socks-allow");
+            ctx.counters.socks_denied_client += 1;
+            return self.socks.handle_connect_failed(ReplyCode::NotAllowed);
+        }
         let host = match target {
-            SocksTarget::Addr(a) => return self.connect(stack, Ok(vec![*a])),
+            SocksTarget::Addr(a) => {
+                if !self.denied(a.ip(), ctx) {
+                    self.connect(stack, Ok(vec![*a]));
+                }
+                return;
+            }
             // A literal sent as a name (curl --socks5-hostname 10.7.0.1)
             // needs no lookup; what is neither cannot resolve.
             SocksTarget::Domain(n, port) => match Host::parse(n) {
                 Ok(Host::Ip(ip)) => {
-                    return self.connect(stack, Ok(vec![(ip, *port).into()]));
+                    if !self.denied(ip, ctx) {
+                        self.connect(stack, Ok(vec![(ip, *port).into()]));
+                    }
+                    return;
                 }
                 Ok(Host::Name(name)) => (name, *port),
                 Err(e) => {
@@ -111,9 +163,9 @@ impl SocksSession {
         // The reply waits for the answer; the session is pumped again
         // when it comes (`Services::resolved`).
         let (name, port) = host;
-        match dns
+        match ctx
             .lookups
-            .start(dns.now, &name, port, Waiter::Session(dns.sid))
+            .start(ctx.now, &name, port, Waiter::Session(ctx.sid))
         {
             Ok(lookup) => self.lookup = Some(lookup),
             Err(e) => {
@@ -128,7 +180,7 @@ impl SocksSession {
         &mut self,
         stack: &mut Stack,
         scratch: &mut [u8],
-        dns: &mut Dns<'_>,
+        ctx: &mut Ctx<'_>,
     ) -> Pump {
         let mut any = false;
         let end = |stack: &mut Stack, s: &SocksSession| {
@@ -150,10 +202,7 @@ impl SocksSession {
                     Ok(0) => {
                         self.eof = true;
                         moved = true;
-                        if matches!(
-                            self.socks.state(),
-                            SocksState::Greeting | SocksState::Request
-                        ) {
+                        if self.socks.in_handshake() {
                             // The client left mid-handshake.
                             stack.close(self.client);
                             return Pump::Ended;
@@ -161,6 +210,13 @@ impl SocksSession {
                     }
                     Ok(k) => {
                         self.socks.handle_input(&scratch[..k]);
+                        if self.socks.take_auth_failure() {
+                            if self.allowed {
+                                ctx.counters.socks_auth_failed += 1;
+                            } else {
+                                ctx.counters.socks_denied_client += 1;
+                            }
+                        }
                         moved = true;
                     }
                     Err(RecvError::WouldBlock) => {}
@@ -169,7 +225,7 @@ impl SocksSession {
             }
             if let Some(target) = self.socks.poll_target() {
                 moved = true;
-                self.start(stack, &target, dns);
+                self.start(stack, &target, ctx);
                 debug!("socks CONNECT {target}: {:?}", self.socks.state());
             }
             if let (Some(up), SocksState::Connecting) = (self.upstream, self.socks.state()) {

@@ -65,3 +65,34 @@ fn fetch_from_a_closed_port_fails_with_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_fetch_of_a_denied_destination_is_refused() {
+    let mut t = trio(52, ServicesConfig::default());
+    t.svc
+        .set_resolver(Box::new(InlineResolver::new(|_: &str, p: u16| {
+            Ok(vec![SocketAddr::new(ip("169.254.169.254"), p)])
+        })));
+    let url = Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
+    let e = t.svc.start_fetch(t.net.stack(1), &url).unwrap_err();
+    assert!(
+        matches!(e, FetchError::Denied(_)) && e.to_string().contains("169.254.0.0/16"),
+        "{e}"
+    );
+    let url = Url::parse("http://metadata.test/").unwrap();
+    let id = t.svc.start_fetch(t.net.stack(1), &url).unwrap();
+    let mut events = Vec::new();
+    let mut body = Vec::new();
+    t.run(|_, svc| {
+        drain_fetch(svc, id, &mut events, &mut body);
+        !events.is_empty()
+    });
+    match events.as_slice() {
+        [FetchEvent::Failed(why)] => {
+            assert!(why.contains("not allowed as a destination"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.svc.counters().fetch_denied_destination, 2);
+    assert_eq!(t.net.stack(1).counters().tcp_active_opens, 0);
+}

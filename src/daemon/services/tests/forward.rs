@@ -100,3 +100,28 @@ fn forward_respects_back_pressure() {
     t.relay(&mut c, &mut origin, |_, origin, _| origin.conns[0].eof);
     assert!(origin.conns[0].got == data);
 }
+
+#[test]
+fn a_forward_to_a_name_that_resolves_to_a_denied_address_resets_the_client() {
+    let mut t = trio(
+        44,
+        ServicesConfig {
+            forwards: vec![forward(8080, "rebound.test", 7000)],
+            ..Default::default()
+        },
+    );
+    // The name pointed at the origin once; now it points at loopback.
+    t.svc
+        .set_resolver(Box::new(InlineResolver::new(|_: &str, p: u16| {
+            Ok(vec![SocketAddr::new(ip("127.0.0.1"), p)])
+        })));
+    let mut c = Client::connect(t.net.stack(0), "10.0.0.2:8080");
+    c.write(b"hello");
+    t.run(|n, _| {
+        c.pump(n.stack(0));
+        c.error.is_some() || c.eof
+    });
+    assert_eq!(c.error, Some(RecvError::ConnectionReset));
+    assert_eq!(t.svc.counters().forward_denied_destination, 1);
+    assert_eq!(t.net.stack(1).counters().tcp_active_opens, 0);
+}

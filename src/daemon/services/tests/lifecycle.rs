@@ -49,6 +49,7 @@ fn shutdown_closes_every_connection_gracefully() {
             http: Some(80),
             echo: Some(7),
             socks: Some(1080),
+            socks_allow: client_subnet(),
             ..Default::default()
         },
     );

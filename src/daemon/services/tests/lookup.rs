@@ -8,6 +8,7 @@ fn a_stuck_lookup_stalls_no_other_client_and_socks_completes_once_it_answers() {
         90,
         ServicesConfig {
             socks: Some(1080),
+            socks_allow: client_subnet(),
             echo: Some(7),
             http: Some(80),
             ..Default::default()
@@ -147,6 +148,7 @@ fn answers_for_clients_that_went_away_are_dropped_without_effect() {
         92,
         ServicesConfig {
             socks: Some(1080),
+            socks_allow: client_subnet(),
             forwards: vec![forward(8080, "forward.test", 7000)],
             ..Default::default()
         },
@@ -205,6 +207,7 @@ fn lookups_are_bounded_and_time_limited() {
         93,
         ServicesConfig {
             socks: Some(1080),
+            socks_allow: client_subnet(),
             max_lookups: 2,
             lookup_timeout: Duration::from_secs(5),
             ..Default::default()

@@ -16,8 +16,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::sync::Mutex;
+use std::sync::{mpsc, Arc};
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::{
@@ -28,8 +28,10 @@ use ephemera::{
 use super::fetch::{FetchError, FetchEvent, FetchId};
 use super::lookup::{InlineResolver, LookupId, LookupResult, Resolver};
 use super::{Forward, Services, ServicesConfig};
+use crate::daemon::credentials::Credentials;
 use crate::daemon::host::Host;
 use crate::daemon::http::{pattern_byte, ResponseParser, Url};
+use crate::daemon::policy::{deny_list, DenyArg, Destinations, Net, NetList};
 use crate::daemon::poll::wait_readable;
 use crate::daemon::resolver::ResolverPool;
 
@@ -54,6 +56,12 @@ fn forward(listen_port: u16, host: &str, port: u16) -> Forward {
         host: Host::parse(host).unwrap(),
         port,
     }
+}
+
+/// `--socks-allow` as the daemon sets it by default: the subnet of the
+/// stack's address, where the client (10.0.0.1) is.
+fn client_subnet() -> NetList {
+    NetList::new(vec![Net::parse("10.0.0.0/24").unwrap()])
 }
 
 fn config(addr: &str, seed: u64) -> StackConfig {

@@ -1,0 +1,35 @@
+//! What the services refused or cut short, for `ephemera ports --stats`:
+//! one counter per limit or rule, so every refusal is visible.
+
+/// The services' counters. See the [module docs](self).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// SOCKS requests from a client outside `--socks-allow` (reply 02).
+    pub socks_denied_client: u64,
+    /// SOCKS requests for a denied destination, given or looked up
+    /// (reply 02).
+    pub socks_denied_destination: u64,
+    /// SOCKS clients that offered a wrong username or password.
+    pub socks_auth_failed: u64,
+    /// Forwarded clients reset because their target's name resolved
+    /// only to denied addresses.
+    pub forward_denied_destination: u64,
+    /// Fetches refused for a denied destination.
+    pub fetch_denied_destination: u64,
+}
+
+impl ServiceCounters {
+    /// The counters by name.
+    pub fn iter(&self) -> [(&'static str, u64); 5] {
+        [
+            ("socks_denied_client", self.socks_denied_client),
+            ("socks_denied_destination", self.socks_denied_destination),
+            ("socks_auth_failed", self.socks_auth_failed),
+            (
+                "forward_denied_destination",
+                self.forward_denied_destination,
+            ),
+            ("fetch_denied_destination", self.fetch_denied_destination),
+        ]
+    }
+}
