@@ -106,6 +106,14 @@ pub struct UpArgs {
     /// 4-tuple (2*MSL, RFC 9293 section 3.6.1); 0 skips TIME-WAIT.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_time_wait)]
     pub time_wait: u64,
+    /// Close a connection of any service (HTTP, echo, discard, SOCKS and forward relays,
+    /// fetch) after SECS without a byte moving either way; 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = parse_idle_timeout)]
+    pub idle_timeout: u64,
+    /// Time a client has for an HTTP request head (then 408) or the SOCKS handshake up to
+    /// its request (then closed).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = parse_head_timeout)]
+    pub head_timeout: u64,
     /// Drop privileges to this user once the interface is open and configured.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     pub user: Option<String>,
@@ -339,6 +347,26 @@ pub fn parse_time_wait(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(n) if n <= 3600 => Ok(n),
         _ => Err(format!("{s:?} is not a TIME-WAIT in seconds (0-3600)")),
+    }
+}
+
+/// `--idle-timeout`: whole seconds, 0 (never) to 604800 (a week).
+pub fn parse_idle_timeout(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= 604_800 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not an idle timeout in seconds (0-604800; 0: never)"
+        )),
+    }
+}
+
+/// `--head-timeout`: whole seconds, 1 to 3600.
+pub fn parse_head_timeout(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=3600).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a request-head timeout in seconds (1-3600)"
+        )),
     }
 }
 
@@ -790,6 +818,28 @@ mod tests {
         assert!(e.contains("backwards"), "{e}");
         assert!(up(&["--addr", "10.7.0.2/24"]).is_err());
         assert!(up(&["--tun", "tun0"]).is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        let a = up(&base).unwrap();
+        assert_eq!((a.idle_timeout, a.head_timeout), (300, 10));
+        let a = up(&[
+            &base[..],
+            &["--idle-timeout", "0", "--head-timeout", "3600"],
+        ]
+        .concat())
+        .unwrap();
+        assert_eq!((a.idle_timeout, a.head_timeout), (0, 3600));
+        for bad in ["-1", "1.5", "604801", "x", ""] {
+            assert!(parse_idle_timeout(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["0", "3601", "x"] {
+            assert!(parse_head_timeout(bad).is_err(), "{bad:?}");
+        }
+        let e = up(&[&base[..], &["--head-timeout", "0"]].concat()).unwrap_err();
+        assert!(e.contains("--head-timeout") && e.contains("1-3600"), "{e}");
     }
 
     #[test]

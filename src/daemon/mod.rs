@@ -360,6 +360,9 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         socks_allow: NetList::new(socks_allow),
         destinations,
         socks_auth,
+        idle_timeout: (args.idle_timeout > 0)
+            .then(|| ephemera::Duration::from_secs(args.idle_timeout)),
+        head_timeout: Some(ephemera::Duration::from_secs(args.head_timeout)),
         ..ServicesConfig::default()
     };
     EventLoop::new(edge, config, services)?.run()

@@ -330,3 +330,52 @@ fn socks_users_log_in_with_rfc_1929_from_a_private_file() {
     let stats = daemon.stats();
     assert_eq!(stats.get("socks_auth_failed"), Some(&1), "{stats:?}");
 }
+
+#[test]
+fn the_daemon_wakes_for_head_and_idle_deadlines() {
+    let test = "the_daemon_wakes_for_head_and_idle_deadlines";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&[
+        "--http",
+        "80",
+        "--echo",
+        "7",
+        "--head-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ]);
+    // A silent HTTP client gets 408 after about a second; an echo client
+    // that goes quiet is closed after about two. Each prints what it got
+    // and how long the daemon took to close.
+    const CLIENT: &str = r#"
+import socket, sys, time
+port, send = int(sys.argv[1]), sys.argv[2].encode()
+s = socket.create_connection(("10.7.0.2", port), timeout=20)
+s.sendall(send)
+start, got = time.monotonic(), b""
+while True:
+    more = s.recv(4096)
+    if not more:
+        break
+    got += more
+print("%.1f %s" % (time.monotonic() - start, got.split(b"\r\n")[0].decode()))
+"#;
+    for (port, send, expect, least) in [
+        ("80", "", "HTTP/1.1 408 Request Timeout", 0.9),
+        ("7", "hi", "hi", 1.9),
+    ] {
+        let out = ns.run(&["python3", "-c", CLIENT, port, send]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = text(&out.stdout);
+        let (secs, got) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        let secs: f64 = secs.parse().unwrap();
+        assert_eq!(got, expect, "{line}\n{}", daemon.log());
+        assert!((least..least + 3.0).contains(&secs), "{line}");
+    }
+    let stats = daemon.stats();
+    assert_eq!(stats.get("http_head_timeouts"), Some(&1), "{stats:?}");
+    assert_eq!(stats.get("idle_timeouts"), Some(&1), "{stats:?}");
+}

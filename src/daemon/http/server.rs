@@ -136,6 +136,8 @@ pub struct ServerConn {
     line_checked: bool,
     queue: VecDeque<Response>,
     state: ServerState,
+    /// A request head has been complete at least once.
+    served_one: bool,
 }
 
 impl Default for ServerConn {
@@ -155,7 +157,32 @@ impl ServerConn {
             line_checked: false,
             queue: VecDeque::new(),
             state: ServerState::Open,
+            served_one: false,
         }
+    }
+
+    /// Whether the server waits for (the rest of) a request head while it
+    /// has nothing to send: from the start of the connection until its
+    /// first head is complete, and from the first byte of each later head
+    /// until it is complete. The driver bounds this time
+    /// ([`Self::handle_head_timeout`]); waiting between requests is idle
+    /// time, which it bounds separately.
+    pub fn awaiting_head(&self) -> bool {
+        self.state == ServerState::Open
+            && self.queue.is_empty()
+            && self.discard == 0
+            && (!self.served_one || self.inbuf.len() > self.start)
+    }
+
+    /// The request head took too long: answer 408 (RFC 9110 section
+    /// 15.5.9) and close once it is sent.
+    pub fn handle_head_timeout(&mut self) {
+        if self.state == ServerState::Open {
+            self.queue_error(Status::REQUEST_TIMEOUT);
+        }
+        self.inbuf = Vec::new();
+        self.start = 0;
+        self.scan = 0;
     }
 
     /// Consumes bytes received from the client. Every complete request in
@@ -215,6 +242,7 @@ impl ServerConn {
             self.start = end;
             self.scan = end;
             self.line_checked = false;
+            self.served_one = true;
             if end - head_start > MAX_REQUEST_HEAD {
                 self.queue_error(Status::HEADERS_TOO_LARGE);
                 break;
@@ -399,6 +427,7 @@ impl Status {
     const BAD_REQUEST: Status = Status(400, "Bad Request");
     const NOT_FOUND: Status = Status(404, "Not Found");
     const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
+    const REQUEST_TIMEOUT: Status = Status(408, "Request Timeout");
     const HEADERS_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
     const NOT_IMPLEMENTED: Status = Status(501, "Not Implemented");
     const VERSION_NOT_SUPPORTED: Status = Status(505, "HTTP Version Not Supported");
@@ -885,6 +914,35 @@ mod tests {
         let (out, _) = exchange(b"\r\n\nGET http://10.7.0.2/bytes/4 HTTP/1.1\nHost: a\n\n");
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.ends_with("\r\n\r\n0123"));
+    }
+
+    #[test]
+    fn a_head_is_awaited_until_complete_and_a_late_one_gets_408() {
+        let mut conn = ServerConn::new();
+        assert!(conn.awaiting_head(), "from the start of the connection");
+        conn.handle_input(b"GET / HTTP/1.1\r\nHost: a\r\n", &ctx());
+        assert!(conn.awaiting_head());
+        conn.handle_input(b"\r\n", &ctx());
+        assert!(!conn.awaiting_head(), "complete; a response is queued");
+        let _ = drain(&mut conn);
+        assert!(!conn.awaiting_head(), "between requests: idle, not a head");
+        conn.handle_input(b"G", &ctx());
+        assert!(conn.awaiting_head(), "the next head has begun");
+        conn.handle_head_timeout();
+        assert!(!conn.awaiting_head());
+        let out = String::from_utf8(drain(&mut conn)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+        assert!(conn.should_close());
+        // A body being skipped is not a head.
+        let mut conn = ServerConn::new();
+        conn.handle_input(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n",
+            &ctx(),
+        );
+        let _ = drain(&mut conn);
+        conn.handle_input(b"12345", &ctx());
+        assert!(!conn.awaiting_head());
     }
 
     #[test]

@@ -16,11 +16,19 @@ pub struct ServiceCounters {
     pub forward_denied_destination: u64,
     /// Fetches refused for a denied destination.
     pub fetch_denied_destination: u64,
+    /// Connections closed after the idle timeout without a byte moving.
+    pub idle_timeouts: u64,
+    /// HTTP clients answered 408 and closed: their request head took
+    /// longer than the head timeout.
+    pub http_head_timeouts: u64,
+    /// SOCKS clients closed: their handshake took longer than the head
+    /// timeout.
+    pub socks_handshake_timeouts: u64,
 }
 
 impl ServiceCounters {
     /// The counters by name.
-    pub fn iter(&self) -> [(&'static str, u64); 5] {
+    pub fn iter(&self) -> [(&'static str, u64); 8] {
         [
             ("socks_denied_client", self.socks_denied_client),
             ("socks_denied_destination", self.socks_denied_destination),
@@ -30,6 +38,9 @@ impl ServiceCounters {
                 self.forward_denied_destination,
             ),
             ("fetch_denied_destination", self.fetch_denied_destination),
+            ("idle_timeouts", self.idle_timeouts),
+            ("http_head_timeouts", self.http_head_timeouts),
+            ("socks_handshake_timeouts", self.socks_handshake_timeouts),
         ]
     }
 }

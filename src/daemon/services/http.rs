@@ -40,6 +40,20 @@ impl HttpSession {
         })
     }
 
+    /// Whether the server waits for its client's request head.
+    pub(super) fn awaiting_head(&self) -> bool {
+        self.server.awaiting_head()
+    }
+
+    /// The request head took too long: hand the stack a 408 for the
+    /// client (the caller then closes the connection).
+    pub(super) fn head_timeout(&mut self, stack: &mut Stack) {
+        self.server.handle_head_timeout();
+        let server = &mut self.server;
+        // What the stack does not take now is lost with the connection.
+        let _ = self.out.flush(stack, self.conn, |b| server.poll_output(b));
+    }
+
     /// Answer what arrived, send what the stack takes. `table` caches the
     /// port table for `/` pages within one turn.
     pub(super) fn pump(

@@ -59,7 +59,7 @@ pub use lookup::{LookupCounters, LookupId, Resolver};
 pub use registry::{Forward, ServiceError, ServicesConfig};
 use registry::{Listeners, Service};
 use relay::RelayStatus;
-use session::{Pump, Session, SessionId, Sessions};
+use session::{Expiry, Pump, Session, SessionId, Sessions};
 
 /// The running services. See the [module docs](self).
 pub struct Services {
@@ -112,7 +112,7 @@ impl Services {
         let pool = ResolverPool::new(resolve, DEFAULT_WORKERS, cfg.max_lookups);
         Ok(Services {
             listeners,
-            sessions: Sessions::new(cfg.idle_timeout),
+            sessions: Sessions::new(cfg.idle_timeout, cfg.head_timeout),
             fetches: Fetches::default(),
             wake: Vec::new(),
             dns: Lookups::new(Box::new(pool), cfg.max_lookups, cfg.lookup_timeout),
@@ -181,9 +181,8 @@ impl Services {
             self.resolved(stack, waiter, answer, &mut table);
         }
         self.expire_lookups(stack, now, &mut table);
-        for sid in self.sessions.idle_at(now) {
-            debug!("idle timeout");
-            self.end(stack, sid, false);
+        while let Some((sid, expiry)) = self.sessions.pop_expired(now) {
+            self.expire(stack, sid, expiry);
         }
     }
 
@@ -280,6 +279,31 @@ impl Services {
         }
     }
 
+    /// End session `sid`, out of time: a late HTTP request head gets 408
+    /// (RFC 9110 section 15.5.9), a late SOCKS handshake is closed, and
+    /// an idle session is closed gracefully. Counted.
+    fn expire(&mut self, stack: &mut Stack, sid: SessionId, expiry: Expiry) {
+        let Some(entry) = self.sessions.get_mut(sid) else {
+            return;
+        };
+        match (expiry, &mut entry.session) {
+            (Expiry::Head, Session::Http(s)) => {
+                debug!("HTTP request head timed out");
+                self.counters.http_head_timeouts += 1;
+                s.head_timeout(stack);
+            }
+            (Expiry::Head, _) => {
+                debug!("SOCKS handshake timed out");
+                self.counters.socks_handshake_timeouts += 1;
+            }
+            (Expiry::Idle, _) => {
+                debug!("idle timeout");
+                self.counters.idle_timeouts += 1;
+            }
+        }
+        self.end(stack, sid, false);
+    }
+
     /// Take every connection waiting on listener `l` and start its session.
     fn accept_all(&mut self, stack: &mut Stack, l: ListenerHandle, table: &mut Option<String>) {
         let Some(service) = self.listeners.tcp(l).cloned() else {
@@ -366,7 +390,6 @@ impl Services {
                     Some(mut r) => {
                         let pumped = relay(stack, &mut r, scratch);
                         entry.session = Session::Relay(r);
-                        entry.deadline = None;
                         pumped
                     }
                     None => r,
@@ -394,8 +417,8 @@ impl Services {
             Pump::Ended => {
                 self.remove_session(sid);
             }
-            Pump::Active => self.sessions.touch(sid, self.now),
-            Pump::Idle => {}
+            Pump::Active => self.sessions.update(sid, self.now, true),
+            Pump::Idle => self.sessions.update(sid, self.now, false),
         }
     }
 }

@@ -53,10 +53,15 @@ pub struct ServicesConfig {
     /// Also listen on the IPv6 wildcard `[::]` (when the stack has an IPv6
     /// address), and look names up for IPv6 addresses too.
     pub ipv6: bool,
-    /// Close an HTTP connection, or a SOCKS handshake, that moved no bytes
-    /// for this long. Relays and echo/discard connections have none: like
-    /// `socat`, they live as long as their peers do.
+    /// Close a connection of any service (HTTP, echo, discard, a SOCKS or
+    /// forward relay, a fetch) that moved no bytes for this long (for a
+    /// relay: in either direction); `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// How long a client may take over an HTTP request head (from the
+    /// connection's start, or the head's first byte, to its end; then 408)
+    /// or the SOCKS handshake up to its request (then closed); `None`: no
+    /// limit.
+    pub head_timeout: Option<Duration>,
     /// Client networks that may use the SOCKS proxy (`--socks-allow`);
     /// others get reply 02 to their request. Empty: nobody.
     pub socks_allow: NetList,
@@ -77,6 +82,12 @@ pub struct ServicesConfig {
     pub lookup_timeout: Duration,
 }
 
+/// Default [`ServicesConfig::idle_timeout`], in seconds.
+pub const IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default [`ServicesConfig::head_timeout`], in seconds: far more than a
+/// real client needs, far less than a connection held open one byte at a
+/// time would like.
+pub const HEAD_TIMEOUT_SECS: u64 = 10;
 /// Default [`ServicesConfig::max_lookups`].
 pub const MAX_LOOKUPS: usize = 64;
 /// Default [`ServicesConfig::lookup_timeout`], in seconds: more than glibc
@@ -94,7 +105,8 @@ impl Default for ServicesConfig {
             forwards: Vec::new(),
             backlog: None,
             ipv6: false,
-            idle_timeout: Some(Duration::from_secs(60)),
+            idle_timeout: Some(Duration::from_secs(IDLE_TIMEOUT_SECS)),
+            head_timeout: Some(Duration::from_secs(HEAD_TIMEOUT_SECS)),
             socks_allow: NetList::default(),
             destinations: Destinations::default(),
             socks_auth: None,

@@ -4,10 +4,14 @@
 //!
 //! Invariants: every connection handle the services own is in `handles`,
 //! naming exactly one session, and each session owns its handles until it
-//! ends, when it closes or aborts them and they leave the map together. A
-//! session that idles has a deadline; no other has one.
+//! ends, when it closes or aborts them and they leave the map together.
+//! Every session has an idle deadline (unless idle timeouts are off), and
+//! one that waits for its client's HTTP request head or SOCKS handshake
+//! also a head deadline; `deadlines` holds exactly one entry per session
+//! with either, at the earlier of the two, so the next expiry is found in
+//! O(log n) and nothing scans the sessions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use log::debug;
@@ -21,7 +25,6 @@ use super::http::HttpSession;
 use super::lookup::LookupId;
 use super::relay::{Relay, CHUNK};
 use super::socks::SocksSession;
-use crate::daemon::socks::SocksState;
 
 /// Names a session.
 pub(super) type SessionId = u64;
@@ -62,14 +65,24 @@ impl Session {
         }
     }
 
-    /// Whether the idle timeout applies.
-    fn idles(&self) -> bool {
+    /// Whether it waits for its client to finish an HTTP request head or
+    /// the SOCKS handshake, which the head timeout bounds.
+    fn in_head(&self) -> bool {
         match self {
-            Session::Http(_) => true,
-            Session::Socks(s) => s.socks.state() != SocksState::Established,
+            Session::Http(s) => s.awaiting_head(),
+            Session::Socks(s) => s.socks.in_handshake(),
             _ => false,
         }
     }
+}
+
+/// Which time limit a session ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// No bytes moved for the idle timeout.
+    Idle,
+    /// The HTTP request head or SOCKS handshake took too long.
+    Head,
 }
 
 /// Whether a session goes on after a pump.
@@ -92,11 +105,23 @@ pub(super) fn progress(moved: bool) -> Pump {
     }
 }
 
-/// A session and its idle deadline.
+/// A session and its deadlines.
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) session: Session,
-    pub(super) deadline: Option<Instant>,
+    /// When it ends unless bytes move.
+    idle_at: Option<Instant>,
+    /// When it ends unless its client's head or handshake is complete.
+    head_by: Option<Instant>,
+}
+
+impl Entry {
+    fn deadline(&self) -> Option<Instant> {
+        match (self.idle_at, self.head_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The sessions, by id and by handle. See the [module docs](self).
@@ -104,18 +129,25 @@ pub(super) struct Entry {
 pub(super) struct Sessions {
     map: HashMap<SessionId, Entry>,
     handles: HashMap<TcpHandle, SessionId>,
+    /// Each session's earlier deadline.
+    deadlines: BTreeSet<(Instant, SessionId)>,
     next: SessionId,
     idle: Option<Duration>,
+    head: Option<Duration>,
 }
 
 impl Sessions {
-    /// No sessions; those that idle end after `idle` without traffic.
-    pub(super) fn new(idle: Option<Duration>) -> Sessions {
+    /// No sessions; each will end after `idle` without traffic, and after
+    /// `head` if its client has not finished its request head or
+    /// handshake by then (`None`: no such limit).
+    pub(super) fn new(idle: Option<Duration>, head: Option<Duration>) -> Sessions {
         Sessions {
             map: HashMap::new(),
             handles: HashMap::new(),
+            deadlines: BTreeSet::new(),
             next: 0,
             idle,
+            head,
         }
     }
 
@@ -138,8 +170,13 @@ impl Sessions {
         for h in session.handles().into_iter().flatten() {
             self.handles.insert(h, sid);
         }
-        let deadline = self.deadline_for(&session, now);
-        self.map.insert(sid, Entry { session, deadline });
+        let entry = Entry {
+            session,
+            idle_at: None,
+            head_by: None,
+        };
+        self.map.insert(sid, entry);
+        self.update(sid, now, true);
     }
 
     /// `h` joined session `sid` (an upstream connection it opened).
@@ -150,6 +187,9 @@ impl Sessions {
     /// Take session `sid` out, with its handles.
     pub(super) fn remove(&mut self, sid: SessionId) -> Option<Session> {
         let e = self.map.remove(&sid)?;
+        if let Some(d) = e.deadline() {
+            self.deadlines.remove(&(d, sid));
+        }
         for h in e.session.handles().into_iter().flatten() {
             self.handles.remove(&h);
         }
@@ -165,30 +205,52 @@ impl Sessions {
         self.map.get_mut(&sid)
     }
 
-    /// Session `sid` moved bytes at `now`: its idle clock restarts.
-    pub(super) fn touch(&mut self, sid: SessionId, now: Instant) {
-        let idle = self.idle;
-        if let Some(e) = self.map.get_mut(&sid) {
-            e.deadline = idle.filter(|_| e.session.idles()).map(|d| now + d);
+    /// Session `sid` was pumped at `now`, and moved bytes if `active`:
+    /// its idle clock restarts if so, and its head deadline starts when it
+    /// begins to wait for a head and ends when it no longer does.
+    pub(super) fn update(&mut self, sid: SessionId, now: Instant, active: bool) {
+        let Some(e) = self.map.get_mut(&sid) else {
+            return;
+        };
+        let before = e.deadline();
+        if active || e.idle_at.is_none() {
+            e.idle_at = self.idle.map(|d| now + d);
+        }
+        if !e.session.in_head() {
+            e.head_by = None;
+        } else if e.head_by.is_none() {
+            e.head_by = self.head.map(|d| now + d);
+        }
+        let after = e.deadline();
+        if before != after {
+            if let Some(d) = before {
+                self.deadlines.remove(&(d, sid));
+            }
+            if let Some(d) = after {
+                self.deadlines.insert((d, sid));
+            }
         }
     }
 
-    fn deadline_for(&self, session: &Session, now: Instant) -> Option<Instant> {
-        self.idle.filter(|_| session.idles()).map(|d| now + d)
+    /// The next session whose time ran out by `now`, and which limit it
+    /// ran out of. It leaves the deadline set; the caller ends it.
+    pub(super) fn pop_expired(&mut self, now: Instant) -> Option<(SessionId, Expiry)> {
+        let &(at, sid) = self.deadlines.first().filter(|(at, _)| *at <= now)?;
+        self.deadlines.remove(&(at, sid));
+        let e = self.map.get_mut(&sid)?;
+        let expiry = if e.head_by.is_some_and(|h| h <= now) {
+            Expiry::Head
+        } else {
+            Expiry::Idle
+        };
+        e.idle_at = None;
+        e.head_by = None;
+        Some((sid, expiry))
     }
 
-    /// Sessions idle past their deadline at `now`.
-    pub(super) fn idle_at(&self, now: Instant) -> Vec<SessionId> {
-        self.map
-            .iter()
-            .filter(|(_, e)| e.deadline.is_some_and(|d| d <= now))
-            .map(|(&sid, _)| sid)
-            .collect()
-    }
-
-    /// The earliest idle deadline.
+    /// The earliest deadline.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.map.values().filter_map(|e| e.deadline).min()
+        self.deadlines.first().map(|&(at, _)| at)
     }
 
     pub(super) fn ids(&self) -> Vec<SessionId> {

@@ -10,6 +10,7 @@ mod http;
 mod lifecycle;
 mod lookup;
 mod socks;
+mod timeouts;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -135,6 +136,34 @@ impl Trio {
                 done(n, svc)
             })
             .unwrap();
+    }
+}
+
+impl Trio {
+    /// Let `d` of simulated time pass: the network runs in stretches of
+    /// at most 100 ms, and up to each of the services' own deadlines (idle,
+    /// head), which the link does not know of; the services react after
+    /// every stretch, and `each` pumps the test's clients and origin.
+    fn wait(&mut self, d: Duration, mut each: impl FnMut(&mut Network)) {
+        let end = self.net.now() + d;
+        for _ in 0..STEPS {
+            let now = self.net.now();
+            if now >= end {
+                return;
+            }
+            // At least a millisecond, so a stretch always moves time.
+            let next = self
+                .svc
+                .poll_at()
+                .map_or(end, |t| t.min(end))
+                .min(now + Duration::from_millis(100))
+                .max(now + Duration::from_millis(1));
+            self.net.run_for(next - now, STEPS).unwrap();
+            let now = self.net.now();
+            self.svc.handle_events(self.net.stack(1), now);
+            each(&mut self.net);
+        }
+        panic!("wait: step limit");
     }
 }
 
