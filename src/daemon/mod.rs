@@ -500,6 +500,7 @@ impl EventLoop {
         let mut deadline: Option<std::time::Instant> = None;
         log::info!("serving on {}", self.edge.tun.name());
         loop {
+            self.services.begin_turn();
             // Run due timers first: this also brings the stack's clock to
             // now, which the services read for their idle timeouts.
             self.transmit();

@@ -1,7 +1,7 @@
 //! The stack's port table and counters as the daemon shows them: rows of
 //! the control protocol ([`PortEntry`]), the `ss -tuan`-like text that
-//! `ephemera ports` prints and the HTTP service's `/` page shows, and
-//! `name value` counter lines.
+//! `ephemera ports` prints, the few rows the HTTP service's `/` page
+//! shows ([`PageRow`]), and `name value` counter lines.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -83,16 +83,8 @@ pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The port table like `ss -tuan` (Netid, State, Recv-Q, Send-Q, Local,
-/// Peer, Age), one line per socket, in the same format `ephemera ports`
-/// prints.
-pub fn render_port_table(rows: &[SocketInfo]) -> String {
-    let entries: Vec<PortEntry> = rows.iter().map(port_entry).collect();
-    format_ports_table(&entries)
-}
-
 /// "850ms", "12.3s", "5m02s", "3h07m".
-fn format_age(ms: u64) -> String {
+pub fn format_age(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms}ms"),
         1_000..=59_999 => format!("{}.{}s", ms / 1000, ms % 1000 / 100),
@@ -117,29 +109,77 @@ pub fn format_ports_table(ports: &[PortEntry]) -> String {
     ];
     let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
     for p in rows {
-        let remote = match p.remote {
-            Some(r) => r.to_string(),
-            None if p.local.is_ipv6() => "[::]:*".to_string(),
-            None => "*:*".to_string(),
-        };
         table.push([
             proto_name::name(p.proto).to_string(),
             p.state.clone(),
             p.recv_q.to_string(),
             p.send_q.to_string(),
             p.local.to_string(),
-            remote,
+            peer(p.local, p.remote),
             format_age(p.age_ms),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &table {
+    columns(&table)
+}
+
+/// One row of the HTTP service's `/` page: what a client may see of a
+/// socket (no queues: the page is built without inspecting sockets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRow {
+    /// TCP or UDP.
+    pub proto: Protocol,
+    /// RFC 9293 state name, or `UNCONN`.
+    pub state: String,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port; none for listeners and UDP.
+    pub remote: Option<SocketAddr>,
+    /// Milliseconds since the socket was created.
+    pub age_ms: u64,
+}
+
+/// Page rows as a table like [`format_ports_table`]'s, in the order
+/// given.
+pub fn format_page_rows(rows: &[PageRow]) -> String {
+    let header = [
+        "Netid",
+        "State",
+        "Local Address:Port",
+        "Peer Address:Port",
+        "Age",
+    ];
+    let mut table: Vec<[String; 5]> = vec![header.map(String::from)];
+    for r in rows {
+        table.push([
+            proto_name::name(r.proto).to_string(),
+            r.state.clone(),
+            r.local.to_string(),
+            peer(r.local, r.remote),
+            format_age(r.age_ms),
+        ]);
+    }
+    columns(&table)
+}
+
+/// The peer column: the address, or a wildcard of the local family.
+fn peer(local: SocketAddr, remote: Option<SocketAddr>) -> String {
+    match remote {
+        Some(r) => r.to_string(),
+        None if local.is_ipv6() => "[::]:*".to_string(),
+        None => "*:*".to_string(),
+    }
+}
+
+/// Cells in left-aligned columns two spaces apart, one line per row.
+fn columns<const N: usize>(table: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &table {
+    for row in table {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -254,7 +294,7 @@ pub(crate) mod tests {
                 age: std::time::Duration::from_millis(5),
             },
         ];
-        let t = render_port_table(&rows);
+        let t = format_ports_table(&rows.iter().map(port_entry).collect::<Vec<_>>());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[0].contains("State") && lines[0].contains("Recv-Q"));

@@ -52,8 +52,10 @@ pub struct ServerContext<'a> {
     pub local: SocketAddr,
     /// The client's end, as the stack saw it (its kernel-chosen ephemeral port).
     pub remote: SocketAddr,
-    /// Renders the port table shown on the `/` page; called only when a
-    /// `/` request is answered (it is O(sockets)).
+    /// Renders what the `/` page shows after the 4-tuple (the port table
+    /// as far as this client may see it); called only when a `/` request
+    /// is answered, once per [`ServerConn::handle_input`] call however
+    /// many `/` requests it completes.
     pub port_table: &'a dyn Fn() -> String,
 }
 
@@ -399,7 +401,7 @@ fn bytes_body(data: &[u8], head_only: bool) -> Body {
 fn render_page(ctx: &ServerContext<'_>) -> String {
     let mut page = format!(
         "ephemera: a user-space TCP/IP stack with its own port table\n\n\
-         you are {} -> {}\n\nport table:\n",
+         you are {} -> {}\n\n",
         ctx.remote, ctx.local
     );
     page.push_str(&(ctx.port_table)());

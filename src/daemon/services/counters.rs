@@ -24,11 +24,17 @@ pub struct ServiceCounters {
     /// SOCKS clients closed: their handshake took longer than the head
     /// timeout.
     pub socks_handshake_timeouts: u64,
+    /// Times the shared part of the HTTP `/` page was built: at most one
+    /// per turn of the loop, however many pages were asked for.
+    pub http_pages_built: u64,
+    /// Listener rows left off `/` pages beyond the page's limit, summed
+    /// over the pages served.
+    pub http_page_rows_hidden: u64,
 }
 
 impl ServiceCounters {
     /// The counters by name.
-    pub fn iter(&self) -> [(&'static str, u64); 8] {
+    pub fn iter(&self) -> [(&'static str, u64); 10] {
         [
             ("socks_denied_client", self.socks_denied_client),
             ("socks_denied_destination", self.socks_denied_destination),
@@ -41,6 +47,8 @@ impl ServiceCounters {
             ("idle_timeouts", self.idle_timeouts),
             ("http_head_timeouts", self.http_head_timeouts),
             ("socks_handshake_timeouts", self.socks_handshake_timeouts),
+            ("http_pages_built", self.http_pages_built),
+            ("http_page_rows_hidden", self.http_page_rows_hidden),
         ]
     }
 }

@@ -141,12 +141,18 @@ impl DaemonServices {
         }
     }
 
+    /// At the top of every loop turn: the `/` page's shared part is built
+    /// at most once in it.
+    pub fn begin_turn(&mut self) {
+        self.inner.begin_turn();
+    }
+
     /// Once per loop turn: answered name lookups, idle timeouts and lookup
     /// time limits, and fetches paused because their control client was
     /// slow.
     pub fn resume(&mut self, stack: &mut Stack, ctl: &mut dyn ControlSink) {
         let now = stack.now();
-        self.inner.handle_events(stack, now);
+        self.inner.resume(stack, now);
         self.answer_fetches(stack, ctl);
     }
 

@@ -310,13 +310,7 @@ impl Services {
     /// loopback and metadata addresses included, and a name that resolves
     /// only to denied addresses fails as denied (SOCKS reply 02, forward
     /// reset, fetch error), counted per service.
-    pub(super) fn resolved(
-        &mut self,
-        stack: &mut Stack,
-        waiter: Waiter,
-        answer: LookupResult,
-        table: &mut Option<String>,
-    ) {
+    pub(super) fn resolved(&mut self, stack: &mut Stack, waiter: Waiter, answer: LookupResult) {
         let (answer, denied) = match answer.map(|addrs| self.destinations.filter(addrs)) {
             Ok(Ok(addrs)) => (Ok(addrs), false),
             Ok(Err(d)) => {
@@ -350,20 +344,15 @@ impl Services {
             }
         };
         if let Some(sid) = sid {
-            self.pump(stack, sid, table);
+            self.pump(stack, sid);
         }
     }
 
     /// Waiters whose time ran out, failed as timed out.
-    pub(super) fn expire_lookups(
-        &mut self,
-        stack: &mut Stack,
-        now: Instant,
-        table: &mut Option<String>,
-    ) {
+    pub(super) fn expire_lookups(&mut self, stack: &mut Stack, now: Instant) {
         for (waiter, error) in self.dns.expired(now) {
             debug!("name lookup: {error}");
-            self.resolved(stack, waiter, Err(error), table);
+            self.resolved(stack, waiter, Err(error));
         }
     }
 }

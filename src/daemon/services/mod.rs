@@ -77,6 +77,8 @@ pub struct Services {
     /// Where connections made for others may not go.
     destinations: Destinations,
     counters: ServiceCounters,
+    /// The `/` page's shared part, built at most once per turn.
+    page: http::PageCache,
     now: Instant,
     scratch: Vec<u8>,
 }
@@ -120,6 +122,7 @@ impl Services {
             socks_auth: cfg.socks_auth,
             destinations: cfg.destinations,
             counters: ServiceCounters::default(),
+            page: http::PageCache::default(),
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
         })
@@ -167,20 +170,33 @@ impl Services {
     /// connections, move bytes between connections and protocol state
     /// machines, answer datagrams, go on with sessions whose name lookup is
     /// answered, and end idle sessions and overdue lookups. Call after
-    /// feeding the stack, and when [`Services::wake_fd`] is readable.
+    /// feeding the stack, and when [`Services::wake_fd`] is readable. Each
+    /// call is a turn of its own ([`Services::begin_turn`]).
+    #[cfg(test)]
     pub fn handle_events(&mut self, stack: &mut Stack, now: Instant) {
+        self.begin_turn();
+        self.resume(stack, now);
+    }
+
+    /// A new turn of the driver's loop begins: the `/` page's shared part
+    /// is built again, once, when next asked for.
+    pub fn begin_turn(&mut self) {
+        self.page.turn += 1;
+    }
+
+    /// [`Services::handle_events`] within the current turn.
+    pub fn resume(&mut self, stack: &mut Stack, now: Instant) {
         self.now = now;
-        let mut table = None;
         for sid in std::mem::take(&mut self.wake) {
-            self.pump(stack, sid, &mut table);
+            self.pump(stack, sid);
         }
         while let Some(ev) = stack.poll_event() {
-            self.dispatch(stack, ev, &mut table);
+            self.dispatch(stack, ev);
         }
         while let Some((waiter, answer)) = self.dns.poll_answer() {
-            self.resolved(stack, waiter, answer, &mut table);
+            self.resolved(stack, waiter, answer);
         }
-        self.expire_lookups(stack, now, &mut table);
+        self.expire_lookups(stack, now);
         while let Some((sid, expiry)) = self.sessions.pop_expired(now) {
             self.expire(stack, sid, expiry);
         }
@@ -191,15 +207,15 @@ impl Services {
     /// [`Services::handle_events`], which a driver calls once per turn.
     pub fn handle_event(&mut self, stack: &mut Stack, ev: Event, now: Instant) {
         self.now = now;
-        self.dispatch(stack, ev, &mut None);
+        self.dispatch(stack, ev);
     }
 
-    fn dispatch(&mut self, stack: &mut Stack, ev: Event, table: &mut Option<String>) {
+    fn dispatch(&mut self, stack: &mut Stack, ev: Event) {
         match ev {
-            Event::Incoming(l) => self.accept_all(stack, l, table),
+            Event::Incoming(l) => self.accept_all(stack, l),
             Event::Tcp(h) => {
                 if let Some(sid) = self.sessions.owner(h) {
-                    self.pump(stack, sid, table);
+                    self.pump(stack, sid);
                 }
             }
             Event::Udp(u) => self.serve_udp(stack, u),
@@ -305,7 +321,7 @@ impl Services {
     }
 
     /// Take every connection waiting on listener `l` and start its session.
-    fn accept_all(&mut self, stack: &mut Stack, l: ListenerHandle, table: &mut Option<String>) {
+    fn accept_all(&mut self, stack: &mut Stack, l: ListenerHandle) {
         let Some(service) = self.listeners.tcp(l).cloned() else {
             return;
         };
@@ -340,7 +356,7 @@ impl Services {
                     self.sessions.add(session, self.now)
                 }
             };
-            self.pump(stack, sid, table);
+            self.pump(stack, sid);
         }
     }
 
@@ -353,7 +369,7 @@ impl Services {
     }
 
     /// Move what can move for session `sid`, and end or keep it.
-    fn pump(&mut self, stack: &mut Stack, sid: SessionId, table: &mut Option<String>) {
+    fn pump(&mut self, stack: &mut Stack, sid: SessionId) {
         let Some(entry) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -366,7 +382,15 @@ impl Services {
             RelayStatus::Closed | RelayStatus::Aborted => Pump::Ended,
         };
         let r = match &mut entry.session {
-            Session::Http(s) => s.pump(stack, scratch, table),
+            Session::Http(s) => {
+                let mut page = http::PageCtx {
+                    listeners: &self.listeners,
+                    cache: &mut self.page,
+                    now: self.now,
+                    counters: &mut self.counters,
+                };
+                s.pump(stack, scratch, &mut page)
+            }
             Session::Echo(s) => s.pump(stack, scratch),
             Session::Discard(h) => discard::pump(stack, *h, scratch),
             Session::Resolving(f) => f.pump(stack),

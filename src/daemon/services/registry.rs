@@ -243,6 +243,8 @@ pub(super) enum Service {
 pub(super) struct Listeners {
     tcp: HashMap<ListenerHandle, Service>,
     udp: HashMap<UdpHandle, Service>,
+    /// When they were bound.
+    since: Option<ephemera::Instant>,
 }
 
 impl Listeners {
@@ -253,7 +255,10 @@ impl Listeners {
         if cfg.ipv6 {
             wildcards.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         }
-        let mut bound = Listeners::default();
+        let mut bound = Listeners {
+            since: Some(stack.now()),
+            ..Listeners::default()
+        };
         let bindings = cfg.bindings();
         for ip in wildcards {
             for (proto, name, port, service) in &bindings {
@@ -295,6 +300,25 @@ impl Listeners {
 
     pub(super) fn len(&self) -> (usize, usize) {
         (self.tcp.len(), self.udp.len())
+    }
+
+    /// Each listener and UDP socket: protocol, address, when bound.
+    pub(super) fn sockets<'a>(
+        &'a self,
+        stack: &'a Stack,
+    ) -> impl Iterator<Item = (Protocol, SocketAddr, ephemera::Instant)> + 'a {
+        let since = self.since.unwrap_or(stack.now());
+        let tcp = self
+            .tcp
+            .keys()
+            .filter_map(|&l| stack.listener_addr(l))
+            .map(move |a| (Protocol::Tcp, a, since));
+        let udp = self
+            .udp
+            .keys()
+            .filter_map(|&u| stack.udp_local_addr(u))
+            .map(move |a| (Protocol::Udp, a, since));
+        tcp.chain(udp)
     }
 
     /// Close every listener and UDP socket.

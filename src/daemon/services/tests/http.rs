@@ -145,3 +145,104 @@ fn malformed_http_gets_400_while_a_concurrent_client_is_served() {
         .enumerate()
         .all(|(i, &b)| b == pattern_byte(i as u64)));
 }
+
+#[test]
+fn the_root_page_shows_no_other_clients_4_tuple() {
+    let mut t = trio(
+        12,
+        ServicesConfig {
+            http: Some(80),
+            echo: Some(7),
+            ..Default::default()
+        },
+    );
+    // Another client of the daemon, mid-conversation.
+    let mut other = Client::connect(t.net.stack(0), "10.0.0.2:7");
+    let theirs = t.net.stack(0).local_addr(other.h).unwrap();
+    other.write(b"private");
+    t.run(|n, _| {
+        other.pump(n.stack(0));
+        other.got == b"private"
+    });
+    let mut c = Client::connect(t.net.stack(0), "10.0.0.2:80");
+    let me = t.net.stack(0).local_addr(c.h).unwrap();
+    c.write(&http_get("/", true));
+    t.run(|n, _| {
+        c.pump(n.stack(0));
+        c.eof
+    });
+    let page = String::from_utf8(parse_response(&c.got).1).unwrap();
+    assert!(page.contains(&me.to_string()), "{page}");
+    assert!(
+        !page.contains(&theirs.port().to_string()),
+        "another client's port is on the page:\n{page}"
+    );
+    // It is counted, though.
+    assert!(
+        page.contains("2 listening, 1 UDP, 2 connections, 0 in TIME-WAIT"),
+        "{page}"
+    );
+}
+
+#[test]
+fn root_pages_are_bounded_and_built_once_per_turn() {
+    // 40 forwards, HTTP and echo: 42 TCP listeners and one UDP socket.
+    let forwards = (0..40)
+        .map(|i| forward(9000 + i, "10.0.0.3", 7000))
+        .collect();
+    let mut t = trio(
+        13,
+        ServicesConfig {
+            http: Some(80),
+            echo: Some(7),
+            forwards,
+            ..Default::default()
+        },
+    );
+    // Ten clients whose requests all reach the stack before the services
+    // next run: one turn serves them all.
+    let mut clients: Vec<Client> = (0..10)
+        .map(|_| {
+            let mut c = Client::connect(t.net.stack(0), "10.0.0.2:80");
+            c.write(&http_get("/", true));
+            c
+        })
+        .collect();
+    t.net
+        .run_until(STEPS, |n| {
+            for c in clients.iter_mut() {
+                c.pump(n.stack(0));
+            }
+            clients
+                .iter()
+                .all(|c| c.all_sent() && n.stack(0).send_queue(c.h) == 0)
+        })
+        .unwrap();
+    let now = t.net.now();
+    t.svc.handle_events(t.net.stack(1), now);
+    assert_eq!(t.svc.counters().http_pages_built, 1);
+    t.run(|n, _| {
+        for c in clients.iter_mut() {
+            c.pump(n.stack(0));
+        }
+        clients.iter().all(|c| c.eof)
+    });
+    let hidden = 42 + 1 - MAX_PAGE_LISTENERS;
+    for c in &clients {
+        let me = t.net.stack(0).local_addr(c.h).unwrap();
+        let page = String::from_utf8(parse_response(&c.got).1).unwrap();
+        let rows = page
+            .lines()
+            .filter(|l| l.starts_with("tcp") || l.starts_with("udp"));
+        assert_eq!(rows.count(), MAX_PAGE_LISTENERS + 1, "{page}");
+        assert!(
+            page.contains(&format!("... and {hidden} more listeners")),
+            "{page}"
+        );
+        assert!(page.contains(&me.to_string()), "{page}");
+        assert!(page.len() < 4096, "{} bytes", page.len());
+    }
+    let counters = t.svc.counters();
+    assert_eq!(counters.http_pages_built, 1);
+    assert_eq!(counters.http_page_rows_hidden, 10 * hidden as u64);
+}

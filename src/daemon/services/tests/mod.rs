@@ -27,6 +27,7 @@ use ephemera::{
 };
 
 use super::fetch::{FetchError, FetchEvent, FetchId};
+use super::http::MAX_PAGE_LISTENERS;
 use super::lookup::{InlineResolver, LookupId, LookupResult, Resolver};
 use super::{Forward, Services, ServicesConfig};
 use crate::daemon::credentials::Credentials;
