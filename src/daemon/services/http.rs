@@ -82,7 +82,7 @@ fn build_shared(stack: &Stack, listeners: &Listeners, now: Instant) -> PageShare
     let mut summary = String::new();
     let _ = write!(
         summary,
-        "port table: {tcp} listening, {udp} UDP, {} connections, {} in TIME-WAIT\n\
+        "port table: listening {tcp} TCP, {udp} UDP; connections {}; TIME-WAIT {}\n\
          (only the listeners and your own connection are shown here; \
          `ephemera ports` on the daemon's host shows every row)\n",
         table.live_flows(),

@@ -179,7 +179,7 @@ fn the_root_page_shows_no_other_clients_4_tuple() {
     );
     // It is counted, though.
     assert!(
-        page.contains("2 listening, 1 UDP, 2 connections, 0 in TIME-WAIT"),
+        page.contains("listening 2 TCP, 1 UDP; connections 2; TIME-WAIT 0"),
         "{page}"
     );
 }
