@@ -13,15 +13,30 @@ use std::net::IpAddr;
 /// a word whose low octet is zero, so every piece summed separately but
 /// the last must have an even length.
 pub fn sum(acc: u32, data: &[u8]) -> u32 {
-    let mut s = u64::from(acc);
-    let mut words = data.chunks_exact(2);
+    // RFC 1071 §2(B): the sum is byte-order independent, so words are
+    // added in the machine's order, eight octets at a time as two 32-bit
+    // halves into a 64-bit accumulator (2^31 steps before it could
+    // overflow), and the folded result is put in network order at the
+    // end. Summing 32-bit words and folding equals summing 16-bit words,
+    // since 2^16 ≡ 1 modulo 2^16 − 1. The loop vectorizes; the octet by
+    // octet version was four times slower, and every payload the TUN
+    // delivers is summed.
+    let mut s = 0u64;
+    let mut octs = data.chunks_exact(8);
+    for c in &mut octs {
+        let w = u64::from_ne_bytes(c.try_into().expect("8 octets"));
+        s += (w & 0xffff_ffff) + (w >> 32);
+    }
+    let mut words = octs.remainder().chunks_exact(2);
     for w in &mut words {
-        s += u64::from(u16::from_be_bytes([w[0], w[1]]));
+        s += u64::from(u16::from_ne_bytes([w[0], w[1]]));
     }
     if let [last] = words.remainder() {
-        s += u64::from(*last) << 8;
+        s += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    u32::from(fold64(s))
+    // Zero stays zero and 0xffff stays 0xffff, so the swap is exact.
+    let data = u16::from_be(fold64(s));
+    u32::from(fold64(u64::from(acc) + u64::from(data)))
 }
 
 /// Fold a sum to 16 bits with end-around carry.
@@ -135,6 +150,43 @@ mod tests {
         // Sums of pieces add up, if every piece but the last is even.
         assert_eq!(fold(sum(sum(0, &data[..4]), &data[4..])), 0xddf2);
         assert_eq!(fold(sum(0, &[0xab])), 0xab00);
+    }
+
+    /// The sum word by word in network order, as RFC 1071 writes it.
+    fn reference_sum(acc: u32, data: &[u8]) -> u32 {
+        let mut s = u64::from(acc);
+        for w in data.chunks(2) {
+            s += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        u32::from(fold64(s))
+    }
+
+    #[test]
+    fn the_fast_sum_equals_the_sum_word_by_word() {
+        let mut rng = SeededRng::new(1071);
+        for round in 0..3000 {
+            let len = rng.below(if round % 10 == 0 { 70_000 } else { 80 }) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            match round % 5 {
+                0 => data.fill(0),
+                1 => data.fill(0xff),
+                _ => {}
+            }
+            let acc = match round % 3 {
+                0 => 0,
+                1 => 0xffff,
+                _ => rng.below(0x1_0000) as u32,
+            };
+            // Any alignment of the slice in memory.
+            let skew = round % 8;
+            let mut buf = vec![0u8; skew];
+            buf.extend_from_slice(&data);
+            assert_eq!(
+                sum(acc, &buf[skew..]),
+                reference_sum(acc, &data),
+                "round {round}, {len} octets"
+            );
+        }
     }
 
     #[test]
