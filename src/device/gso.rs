@@ -23,10 +23,26 @@ pub const VNET_HDR_LEN: usize = 10;
 use crate::wire::checksum::{self, fold};
 use crate::wire::{TcpFlags, TcpView};
 
-const F_NEEDS_CSUM: u8 = 1;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start +
+/// csum_offset` holds only the pseudo-header sum (`CHECKSUM_PARTIAL`).
+pub(crate) const F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel checked the checksum
+/// (`CHECKSUM_UNNECESSARY`); the packet's checksum is whole. Nothing
+/// needs doing about it, so only the tests use it.
+#[cfg(test)]
+pub(crate) const F_DATA_VALID: u8 = 2;
+/// `VIRTIO_NET_HDR_GSO_NONE`.
+pub(crate) const GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+pub(crate) const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_UDP` (UFO, never asked for).
+#[cfg(test)]
+pub(crate) const GSO_UDP: u8 = 3;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`.
+pub(crate) const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_ECN`, or'ed into a TCP type: the first segment
+/// carries CWR (`SKB_GSO_TCP_ECN`).
+pub(crate) const GSO_ECN: u8 = 0x80;
 /// Offset of the checksum field in a TCP header.
 const TCP_CSUM_AT: usize = 16;
 /// Offset of the flags octet in a TCP header.
@@ -61,6 +77,19 @@ impl VnetHdr {
         b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
         b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
         b
+    }
+
+    /// The header as the kernel wrote it in front of a packet it sent us.
+    pub fn from_bytes(b: [u8; VNET_HDR_LEN]) -> VnetHdr {
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod gso;
 pub mod pcap;
+pub(crate) mod split;
 pub mod steering;
 pub mod tun;
 pub mod virtual_link;
