@@ -153,14 +153,16 @@ pub struct Edge {
     pub signals: signals::SignalPipe,
 }
 
-/// Open the TUN, with TCP segmentation offload towards the kernel when
-/// `offload` is asked for and the kernel takes `IFF_VNET_HDR` (`EINVAL`
-/// otherwise: then without, as `tun-tap` opens it).
+/// Open the TUN, with TCP segmentation offload towards the kernel and
+/// whatever receive offload it grants when `offload` is asked for and
+/// the kernel takes `IFF_VNET_HDR` (`EINVAL` otherwise: then without, as
+/// `tun-tap` opens it).
 fn open_tun(name: &str, offload: bool) -> io::Result<Tun> {
     if offload {
-        match Tun::open_with_offload(name) {
+        match Tun::open_with_offload(name, true) {
             Ok(tun) => {
                 log::info!("{name}: TCP segmentation offload towards the kernel");
+                log::info!("{name}: receive offload: {}", tun.receive_offload());
                 return Ok(tun);
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -368,6 +370,24 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
     EventLoop::new(edge, config, services)?.run()
 }
 
+/// Stack time: time since `start`.
+fn since(start: std::time::Instant) -> Instant {
+    Instant::from_micros(start.elapsed().as_micros().min(i64::MAX as u128) as i64)
+}
+
+/// Write `packet` to the pcap file, if capturing; stop capturing on error.
+fn capture(pcap: &mut Option<PcapWriter<BufWriter<File>>>, packet: &[u8]) {
+    if let Some(w) = pcap {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if let Err(e) = w.write_packet(wall, packet) {
+            log::warn!("pcap: {e}; no longer capturing");
+            *pcap = None;
+        }
+    }
+}
+
 /// How long a graceful shutdown waits for connections to close.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Packets read from the TUN per loop turn, so timers and the control
@@ -395,45 +415,36 @@ impl EventLoop {
             stack,
             services,
             start,
-            buf: vec![0u8; 65536],
+            buf: vec![0u8; tun::MAX_PACKET],
         })
     }
 
     fn now(&self) -> Instant {
-        Instant::from_micros(self.start.elapsed().as_micros().min(i64::MAX as u128) as i64)
+        since(self.start)
     }
 
-    fn capture(&mut self, packet: &[u8]) {
-        if let Some(pcap) = &mut self.edge.pcap {
-            let wall = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            if let Err(e) = pcap.write_packet(wall, packet) {
-                log::warn!("pcap: {e}; no longer capturing");
-                self.edge.pcap = None;
-            }
-        }
-    }
-
-    /// Read every queued packet (up to a batch) into the stack.
+    /// Read every queued packet (up to a batch) into the stack; a
+    /// super-packet from the kernel arrives as the segments it carries.
     fn read_tun(&mut self) -> Result<(), String> {
+        let EventLoop {
+            edge,
+            stack,
+            start,
+            buf,
+            ..
+        } = self;
         for _ in 0..READ_BATCH {
-            let mut buf = std::mem::take(&mut self.buf);
-            let r = self.edge.tun.recv(&mut buf);
-            let result = match r {
-                Ok(n) => {
-                    self.capture(&buf[..n]);
-                    let now = self.now();
-                    self.stack.handle_packet(now, &buf[..n]);
-                    Ok(true)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-                Err(e) => Err(format!("reading {}: {e}", self.edge.tun.name())),
-            };
-            self.buf = buf;
-            if !result? {
-                break;
+            let now = since(*start);
+            let pcap = &mut edge.pcap;
+            let r = edge.tun.recv_segments(buf, |packet| {
+                capture(pcap, packet);
+                stack.handle_packet(now, packet);
+            });
+            match r {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading {}: {e}", edge.tun.name())),
             }
         }
         Ok(())
@@ -466,6 +477,8 @@ impl EventLoop {
                     counters.extend(lookups.iter().map(|(k, v)| (k.to_string(), v)));
                     let refused = self.services.counters();
                     counters.extend(refused.iter().map(|(k, v)| (k.to_string(), v)));
+                    let rx = self.edge.tun.rx_counters();
+                    counters.extend(rx.iter().map(|(k, v)| (k.to_string(), v)));
                     self.edge
                         .control
                         .reply(id, &control::Response::Stats { counters });
@@ -486,7 +499,7 @@ impl EventLoop {
         let now = self.now();
         let mut batch = Vec::new();
         while let Some(p) = self.stack.poll_transmit(now) {
-            self.capture(&p);
+            capture(&mut self.edge.pcap, &p);
             batch.push(p);
         }
         // The kernel queue is full or a packet was refused: dropped, as a

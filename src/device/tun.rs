@@ -19,6 +19,8 @@ use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use tun_tap::{Iface, Mode};
 
 use super::gso;
+use super::split;
+pub use super::split::{Cut, RxDrop};
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -38,11 +40,126 @@ enum Kind {
     /// Opened by `tun-tap`: one bare IP packet per read or write.
     Plain(Iface),
     /// Opened with `IFF_VNET_HDR`: every packet behind a virtio-net header,
-    /// so writes may carry TCP segmentation offload ([`gso`]).
+    /// so writes may carry TCP segmentation offload ([`gso`]) and reads
+    /// super-packets and partial checksums ([`split`]) if `rx` says so.
     /// The device as a `File`: its vectored reads and writes are
     /// `readv(2)`/`writev(2)`, header and packet in one call.
-    Offload { file: File, name: String },
+    Offload {
+        file: File,
+        name: String,
+        rx: RxOffload,
+        cut: Cut,
+        counters: RxCounters,
+    },
 }
+
+/// The offloads the kernel agreed to use towards a TUN
+/// (`TUNSETOFFLOAD`): what [`Tun::recv_segments`] may be handed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxOffload(libc::c_uint);
+
+impl RxOffload {
+    /// No offload: whole packets with complete checksums.
+    pub const NONE: RxOffload = RxOffload(0);
+    /// Everything ephemera asks for: partial checksums (`TUN_F_CSUM`),
+    /// TCP super-packets over IPv4 and IPv6 (`TUN_F_TSO4`, `TUN_F_TSO6`),
+    /// also with CWR set (`TUN_F_TSO_ECN`).
+    pub const ALL: RxOffload =
+        RxOffload(libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN);
+
+    /// What to ask for, best first: Linux refuses a set with a flag it
+    /// does not know (`EINVAL`), and TSO without checksum offload.
+    const PROBE: [RxOffload; 5] = [
+        RxOffload::ALL,
+        RxOffload(libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6),
+        RxOffload(libc::TUN_F_CSUM | libc::TUN_F_TSO4),
+        RxOffload(libc::TUN_F_CSUM),
+        RxOffload::NONE,
+    ];
+
+    /// The `TUN_F_*` bits.
+    pub fn bits(self) -> libc::c_uint {
+        self.0
+    }
+
+    /// Whether the kernel may send TCP super-packets.
+    pub fn tso(self) -> bool {
+        self.0 & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0
+    }
+}
+
+impl std::fmt::Display for RxOffload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (libc::TUN_F_CSUM, "checksum"),
+            (libc::TUN_F_TSO4, "TSO4"),
+            (libc::TUN_F_TSO6, "TSO6"),
+            (libc::TUN_F_TSO_ECN, "TSO-ECN"),
+        ];
+        let on: Vec<&str> = names
+            .iter()
+            .filter(|(bit, _)| self.0 & bit != 0)
+            .map(|(_, name)| *name)
+            .collect();
+        if on.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&on.join(", "))
+        }
+    }
+}
+
+/// What the receive path did with what it read
+/// ([`Tun::rx_counters`]). All start at zero and only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RxCounters {
+    /// Packets read from the kernel.
+    pub reads: u64,
+    /// Of those, TCP super-packets that were cut.
+    pub super_packets: u64,
+    /// IP packets handed on (segments of super-packets included).
+    pub packets: u64,
+    /// Partial checksums completed.
+    pub checksums_completed: u64,
+    /// Dropped: shorter than a virtio-net header or longer than the buffer.
+    pub drop_truncated: u64,
+    /// Dropped: a GSO type not asked for or not matching the IP version.
+    pub drop_gso_type: u64,
+    /// Dropped: a super-packet that is not a TCP segment of the length read.
+    pub drop_malformed: u64,
+    /// Dropped: checksum offsets outside the packet or off the TCP checksum.
+    pub drop_checksum_offsets: u64,
+}
+
+impl RxCounters {
+    /// Every counter with its name (prefixed `tun_rx_`), in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("tun_rx_reads", self.reads),
+            ("tun_rx_super_packets", self.super_packets),
+            ("tun_rx_packets", self.packets),
+            ("tun_rx_checksums_completed", self.checksums_completed),
+            ("tun_rx_drop_truncated", self.drop_truncated),
+            ("tun_rx_drop_gso_type", self.drop_gso_type),
+            ("tun_rx_drop_malformed", self.drop_malformed),
+            ("tun_rx_drop_checksum_offsets", self.drop_checksum_offsets),
+        ]
+        .into_iter()
+    }
+
+    fn count_drop(&mut self, why: RxDrop) {
+        match why {
+            RxDrop::Truncated => self.drop_truncated += 1,
+            RxDrop::GsoType => self.drop_gso_type += 1,
+            RxDrop::Malformed => self.drop_malformed += 1,
+            RxDrop::ChecksumOffsets => self.drop_checksum_offsets += 1,
+        }
+    }
+}
+
+/// A buffer for [`Tun::recv_segments`] holds the largest packet a TUN
+/// carries: an IPv6 header and a 64 KiB payload.
+pub const MAX_PACKET: usize = 40 + 65535;
 
 impl Tun {
     /// Open (creating if needed) the TUN interface `name` in IP mode without
@@ -63,11 +180,17 @@ impl Tun {
 
     /// [`open`](Self::open), but with a virtio-net header on every packet
     /// (`IFF_VNET_HDR`), so that [`send_all`](Self::send_all) can hand the
-    /// kernel runs of TCP segments as one offloaded packet. Nothing is
-    /// offloaded towards us (`TUNSETOFFLOAD` 0): the kernel still
+    /// kernel runs of TCP segments as one offloaded packet.
+    ///
+    /// With `receive`, the kernel is asked to offload towards us too
+    /// (`TUNSETOFFLOAD` with [`RxOffload::ALL`], then smaller sets where
+    /// it refuses; [`receive_offload`](Self::receive_offload) says what it
+    /// took): it then sends TCP super-packets and partial checksums,
+    /// which [`recv_segments`](Self::recv_segments) turns back into
+    /// whole segments. Without, `TUNSETOFFLOAD` is 0: the kernel
     /// segments and checksums what it sends. `tun-tap` cannot set the
     /// flag, so this opens `/dev/net/tun` itself; same errors as `open`.
-    pub fn open_with_offload(name: &str) -> io::Result<Tun> {
+    pub fn open_with_offload(name: &str, receive: bool) -> io::Result<Tun> {
         let mut req = IfReq::named(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -79,23 +202,72 @@ impl Tun {
         let hdr_len = gso::VNET_HDR_LEN as libc::c_int;
         let fd = file.as_raw_fd();
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through its pointer, which
-        // points at a local; TUNSETOFFLOAD takes its argument (no offloads)
-        // by value. Both act on `fd`, which `file` holds open.
-        let failed = unsafe {
+        // points at a local, on `fd`, which `file` holds open.
+        let rc = unsafe {
             libc::ioctl(
                 fd,
                 libc::TUNSETVNETHDRSZ as _,
                 &hdr_len as *const libc::c_int,
-            ) < 0
-                || libc::ioctl(fd, libc::TUNSETOFFLOAD as _, 0 as libc::c_ulong) < 0
+            )
         };
-        if failed {
+        if rc < 0 {
             return Err(io::Error::last_os_error());
+        }
+        let probe: &[RxOffload] = if receive {
+            &RxOffload::PROBE
+        } else {
+            &[RxOffload::NONE]
+        };
+        let mut rx = None;
+        for &want in probe {
+            // SAFETY: TUNSETOFFLOAD takes its argument (the TUN_F_* bits)
+            // by value, on `fd`, which `file` holds open.
+            let rc = unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD as _, want.0 as libc::c_ulong) };
+            if rc == 0 {
+                rx = Some(want);
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINVAL) || want == RxOffload::NONE {
+                return Err(err);
+            }
         }
         let name = req.name();
         Ok(Tun {
-            kind: Kind::Offload { file, name },
+            kind: Kind::Offload {
+                file,
+                name,
+                rx: rx.unwrap_or_default(),
+                cut: Cut::default(),
+                counters: RxCounters::default(),
+            },
         })
+    }
+
+    /// The offloads the kernel uses towards us: [`RxOffload::NONE`] unless
+    /// opened with [`open_with_offload`](Self::open_with_offload) and
+    /// `receive`.
+    pub fn receive_offload(&self) -> RxOffload {
+        match &self.kind {
+            Kind::Plain(_) => RxOffload::NONE,
+            Kind::Offload { rx, .. } => *rx,
+        }
+    }
+
+    /// How [`recv_segments`](Self::recv_segments) cuts super-packets
+    /// ([`Cut::Coalesced`] unless set).
+    pub fn set_receive_cut(&mut self, to: Cut) {
+        if let Kind::Offload { cut, .. } = &mut self.kind {
+            *cut = to;
+        }
+    }
+
+    /// What the receive path has read, cut and dropped so far.
+    pub fn rx_counters(&self) -> RxCounters {
+        match &self.kind {
+            Kind::Plain(_) => RxCounters::default(),
+            Kind::Offload { counters, .. } => counters.clone(),
+        }
     }
 
     /// The interface's name, as the kernel reports it.
@@ -106,18 +278,82 @@ impl Tun {
         }
     }
 
-    /// Read one packet into `buf`; `WouldBlock` when none is queued. A
-    /// packet longer than `buf` is truncated, so size `buf` to the MTU.
+    /// Read one packet into `buf`, as the kernel wrote it, without its
+    /// virtio-net header; `WouldBlock` when none is queued. A packet
+    /// longer than `buf` is truncated, so size `buf` to the MTU. With
+    /// receive offload on, the packet may be a super-packet or carry a
+    /// partial checksum: read with [`recv_segments`](Self::recv_segments)
+    /// instead.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.kind {
             Kind::Plain(iface) => iface.recv(buf),
             Kind::Offload { file, .. } => {
-                // The header says nothing we need: with no offload towards
-                // us, packets arrive whole and checksummed.
                 let mut hdr = [0u8; gso::VNET_HDR_LEN];
                 let n = (&*file)
                     .read_vectored(&mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])?;
                 Ok(n.saturating_sub(gso::VNET_HDR_LEN))
+            }
+        }
+    }
+
+    /// Read one packet and hand `each` the IP packets it carries, whole
+    /// and checksummed: the packet itself, or with receive offload the
+    /// segments of a super-packet ([`set_receive_cut`](Self::set_receive_cut))
+    /// and packets whose partial checksum was completed. Returns how many
+    /// were handed on: 0 if the packet was dropped (cut short by a
+    /// `buf` smaller than [`MAX_PACKET`], or a virtio-net header that
+    /// does not fit it; [`rx_counters`](Self::rx_counters) counts why).
+    /// `WouldBlock` when nothing is queued. `buf` is scratch space,
+    /// overwritten in place.
+    pub fn recv_segments(
+        &mut self,
+        buf: &mut [u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        match &mut self.kind {
+            Kind::Plain(iface) => {
+                let n = iface.recv(buf)?;
+                match buf.get(..n) {
+                    Some(p) => {
+                        each(p);
+                        Ok(1)
+                    }
+                    None => Ok(0),
+                }
+            }
+            Kind::Offload {
+                file,
+                cut,
+                counters,
+                ..
+            } => {
+                let mut hdr = [0u8; gso::VNET_HDR_LEN];
+                let n = (&*file)
+                    .read_vectored(&mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])?;
+                counters.reads += 1;
+                // The kernel reports a packet's full length even when it
+                // copied only what fit.
+                let result = match n.checked_sub(gso::VNET_HDR_LEN) {
+                    Some(len) if len <= buf.len() => split::deliver(
+                        gso::VnetHdr::from_bytes(hdr),
+                        &mut buf[..len],
+                        *cut,
+                        &mut each,
+                    ),
+                    _ => Err(RxDrop::Truncated),
+                };
+                match result {
+                    Ok(d) => {
+                        counters.packets += d.packets as u64;
+                        counters.super_packets += u64::from(d.super_packet);
+                        counters.checksums_completed += u64::from(d.completed_checksum);
+                        Ok(d.packets)
+                    }
+                    Err(why) => {
+                        counters.count_drop(why);
+                        Ok(0)
+                    }
+                }
             }
         }
     }
