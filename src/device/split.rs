@@ -26,8 +26,8 @@
 //! `hdr_len` is the length of the skb's linear part, not of the headers
 //! (wireguard-go makes the same remark), so the headers' length comes from
 //! parsing the packet with [`TcpView`]; `csum_start` and `csum_offset`
-//! must point at the TCP checksum of a super-packet and inside any other
-//! packet; the IP length must be the length read; `gso_type` must match
+//! must point at the TCP checksum of a super-packet and at a whole word
+//! inside any other packet; the IP length must be the length read; `gso_type` must match
 //! the IP version; `gso_size` must not be zero. What fails is a
 //! [`RxDrop`], counted by the caller, and nothing is delivered.
 //! docs/architecture.md says why a checksum computed here can be trusted.
@@ -65,8 +65,8 @@ pub enum RxDrop {
     /// read, or has SYN or RST set, or a `gso_size` of zero, or headers
     /// longer than 256 octets.
     Malformed,
-    /// `csum_start`/`csum_offset` outside the packet, or not at the TCP
-    /// checksum of a super-packet.
+    /// `csum_start`/`csum_offset` outside the packet, at an odd offset,
+    /// or not at the TCP checksum of a super-packet.
     ChecksumOffsets,
 }
 
@@ -125,8 +125,11 @@ pub fn deliver(
 fn complete_checksum(hdr: VnetHdr, p: &mut [u8]) -> Result<(), RxDrop> {
     let start = usize::from(hdr.csum_start);
     let at = start + usize::from(hdr.csum_offset);
-    // Not inside the smallest IP header: the kernel never points there.
-    if start < 20 || at + 2 > p.len() {
+    // Not inside the smallest IP header, and a whole word of the summed
+    // bytes (the TCP, UDP and ICMPv6 checksums are): the kernel never
+    // points elsewhere, and a field at an odd offset would be summed
+    // byte-swapped, so no value written there could verify.
+    if start < 20 || !hdr.csum_offset.is_multiple_of(2) || at + 2 > p.len() {
         return Err(RxDrop::ChecksumOffsets);
     }
     let c = !checksum::fold(checksum::sum(0, &p[start..]));

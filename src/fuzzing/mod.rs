@@ -11,6 +11,7 @@
 
 pub mod dns;
 pub mod port_table;
+pub mod rx_split;
 pub mod stack_hostile;
 pub mod stack_pair;
 
@@ -22,21 +23,24 @@ pub fn run(name: &str, data: &[u8]) {
         "dns" => dns::run(data),
         "port_table" => port_table::run(data),
         "stack_pair" => stack_pair::run(data),
+        "rx_split" => rx_split::run(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
 
 /// The names of the fuzz targets.
-pub const TARGETS: &[&str] = &["stack_hostile", "dns", "port_table", "stack_pair"];
+pub const TARGETS: &[&str] = &["stack_hostile", "dns", "port_table", "stack_pair", "rx_split"];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
-/// `stack_hostile` gets real packets for its fixture's 4-tuples; the
-/// structured targets get seeded pseudo-random bytes, which decode to
-/// operation sequences.
+/// `stack_hostile` gets real packets for its fixture's 4-tuples,
+/// `rx_split` super-packets as the kernel writes them; the structured
+/// targets get seeded pseudo-random bytes, which decode to operation
+/// sequences.
 pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
     match name {
         "stack_hostile" => return stack_hostile::seeds(),
         "dns" => return dns::seeds(),
+        "rx_split" => return rx_split::seeds(),
         _ => {}
     }
     let mut rng = crate::SeededRng::new(name.len() as u64);
@@ -121,5 +125,10 @@ mod tests {
     #[test]
     fn stack_pair_corpus_and_regressions() {
         replay("stack_pair");
+    }
+
+    #[test]
+    fn rx_split_corpus_and_regressions() {
+        replay("rx_split");
     }
 }

@@ -462,6 +462,17 @@ fn hostile_headers_are_refused_and_nothing_is_delivered() {
             RxDrop::ChecksumOffsets,
         ),
         (
+            "partial checksum at an odd offset",
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                csum_start: 20,
+                csum_offset: 1,
+                ..VnetHdr::default()
+            },
+            single.clone(),
+            RxDrop::ChecksumOffsets,
+        ),
+        (
             "partial checksum in the IP header",
             VnetHdr {
                 flags: F_NEEDS_CSUM,
