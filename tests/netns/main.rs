@@ -1,7 +1,8 @@
 //! The `ephemera` binary on real TUN devices, in network namespaces the
 //! tests make themselves: [`daemon`] runs `ephemera up` with real clients,
 //! [`hardening`] with hostile ones and other local users,
-//! [`tun`] drives the library's TUN device directly. Nothing is configured
+//! [`tun`] drives the library's TUN device directly, [`offload`] moves
+//! bulk data both ways with receive offload on and off. Nothing is configured
 //! in the host's namespace.
 //!
 //! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
@@ -10,4 +11,5 @@
 mod daemon;
 mod hardening;
 mod harness;
+mod offload;
 mod tun;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use std::os::unix::io::AsFd;
 
+use ephemera::device::tun::RxOffload;
 use ephemera::device::{kernel_peer_addr, tun, Tun};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -171,4 +172,67 @@ fn configuring_a_missing_interface_fails_cleanly() {
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
         assert!(tun::set_up("ephnothere0").is_err());
     });
+}
+
+#[test]
+fn receive_offload_is_granted_and_partial_checksums_come_out_complete() {
+    in_private_netns(
+        "receive_offload_is_granted_and_partial_checksums_come_out_complete",
+        || {
+            // Without receive offload the kernel is asked for none.
+            let plain = Tun::open_with_offload("ephtest1", false).unwrap();
+            assert_eq!(plain.receive_offload(), RxOffload::NONE);
+            drop(plain);
+
+            let mut dev = Tun::open_with_offload("ephtest1", true).unwrap();
+            // Every Linux since 2.6.27 takes the whole set.
+            assert_eq!(dev.receive_offload(), RxOffload::ALL);
+            assert_eq!(
+                dev.receive_offload().to_string(),
+                "checksum, TSO4, TSO6, TSO-ECN"
+            );
+            let kernel: Ipv4Addr = "10.7.0.1".parse().unwrap();
+            let stack: Ipv4Addr = "10.7.0.2".parse().unwrap();
+            tun::set_ipv4("ephtest1", kernel, 24).unwrap();
+            tun::set_up("ephtest1").unwrap();
+            let mut buf = vec![0u8; tun::MAX_PACKET];
+            while dev.recv_segments(&mut buf, |_| {}).is_ok() {}
+
+            // With TUN_F_CSUM the kernel leaves UDP checksums for the
+            // device to fill in; recv_segments fills them in.
+            let sock = UdpSocket::bind((kernel, 0)).unwrap();
+            sock.send_to(&[0x5a; 999], (stack, 9999)).unwrap();
+            let mut got = None;
+            for _ in 0..50 {
+                let mut fds = [PollFd::new(dev.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(2000u16)).unwrap() == 0 {
+                    break;
+                }
+                let r = dev.recv_segments(&mut buf, |p| {
+                    if p.len() > 28 && p[0] >> 4 == 4 && p[9] == 17 {
+                        got = Some(p.to_vec());
+                    }
+                });
+                if got.is_some() || matches!(r, Err(ref e) if e.kind() != io::ErrorKind::WouldBlock)
+                {
+                    break;
+                }
+            }
+            let pkt = got.expect("no UDP datagram from the kernel");
+            let ip = etherparse::SlicedPacket::from_ip(&pkt).unwrap();
+            let Some(etherparse::TransportSlice::Udp(udp)) = ip.transport else {
+                panic!("not UDP")
+            };
+            assert_eq!(udp.payload(), &[0x5a; 999][..]);
+            assert!(ephemera::wire::checksum::verify_transport(
+                IpAddr::V4(kernel),
+                IpAddr::V4(stack),
+                17,
+                &pkt[20..]
+            ));
+            let counters = dev.rx_counters();
+            assert!(counters.checksums_completed >= 1, "{counters:?}");
+            assert_eq!(counters.drop_checksum_offsets, 0, "{counters:?}");
+        },
+    );
 }
