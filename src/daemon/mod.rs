@@ -325,6 +325,8 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             .map_or(StackConfig::default().syn_backlog, |b| {
                 b.max(StackConfig::default().syn_backlog)
             }),
+        tcp_rx_buffer: TCP_BUFFER,
+        tcp_tx_buffer: TCP_BUFFER,
         ..StackConfig::default()
     };
     // Who may use SOCKS: the interface's own subnets unless told.
@@ -369,6 +371,15 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
     };
     EventLoop::new(edge, config, services)?.run()
 }
+
+/// Each TCP connection's receive and send buffer, octets: the most it
+/// may hold while busy (pages are backed on first write and handed back
+/// once it is idle, `src/buffer_pool.rs`), and so its window. At the
+/// library's 64 KiB a bulk transfer stops and waits for every ACK: the
+/// loop sleeps in poll(2) until the kernel's reader has run, and the
+/// rate follows the scheduler (docs/performance-notes.md). Linux lets a
+/// socket's buffers grow to 4 MiB (send) and 6 MiB (receive).
+const TCP_BUFFER: usize = 1 << 20;
 
 /// Stack time: time since `start`.
 fn since(start: std::time::Instant) -> Instant {
