@@ -195,7 +195,17 @@ fn pump_direction(
         let n = CHUNK.min(scratch.len());
         match stack.recv(src, &mut scratch[..n]) {
             Ok(0) => dir.eof = true,
-            Ok(k) => dir.buf.extend_from_slice(&scratch[..k]),
+            Ok(k) => {
+                // Straight on to `dst`; only what it has no room for yet
+                // is kept, which saves a copy of every byte in the common
+                // case, where `dst` takes it all.
+                let sent = match stack.send(dst, &scratch[..k]) {
+                    Ok(m) => m,
+                    Err(SendError::WouldBlock) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                dir.buf.extend_from_slice(&scratch[sent..k]);
+            }
             Err(RecvError::WouldBlock) => return Ok(progress),
             Err(e) => return Err(e.into()),
         }
