@@ -20,8 +20,10 @@
 /// opened with `IFF_VNET_HDR`.
 pub const VNET_HDR_LEN: usize = 10;
 
+use std::ops::Range;
+
 use crate::wire::checksum::{self, fold};
-use crate::wire::{TcpFlags, TcpView};
+use crate::wire::{protocol, TcpFlags, TcpView};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start +
 /// csum_offset` holds only the pseudo-header sum (`CHECKSUM_PARTIAL`).
@@ -133,8 +135,8 @@ fn parse(p: &[u8]) -> Option<Seg> {
 }
 
 /// Whether `b` continues the run whose first segment is `f` and last `l`.
-fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -> bool {
-    let ((fp, fs), (_, ls), (bp, bs)) = (f, l, b);
+fn continues(f: (&[u8], Seg), l: Seg, b: (&[u8], Seg), merged: usize) -> bool {
+    let ((fp, fs), ls, (bp, bs)) = (f, l, b);
     // Same family and header length first: the comparisons below index
     // both packets with the first one's offsets.
     if bs.v6 != fs.v6 || bs.hdr_len != fs.hdr_len {
@@ -164,80 +166,136 @@ fn continues(f: (&[u8], Seg), l: (&[u8], Seg), b: (&[u8], Seg), merged: usize) -
         && merged + bs.payload <= 0xffff - fs.hdr_len
 }
 
-/// Build one super-packet from a run of at least two segments.
-fn merge(run: &[(Vec<u8>, Seg)]) -> (VnetHdr, Vec<u8>) {
-    let (first, fs) = (&run[0].0, run[0].1);
-    let ls = run[run.len() - 1].1;
-    let payload: usize = run.iter().map(|(_, s)| s.payload).sum();
-    let mut out = Vec::with_capacity(fs.hdr_len + payload);
-    out.extend_from_slice(&first[..fs.hdr_len]);
-    for (p, s) in run {
-        out.extend_from_slice(&p[s.hdr_len..]);
+/// The longest IP and TCP headers of a merged run: IPv6 and a TCP
+/// header with 40 octets of options.
+const HEAD_MAX: usize = 40 + 60;
+
+/// One write to a TUN with `IFF_VNET_HDR`: a virtio-net header, then a
+/// packet of the batch given to [`coalesce`] as it is, or the
+/// super-packet of a run of its segments: new headers, then each
+/// segment's payload where it lies in the batch, so that the payload is
+/// never copied on its way to the kernel (the write gathers it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The header to write first.
+    pub hdr: VnetHdr,
+    /// The batch's packets this frame carries, in order.
+    pub packets: Range<usize>,
+    /// A super-packet's IP and TCP headers (`head_len` of them); none
+    /// for a packet written as it is.
+    head: [u8; HEAD_MAX],
+    head_len: usize,
+}
+
+impl Frame {
+    /// What follows the header, in order, borrowed from `batch` (the
+    /// batch [`coalesce`] was given) and from the frame.
+    pub fn parts<'a>(&'a self, batch: &'a [Vec<u8>]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let (head, payloads): (&[u8], &[Vec<u8>]) = if self.head_len == 0 {
+            (&batch[self.packets.start], &[])
+        } else {
+            (&self.head[..self.head_len], &batch[self.packets.clone()])
+        };
+        let skip = self.head_len;
+        std::iter::once(head).chain(payloads.iter().map(move |p| &p[skip..]))
     }
-    let (ip, tcp_len) = (fs.ip_len, out.len() - fs.ip_len);
+
+    /// The packet's length in octets (after the virtio-net header).
+    pub fn len(&self, batch: &[Vec<u8>]) -> usize {
+        self.parts(batch).map(<[u8]>::len).sum()
+    }
+
+    /// The packet in one piece.
+    pub fn to_packet(&self, batch: &[Vec<u8>]) -> Vec<u8> {
+        self.parts(batch).flatten().copied().collect()
+    }
+}
+
+/// The frame of a run of at least two segments, `run` in `batch`.
+fn merge(batch: &[Vec<u8>], run: Range<usize>, fs: Seg, ls: Seg, payload: usize) -> Frame {
+    let first = &batch[run.start];
+    let mut head = [0u8; HEAD_MAX];
+    let h = &mut head[..fs.hdr_len];
+    h.copy_from_slice(&first[..fs.hdr_len]);
+    let (ip, tcp_len) = (fs.ip_len, fs.hdr_len - fs.ip_len + payload);
     // PSH as the last segment had it: the kernel keeps it for the last.
-    out[ip + TCP_FLAGS_AT] = ((fs.flags & !TcpFlags::PSH) | (ls.flags & TcpFlags::PSH)).bits();
+    h[ip + TCP_FLAGS_AT] = ((fs.flags & !TcpFlags::PSH) | (ls.flags & TcpFlags::PSH)).bits();
     if fs.v6 {
-        out[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
     } else {
-        let total = out.len() as u16;
-        out[2..4].copy_from_slice(&total.to_be_bytes());
-        checksum::fill_ipv4_header(&mut out[..20]);
+        let total = (ip + tcp_len) as u16;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        checksum::fill_ipv4_header(&mut h[..20]);
     }
-    let view = TcpView::parse(&out[..]).expect("a merged run is a TCP segment");
+    let view = TcpView::parse(&first[..]).expect("a run's first packet is a TCP segment");
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, and the
     // kernel sums the TCP header and payload over it.
-    let pseudo = fold(view.pseudo_header_sum());
-    out[ip + TCP_CSUM_AT..ip + TCP_CSUM_AT + 2].copy_from_slice(&pseudo.to_be_bytes());
-    let hdr = VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: if fs.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
-        hdr_len: fs.hdr_len as u16,
-        gso_size: fs.payload as u16,
-        csum_start: ip as u16,
-        csum_offset: TCP_CSUM_AT as u16,
-    };
-    (hdr, out)
+    let pseudo = fold(checksum::pseudo_header(
+        view.src_addr(),
+        view.dst_addr(),
+        protocol::TCP,
+        tcp_len,
+    ));
+    h[ip + TCP_CSUM_AT..ip + TCP_CSUM_AT + 2].copy_from_slice(&pseudo.to_be_bytes());
+    Frame {
+        hdr: VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if fs.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            hdr_len: fs.hdr_len as u16,
+            gso_size: fs.payload as u16,
+            csum_start: ip as u16,
+            csum_offset: TCP_CSUM_AT as u16,
+        },
+        packets: run,
+        head,
+        head_len: fs.hdr_len,
+    }
 }
 
 /// Turn a batch of outgoing IP packets, in order, into what to write to a
 /// TUN with `IFF_VNET_HDR`: runs of consecutive segments of one TCP flow
 /// merged into super-packets, everything else as it was with an empty
-/// header. Packets keep their order.
-pub fn coalesce(batch: Vec<Vec<u8>>) -> Vec<(VnetHdr, Vec<u8>)> {
-    let plain = VnetHdr {
-        gso_type: GSO_NONE,
-        ..VnetHdr::default()
+/// header. Packets keep their order; every packet is in exactly one
+/// frame.
+pub fn coalesce(batch: &[Vec<u8>]) -> Vec<Frame> {
+    let plain = |i: usize| Frame {
+        hdr: VnetHdr {
+            gso_type: GSO_NONE,
+            ..VnetHdr::default()
+        },
+        packets: i..i + 1,
+        head: [0; HEAD_MAX],
+        head_len: 0,
     };
     let mut out = Vec::with_capacity(batch.len());
-    let mut run: Vec<(Vec<u8>, Seg)> = Vec::new();
-    let mut merged = 0;
-    let flush = |run: &mut Vec<(Vec<u8>, Seg)>, out: &mut Vec<(VnetHdr, Vec<u8>)>| {
-        match run.len() {
-            0 => {}
-            1 => out.push((plain, run.pop().expect("one").0)),
-            _ => out.push(merge(run)),
-        }
-        run.clear();
+    // The run so far: its first index and segment, its last segment, its
+    // payload octets.
+    let mut run: Option<(usize, Seg, Seg, usize)> = None;
+    let flush = |run: Option<(usize, Seg, Seg, usize)>, end: usize, out: &mut Vec<Frame>| match run
+    {
+        Some((start, _, _, _)) if end - start == 1 => out.push(plain(start)),
+        Some((start, fs, ls, payload)) => out.push(merge(batch, start..end, fs, ls, payload)),
+        None => {}
     };
-    for p in batch {
-        let Some(seg) = parse(&p) else {
-            flush(&mut run, &mut out);
-            out.push((plain, p));
+    for (i, p) in batch.iter().enumerate() {
+        let Some(seg) = parse(p) else {
+            flush(run.take(), i, &mut out);
+            out.push(plain(i));
             continue;
         };
-        let joins = match (run.first(), run.last()) {
-            (Some(f), Some(l)) => continues((&f.0, f.1), (&l.0, l.1), (&p, seg), merged),
-            _ => false,
+        run = match run {
+            Some((start, fs, ls, merged))
+                if continues((&batch[start], fs), ls, (p, seg), merged) =>
+            {
+                Some((start, fs, seg, merged + seg.payload))
+            }
+            other => {
+                flush(other, i, &mut out);
+                Some((i, seg, seg, seg.payload))
+            }
         };
-        if !joins {
-            flush(&mut run, &mut out);
-            merged = 0;
-        }
-        merged += seg.payload;
-        run.push((p, seg));
     }
-    flush(&mut run, &mut out);
+    flush(run, batch.len(), &mut out);
     out
 }
 
@@ -353,6 +411,14 @@ mod tests {
             .collect()
     }
 
+    /// The frames of `batch`, each as its header and packet in one piece.
+    fn frames(batch: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        coalesce(batch)
+            .iter()
+            .map(|f| (f.hdr, f.to_packet(batch)))
+            .collect()
+    }
+
     fn cut_back(out: &[(VnetHdr, Vec<u8>)]) -> Vec<Vec<u8>> {
         without_ids(out.iter().flat_map(|(h, p)| segment(*h, p)).collect())
     }
@@ -369,7 +435,7 @@ mod tests {
                     p
                 })
                 .collect();
-            let out = coalesce(batch.clone());
+            let out = frames(&batch);
             assert_eq!(out.len(), 1, "v6={v6}");
             let (h, p) = &out[0];
             assert_eq!(h.gso_size as usize, MSS);
@@ -385,7 +451,7 @@ mod tests {
         let batch: Vec<Vec<u8>> = (0..3)
             .map(|i| seg(false, i, 1 + i as u32 * 100, false, 1000, &data(100, 7)))
             .collect();
-        let (h, p) = &coalesce(batch)[0];
+        let (h, p) = &frames(&batch)[0];
         let ip = h.csum_start as usize;
         // The device (or skb_checksum_help) sums from csum_start to the end,
         // the pre-filled field included, and stores the complement.
@@ -440,7 +506,7 @@ mod tests {
             ),
         ];
         for (what, batch, packets) in cases {
-            let out = coalesce(batch.clone());
+            let out = frames(&batch);
             assert_eq!(out.len(), packets, "{what}");
             assert_eq!(cut_back(&out), without_ids(batch), "{what}");
         }
@@ -471,7 +537,7 @@ mod tests {
             udp.clone(),
             vec![0x45, 0, 0], // garbage is passed on untouched
         ];
-        let out = coalesce(batch.clone());
+        let out = frames(&batch);
         assert_eq!(out.len(), 5);
         assert_eq!(out[1], (VnetHdr::default(), syn));
         assert_eq!(out[2].0.gso_type, GSO_TCPV4);
@@ -484,7 +550,7 @@ mod tests {
         let batch: Vec<Vec<u8>> = (0..100)
             .map(|i| seg(false, i, i as u32 * MSS as u32, false, 9, &d))
             .collect();
-        let out = coalesce(batch.clone());
+        let out = frames(&batch);
         assert!(out.iter().all(|(_, p)| p.len() <= 0xffff));
         assert_eq!(out.len(), 3, "44 + 44 + 12 segments");
         assert_eq!(cut_back(&out), without_ids(batch));
@@ -538,10 +604,37 @@ mod tests {
                     p
                 })
                 .collect();
-            let out = coalesce(batch.clone());
+            let out = frames(&batch);
             assert!(out.len() <= batch.len());
             assert_eq!(cut_back(&out), without_ids(batch), "round {round}");
         }
+    }
+
+    #[test]
+    fn frames_cover_the_batch_once_and_borrow_its_payloads() {
+        let d = data(MSS, 4);
+        let m = MSS as u32;
+        let batch = vec![
+            seg(false, 0, 0, false, 9, &d),
+            seg(false, 0, m, false, 9, &d),
+            seg(false, 0, 2 * m, true, 9, &d[..10]),
+            seg(true, 0, 0, false, 9, &d),
+        ];
+        let out = coalesce(&batch);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[0].packets.clone(), out[1].packets.clone()),
+            (0..3, 3..4)
+        );
+        let parts: Vec<&[u8]> = out[0].parts(&batch).collect();
+        assert_eq!(parts.len(), 4, "headers, then three payloads");
+        for (i, part) in parts[1..].iter().enumerate() {
+            let payload = &batch[i][40..];
+            assert_eq!(part.as_ptr(), payload.as_ptr(), "payload {i} was copied");
+        }
+        assert_eq!(out[0].len(&batch), 40 + 2 * MSS + 10);
+        let whole: Vec<&[u8]> = out[1].parts(&batch).collect();
+        assert_eq!(whole, vec![&batch[3][..]]);
     }
 
     #[test]

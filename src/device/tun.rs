@@ -380,9 +380,15 @@ impl Tun {
                 }
             }
             Kind::Offload { file, .. } => {
-                for (hdr, p) in gso::coalesce(batch) {
-                    if let Err(e) = write_with(file, hdr, &p) {
-                        failed(p.len(), e);
+                for frame in gso::coalesce(&batch) {
+                    let hdr = frame.hdr.to_bytes();
+                    let mut iov = Vec::with_capacity(2 + frame.packets.len());
+                    iov.push(IoSlice::new(&hdr));
+                    iov.extend(frame.parts(&batch).map(IoSlice::new));
+                    // A TUN takes one packet per write, whole, from all
+                    // the pieces: no partial writes.
+                    if let Err(e) = (&*file).write_vectored(&iov) {
+                        failed(frame.len(&batch), e);
                     }
                 }
             }
