@@ -110,8 +110,32 @@ pub trait LocalAddrs {
     fn is_subnet_broadcast(&self, ip: IpAddr) -> bool;
 }
 
-/// Check and classify one IP packet.
+/// Whether [`classify_with`] checks TCP and UDP checksums.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Checksums {
+    /// Check them: the packet may have crossed a link.
+    Verify,
+    /// Take them as right: the device vouches for the packet (a TUN's
+    /// receive offload for what the kernel built or checked; see
+    /// docs/architecture.md). The IPv4 header checksum is still checked.
+    Vouched,
+}
+
+/// Check and classify one IP packet, checksums included (the tests'
+/// shorthand for [`classify_with`]).
+#[cfg(test)]
 pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropReason> {
+    classify_with(packet, addrs, Checksums::Verify)
+}
+
+/// Check and classify one IP packet, its TCP and UDP checksums checked
+/// or not.
+pub fn classify_with(
+    packet: &[u8],
+    addrs: &impl LocalAddrs,
+    checksums: Checksums,
+) -> Result<Class, DropReason> {
+    let verify = checksums == Checksums::Verify;
     let sliced = SlicedPacket::from_ip(packet).map_err(|_| DropReason::Malformed)?;
     let (src, dst, fragmented) = match &sliced.net {
         Some(NetSlice::Ipv4(v4)) => {
@@ -159,7 +183,7 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropRea
     let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
     match sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
-            if !TcpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
+            if verify && !TcpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
                 return Err(DropReason::BadChecksum);
             }
             if tcp.source_port() == 0 || tcp.destination_port() == 0 {
@@ -186,7 +210,7 @@ pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropRea
         }
         Some(TransportSlice::Udp(udp)) => {
             // A zero UDP checksum over IPv4 means "not computed" (RFC 768).
-            let skip = src.is_ipv4() && udp.checksum() == 0;
+            let skip = !verify || src.is_ipv4() && udp.checksum() == 0;
             if !skip && !UdpPacket::new_unchecked(ip_payload.payload).verify_checksum(&s, &d) {
                 return Err(DropReason::BadChecksum);
             }
@@ -383,6 +407,32 @@ mod tests {
         for (name, p, want) in cases {
             assert_eq!(classify(&p, &Ours), Err(want), "{name}");
         }
+    }
+
+    #[test]
+    fn vouched_packets_skip_only_the_transport_checksum() {
+        let good = tcp_v4([10, 0, 0, 2], [10, 0, 0, 1], 40000, 80, b"data");
+        let mut partial = good.clone();
+        partial[36..38].copy_from_slice(&[0x12, 0x34]);
+        assert_eq!(classify(&partial, &Ours), Err(DropReason::BadChecksum));
+        let vouched = classify_with(&partial, &Ours, Checksums::Vouched);
+        assert_eq!(vouched, classify(&good, &Ours));
+        let b = PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64).udp(5000, 53);
+        let mut udp = Vec::new();
+        b.write(&mut udp, b"hi").unwrap();
+        udp[26] ^= 0xff;
+        assert_eq!(classify(&udp, &Ours), Err(DropReason::BadChecksum));
+        assert!(matches!(
+            classify_with(&udp, &Ours, Checksums::Vouched),
+            Ok(Class::Udp { .. })
+        ));
+        // The IPv4 header checksum is still the packet's own to get right.
+        let mut bad_ip = good.clone();
+        bad_ip[10] ^= 0xff;
+        assert_eq!(
+            classify_with(&bad_ip, &Ours, Checksums::Vouched),
+            Err(DropReason::BadChecksum)
+        );
     }
 
     #[test]

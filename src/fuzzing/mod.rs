@@ -29,7 +29,13 @@ pub fn run(name: &str, data: &[u8]) {
 }
 
 /// The names of the fuzz targets.
-pub const TARGETS: &[&str] = &["stack_hostile", "dns", "port_table", "stack_pair", "rx_split"];
+pub const TARGETS: &[&str] = &[
+    "stack_hostile",
+    "dns",
+    "port_table",
+    "stack_pair",
+    "rx_split",
+];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
 /// `stack_hostile` gets real packets for its fixture's 4-tuples,

@@ -27,7 +27,7 @@ use smoltcp::wire::{IpAddress, IpCidr, TcpControl};
 
 use crate::buffer_pool::BufferPool;
 use crate::counters::Counters;
-use crate::demux::{self, Class, IcmpError, LocalAddrs, TcpSeg};
+use crate::demux::{self, Checksums, Class, IcmpError, LocalAddrs, TcpSeg};
 use crate::error::{ConnError, ConnectError};
 use crate::port_table::{FlowKey, Lookup, PortTable, Protocol};
 use crate::rng::{Rng, SeededRng};
@@ -198,9 +198,22 @@ impl Stack {
 
     /// Take in one IP packet received at `now`.
     pub fn handle_packet(&mut self, now: Instant, packet: &[u8]) {
+        self.handle(now, packet, Checksums::Verify);
+    }
+
+    /// [`handle_packet`](Self::handle_packet) for a packet whose device
+    /// vouches for its TCP or UDP checksum, which is then not checked
+    /// (and may be partial): what a TUN's receive offload hands on from
+    /// a kernel that built the packet or checked it (see
+    /// docs/architecture.md). Give anything else to `handle_packet`.
+    pub fn handle_vouched_packet(&mut self, now: Instant, packet: &[u8]) {
+        self.handle(now, packet, Checksums::Vouched);
+    }
+
+    fn handle(&mut self, now: Instant, packet: &[u8], checksums: Checksums) {
         self.now = now;
         self.counters.packets_in += 1;
-        let class = match demux::classify(packet, &Addrs(&self.addrs)) {
+        let class = match demux::classify_with(packet, &Addrs(&self.addrs), checksums) {
             Ok(c) => c,
             Err(reason) => {
                 debug!("drop {reason:?}: {} octets", packet.len());
