@@ -35,6 +35,7 @@ use std::path::Path;
 use crate::cli::{control_path, UpArgs};
 use control::Request;
 use credentials::Credentials;
+use ephemera::device::tun::{Fill, RxChecksum};
 use ephemera::device::{tun, PcapWriter, Tun};
 use ephemera::Instant;
 use ephemera::PortTableConfig;
@@ -416,7 +417,19 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    fn new(edge: Edge, config: StackConfig, services: ServicesConfig) -> Result<EventLoop, String> {
+    fn new(
+        mut edge: Edge,
+        config: StackConfig,
+        services: ServicesConfig,
+    ) -> Result<EventLoop, String> {
+        // What the kernel vouches for goes to the stack unchecked, so its
+        // checksums need not be summed, unless a capture is to show them
+        // (docs/architecture.md).
+        edge.tun.set_fill_checksums(if edge.pcap.is_some() {
+            Fill::Complete
+        } else {
+            Fill::Partial
+        });
         let start = std::time::Instant::now();
         let mut stack = Stack::new(config, Instant::from_micros(0))
             .map_err(|e| format!("stack configuration: {e}"))?;
@@ -447,9 +460,12 @@ impl EventLoop {
         for _ in 0..READ_BATCH {
             let now = since(*start);
             let pcap = &mut edge.pcap;
-            let r = edge.tun.recv_segments(buf, |packet| {
+            let r = edge.tun.recv_segments(buf, |packet, checksum| {
                 capture(pcap, packet);
-                stack.handle_packet(now, packet);
+                match checksum {
+                    RxChecksum::Vouched => stack.handle_vouched_packet(now, packet),
+                    RxChecksum::Unchecked => stack.handle_packet(now, packet),
+                }
             });
             match r {
                 Ok(_) => {}

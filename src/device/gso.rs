@@ -29,9 +29,7 @@ use crate::wire::{protocol, TcpFlags, TcpView};
 /// csum_offset` holds only the pseudo-header sum (`CHECKSUM_PARTIAL`).
 pub(crate) const F_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_F_DATA_VALID`: the kernel checked the checksum
-/// (`CHECKSUM_UNNECESSARY`); the packet's checksum is whole. Nothing
-/// needs doing about it, so only the tests use it.
-#[cfg(test)]
+/// (`CHECKSUM_UNNECESSARY`); the packet's checksum is whole.
 pub(crate) const F_DATA_VALID: u8 = 2;
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 pub(crate) const GSO_NONE: u8 = 0;

@@ -15,7 +15,9 @@
 //! by the payload before it, FIN and PSH only on the last segment, CWR
 //! only on the first, IPv4 total length, identification (counting up
 //! from the first) and header checksum, IPv6 payload length, and every
-//! TCP checksum complete.
+//! TCP checksum complete (or, with [`Fill::Partial`], its own
+//! pseudo-header sum, for a receiver that takes the kernel's word,
+//! [`RxChecksum::Vouched`]).
 //!
 //! It cuts in place: segment *i*'s headers are written just in front of
 //! its payload, over the tail of segment *i − 1*, which has been handed
@@ -32,7 +34,7 @@
 //! [`RxDrop`], counted by the caller, and nothing is delivered.
 //! docs/architecture.md says why a checksum computed here can be trusted.
 
-use super::gso::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
+use super::gso::{VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
 use crate::wire::checksum;
 use crate::wire::{TcpFlags, TcpView};
 
@@ -50,6 +52,38 @@ pub enum Cut {
     /// instead of once per `gso_size`. See docs/performance-notes.md.
     #[default]
     Coalesced,
+}
+
+/// Whether the receive path ([`Tun::recv_segments`](super::Tun::recv_segments))
+/// computes the checksums the kernel left to the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fill {
+    /// Every packet handed on has a complete checksum, as a NIC would
+    /// complete it: what anything that checks checksums needs.
+    #[default]
+    Complete,
+    /// Packets the kernel vouches for ([`RxChecksum::Vouched`]) keep
+    /// a partial checksum, the pseudo-header sum (for a segment cut from
+    /// a super-packet, its own): no payload is summed, for a receiver
+    /// that does not check what the kernel vouches for.
+    Partial,
+}
+
+/// What the checksum of a packet the receive path
+/// ([`Tun::recv_segments`](super::Tun::recv_segments)) hands on may be
+/// relied on for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Nobody checked it: the kernel's header carried no checksum flag,
+    /// so the packet may come from a link as it was. Check it.
+    Unchecked,
+    /// The kernel vouches for the bytes: it built them and left the
+    /// checksum to the device (`NEEDS_CSUM`), or it (or the NIC) checked
+    /// it (`DATA_VALID`), or the packet is a segment of a super-packet,
+    /// which only the kernel's TCP and its GRO (which checks every
+    /// segment it merges) make. The checksum is complete with
+    /// [`Fill::Complete`], maybe partial with [`Fill::Partial`].
+    Vouched,
 }
 
 /// Why a packet read from the kernel was not delivered.
@@ -87,28 +121,38 @@ pub struct Delivered {
 }
 
 /// Hand the IP packets that `packet` (read behind `hdr`) carries to
-/// `each`, in order: the packet itself, its checksum completed if the
-/// kernel left it partial, or the segments of a super-packet, cut as
-/// `cut` says. Nothing is handed on when it fails.
+/// `each`, in order, with what their checksum is worth: the packet
+/// itself, its partial checksum completed unless `fill` says not to, or
+/// the segments of a super-packet, cut as `cut` says. Nothing is handed
+/// on when it fails.
 pub fn deliver(
     hdr: VnetHdr,
     packet: &mut [u8],
     cut: Cut,
-    each: &mut dyn FnMut(&[u8]),
+    fill: Fill,
+    each: &mut dyn FnMut(&[u8], RxChecksum),
 ) -> Result<Delivered, RxDrop> {
     if hdr.gso_type == GSO_NONE {
-        let completed_checksum = hdr.flags & F_NEEDS_CSUM != 0;
-        if completed_checksum {
-            complete_checksum(hdr, packet)?;
+        let partial = hdr.flags & F_NEEDS_CSUM != 0;
+        let vouched = partial || hdr.flags & F_DATA_VALID != 0;
+        if partial {
+            complete_checksum(hdr, packet, fill)?;
         }
-        each(packet);
+        each(
+            packet,
+            if vouched {
+                RxChecksum::Vouched
+            } else {
+                RxChecksum::Unchecked
+            },
+        );
         return Ok(Delivered {
             packets: 1,
             super_packet: false,
-            completed_checksum,
+            completed_checksum: partial && fill == Fill::Complete,
         });
     }
-    let packets = split_tcp(hdr, packet, cut, each)?;
+    let packets = split_tcp(hdr, packet, cut, fill, each)?;
     Ok(Delivered {
         packets,
         super_packet: true,
@@ -122,7 +166,8 @@ pub fn deliver(
 /// at `csum_start + csum_offset`. A result of zero is written as
 /// 0xffff, its equivalent, since zero means "no checksum" in UDP
 /// (RFC 768; Linux's `skb_checksum_help` does the same).
-fn complete_checksum(hdr: VnetHdr, p: &mut [u8]) -> Result<(), RxDrop> {
+/// With [`Fill::Partial`], only the offsets are checked.
+fn complete_checksum(hdr: VnetHdr, p: &mut [u8], fill: Fill) -> Result<(), RxDrop> {
     let start = usize::from(hdr.csum_start);
     let at = start + usize::from(hdr.csum_offset);
     // Not inside the smallest IP header, and a whole word of the summed
@@ -131,6 +176,9 @@ fn complete_checksum(hdr: VnetHdr, p: &mut [u8]) -> Result<(), RxDrop> {
     // byte-swapped, so no value written there could verify.
     if start < 20 || !hdr.csum_offset.is_multiple_of(2) || at + 2 > p.len() {
         return Err(RxDrop::ChecksumOffsets);
+    }
+    if fill == Fill::Partial {
+        return Ok(());
     }
     let c = !checksum::fold(checksum::sum(0, &p[start..]));
     let c = if c == 0 { 0xffff } else { c };
@@ -146,7 +194,8 @@ fn split_tcp(
     hdr: VnetHdr,
     p: &mut [u8],
     cut: Cut,
-    each: &mut dyn FnMut(&[u8]),
+    fill: Fill,
+    each: &mut dyn FnMut(&[u8], RxChecksum),
 ) -> Result<usize, RxDrop> {
     let n = p.len();
     let view = TcpView::parse(&p[..]).map_err(|_| RxDrop::Malformed)?;
@@ -211,8 +260,16 @@ fn split_tcp(
         let mut view = TcpView::parse(&mut *seg).map_err(|_| RxDrop::Malformed)?;
         view.set_seq(seq0.wrapping_add((at - hlen) as u32));
         view.set_flags(flags);
-        view.fill_checksum();
-        each(&p[start..end]);
+        match fill {
+            Fill::Complete => view.fill_checksum(),
+            Fill::Partial => {
+                // CHECKSUM_PARTIAL as the segment's own: its pseudo-header.
+                let seed = checksum::fold(view.pseudo_header_sum()).to_be_bytes();
+                let at = l4 + usize::from(TCP_CHECKSUM_AT);
+                p[start + at..start + at + 2].copy_from_slice(&seed);
+            }
+        }
+        each(&p[start..end], RxChecksum::Vouched);
         at = end;
         i += 1;
         if last {

@@ -20,7 +20,7 @@ use tun_tap::{Iface, Mode};
 
 use super::gso;
 use super::split;
-pub use super::split::{Cut, RxDrop};
+pub use super::split::{Cut, Fill, RxChecksum, RxDrop};
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -49,6 +49,7 @@ enum Kind {
         name: String,
         rx: RxOffload,
         cut: Cut,
+        fill: Fill,
         counters: RxCounters,
     },
 }
@@ -121,6 +122,9 @@ pub struct RxCounters {
     pub packets: u64,
     /// Partial checksums completed.
     pub checksums_completed: u64,
+    /// IP packets handed on as vouched for by the kernel
+    /// ([`RxChecksum::Vouched`]).
+    pub vouched: u64,
     /// Dropped: shorter than a virtio-net header or longer than the buffer.
     pub drop_truncated: u64,
     /// Dropped: a GSO type not asked for or not matching the IP version.
@@ -139,6 +143,7 @@ impl RxCounters {
             ("tun_rx_super_packets", self.super_packets),
             ("tun_rx_packets", self.packets),
             ("tun_rx_checksums_completed", self.checksums_completed),
+            ("tun_rx_vouched", self.vouched),
             ("tun_rx_drop_truncated", self.drop_truncated),
             ("tun_rx_drop_gso_type", self.drop_gso_type),
             ("tun_rx_drop_malformed", self.drop_malformed),
@@ -239,6 +244,7 @@ impl Tun {
                 name,
                 rx: rx.unwrap_or_default(),
                 cut: Cut::default(),
+                fill: Fill::default(),
                 counters: RxCounters::default(),
             },
         })
@@ -259,6 +265,17 @@ impl Tun {
     pub fn set_receive_cut(&mut self, to: Cut) {
         if let Kind::Offload { cut, .. } = &mut self.kind {
             *cut = to;
+        }
+    }
+
+    /// Whether [`recv_segments`](Self::recv_segments) completes the
+    /// checksums the kernel leaves to the device ([`Fill::Complete`]
+    /// unless set). [`Fill::Partial`] saves summing every payload, for a
+    /// receiver that takes [`RxChecksum::Vouched`] packets as checked
+    /// ([`Stack::handle_vouched_packet`](crate::Stack::handle_vouched_packet)).
+    pub fn set_fill_checksums(&mut self, to: Fill) {
+        if let Kind::Offload { fill, .. } = &mut self.kind {
+            *fill = to;
         }
     }
 
@@ -296,26 +313,27 @@ impl Tun {
         }
     }
 
-    /// Read one packet and hand `each` the IP packets it carries, whole
-    /// and checksummed: the packet itself, or with receive offload the
-    /// segments of a super-packet ([`set_receive_cut`](Self::set_receive_cut))
-    /// and packets whose partial checksum was completed. Returns how many
-    /// were handed on: 0 if the packet was dropped (cut short by a
-    /// `buf` smaller than [`MAX_PACKET`], or a virtio-net header that
-    /// does not fit it; [`rx_counters`](Self::rx_counters) counts why).
-    /// `WouldBlock` when nothing is queued. `buf` is scratch space,
-    /// overwritten in place.
+    /// Read one packet and hand `each` the IP packets it carries, whole,
+    /// with what their checksum is worth: the packet itself, or with
+    /// receive offload the segments of a super-packet
+    /// ([`set_receive_cut`](Self::set_receive_cut)) and packets whose
+    /// partial checksum was completed ([`set_fill_checksums`](Self::set_fill_checksums)).
+    /// Returns how many were handed on: 0 if the packet was dropped (cut
+    /// short by a `buf` smaller than [`MAX_PACKET`], or a virtio-net
+    /// header that does not fit it; [`rx_counters`](Self::rx_counters)
+    /// counts why). `WouldBlock` when nothing is queued. `buf` is scratch
+    /// space, overwritten in place.
     pub fn recv_segments(
         &mut self,
         buf: &mut [u8],
-        mut each: impl FnMut(&[u8]),
+        mut each: impl FnMut(&[u8], RxChecksum),
     ) -> io::Result<usize> {
         match &mut self.kind {
             Kind::Plain(iface) => {
                 let n = iface.recv(buf)?;
                 match buf.get(..n) {
                     Some(p) => {
-                        each(p);
+                        each(p, RxChecksum::Unchecked);
                         Ok(1)
                     }
                     None => Ok(0),
@@ -324,6 +342,7 @@ impl Tun {
             Kind::Offload {
                 file,
                 cut,
+                fill,
                 counters,
                 ..
             } => {
@@ -333,15 +352,21 @@ impl Tun {
                 counters.reads += 1;
                 // The kernel reports a packet's full length even when it
                 // copied only what fit.
+                let mut vouched = 0;
                 let result = match n.checked_sub(gso::VNET_HDR_LEN) {
                     Some(len) if len <= buf.len() => split::deliver(
                         gso::VnetHdr::from_bytes(hdr),
                         &mut buf[..len],
                         *cut,
-                        &mut each,
+                        *fill,
+                        &mut |p, checksum| {
+                            vouched += u64::from(checksum == RxChecksum::Vouched);
+                            each(p, checksum);
+                        },
                     ),
                     _ => Err(RxDrop::Truncated),
                 };
+                counters.vouched += vouched;
                 match result {
                     Ok(d) => {
                         counters.packets += d.packets as u64;

@@ -5,7 +5,8 @@
 //! kernel writes it, then the packet. Mode bit 0 makes the packet's IP
 //! length and the header's checksum offsets agree with the packet first
 //! (so that mutations reach the cutting rather than stop at the checks);
-//! bit 1 picks [`Cut::Kernel`] over [`Cut::Coalesced`].
+//! bit 1 picks [`Cut::Kernel`] over [`Cut::Coalesced`]; bit 2
+//! [`Fill::Partial`] over [`Fill::Complete`].
 //!
 //! Properties: no panic; a refusal delivers nothing; a packet without GSO
 //! comes out once, the same length, changed at most in its checksum
@@ -17,11 +18,17 @@
 //! previous one ended, carry FIN and PSH only last and CWR only first,
 //! and whose payloads put together are the payload that went in, cut at
 //! `gso_size` (kernel) or after the first `gso_size` octets (coalesced).
+//! With [`Fill::Partial`] a segment's checksum is its own pseudo-header
+//! sum instead, and a partial checksum on a single packet is left as it
+//! was. Every packet is vouched for exactly when the header says the
+//! kernel built or checked it, or it comes from a super-packet.
 
 use std::net::SocketAddr;
 
-use crate::device::gso::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6};
-use crate::device::split::{deliver, Cut};
+use crate::device::gso::{
+    VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
+};
+use crate::device::split::{deliver, Cut, Fill, RxChecksum};
 use crate::wire::build::{tcp_options, Ext, Ipv4, Ipv6, Tcp, TcpOpt, Udp};
 use crate::wire::{checksum, protocol, TcpFlags, TcpView};
 
@@ -44,18 +51,34 @@ pub fn run(data: &[u8]) {
     } else {
         Cut::Coalesced
     };
+    let fill = if mode & 4 != 0 {
+        Fill::Partial
+    } else {
+        Fill::Complete
+    };
     let original = packet.clone();
     let mut got: Vec<Vec<u8>> = Vec::new();
-    let result = deliver(hdr, &mut packet, cut, &mut |s| got.push(s.to_vec()));
+    let mut worth = Vec::new();
+    let result = deliver(hdr, &mut packet, cut, fill, &mut |s, c| {
+        got.push(s.to_vec());
+        worth.push(c);
+    });
     let Ok(delivered) = result else {
         assert!(got.is_empty(), "{result:?} but delivered {}", got.len());
         return;
     };
     assert_eq!(delivered.packets, got.len());
-    if hdr.gso_type == GSO_NONE {
-        check_single(hdr, &original, &got);
+    let vouched = hdr.gso_type != GSO_NONE || hdr.flags & (F_NEEDS_CSUM | F_DATA_VALID) != 0;
+    let want = if vouched {
+        RxChecksum::Vouched
     } else {
-        check_segments(hdr, cut, &original, &got);
+        RxChecksum::Unchecked
+    };
+    assert!(worth.iter().all(|&c| c == want), "{worth:?}, not {want:?}");
+    if hdr.gso_type == GSO_NONE {
+        check_single(hdr, fill, &original, &got);
+    } else {
+        check_segments(hdr, cut, fill, &original, &got);
     }
 }
 
@@ -80,11 +103,11 @@ fn make_consistent(hdr: &mut VnetHdr, p: &mut [u8]) {
     }
 }
 
-fn check_single(hdr: VnetHdr, original: &[u8], got: &[Vec<u8>]) {
+fn check_single(hdr: VnetHdr, fill: Fill, original: &[u8], got: &[Vec<u8>]) {
     assert_eq!(got.len(), 1);
     let out = &got[0];
     assert_eq!(out.len(), original.len());
-    if hdr.flags & F_NEEDS_CSUM == 0 {
+    if hdr.flags & F_NEEDS_CSUM == 0 || fill == Fill::Partial {
         assert!(*out == original, "a whole packet was changed");
         return;
     }
@@ -99,7 +122,7 @@ fn check_single(hdr: VnetHdr, original: &[u8], got: &[Vec<u8>]) {
     assert_eq!(checksum::fold(checksum::sum(seed, &out[start..])), 0xffff);
 }
 
-fn check_segments(hdr: VnetHdr, cut: Cut, original: &[u8], got: &[Vec<u8>]) {
+fn check_segments(hdr: VnetHdr, cut: Cut, fill: Fill, original: &[u8], got: &[Vec<u8>]) {
     let v = TcpView::parse(original).expect("a cut super-packet parses");
     let (l4, hlen) = (v.ip_header_len(), v.ip_header_len() + v.header_len());
     let payload = &original[hlen..];
@@ -112,7 +135,14 @@ fn check_segments(hdr: VnetHdr, cut: Cut, original: &[u8], got: &[Vec<u8>]) {
         assert_eq!(s.packet_len(), seg.len(), "segment {i}: IP length");
         assert_eq!(s.ip_header_len(), l4);
         assert_eq!(s.header_len(), v.header_len());
-        assert!(s.verify_checksum(), "segment {i}: TCP checksum");
+        match fill {
+            Fill::Complete => assert!(s.verify_checksum(), "segment {i}: TCP checksum"),
+            Fill::Partial => assert_eq!(
+                s.checksum(),
+                checksum::fold(s.pseudo_header_sum()),
+                "segment {i}: partial TCP checksum"
+            ),
+        }
         if !s.is_ipv6() {
             assert_eq!(checksum::fold(checksum::sum(0, &seg[..l4])), 0xffff);
         }
@@ -155,7 +185,8 @@ fn check_segments(hdr: VnetHdr, cut: Cut, original: &[u8], got: &[Vec<u8>]) {
 
 /// Seeds: super-packets as the kernel writes them (both families, an
 /// extension header, timestamps, FIN, CWR), partial checksums on single
-/// packets, and a few refusals, each with both cuts.
+/// packets, and a few refusals, each with both cuts and complete
+/// checksums, and coalesced with partial ones.
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let v4: (SocketAddr, SocketAddr) = (
         "10.7.0.1:40000".parse().unwrap(),
@@ -279,7 +310,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     ));
     let mut out = Vec::new();
     for (name, hdr, p) in inputs {
-        for (mode, suffix) in [(0u8, "coalesced"), (2, "kernel")] {
+        for (mode, suffix) in [(0u8, "coalesced"), (2, "kernel"), (4, "coalesced-partial")] {
             let mut bytes = vec![mode];
             bytes.extend_from_slice(&hdr.to_bytes());
             bytes.extend_from_slice(&p);

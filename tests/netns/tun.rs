@@ -196,7 +196,7 @@ fn receive_offload_is_granted_and_partial_checksums_come_out_complete() {
             tun::set_ipv4("ephtest1", kernel, 24).unwrap();
             tun::set_up("ephtest1").unwrap();
             let mut buf = vec![0u8; tun::MAX_PACKET];
-            while dev.recv_segments(&mut buf, |_| {}).is_ok() {}
+            while dev.recv_segments(&mut buf, |_, _| {}).is_ok() {}
 
             // With TUN_F_CSUM the kernel leaves UDP checksums for the
             // device to fill in; recv_segments fills them in.
@@ -208,7 +208,7 @@ fn receive_offload_is_granted_and_partial_checksums_come_out_complete() {
                 if poll(&mut fds, PollTimeout::from(2000u16)).unwrap() == 0 {
                     break;
                 }
-                let r = dev.recv_segments(&mut buf, |p| {
+                let r = dev.recv_segments(&mut buf, |p, _| {
                     if p.len() > 28 && p[0] >> 4 == 4 && p[9] == 17 {
                         got = Some(p.to_vec());
                     }

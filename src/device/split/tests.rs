@@ -132,10 +132,26 @@ fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-/// Deliver and collect what was handed on.
-fn cut_up(hdr: VnetHdr, mut p: Vec<u8>, cut: Cut) -> (Result<Delivered, RxDrop>, Vec<Vec<u8>>) {
+/// Deliver with complete checksums and collect what was handed on.
+fn cut_up(hdr: VnetHdr, p: Vec<u8>, cut: Cut) -> (Result<Delivered, RxDrop>, Vec<Vec<u8>>) {
+    let (r, got) = deliver_all(hdr, p, cut, Fill::Complete);
+    (r, got.into_iter().map(|(p, _)| p).collect())
+}
+
+/// The packets handed on, with their checksum's worth.
+type Handed = Vec<(Vec<u8>, RxChecksum)>;
+
+/// Deliver and collect what was handed on, with its checksum's worth.
+fn deliver_all(
+    hdr: VnetHdr,
+    mut p: Vec<u8>,
+    cut: Cut,
+    fill: Fill,
+) -> (Result<Delivered, RxDrop>, Handed) {
     let mut got = Vec::new();
-    let r = deliver(hdr, &mut p, cut, &mut |s| got.push(s.to_vec()));
+    let r = deliver(hdr, &mut p, cut, fill, &mut |s, c| {
+        got.push((s.to_vec(), c))
+    });
     (r, got)
 }
 
@@ -533,4 +549,91 @@ fn a_tiny_gso_size_cuts_into_many_segments() {
     let (r, got) = cut_up(hdr, p, Cut::Kernel);
     assert_eq!(r.map(|d| d.packets), Ok(301));
     assert_eq!(got, flow.reference(&payload, 1));
+}
+
+#[test]
+fn what_the_kernel_vouches_for_is_marked_so() {
+    let flow = Flow::new(false);
+    let single = flow.packet(TcpFlags::ACK, 1, 2, b"abc");
+    let partial_single = partial(single.clone(), 20, 16, protocol::TCP);
+    let (gso, super_packet) = flow.super_packet(&data(3000), 1000);
+    let needs = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        csum_start: 20,
+        csum_offset: 16,
+        ..VnetHdr::default()
+    };
+    let valid = VnetHdr {
+        flags: F_DATA_VALID,
+        ..VnetHdr::default()
+    };
+    for (what, hdr, p, want) in [
+        (
+            "no flags",
+            VnetHdr::default(),
+            single.clone(),
+            RxChecksum::Unchecked,
+        ),
+        ("DATA_VALID", valid, single.clone(), RxChecksum::Vouched),
+        ("NEEDS_CSUM", needs, partial_single, RxChecksum::Vouched),
+        ("super-packet", gso, super_packet, RxChecksum::Vouched),
+    ] {
+        for fill in [Fill::Complete, Fill::Partial] {
+            let (r, got) = deliver_all(hdr, p.clone(), Cut::Kernel, fill);
+            assert!(r.is_ok(), "{what}");
+            assert!(got.iter().all(|(_, c)| *c == want), "{what} {fill:?}");
+        }
+    }
+}
+
+#[test]
+fn partial_fill_leaves_each_segment_its_own_pseudo_header_sum() {
+    for v6 in [false, true] {
+        let flow = Flow {
+            options: timestamps(),
+            flags: TcpFlags::ACK | TcpFlags::FIN,
+            ..Flow::new(v6)
+        };
+        let payload = data(4321);
+        let (hdr, p) = flow.super_packet(&payload, 1000);
+        for cut in [Cut::Kernel, Cut::Coalesced] {
+            let (r, got) = deliver_all(hdr, p.clone(), cut, Fill::Partial);
+            let (_, complete) = cut_up(hdr, p.clone(), cut);
+            assert_eq!(r.map(|d| d.packets), Ok(complete.len()));
+            for ((seg, _), whole) in got.iter().zip(&complete) {
+                let view = TcpView::parse(&seg[..]).unwrap();
+                let seed = checksum::fold(view.pseudo_header_sum());
+                assert_eq!(view.checksum(), seed, "v6={v6} {cut:?}");
+                // Apart from the checksum, the same segment.
+                let mut filled = seg.clone();
+                TcpView::parse(&mut filled[..]).unwrap().fill_checksum();
+                assert_eq!(&filled, whole, "v6={v6} {cut:?}");
+            }
+        }
+        // A single packet's partial checksum is left as the kernel wrote it.
+        let l4 = if v6 { 40 } else { 20 };
+        let p = partial(
+            flow.packet(TcpFlags::ACK, 7, 7, b"xyz"),
+            l4,
+            16,
+            protocol::TCP,
+        );
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        let (r, got) = deliver_all(hdr, p.clone(), Cut::Kernel, Fill::Partial);
+        assert_eq!(r.map(|d| d.completed_checksum), Ok(false));
+        assert_eq!(got, vec![(p, RxChecksum::Vouched)]);
+        // Bad offsets are refused whatever the fill.
+        let bad = VnetHdr {
+            csum_offset: 1,
+            ..hdr
+        };
+        let (r, got) = deliver_all(bad, got[0].0.clone(), Cut::Kernel, Fill::Partial);
+        assert_eq!(r, Err(RxDrop::ChecksumOffsets));
+        assert!(got.is_empty());
+    }
 }
