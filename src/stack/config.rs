@@ -52,6 +52,11 @@ pub struct StackConfig {
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
+    /// The link completes the TCP checksums of what the stack sends, so
+    /// smoltcp leaves their field zero and never sums a payload: only for
+    /// a device that does it, like a TUN with a virtio-net header, whose
+    /// writes ask the kernel to (`device::gso`). Off by default.
+    pub tcp_checksum_offload: bool,
 }
 
 impl Default for StackConfig {
@@ -71,6 +76,7 @@ impl Default for StackConfig {
             fin_timeout: Some(Duration::from_secs(60)),
             shrink_idle_after: Some(Duration::from_secs(1)),
             seed: None,
+            tcp_checksum_offload: false,
         }
     }
 }

@@ -22,6 +22,8 @@ struct OneShot<'a> {
     rx: Option<&'a [u8]>,
     tx: &'a mut VecDeque<Vec<u8>>,
     mtu: usize,
+    /// What smoltcp does about TCP checksums (it never checks them).
+    tcp_sum: Checksum,
 }
 
 struct RxOne<'a>(&'a [u8]);
@@ -66,10 +68,11 @@ impl phy::Device for OneShot<'_> {
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
         // demux verified IPv4, TCP and UDP checksums already; smoltcp only
-        // computes them on the way out.
+        // computes them on the way out, TCP's not even then if the link
+        // does.
         let mut sums = ChecksumCapabilities::default();
         sums.ipv4 = Checksum::Tx;
-        sums.tcp = Checksum::Tx;
+        sums.tcp = self.tcp_sum;
         sums.udp = Checksum::Tx;
         caps.checksum = sums;
         caps
@@ -100,19 +103,35 @@ pub(super) struct Link {
     pub iface: Interface,
     pub tx: VecDeque<Vec<u8>>,
     pub mtu: usize,
+    /// [`Checksum::None`] if the link completes TCP checksums, else
+    /// [`Checksum::Tx`].
+    tcp_sum: Checksum,
     /// The empty set smoltcp answers unmatched packets with.
     pub empty: SocketSet<'static>,
 }
 
 impl Link {
     /// The link of a stack with addresses `cidrs` on an IP link of `mtu`
-    /// octets; `seed` seeds smoltcp's own random choices (ISNs).
-    pub(super) fn new(mtu: usize, cidrs: &[IpCidr], seed: u64, now: Instant) -> Link {
+    /// octets, which completes TCP checksums if `tcp_checksum_offload`;
+    /// `seed` seeds smoltcp's own random choices (ISNs).
+    pub(super) fn new(
+        mtu: usize,
+        tcp_checksum_offload: bool,
+        cidrs: &[IpCidr],
+        seed: u64,
+        now: Instant,
+    ) -> Link {
+        let tcp_sum = if tcp_checksum_offload {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         let mut tx = VecDeque::new();
         let mut dev = OneShot {
             rx: None,
             tx: &mut tx,
             mtu,
+            tcp_sum,
         };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
@@ -139,6 +158,7 @@ impl Link {
             iface,
             tx,
             mtu,
+            tcp_sum,
             empty: SocketSet::new(Vec::new()),
         }
     }
@@ -155,6 +175,7 @@ impl Link {
             rx: Some(packet),
             tx: &mut self.tx,
             mtu: self.mtu,
+            tcp_sum: self.tcp_sum,
         };
         self.iface.poll_ingress_single(now, &mut dev, set)
     }
@@ -165,6 +186,7 @@ impl Link {
             rx: None,
             tx: &mut self.tx,
             mtu: self.mtu,
+            tcp_sum: self.tcp_sum,
         };
         // Each call sends at most one segment; the window bounds the loop,
         // the cap guards against a socket that never says it is done.
@@ -206,6 +228,7 @@ impl Link {
             rx: Some(packet),
             tx: &mut self.tx,
             mtu: self.mtu,
+            tcp_sum: self.tcp_sum,
         };
         let _ = self
             .iface

@@ -175,7 +175,13 @@ impl Stack {
         };
         let table = PortTable::new(config.ports.clone(), &mut rng).map_err(ConfigError::Ports)?;
 
-        let link = Link::new(config.mtu, &cidrs, rng.next_u64(), now);
+        let link = Link::new(
+            config.mtu,
+            config.tcp_checksum_offload,
+            &cidrs,
+            rng.next_u64(),
+            now,
+        );
         let buffers = BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer);
         Ok(Stack {
             link,

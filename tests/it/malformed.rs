@@ -331,3 +331,23 @@ fn a_vouched_packet_skips_only_the_transport_checksum() {
     server.handle_vouched_packet(t, &bad_ip);
     assert_eq!(counter(server.counters(), "drop_bad_checksum"), 2);
 }
+
+#[test]
+fn with_tcp_checksum_offload_the_stack_leaves_the_field_zero() {
+    for offload in [false, true] {
+        let mut cfg = config(SERVER, 4);
+        cfg.tcp_checksum_offload = offload;
+        let mut server = ephemera::Stack::new(cfg, ephemera::Instant::ZERO).unwrap();
+        let _listener = server.listen(sa("10.0.0.2:80"), None).unwrap();
+        let t = ephemera::Instant::from_millis(1);
+        server.handle_packet(t, &syn_to_server());
+        let mut answer = server.poll_transmit(t).expect("a SYN-ACK");
+        let mut view = ephemera::wire::TcpView::parse(&mut answer[..]).unwrap();
+        assert_eq!(view.flags(), TcpFlags::SYN | TcpFlags::ACK);
+        if offload {
+            assert_eq!(view.checksum(), 0);
+            view.fill_checksum();
+        }
+        assert!(view.verify_checksum(), "offload={offload}");
+    }
+}
