@@ -252,10 +252,53 @@ fn merge(batch: &[Vec<u8>], run: Range<usize>, fs: Seg, ls: Seg, payload: usize)
 
 /// Turn a batch of outgoing IP packets, in order, into what to write to a
 /// TUN with `IFF_VNET_HDR`: runs of consecutive segments of one TCP flow
-/// merged into super-packets, everything else as it was with an empty
+/// merged into super-packets, every other TCP segment with its checksum
+/// left to the kernel (the field set to the pseudo-header sum, in
+/// place, and `NEEDS_CSUM`), everything else as it was with an empty
 /// header. Packets keep their order; every packet is in exactly one
 /// frame.
-pub fn coalesce(batch: &[Vec<u8>]) -> Vec<Frame> {
+///
+/// So the TCP checksums the stack computed, if it did, are never used:
+/// a kernel that delivers the packet locally takes `CHECKSUM_PARTIAL`
+/// as good without summing anything, and one that forwards it completes
+/// the checksum (or has the NIC do it).
+pub fn coalesce(batch: &mut [Vec<u8>]) -> Vec<Frame> {
+    let mut frames = runs(batch);
+    for f in &mut frames {
+        if f.head_len == 0 {
+            if let Some(hdr) = leave_checksum(&mut batch[f.packets.start]) {
+                f.hdr = hdr;
+            }
+        }
+    }
+    frames
+}
+
+/// If `p` is a TCP segment, put its pseudo-header sum in its checksum
+/// field and return the header that asks the kernel to complete it.
+fn leave_checksum(p: &mut [u8]) -> Option<VnetHdr> {
+    let len = p.len();
+    let view = TcpView::parse(&*p).ok()?;
+    if view.packet_len() != len {
+        return None;
+    }
+    let tcp = view.ip_header_len();
+    let seed = fold(view.pseudo_header_sum());
+    let hdr_len = (tcp + view.header_len()) as u16;
+    p[tcp + TCP_CSUM_AT..tcp + TCP_CSUM_AT + 2].copy_from_slice(&seed.to_be_bytes());
+    Some(VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_NONE,
+        hdr_len,
+        gso_size: 0,
+        csum_start: tcp as u16,
+        csum_offset: TCP_CSUM_AT as u16,
+    })
+}
+
+/// [`coalesce`]'s merging: the frames, single packets with an empty
+/// header.
+fn runs(batch: &[Vec<u8>]) -> Vec<Frame> {
     let plain = |i: usize| Frame {
         hdr: VnetHdr {
             gso_type: GSO_NONE,
@@ -375,7 +418,14 @@ mod tests {
     /// checksum complete).
     fn segment(hdr: VnetHdr, p: &[u8]) -> Vec<Vec<u8>> {
         if hdr.gso_type == GSO_NONE {
-            return vec![p.to_vec()];
+            let mut p = p.to_vec();
+            if hdr.flags & F_NEEDS_CSUM != 0 {
+                // Complete it as skb_checksum_help does, from csum_start.
+                let (start, at) = (hdr.csum_start as usize, hdr.csum_offset as usize);
+                let c = !fold(sum(0, &p[start..]));
+                p[start + at..start + at + 2].copy_from_slice(&c.to_be_bytes());
+            }
+            return vec![p];
         }
         let h = hdr.hdr_len as usize;
         let v6 = hdr.gso_type == GSO_TCPV6;
@@ -411,9 +461,10 @@ mod tests {
 
     /// The frames of `batch`, each as its header and packet in one piece.
     fn frames(batch: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
-        coalesce(batch)
+        let mut batch = batch.to_vec();
+        coalesce(&mut batch)
             .iter()
-            .map(|f| (f.hdr, f.to_packet(batch)))
+            .map(|f| (f.hdr, f.to_packet(&batch)))
             .collect()
     }
 
@@ -537,7 +588,20 @@ mod tests {
         ];
         let out = frames(&batch);
         assert_eq!(out.len(), 5);
-        assert_eq!(out[1], (VnetHdr::default(), syn));
+        // The SYN's checksum is left to the kernel; the UDP datagram and
+        // the garbage go as they are.
+        let syn_hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            hdr_len: 40,
+            csum_start: 20,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        assert_eq!(out[1].0, syn_hdr);
+        assert_ne!(out[1].1, syn, "the field holds the pseudo-header sum");
+        assert_eq!(segment(out[1].0, &out[1].1), vec![syn]);
+        assert_eq!(out[3], (VnetHdr::default(), udp));
+        assert_eq!(out[4], (VnetHdr::default(), vec![0x45, 0, 0]));
         assert_eq!(out[2].0.gso_type, GSO_TCPV4);
         assert_eq!(cut_back(&out), without_ids(batch));
     }
@@ -618,7 +682,8 @@ mod tests {
             seg(false, 0, 2 * m, true, 9, &d[..10]),
             seg(true, 0, 0, false, 9, &d),
         ];
-        let out = coalesce(&batch);
+        let mut batch = batch;
+        let out = coalesce(&mut batch);
         assert_eq!(out.len(), 2);
         assert_eq!(
             (out[0].packets.clone(), out[1].packets.clone()),

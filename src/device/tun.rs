@@ -260,6 +260,14 @@ impl Tun {
         }
     }
 
+    /// Whether writes carry a virtio-net header, and so TCP segmentation
+    /// and checksum offload ([`send_all`](Self::send_all)): a stack
+    /// writing through this TUN may leave TCP checksums out
+    /// ([`StackConfig::tcp_checksum_offload`](crate::StackConfig::tcp_checksum_offload)).
+    pub fn transmit_offload(&self) -> bool {
+        matches!(self.kind, Kind::Offload { .. })
+    }
+
     /// How [`recv_segments`](Self::recv_segments) cuts super-packets
     /// ([`Cut::Coalesced`] unless set).
     pub fn set_receive_cut(&mut self, to: Cut) {
@@ -392,7 +400,8 @@ impl Tun {
     }
 
     /// Write a batch of IP packets, in order; with offload, runs of one TCP
-    /// flow's segments go as one packet ([`gso::coalesce`]). Each failed
+    /// flow's segments go as one packet and every TCP checksum is left to
+    /// the kernel ([`gso::coalesce`]). Each failed
     /// write is reported to `failed` with the octets it carried; the rest
     /// go on (a full kernel queue drops packets, as a link would).
     pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
@@ -405,7 +414,8 @@ impl Tun {
                 }
             }
             Kind::Offload { file, .. } => {
-                for frame in gso::coalesce(&batch) {
+                let mut batch = batch;
+                for frame in gso::coalesce(&mut batch) {
                     let hdr = frame.hdr.to_bytes();
                     let mut iov = Vec::with_capacity(2 + frame.packets.len());
                     iov.push(IoSlice::new(&hdr));
