@@ -121,8 +121,10 @@ pub struct UpArgs {
     /// on an interface created with `ip tuntap add ... user $USER`).
     #[arg(long)]
     pub no_configure: bool,
-    /// Write each packet to the kernel on its own, without TCP segmentation offload
-    /// (by default runs of one flow's segments go as one packet with a virtio-net header).
+    /// No offload either way: write each packet to the kernel on its own and have it
+    /// send whole, checksummed packets (by default runs of one flow's segments go as one
+    /// packet with a virtio-net header, and the kernel sends its TCP super-packets, which
+    /// ephemera cuts).
     #[arg(long)]
     pub no_offload: bool,
     /// Write every packet in and out to this pcap file (tcpdump -r FILE).
