@@ -92,6 +92,10 @@ counters! {
     /// FINs cleared because their segment ended beyond the receive window
     /// (the peer sends them again with the rest of its data).
     tcp_fin_beyond_window,
+    /// Bare ACKs whose sequence number was behind RCV.NXT but that
+    /// acknowledged our data, taken at RCV.NXT: a smoltcp peer sends them
+    /// after a retransmission timeout has rewound its SND.NXT.
+    tcp_rewound_acks,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).

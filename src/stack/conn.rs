@@ -233,6 +233,38 @@ impl SeqTrack {
         }
     }
 
+    /// Where a bare ACK (no data, SYN, FIN or RST) from the peer should be
+    /// taken instead of its SEG.SEQ: at RCV.NXT, when its SEQ is behind
+    /// RCV.NXT by no more than the receive buffer while its SEG.ACK is
+    /// the latest or newer and acknowledges no more than we sent
+    /// (SND.UNA <= SEG.ACK <= SND.UNA + send queue), with data of ours
+    /// unacknowledged. That is what a smoltcp 0.14 peer sends after a
+    /// retransmission timeout: it rewinds SND.NXT to SND.UNA (go-back-N)
+    /// and sends its bare ACKs from there, and smoltcp, as RFC 9293
+    /// §3.10.7.4 says, drops a segment behind the window without reading
+    /// its ACK. When both ends have rewound, neither reads the other's
+    /// ACKs again. (4.4BSD sends bare ACKs from SND.MAX for this reason.)
+    /// Call before [`note_segment`](Self::note_segment) takes its ACK.
+    pub(crate) fn rewound_ack_at(&self, v: &SocketView, seq: u32, ack: u32) -> Option<u32> {
+        let synchronized = !matches!(
+            v.state,
+            TcpState::Closed
+                | TcpState::Listen
+                | TcpState::SynSent
+                | TcpState::SynReceived
+                | TcpState::TimeWait
+        );
+        if !synchronized || self.peer_isn.is_none() || v.send_queue == 0 {
+            return None;
+        }
+        let rcv_nxt = self.rcv_nxt(v);
+        let behind = rcv_nxt.wrapping_sub(seq);
+        let acked = ack.wrapping_sub(self.peer_ack) as i32;
+        // One behind is a keep-alive probe, which wants an ACK back.
+        let rewound = behind > 1 && behind as usize <= v.recv_capacity;
+        (rewound && acked >= 0 && acked as usize <= v.send_queue).then_some(rcv_nxt)
+    }
+
     /// A bare segment <SEQ=SND.UNA><ACK=RCV.NXT> with our window.
     pub(crate) fn segment(&self, v: &SocketView, control: TcpControl) -> Segment {
         Segment {
@@ -1121,6 +1153,35 @@ mod tests {
         let mut s = SeqTrack::new(None);
         s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(77));
         assert_eq!((s.peer_isn, s.peer_next, s.peer_ack), (Some(300), 301, 77));
+    }
+
+    #[test]
+    fn a_bare_ack_from_a_rewound_peer_is_taken_at_rcv_nxt() {
+        use TcpState::*;
+        let v = view(Established, 100);
+        let mut s = SeqTrack::new(Some(999));
+        s.peer_ack = 5000;
+        // RCV.NXT is 1000. Behind it, acknowledging up to all we sent: at
+        // RCV.NXT.
+        assert_eq!(s.rewound_ack_at(&v, 900, 5050), Some(1000));
+        assert_eq!(s.rewound_ack_at(&v, 900, 5000), Some(1000));
+        assert_eq!(s.rewound_ack_at(&v, 900, 5100), Some(1000));
+        assert_eq!(s.rewound_ack_at(&v, 0, 5100), Some(1000));
+        // Not behind, a keep-alive (one behind), further behind than the
+        // receive buffer, an old ACK, an ACK of more than was sent: as is.
+        for (seq, ack) in [
+            (1000, 5050),
+            (999, 5050),
+            (1000u32.wrapping_sub(1001), 5050),
+        ] {
+            assert_eq!(s.rewound_ack_at(&v, seq, ack), None, "{seq} {ack}");
+        }
+        assert_eq!(s.rewound_ack_at(&v, 900, 4999), None);
+        assert_eq!(s.rewound_ack_at(&v, 900, 5101), None);
+        // Nothing of ours unacknowledged, or not synchronized: as is.
+        assert_eq!(s.rewound_ack_at(&view(Established, 0), 900, 5000), None);
+        assert_eq!(s.rewound_ack_at(&view(SynReceived, 100), 900, 5050), None);
+        assert_eq!(SeqTrack::new(None).rewound_ack_at(&v, 900, 5050), None);
     }
 
     #[test]

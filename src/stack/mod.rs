@@ -33,7 +33,7 @@ use crate::port_table::{FlowKey, Lookup, PortTable, Protocol};
 use crate::rng::{Rng, SeededRng};
 use conn::{Cause, Ending, Limits, Phase, Reap, Rfc5961, Schedule, TimerVerdict};
 use link::{Addrs, Link};
-use segment::without_fin;
+use segment::{with_seq, without_fin};
 use socket_set::{Owner, Slab, Socket, SocketId, TimerQueue};
 
 mod config;
@@ -556,6 +556,10 @@ impl Stack {
             }
         }
         let strip_fin = seg.fin && c.seq.fin_beyond_window(&v, seg.seq, seg.len);
+        let bare_ack = seg.ack && seg.len == 0 && !(seg.syn || seg.fin || seg.rst);
+        let rewound_at = bare_ack
+            .then(|| c.seq.rewound_ack_at(&v, seg.seq, seg.ack_number))
+            .flatten();
         let knew_isn = c.seq.peer_isn.is_some();
         c.seq.note_segment(
             &v,
@@ -574,11 +578,17 @@ impl Stack {
         // by the stack_pair fuzzer): such a FIN is cleared here, and the
         // peer sends it again with the rest (RFC 9293 §3.10.7.4: a FIN
         // beyond the window is not processed).
-        let stripped;
+        // A bare ACK from a peer whose SND.NXT went back is taken at
+        // RCV.NXT, so that its ACK counts (`SeqTrack::rewound_ack_at`).
+        let rewritten;
         let packet = if strip_fin {
             self.counters.tcp_fin_beyond_window += 1;
-            stripped = without_fin(packet, seg.header_offset);
-            &stripped[..]
+            rewritten = without_fin(packet, seg.header_offset);
+            &rewritten[..]
+        } else if let Some(rcv_nxt) = rewound_at {
+            self.counters.tcp_rewound_acks += 1;
+            rewritten = with_seq(packet, seg.header_offset, rcv_nxt);
+            &rewritten[..]
         } else {
             packet
         };

@@ -96,6 +96,17 @@ pub(crate) fn without_fin(packet: &[u8], tcp_offset: u16) -> Vec<u8> {
     p
 }
 
+/// A copy of `packet` with the TCP sequence number set to `seq`. The
+/// checksum is left as it is, as in [`without_fin`].
+pub(crate) fn with_seq(packet: &[u8], tcp_offset: u16, seq: u32) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    let at = tcp_offset as usize + 4;
+    if let Some(field) = p.get_mut(at..at + 4) {
+        field.copy_from_slice(&seq.to_be_bytes());
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, SocketAddr};

@@ -1,6 +1,7 @@
 //! Peers that misbehave, over the virtual link: a window that stays shut, a
 //! peer that never ACKs or never answers a SYN, FIN-WAIT-2 with a peer that
-//! never closes, half-close, simultaneous open and simultaneous close.
+//! never closes, half-close, simultaneous open and simultaneous close, a
+//! peer whose sequence numbers went back.
 //! Each test checks what a user would: the errors the application sees,
 //! what went on the wire, and that sockets and ports come back.
 
@@ -8,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
+use ephemera::wire::TcpFlags;
 use ephemera::{ConnError, Duration, Instant, RecvError, SendError, StackConfig, TcpState};
 
 use crate::util::*;
@@ -428,6 +430,75 @@ fn half_close_client_keeps_receiving_after_its_fin() {
         "half close: {REQUEST} octets up then FIN; {} octets down over {took} ms of FIN-WAIT-2",
         CHUNKS * CHUNK
     );
+}
+
+/// A smoltcp peer rewinds SND.NXT after a retransmission timeout and sends
+/// its bare ACKs from there, behind our RCV.NXT. Such an ACK still
+/// acknowledges our data; dropped as out of window (RFC 9293 §3.10.7.4),
+/// two such ends stopped reading each other's ACKs and waited for the user
+/// timeout (found by the impaired soak once congestion control kept
+/// SND.NXT behind after a timeout).
+#[test]
+fn a_bare_ack_from_a_peer_whose_seq_went_back_still_acknowledges() {
+    let seed = 0x5e9;
+    let _guard = SeedGuard("rewound ack", seed);
+    let mut net = net_with(seed, config(CLIENT, seed), config(SERVER, seed + 1));
+    let wire = record(&mut net);
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let (c, s) = establish(&mut net, l);
+    let (client, server) = (
+        net.client().local_addr(c).unwrap(),
+        net.client().peer_addr(c).unwrap(),
+    );
+    // The client's first 100 octets reach the server: its RCV.NXT moves
+    // 100 past them.
+    assert_eq!(net.client().send(c, &[1; 100]), Ok(100));
+    let mut buf = [0u8; 200];
+    let mut got = 0;
+    net.run_until(10_000, |n| {
+        got += n.server().recv(s, &mut buf).unwrap_or(0);
+        got == 100
+    })
+    .unwrap();
+    // Then nothing from the client arrives, and 1000 octets of the
+    // server's wait for their ACK.
+    net.set_filter(|from, _, _| from != Client.index());
+    assert_eq!(net.server().send(s, &[2; 1000]), Ok(1000));
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    assert_eq!(net.server().send_queue(s), 1000);
+    let first = |src| {
+        let w = wire.borrow();
+        w.iter()
+            .find(|(_, g)| g.src == src && g.len > 0)
+            .map(|(_, g)| (g.seq, g.end()))
+            .unwrap()
+    };
+    let (client_seq, _) = first(client);
+    let (server_seq, _) = first(server);
+    // The client's bare ACK of all 1000, sent from where its first data
+    // octet was, 100 behind the server's RCV.NXT.
+    let ack = tcp(
+        client,
+        server,
+        client_seq,
+        server_seq.wrapping_add(1000),
+        TcpFlags::ACK,
+        4096,
+        &[],
+    );
+    net.inject_to(Server, &ack);
+    net.run_for(Duration::from_millis(1), 1000).unwrap();
+    assert_eq!(
+        net.server().send_queue(s),
+        0,
+        "the 1000 octets acknowledged"
+    );
+    assert_eq!(net.server().counters().tcp_rewound_acks, 1);
+    // An old ACK from behind the window is still only answered.
+    net.inject_to(Server, &ack);
+    net.run_for(Duration::from_millis(1), 1000).unwrap();
+    assert_eq!(net.server().counters().tcp_rewound_acks, 1);
+    net.server().check_invariants().unwrap();
 }
 
 #[test]
