@@ -49,6 +49,10 @@ pub struct StackConfig {
     /// mappings) after its buffers have been empty this long; `None` keeps
     /// them. Default 1 s.
     pub shrink_idle_after: Option<Duration>,
+    /// Congestion control of every TCP connection the stack opens or
+    /// accepts: how much it may have in flight beyond what the peer's
+    /// window allows. Default [`CongestionControl::Cubic`].
+    pub congestion_control: CongestionControl,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
@@ -57,6 +61,89 @@ pub struct StackConfig {
     /// a device that does it, like a TUN with a virtio-net header, whose
     /// writes ask the kernel to (`device::gso`). Off by default.
     pub tcp_checksum_offload: bool,
+}
+
+/// A TCP sender's congestion control: how it limits the data in flight
+/// when the path, not the peer, is the bottleneck. smoltcp's
+/// implementations; the choice is made per stack and applies to every
+/// connection, active and passive.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), Linux's default: after a loss the window drops to
+    /// 0.7 of where it was and grows back along a cubic curve of the time
+    /// since, so it recovers on long fat paths faster than Reno while
+    /// staying fair to it on short ones.
+    #[default]
+    Cubic,
+    /// Reno / NewReno (RFC 5681): slow start, then one segment more per
+    /// round trip, halved on a loss. Integer arithmetic only.
+    Reno,
+    /// None: send whatever the peer's window allows. Right only where
+    /// nothing between the two ends can be overrun (a TUN to the local
+    /// kernel); on a path with a bottleneck it fills the bottleneck's queue
+    /// and loses whatever overflows it, every round trip.
+    None,
+}
+
+impl CongestionControl {
+    /// The names [`FromStr`](std::str::FromStr) takes and
+    /// [`Display`](std::fmt::Display) prints, in the variants' order.
+    pub const NAMES: [&'static str; 3] = ["cubic", "reno", "none"];
+
+    /// smoltcp's value for it.
+    pub(crate) fn to_smoltcp(self) -> smoltcp::socket::tcp::CongestionControl {
+        use smoltcp::socket::tcp::CongestionControl as S;
+        match self {
+            CongestionControl::Cubic => S::Cubic,
+            CongestionControl::Reno => S::Reno,
+            CongestionControl::None => S::None,
+        }
+    }
+}
+
+impl std::fmt::Display for CongestionControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = match self {
+            CongestionControl::Cubic => 0,
+            CongestionControl::Reno => 1,
+            CongestionControl::None => 2,
+        };
+        f.write_str(Self::NAMES[i])
+    }
+}
+
+/// A congestion control name that is not one of
+/// [`CongestionControl::NAMES`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownCongestionControl(pub String);
+
+impl std::fmt::Display for UnknownCongestionControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown congestion control {:?}; expected one of {}",
+            self.0,
+            CongestionControl::NAMES.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownCongestionControl {}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = UnknownCongestionControl;
+
+    /// `cubic`, `reno` or `none`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            CongestionControl::Cubic,
+            CongestionControl::Reno,
+            CongestionControl::None,
+        ]
+        .into_iter()
+        .find(|c| s.eq_ignore_ascii_case(&c.to_string()))
+        .ok_or_else(|| UnknownCongestionControl(s.to_string()))
+    }
 }
 
 impl Default for StackConfig {
@@ -75,6 +162,7 @@ impl Default for StackConfig {
             user_timeout: Some(Duration::from_secs(120)),
             fin_timeout: Some(Duration::from_secs(60)),
             shrink_idle_after: Some(Duration::from_secs(1)),
+            congestion_control: CongestionControl::Cubic,
             seed: None,
             tcp_checksum_offload: false,
         }
@@ -205,5 +293,27 @@ mod tests {
             with(|c| c.syn_backlog = 0).unwrap_err().to_string(),
             "syn backlog must be at least 1"
         );
+    }
+
+    #[test]
+    fn congestion_control_names_round_trip() {
+        assert_eq!(
+            StackConfig::default().congestion_control,
+            CongestionControl::Cubic
+        );
+        for (name, c) in CongestionControl::NAMES.into_iter().zip([
+            CongestionControl::Cubic,
+            CongestionControl::Reno,
+            CongestionControl::None,
+        ]) {
+            assert_eq!(c.to_string(), name);
+            assert_eq!(name.parse(), Ok(c));
+            assert_eq!(name.to_uppercase().parse(), Ok(c));
+        }
+        assert_eq!(
+            "bbr".parse::<CongestionControl>().unwrap_err().to_string(),
+            "unknown congestion control \"bbr\"; expected one of cubic, reno, none"
+        );
+        assert!("".parse::<CongestionControl>().is_err());
     }
 }

@@ -46,7 +46,7 @@ mod tcp;
 mod time_wait;
 mod udp;
 
-pub use config::{ConfigError, StackConfig};
+pub use config::{ConfigError, CongestionControl, StackConfig, UnknownCongestionControl};
 pub use listener::ListenerHandle;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use tcp::TcpHandle;

@@ -252,6 +252,10 @@ impl Stack {
         let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         s.set_nagle_enabled(c.nagle);
         s.set_ack_delay(c.ack_delay);
+        // Before the handshake: smoltcp hands the peer's MSS to the
+        // controller when the SYN or SYN-ACK arrives, and a controller set
+        // later would start from its default MSS.
+        s.set_congestion_control(c.congestion_control.to_smoltcp());
         // smoltcp's own timeout also fires on idle connections; ephemera
         // applies the user timeout itself, only to outstanding data.
         s.set_timeout(None);
@@ -312,5 +316,56 @@ impl Slab<Socket> {
 
     fn owned_mut(&mut self, h: TcpHandle) -> Option<&mut TcpConn> {
         self.tcp_mut(h.0).filter(|c| c.phase == Phase::Owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::device::virtual_link::{LinkConfig, Network};
+    use crate::{CongestionControl, Instant, StackConfig};
+
+    /// The configured controller is on both ends of a connection: the one
+    /// `connect` opened and the one a listener accepted.
+    #[test]
+    fn every_connection_gets_the_configured_congestion_control() {
+        for cc in [
+            CongestionControl::Cubic,
+            CongestionControl::Reno,
+            CongestionControl::None,
+        ] {
+            let mut net = Network::new(LinkConfig::default());
+            let t0 = Instant::from_millis(0);
+            for (i, addr) in ["10.0.0.1", "10.0.0.2"].into_iter().enumerate() {
+                let ip: IpAddr = addr.parse().unwrap();
+                let config = StackConfig {
+                    addrs: vec![(ip, 24)],
+                    congestion_control: cc,
+                    seed: Some(i as u64),
+                    ..StackConfig::default()
+                };
+                net.add(Stack::new(config, t0).unwrap(), &[ip]);
+            }
+            let at: SocketAddr = "10.0.0.2:80".parse().unwrap();
+            let l = net.stack(1).listen(at, None).unwrap();
+            let client = net.stack(0).connect(at).unwrap();
+            let mut server = None;
+            net.run_until(1000, |n| {
+                server = server.or_else(|| n.stack(1).accept(l).ok());
+                server.is_some()
+            })
+            .unwrap();
+            let of = |st: &Stack, h: TcpHandle| {
+                st.sockets.tcp(h.0).unwrap().socket().congestion_control()
+            };
+            assert_eq!(of(net.stack_ref(0), client), cc.to_smoltcp(), "{cc}");
+            assert_eq!(
+                of(net.stack_ref(1), server.unwrap()),
+                cc.to_smoltcp(),
+                "{cc}"
+            );
+        }
     }
 }
