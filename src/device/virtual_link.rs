@@ -6,10 +6,18 @@
 //! corrupted — each decided by a seeded RNG, so a failing run replays
 //! exactly from its seed. Time only moves when the network steps it, to the
 //! next delivery or the next deadline a stack asked for.
+//!
+//! A link may also have a [`Bottleneck`]: each direction (from one stack to
+//! another) sends its packets one after the other at a fixed rate, and
+//! those that arrive while it is busy wait in a drop-tail queue of bounded
+//! size, those that find it full are dropped ([`DirectionStats`]). The
+//! bottleneck involves no randomness: the same packets at the same
+//! simulated times are queued, dropped and delivered the same way.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 
 use smoltcp::time::{Duration, Instant};
 
@@ -30,8 +38,104 @@ pub struct LinkConfig {
     pub reorder: f64,
     /// Probability one byte of a packet is flipped (checksums must catch it).
     pub corrupt: f64,
+    /// A rate limit and a drop-tail queue, in each direction; `None` (the
+    /// default) carries any number of packets at once.
+    pub bottleneck: Option<Bottleneck>,
     /// Seed for all of the above.
     pub seed: u64,
+}
+
+/// A bottleneck on every direction of the link: packets from one stack to
+/// another leave one after the other at `rate`, and wait for their turn in
+/// a drop-tail queue of at most `queue`. A packet that finds the queue full
+/// is dropped ([`DirectionStats::queue_drops`]). Each direction has its own
+/// queue, so data one way does not delay ACKs the other way.
+///
+/// A packet reaches its destination `delay` (plus any reordering) after
+/// its last byte has left the bottleneck. Random loss, corruption and
+/// duplication apply before it: a lost packet takes no room in the queue,
+/// a duplicate takes room twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bottleneck {
+    /// Bytes (whole IP packets, headers included) the link sends per
+    /// simulated second in each direction.
+    pub rate: NonZeroU64,
+    /// How much may wait behind the packet being sent. The packet being
+    /// sent does not count: a packet that finds the link idle is always
+    /// sent, even with a queue of zero.
+    pub queue: QueueLimit,
+}
+
+/// The size of a [`Bottleneck`]'s drop-tail queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueLimit {
+    /// At most this many bytes waiting (a packet that would take the queue
+    /// beyond it is dropped).
+    Bytes(usize),
+    /// At most this many packets waiting, whatever their size (Linux
+    /// `pfifo`, a `txqueuelen`).
+    Packets(usize),
+}
+
+/// What one direction of the link (from one stack to another) carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// Packets delivered to the destination stack.
+    pub packets_delivered: u64,
+    /// Bytes of the packets delivered (whole IP packets).
+    pub bytes_delivered: u64,
+    /// Packets the bottleneck accepted (sent at once or queued).
+    pub packets_accepted: u64,
+    /// Packets the bottleneck dropped because its queue was full.
+    pub queue_drops: u64,
+    /// The most bytes that ever waited in the queue at once.
+    pub peak_queue_bytes: usize,
+}
+
+/// One direction's bottleneck state and counters.
+#[derive(Default)]
+struct Direction {
+    /// When the bottleneck finishes sending everything it accepted, in
+    /// nanoseconds of simulated time.
+    busy_until_ns: u64,
+    /// Packets accepted that have not started to leave: when each starts
+    /// and its size, in order. Bounded by the queue limit.
+    waiting: VecDeque<(u64, usize)>,
+    /// Their total size.
+    waiting_bytes: usize,
+    stats: DirectionStats,
+}
+
+impl Direction {
+    /// Offer a packet of `size` bytes at `now_ns`: when its last byte has
+    /// left, or `None` if the queue is full.
+    fn offer(&mut self, b: &Bottleneck, now_ns: u64, size: usize) -> Option<u64> {
+        while let Some(&(start, len)) = self.waiting.front() {
+            if start > now_ns {
+                break;
+            }
+            self.waiting.pop_front();
+            self.waiting_bytes -= len;
+        }
+        let start = self.busy_until_ns.max(now_ns);
+        if start > now_ns {
+            let full = match b.queue {
+                QueueLimit::Bytes(max) => self.waiting_bytes + size > max,
+                QueueLimit::Packets(max) => self.waiting.len() >= max,
+            };
+            if full {
+                self.stats.queue_drops += 1;
+                return None;
+            }
+            self.waiting.push_back((start, size));
+            self.waiting_bytes += size;
+            self.stats.peak_queue_bytes = self.stats.peak_queue_bytes.max(self.waiting_bytes);
+        }
+        let send_ns = (size as u128 * 1_000_000_000).div_ceil(u128::from(b.rate.get()));
+        self.busy_until_ns = start.saturating_add(u64::try_from(send_ns).unwrap_or(u64::MAX));
+        self.stats.packets_accepted += 1;
+        Some(self.busy_until_ns)
+    }
 }
 
 impl Default for LinkConfig {
@@ -42,6 +146,7 @@ impl Default for LinkConfig {
             duplicate: 0.0,
             reorder: 0.0,
             corrupt: 0.0,
+            bottleneck: None,
             seed: 0,
         }
     }
@@ -64,6 +169,8 @@ pub struct LinkStats {
     pub unroutable: u64,
     /// Packets the filter (see [`Network::set_filter`]) dropped.
     pub filtered: u64,
+    /// Packets a [`Bottleneck`]'s full queue dropped, all directions.
+    pub queue_drops: u64,
 }
 
 /// The step limit ran out before the condition held.
@@ -95,6 +202,7 @@ type Tap = Box<dyn FnMut(Instant, &[u8])>;
 type Filter = Box<dyn FnMut(usize, usize, &[u8]) -> bool>;
 
 struct InFlight {
+    from: usize,
     to: usize,
     bytes: Vec<u8>,
 }
@@ -110,6 +218,7 @@ pub struct Network {
     config: LinkConfig,
     rng: SeededRng,
     stats: LinkStats,
+    directions: BTreeMap<(usize, usize), Direction>,
     tap: Option<Tap>,
     filter: Option<Filter>,
 }
@@ -127,6 +236,7 @@ impl Network {
             rng: SeededRng::new(config.seed),
             config,
             stats: LinkStats::default(),
+            directions: BTreeMap::new(),
             tap: None,
             filter: None,
         }
@@ -160,7 +270,15 @@ impl Network {
         &self.stats
     }
 
-    /// Change the impairments from now on (the RNG stream continues).
+    /// What the link carried from stack `from` to stack `to`.
+    pub fn direction_stats(&self, from: usize, to: usize) -> DirectionStats {
+        self.directions
+            .get(&(from, to))
+            .map_or_else(DirectionStats::default, |d| d.stats.clone())
+    }
+
+    /// Change the impairments from now on (the RNG stream continues; a
+    /// bottleneck's queues keep what they hold).
     pub fn set_config(&mut self, config: LinkConfig) {
         self.config = config;
     }
@@ -213,6 +331,9 @@ impl Network {
             self.queue.pop();
             let p = self.packets.remove(&seq).expect("queued packet");
             self.stats.delivered += 1;
+            let d = &mut self.directions.entry((p.from, p.to)).or_default().stats;
+            d.packets_delivered += 1;
+            d.bytes_delivered += p.bytes.len() as u64;
             self.stacks[p.to].handle_packet(now, &p.bytes);
             delivered = true;
         }
@@ -321,6 +442,17 @@ impl Network {
             1
         };
         for _ in 0..copies {
+            let mut at = self.now;
+            if let Some(b) = self.config.bottleneck {
+                let now_ns = (self.now.total_micros().max(0) as u64).saturating_mul(1000);
+                let dir = self.directions.entry((from, to)).or_default();
+                let Some(done_ns) = dir.offer(&b, now_ns, bytes.len()) else {
+                    self.stats.queue_drops += 1;
+                    continue;
+                };
+                let micros = i64::try_from(done_ns.div_ceil(1000)).unwrap_or(i64::MAX);
+                at = Instant::from_micros(micros);
+            }
             let mut delay = self.config.delay;
             if self.chance(self.config.reorder) {
                 self.stats.reordered += 1;
@@ -329,10 +461,11 @@ impl Network {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.queue.push(Reverse((self.now + delay, seq)));
+            self.queue.push(Reverse((at + delay, seq)));
             self.packets.insert(
                 seq,
                 InFlight {
+                    from,
                     to,
                     bytes: bytes.clone(),
                 },
@@ -347,5 +480,76 @@ fn destination(p: &[u8]) -> Option<IpAddr> {
         4 if p.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&p[16..20]).ok()?)),
         6 if p.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bottleneck(rate: u64, queue: QueueLimit) -> Bottleneck {
+        Bottleneck {
+            rate: NonZeroU64::new(rate).unwrap(),
+            queue,
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn packets_leave_one_after_the_other_at_the_rate() {
+        // 1000 bytes per millisecond: a 1000-byte packet takes 1 ms.
+        let b = bottleneck(1_000_000, QueueLimit::Packets(10));
+        let mut d = Direction::default();
+        // Three at once: the first goes at once, the others wait their turn.
+        assert_eq!(d.offer(&b, 0, 1000), Some(MS));
+        assert_eq!(d.offer(&b, 0, 1000), Some(2 * MS));
+        assert_eq!(d.offer(&b, 0, 500), Some(2 * MS + MS / 2));
+        assert_eq!(d.stats.peak_queue_bytes, 1500);
+        // Once the link has gone idle, a packet leaves a packet-time after
+        // it arrives.
+        assert_eq!(d.offer(&b, 10 * MS, 1000), Some(11 * MS));
+        // Rounding up to whole nanoseconds, never down.
+        let slow = bottleneck(3, QueueLimit::Packets(10));
+        assert_eq!(Direction::default().offer(&slow, 0, 1), Some(333_333_334));
+        assert_eq!(d.stats.packets_accepted, 4);
+        assert_eq!(d.stats.queue_drops, 0);
+    }
+
+    #[test]
+    fn a_full_packet_queue_drops_the_tail() {
+        let b = bottleneck(1_000_000, QueueLimit::Packets(2));
+        let mut d = Direction::default();
+        // One sent, two waiting, the rest dropped.
+        let out: Vec<_> = (0..5).map(|_| d.offer(&b, 0, 1000)).collect();
+        assert_eq!(out, [Some(MS), Some(2 * MS), Some(3 * MS), None, None]);
+        assert_eq!(d.stats.queue_drops, 2);
+        assert_eq!(d.waiting.len(), 2);
+        // When the first has left, the second is being sent and one place
+        // is free again.
+        assert_eq!(d.offer(&b, MS, 1000), Some(4 * MS));
+        assert_eq!(d.offer(&b, MS, 1000), None);
+        assert_eq!(d.stats.packets_accepted, 4);
+        assert_eq!(d.stats.queue_drops, 3);
+    }
+
+    #[test]
+    fn a_full_byte_queue_drops_what_does_not_fit() {
+        let b = bottleneck(1_000_000, QueueLimit::Bytes(1500));
+        let mut d = Direction::default();
+        assert!(d.offer(&b, 0, 1000).is_some()); // being sent
+        assert!(d.offer(&b, 0, 1000).is_some()); // 1000 waiting
+        assert!(d.offer(&b, 0, 1000).is_none()); // 2000 would not fit
+        assert!(d.offer(&b, 0, 500).is_some()); // 1500 does
+        assert!(d.offer(&b, 0, 1).is_none());
+        assert_eq!(d.waiting_bytes, 1500);
+        assert_eq!(d.stats.peak_queue_bytes, 1500);
+        assert_eq!(d.stats.queue_drops, 2);
+        // A queue of zero still sends what finds the link idle.
+        let none = bottleneck(1_000_000, QueueLimit::Bytes(0));
+        let mut d = Direction::default();
+        assert_eq!(d.offer(&none, 0, 1000), Some(MS));
+        assert_eq!(d.offer(&none, 0, 1000), None);
+        assert_eq!(d.offer(&none, MS, 1000), Some(2 * MS));
     }
 }

@@ -49,6 +49,7 @@ impl LinkSpec {
             duplicate: p(self.duplicate),
             reorder: p(self.reorder),
             corrupt: p(self.corrupt),
+            bottleneck: None,
             seed: self.seed,
         }
     }

@@ -211,6 +211,7 @@ fn impaired_soak_thousand_connections_both_directions() {
             duplicate: 0.02,
             reorder: 0.05,
             corrupt: 0.01,
+            bottleneck: None,
             seed,
         },
     );
