@@ -11,10 +11,12 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use ephemera::device::kernel_peer_addr;
 use ephemera::device::tun::{MAX_MTU, MAX_NAME_LEN};
+use ephemera::CongestionControl;
 
 use crate::daemon::host::Host;
 use crate::daemon::policy::{DenyArg, Net};
@@ -127,6 +129,13 @@ pub struct UpArgs {
     /// ephemera cuts).
     #[arg(long)]
     pub no_offload: bool,
+    /// Congestion control of every TCP connection: cubic (RFC 9438) or reno (RFC 5681) for
+    /// paths with a bottleneck (--forward and SOCKS connections that leave the host); none
+    /// sends whatever the peer's window allows, which only a TUN to the local kernel absorbs.
+    #[arg(long, value_name = "ALGORITHM", default_value_t = CongestionControl::Cubic,
+        value_parser = PossibleValuesParser::new(CongestionControl::NAMES)
+            .try_map(|s| s.parse::<CongestionControl>()))]
+    pub congestion: CongestionControl,
     /// Write every packet in and out to this pcap file (tcpdump -r FILE).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -894,6 +903,25 @@ mod tests {
         assert!(up(&[&no_socks[..], &["--socks-allow", "10.0.0.0/8"]].concat()).is_err());
         assert!(up(&[&no_socks[..], &["--socks-auth", "f"]].concat()).is_err());
         assert!(up(&[&no_socks[..], &["--socks-deny", "10.0.0.0/8"]].concat()).is_ok());
+    }
+
+    #[test]
+    fn congestion_control_is_chosen_by_name() {
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        assert_eq!(up(&base).unwrap().congestion, CongestionControl::Cubic);
+        for (name, cc) in [
+            ("cubic", CongestionControl::Cubic),
+            ("reno", CongestionControl::Reno),
+            ("none", CongestionControl::None),
+        ] {
+            let a = up(&[&base[..], &["--congestion", name]].concat()).unwrap();
+            assert_eq!(a.congestion, cc);
+        }
+        let e = up(&[&base[..], &["--congestion", "bbr"]].concat()).unwrap_err();
+        assert!(
+            e.contains("--congestion") && e.contains("cubic, reno, none"),
+            "{e}"
+        );
     }
 
     #[test]

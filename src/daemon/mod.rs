@@ -332,6 +332,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         // kernel (device::gso), so smoltcp need not sum payloads; a
         // capture shows them complete.
         tcp_checksum_offload: edge.tun.transmit_offload() && edge.pcap.is_none(),
+        congestion_control: args.congestion,
         ..StackConfig::default()
     };
     // Who may use SOCKS: the interface's own subnets unless told.
