@@ -9,6 +9,7 @@ mod alloc;
 mod util;
 
 mod churn;
+mod congestion;
 mod core;
 mod hostile;
 mod malformed;
