@@ -30,10 +30,15 @@
 //! (`ephemeral`), TIME-WAIT records and their expiry (`time_wait`), and
 //! which stack shard owns a flow ([`Shards`]).
 //!
+//! Sharded (a stack per TUN queue, [`Shards`]), a table hands out only
+//! its shard's share of the range ([`PortTableConfig::shard`]): the same
+//! algorithm runs over the indices of the share, so one shard towards one
+//! destination has about `range / N` ports.
+//!
 //! Invariants (checked by [`PortTable::check_invariants`]):
-//! - every flow whose local port lies in the ephemeral range is in the
-//!   `PortSet` of its destination, and nothing else is; empty sets are
-//!   removed;
+//! - every flow whose local port lies in the table's share of the
+//!   ephemeral range is in the `PortSet` of its destination, and nothing
+//!   else is; empty sets are removed;
 //! - every TIME-WAIT flow has a record in the expiry queue;
 //! - binds on overlapping addresses (equal, or one the wildcard of the
 //!   same family) never coexist;
@@ -57,7 +62,7 @@ mod shard;
 mod time_wait;
 use ephemeral::PortSet;
 use flow_map::FlowMap;
-pub use shard::{ShardPorts, Shards, ShardsError, MAX_SHARDS};
+pub use shard::{ShardId, ShardPorts, Shards, ShardsError, MAX_SHARDS};
 
 /// Transport protocol: TCP and UDP have separate port spaces.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -212,6 +217,11 @@ pub struct PortTableConfig {
     /// (sequential per destination); the default 500 is the RFC's example
     /// and keeps successive ports to one destination unpredictable.
     pub max_step: u16,
+    /// Which shard of a sharded stack this table serves
+    /// ([`Shards`]): connections and binds to port 0 get ports of its
+    /// share only, chosen by the same algorithm over the share's indices.
+    /// Default [`ShardId::SOLE`], the whole range.
+    pub shard: ShardId,
 }
 
 impl Default for PortTableConfig {
@@ -220,6 +230,7 @@ impl Default for PortTableConfig {
             ephemeral: 49152..=65535,
             time_wait: Duration::from_secs(60),
             max_step: 500,
+            shard: ShardId::SOLE,
         }
     }
 }
@@ -238,6 +249,9 @@ pub enum PortTableConfigError {
     PortZero,
     /// `max_step` is 0.
     ZeroStep,
+    /// `shard` names no shard of the range (index not below the count,
+    /// no shards, more than [`MAX_SHARDS`], or fewer ports than shards).
+    Shard(ShardsError),
 }
 
 impl fmt::Display for PortTableConfigError {
@@ -249,6 +263,7 @@ impl fmt::Display for PortTableConfigError {
             ),
             PortTableConfigError::PortZero => write!(f, "ephemeral port range must not include port 0"),
             PortTableConfigError::ZeroStep => write!(f, "the random step of port allocation must be at least 1"),
+            PortTableConfigError::Shard(e) => e.fmt(f),
         }
     }
 }
@@ -320,7 +335,9 @@ const TABLE_LEN: usize = 1024;
 /// The port table. `H` is the caller's handle for a socket.
 pub struct PortTable<H> {
     config: PortTableConfig,
-    range_len: u32,
+    /// The ports this table hands out: the whole range, or its shard's
+    /// share. Offsets in `dests` are indices into it.
+    share: ShardPorts,
     flows: FlowMap<FlowState<H>>,
     dests: HashMap<DestKey, PortSet, KeyedState>,
     binds: HashMap<BindKey, H, KeyedState>,
@@ -348,9 +365,13 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         if config.max_step == 0 {
             return Err(PortTableConfigError::ZeroStep);
         }
+        let share = config
+            .shard
+            .ports(config.ephemeral.clone())
+            .map_err(PortTableConfigError::Shard)?;
         let state = KeyedState::new(rng);
         Ok(PortTable {
-            range_len: (end - start) as u32 + 1,
+            share,
             config,
             flows: FlowMap::new(state),
             dests: HashMap::with_hasher(state),
@@ -453,7 +474,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             return Err(AllocError::AddrNotAvailable);
         }
         if let Some(off) = self.range_offset(key.local.port()) {
-            let n = self.range_len;
+            let n = self.share.len();
             self.dests
                 .entry(key.dest())
                 .or_insert_with(PortSet::new)
@@ -462,11 +483,11 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         Ok(())
     }
 
+    /// The index of `port` in this table's share of the range, if the
+    /// table hands it out. (A flow on another shard's port, made with an
+    /// explicit 4-tuple, competes with nothing this table allocates.)
     fn range_offset(&self, port: u16) -> Option<u32> {
-        self.config
-            .ephemeral
-            .contains(&port)
-            .then(|| (port - self.config.ephemeral.start()) as u32)
+        self.share.index(port)
     }
 
     /// Forget a live connection at once (aborted, refused, or closed
@@ -565,8 +586,14 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         self.binds.len()
     }
 
+    /// The ephemeral ports this table hands out: the whole range, or its
+    /// shard's share ([`PortTableConfig::shard`]).
+    pub fn share(&self) -> ShardPorts {
+        self.share
+    }
+
     /// How many local ports towards `remote` from `local_ip` are taken
-    /// (live or TIME-WAIT) inside the ephemeral range.
+    /// (live or TIME-WAIT) among those this table hands out.
     pub fn ports_in_use(&self, proto: Protocol, local_ip: IpAddr, remote: SocketAddr) -> usize {
         self.dests
             .get(&DestKey {
@@ -1079,6 +1106,184 @@ mod tests {
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));
+    }
+
+    fn shard_table(range: RangeInclusive<u16>, index: u16, count: u16, seed: u64) -> Table {
+        let cfg = PortTableConfig {
+            ephemeral: range,
+            shard: ShardId { index, count },
+            ..Default::default()
+        };
+        Table::new(cfg, &mut SeededRng::new(seed)).unwrap()
+    }
+
+    #[test]
+    fn a_shard_that_does_not_exist_is_rejected_at_construction() {
+        let mut rng = SeededRng::new(1);
+        let cfg = |index, count, ephemeral| PortTableConfig {
+            ephemeral,
+            shard: ShardId { index, count },
+            ..Default::default()
+        };
+        let no_such = Table::new(cfg(4, 4, 49152..=65535), &mut rng).err();
+        assert_eq!(
+            no_such,
+            Some(PortTableConfigError::Shard(ShardsError::NoSuchShard {
+                index: 4,
+                count: 4
+            }))
+        );
+        assert!(no_such.unwrap().to_string().contains("shard 4 of 4"));
+        assert_eq!(
+            Table::new(cfg(0, 0, 49152..=65535), &mut rng).err(),
+            Some(PortTableConfigError::Shard(ShardsError::NoShards))
+        );
+        assert_eq!(
+            Table::new(cfg(0, 257, 49152..=65535), &mut rng).err(),
+            Some(PortTableConfigError::Shard(ShardsError::TooMany {
+                count: 257
+            }))
+        );
+        assert_eq!(
+            Table::new(cfg(0, 5, 5000..=5003), &mut rng).err(),
+            Some(PortTableConfigError::Shard(ShardsError::RangeTooSmall {
+                ports: 4,
+                shards: 5
+            }))
+        );
+        assert!(Table::new(cfg(3, 4, 5000..=5003), &mut rng).is_ok());
+    }
+
+    /// For N = 1..16: N tables, each told "shard i of N", open connections
+    /// to many destinations and bind to port 0. Every flow a shard opens is
+    /// owned by that shard and by no other ([`Shards::owner`], whatever the
+    /// split's key), every port stays in the shard's share, and a flow to a
+    /// listener (a fixed port outside the range) has exactly one owner.
+    #[test]
+    fn every_flow_a_shard_opens_maps_back_to_that_shard_alone() {
+        let mut rng = SeededRng::new(16);
+        let local = ip("10.0.0.1");
+        for n in 1..=16u16 {
+            let split = Shards::new(n, 49152..=65535, &mut rng).unwrap();
+            for i in 0..n {
+                let mut t = shard_table(49152..=65535, i, n, u64::from(n) << 8 | u64::from(i));
+                assert_eq!(t.share(), split.ports(i).unwrap());
+                for d in 0..300u32 {
+                    let remote = SocketAddr::new(
+                        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0100 + d % 7)),
+                        (80 + d % 5) as u16,
+                    );
+                    let key = t
+                        .allocate(Protocol::Tcp, local, remote, d, &mut rng)
+                        .unwrap();
+                    let owners: Vec<u16> = (0..n).filter(|&j| split.owner(&key) == j).collect();
+                    assert_eq!(owners, [i], "n={n} shard {i}: {key:?}");
+                    assert!(t.share().contains(key.local.port()));
+                    assert!((0..n)
+                        .filter(|&j| j != i)
+                        .all(|j| !split.ports(j).unwrap().contains(key.local.port())));
+                }
+                let b = t.bind(Protocol::Udp, sa("0.0.0.0:0"), 1, &mut rng).unwrap();
+                assert_eq!(split.port_owner(b.port()), Some(i), "bind(0) n={n}");
+                t.check_invariants().unwrap();
+            }
+            // Flows to a listener on every shard: peers pick the port, and
+            // each flow has exactly one owner.
+            for k in 0..500u32 {
+                let peer = SocketAddr::new(
+                    IpAddr::from(std::net::Ipv4Addr::from(rng.next_u64() as u32)),
+                    rng.next_u64() as u16,
+                );
+                let flow = FlowKey::new(
+                    Protocol::Tcp,
+                    SocketAddr::new(local, 80 + (k % 3) as u16),
+                    peer,
+                );
+                let owners = (0..n).filter(|&j| split.owner(&flow) == j).count();
+                assert_eq!(owners, 1, "n={n} {flow:?}");
+            }
+        }
+    }
+
+    /// A shard hands out every port of its share towards one destination,
+    /// then EADDRNOTAVAIL: the range per destination is divided by N. TIME-
+    /// WAIT records stay in the table of the shard that made them and hold
+    /// their port there until they expire.
+    #[test]
+    fn a_shard_exhausts_its_share_and_keeps_its_time_wait() {
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        let mut rng = SeededRng::new(3);
+        for (range, n) in [
+            (50000..=50099u16, 3u16),
+            (49152..=65535, 4),
+            (5000..=5000, 1),
+        ] {
+            for i in 0..n {
+                let mut t = shard_table(range.clone(), i, n, 9);
+                let share = t.share();
+                let mut got = HashSet::new();
+                for k in 0..share.len() {
+                    let key = t.allocate(Protocol::Tcp, local, dst, k, &mut rng).unwrap();
+                    assert!(got.insert(key.local.port()));
+                }
+                assert_eq!(got, share.iter().collect::<HashSet<_>>());
+                assert_eq!(
+                    t.allocate(Protocol::Tcp, local, dst, 0, &mut rng),
+                    Err(AllocError::AddrNotAvailable)
+                );
+                assert_eq!(
+                    t.ports_in_use(Protocol::Tcp, local, dst),
+                    share.len() as usize
+                );
+                // One connection closes actively: its port waits 2MSL.
+                let port = share.port(0).unwrap();
+                let key = FlowKey::new(Protocol::Tcp, SocketAddr::new(local, port), dst);
+                t.enter_time_wait(&key, Duration::ZERO, 0);
+                assert_eq!(t.time_wait_flows(), 1);
+                assert_eq!(
+                    t.allocate(Protocol::Tcp, local, dst, 0, &mut rng),
+                    Err(AllocError::AddrNotAvailable)
+                );
+                t.expire(Duration::from_secs(61));
+                let again = t.allocate(Protocol::Tcp, local, dst, 7, &mut rng).unwrap();
+                assert_eq!(again.local.port(), port);
+                t.check_invariants().unwrap();
+            }
+        }
+    }
+
+    /// Per shard the port sequence to one destination stays unpredictable
+    /// within its share: no sequential steps (in share indices) and roughly
+    /// uniform over the share.
+    #[test]
+    fn per_shard_ports_are_spread_within_the_share() {
+        let local = ip("10.0.0.1");
+        let dst = sa("10.0.0.9:80");
+        for n in [2u16, 3, 4, 7] {
+            for i in 0..n {
+                let mut t = shard_table(49152..=65535, i, n, 77 + u64::from(i));
+                let mut rng = SeededRng::new(u64::from(n * 16 + i));
+                let share = t.share();
+                let idx: Vec<u32> = (0..2048)
+                    .map(|k| {
+                        let key = t.allocate(Protocol::Tcp, local, dst, k, &mut rng).unwrap();
+                        t.release(&key);
+                        share.index(key.local.port()).expect("port of the share")
+                    })
+                    .collect();
+                let sequential = idx.windows(2).filter(|w| w[1] == w[0] + 1).count();
+                assert!(sequential < 20, "n={n} shard {i}: {sequential} sequential");
+                let mut buckets = [0u32; 16];
+                for &k in &idx {
+                    buckets[(k * 16 / share.len()) as usize] += 1;
+                }
+                assert!(
+                    buckets.iter().all(|&b| (64..=192).contains(&b)),
+                    "n={n} shard {i}: {buckets:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::port_table::{
-    AllocError, BindConflict, FlowKey, Lookup, PortTable, PortTableConfig, Protocol,
+    AllocError, BindConflict, FlowKey, Lookup, PortTable, PortTableConfig, Protocol, ShardId,
 };
 use crate::rng::SeededRng;
 
@@ -143,6 +143,9 @@ enum MState {
 struct Model {
     lo: u16,
     hi: u16,
+    /// The table's shard: it hands out the ports `p` of `lo..=hi` with
+    /// `(p - lo) % count == index` (all of them for one shard).
+    shard: ShardId,
     time_wait: Duration,
     now: Duration,
     binds: BTreeMap<(Protocol, IpAddr, u16), u32>,
@@ -175,8 +178,13 @@ impl Model {
             || self.binds.contains_key(&(proto, wildcard_of(addr), port))
     }
 
-    fn range(&self) -> impl Iterator<Item = u16> {
-        self.lo..=self.hi
+    /// The ports the table hands out.
+    fn range(&self) -> impl Iterator<Item = u16> + '_ {
+        (self.lo..=self.hi).filter(|&q| self.in_share(q))
+    }
+
+    fn in_share(&self, q: u16) -> bool {
+        (self.lo..=self.hi).contains(&q) && (q - self.lo) % self.shard.count == self.shard.index
     }
 
     fn lookup(&self, key: &FlowKey) -> Lookup<u32> {
@@ -274,7 +282,7 @@ impl Harness {
                         Ok(sa) => {
                             assert_eq!(sa.ip(), ip);
                             let q = sa.port();
-                            assert!((m.lo..=m.hi).contains(&q), "bind(0) gave {q}");
+                            assert!(m.in_share(q), "bind(0) gave {q}");
                             assert!(!m.bind_conflicts(p, ip, q), "bind(0) gave taken {sa}");
                             m.binds.insert((p, ip, q), owner as u32);
                         }
@@ -322,7 +330,7 @@ impl Harness {
                         Ok(key) => {
                             let q = key.local.port();
                             assert_eq!(key, key_at(q), "allocate returned another 4-tuple");
-                            assert!((m.lo..=m.hi).contains(&q), "allocate gave {q}");
+                            assert!(m.in_share(q), "allocate gave {q}");
                             assert!(
                                 !m.flows.contains_key(&key),
                                 "4-tuple {key:?} handed out twice: {:?}",
@@ -437,7 +445,7 @@ impl Harness {
                             k.proto == p
                                 && k.local.ip() == ip
                                 && k.remote == to
-                                && (m.lo..=m.hi).contains(&k.local.port())
+                                && m.in_share(k.local.port())
                         })
                         .count();
                     assert_eq!(self.table.ports_in_use(p, ip, to), want, "ports in use");
@@ -465,10 +473,22 @@ pub fn run(data: &[u8]) {
     let len = (c.len % 200) as u16 + 1;
     let hi = lo.saturating_add(len - 1);
     let time_wait = Duration::from_millis(100 * (c.time_wait % 8) as u64);
+    // Half the inputs (the seed's top bit set) run one shard of 2-5.
+    let ports = hi - lo + 1;
+    let shard = if c.seed >> 63 == 1 {
+        let count = (2 + (c.seed >> 56) as u16 % 4).min(ports);
+        ShardId {
+            index: (c.seed >> 48) as u16 % count,
+            count,
+        }
+    } else {
+        ShardId::SOLE
+    };
     let config = PortTableConfig {
         ephemeral: lo..=hi,
         time_wait,
         max_step: (c.max_step % 600).max(1),
+        shard,
     };
     let mut rng = SeededRng::new(c.seed);
     let table = PortTable::new(config, &mut rng).expect("valid config");
@@ -478,6 +498,7 @@ pub fn run(data: &[u8]) {
         model: Model {
             lo,
             hi,
+            shard,
             time_wait,
             now: Duration::ZERO,
             binds: BTreeMap::new(),

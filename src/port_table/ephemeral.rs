@@ -38,9 +38,10 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
             remote,
         };
         let (offset, index) = self.double_hash(&dest);
-        let n = self.range_len;
+        // Offsets are indices into the table's share of the range (the
+        // whole range unless sharded, where index k is port start + k).
+        let n = self.share.len();
         let start = ((offset % n as u64) as u32 + self.perturb[index]) % n;
-        let min = *self.config.ephemeral.start();
 
         // First free offset at or after `start` (cyclically) that no
         // listener holds; each probe is O(1) and bound ports are skipped.
@@ -52,7 +53,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
                 None => Some(from),
             };
             let Some(off) = free else { break None };
-            let port = min + off as u16;
+            let port = self.port_at(off);
             if !self.port_bound_at(proto, local_ip, port) {
                 break Some(off);
             }
@@ -69,13 +70,20 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         let step = 1 + rng.below(self.config.max_step as u64) as u32;
         self.perturb[index] = (self.perturb[index] + walked + step) % n;
 
-        let key = FlowKey::new(proto, SocketAddr::new(local_ip, min + off as u16), remote);
+        let key = FlowKey::new(proto, SocketAddr::new(local_ip, self.port_at(off)), remote);
         self.dests
             .entry(dest)
             .or_insert_with(PortSet::new)
             .insert(off, n);
         self.flows.insert(&key, FlowState::Live(owner));
         Ok(key)
+    }
+
+    /// The port at index `off` (below the share's length) of the share.
+    fn port_at(&self, off: u32) -> u16 {
+        self.share
+            .port(off)
+            .unwrap_or(*self.config.ephemeral.start())
     }
 
     fn double_hash(&self, dest: &DestKey) -> (u64, usize) {
@@ -91,7 +99,7 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     }
 
     /// A free port for a bind to port 0: the first without a conflicting
-    /// bind, scanning from a random point of the ephemeral range (RFC 6056
+    /// bind, scanning the table's share from a random point (RFC 6056
     /// §3.3.1 style; a bind has no destination to key a hash with).
     pub(super) fn free_bind_port(
         &self,
@@ -99,10 +107,10 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         addr: IpAddr,
         rng: &mut dyn Rng,
     ) -> Option<u16> {
-        let start = *self.config.ephemeral.start() as u32;
-        let first = rng.below(self.range_len as u64) as u32;
-        (0..self.range_len)
-            .map(|i| (start + (first + i) % self.range_len) as u16)
+        let n = self.share.len();
+        let first = rng.below(u64::from(n)) as u32;
+        (0..n)
+            .map(|i| self.port_at((first + i) % n))
             .find(|&port| !self.bind_conflicts(proto, addr, port))
     }
 }

@@ -95,6 +95,13 @@ pub enum ShardsError {
         /// Shards asked for.
         shards: u16,
     },
+    /// A shard index not below the shard count.
+    NoSuchShard {
+        /// The index given.
+        index: u16,
+        /// Shards in the split.
+        count: u16,
+    },
 }
 
 impl fmt::Display for ShardsError {
@@ -113,6 +120,9 @@ impl fmt::Display for ShardsError {
                 f,
                 "{ports} ephemeral ports cannot be split among {shards} shards: each needs at least one"
             ),
+            ShardsError::NoSuchShard { index, count } => {
+                write!(f, "shard {index} of {count}: shards are numbered from 0 to N-1")
+            }
         }
     }
 }
@@ -233,6 +243,15 @@ impl Shards {
         })
     }
 
+    /// The name of shard `index` of this split, for its port table's
+    /// configuration, or `None` if there is no such shard.
+    pub fn id(&self, index: u16) -> Option<ShardId> {
+        (index < self.count).then_some(ShardId {
+            index,
+            count: self.count,
+        })
+    }
+
     /// The SipHash-1-3 key of the remote-endpoint hash, for the steering
     /// program, which embeds it.
     pub(crate) fn key(&self) -> (u64, u64) {
@@ -261,6 +280,42 @@ pub(crate) fn remote_hash(key: (u64, u64), remote: SocketAddr) -> u64 {
     h.finish()
 }
 
+/// Which shard of how many a port table belongs to: what
+/// [`PortTableConfig::shard`](super::PortTableConfig::shard) names. A table
+/// then hands out only the ephemeral ports of its share
+/// ([`ShardPorts`]), whatever the hash key of the split, which a table does
+/// not need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardId {
+    /// This shard, below `count`.
+    pub index: u16,
+    /// N, the number of shards.
+    pub count: u16,
+}
+
+impl ShardId {
+    /// The one shard of an unsharded stack: the whole range, in the table's
+    /// own order.
+    pub const SOLE: ShardId = ShardId { index: 0, count: 1 };
+
+    /// This shard's share of `ephemeral`, or why there is none (the
+    /// split cannot work, or `index` is not below `count`).
+    pub fn ports(&self, ephemeral: RangeInclusive<u16>) -> Result<ShardPorts, ShardsError> {
+        // The key plays no part in the shares.
+        let split = Shards::with_key(self.count, ephemeral, (0, 0))?;
+        split.ports(self.index).ok_or(ShardsError::NoSuchShard {
+            index: self.index,
+            count: self.count,
+        })
+    }
+}
+
+impl Default for ShardId {
+    fn default() -> Self {
+        ShardId::SOLE
+    }
+}
+
 /// One shard's share of the ephemeral range: the ports `first`,
 /// `first + N`, `first + 2N`, ... that lie in the range. Index `k` of the
 /// share is the port table's allocation offset, so RFC 6056 runs over
@@ -286,6 +341,10 @@ impl ShardPorts {
     /// The `index`-th port of the share, or `None` past its end.
     pub fn port(&self, index: u32) -> Option<u16> {
         // Below `len`, the port stays inside the ephemeral range.
+        if self.stride == 1 {
+            // One shard: no multiply on the allocation path.
+            return (index < self.len).then(|| (u32::from(self.first) + index) as u16);
+        }
         (index < self.len).then(|| (u32::from(self.first) + index * u32::from(self.stride)) as u16)
     }
 
@@ -293,6 +352,10 @@ impl ShardPorts {
     /// it (outside the range, or another shard's residue).
     pub fn index(&self, port: u16) -> Option<u32> {
         let off = u32::from(port.checked_sub(self.first)?);
+        if self.stride == 1 {
+            // One shard: no division on the lookup path.
+            return (off < self.len).then_some(off);
+        }
         let stride = u32::from(self.stride);
         let index = off / stride;
         (off % stride == 0 && index < self.len).then_some(index)

@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use ephemera::device::virtual_link::Network;
+use ephemera::port_table::ShardId;
 use ephemera::wire::build::Icmp;
 use ephemera::wire::TcpFlags;
 use ephemera::{
-    ConnError, Duration, Instant, ListenerHandle, Protocol, RecvError, Rng, SeededRng, SendError,
-    StackConfig, TcpHandle, TcpState,
+    ConnError, Duration, Instant, ListenerHandle, PortTableConfig, Protocol, RecvError, Rng,
+    SeededRng, SendError, StackConfig, TcpHandle, TcpState,
 };
 
 use crate::util::*;
@@ -317,22 +318,32 @@ fn icmp_errors_reach_the_connection_they_name() {
 
 // ---- RFC 6056: ephemeral ports ----------------------------------------
 
-fn ports(stack_seed: u64, dests: &[SocketAddr], n: usize) -> Vec<Vec<u16>> {
+/// The local ports of `n` rounds of connections from a client that is
+/// `shard`, one per destination per round, each aborted at once; as indices
+/// into the shard's share of the range (the port minus 49152 for one
+/// shard).
+fn ports(stack_seed: u64, shard: ShardId, dests: &[SocketAddr], n: usize) -> Vec<Vec<u32>> {
     let mut net = pair(
         Default::default(),
         StackConfig {
             tcp_rx_buffer: 64,
             tcp_tx_buffer: 64,
+            ports: PortTableConfig {
+                shard,
+                ..Default::default()
+            },
             ..config(CLIENT, stack_seed)
         },
         config(SERVER, 99),
     );
     let st = net.client();
+    let share = st.port_table().share();
     let mut out = vec![Vec::new(); dests.len()];
     for _ in 0..n {
         for (i, d) in dests.iter().enumerate() {
             let c = st.connect(*d).unwrap();
-            out[i].push(st.local_addr(c).unwrap().port());
+            let port = st.local_addr(c).unwrap().port();
+            out[i].push(share.index(port).expect("a port of the client's share"));
             st.abort(c);
         }
         while st.poll_transmit(Instant::ZERO).is_some() {}
@@ -340,32 +351,28 @@ fn ports(stack_seed: u64, dests: &[SocketAddr], n: usize) -> Vec<Vec<u16>> {
     out
 }
 
-fn chi_square(ps: &[u16], buckets: usize) -> f64 {
-    let (lo, span) = (49152u32, 16384u32);
+fn chi_square(ps: &[u32], span: u32, buckets: usize) -> f64 {
     let mut count = vec![0f64; buckets];
     for &p in ps {
-        count[((p as u32 - lo) * buckets as u32 / span) as usize] += 1.0;
+        count[(u64::from(p) * buckets as u64 / u64::from(span)) as usize] += 1.0;
     }
     let e = ps.len() as f64 / buckets as f64;
     count.iter().map(|c| (c - e) * (c - e) / e).sum()
 }
 
-#[test]
-fn ephemeral_ports_are_unpredictable() {
-    let seed = 0x6056;
-    let _guard = SeedGuard("ephemeral ports", seed);
-    let n = 8192;
-    let dests = [sa("10.0.0.2:80"), sa("10.0.0.2:443"), sa("10.0.0.3:80")];
-    let seqs = ports(seed, &dests, n);
-    for (d, ps) in dests.iter().zip(&seqs) {
+/// RFC 6056's goals for the sequences `seqs` (one per destination, indices
+/// into a share of `span` ports): uniform, no guessable step, independent
+/// across destinations.
+fn assert_unpredictable(what: &str, dests: &[SocketAddr], seqs: &[Vec<u32>], span: u32) {
+    for (d, ps) in dests.iter().zip(seqs) {
         // Roughly uniform over the range: chi-square over 32 buckets,
         // 31 degrees of freedom, 0.1% critical value 61.1.
-        let chi = chi_square(ps, 32);
-        assert!(chi < 61.1, "{d}: chi-square {chi:.1}");
+        let chi = chi_square(ps, span, 32);
+        assert!(chi < 61.1, "{what} {d}: chi-square {chi:.1}");
         // No sequential pattern: the observer's best single guess (the most
         // common step so far, or +1) rarely names the next port.
-        let deltas: Vec<u16> = ps.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-        let mut freq: HashMap<u16, usize> = HashMap::new();
+        let deltas: Vec<u32> = ps.windows(2).map(|w| (w[1] + span - w[0]) % span).collect();
+        let mut freq: HashMap<u32, usize> = HashMap::new();
         for &x in &deltas {
             *freq.entry(x).or_default() += 1;
         }
@@ -374,11 +381,11 @@ fn ephemeral_ports_are_unpredictable() {
         let rate = top.max(plus_one) as f64 / deltas.len() as f64;
         assert!(
             rate < 0.01,
-            "{d}: best step guess right {:.2}% of the time",
+            "{what} {d}: best step guess right {:.2}% of the time",
             rate * 100.0
         );
         println!(
-            "{d}: chi-square(31) {chi:.1}, best step-guess hit rate {:.3}%, distinct steps {}",
+            "{what} {d}: chi-square(31) {chi:.1}, best step-guess hit rate {:.3}%, distinct steps {}",
             rate * 100.0,
             freq.len()
         );
@@ -386,13 +393,18 @@ fn ephemeral_ports_are_unpredictable() {
     // Independent per destination: knowing one sequence says nothing of
     // another (same-index ports rarely close, correlation near zero).
     let (a, b) = (&seqs[0], &seqs[2]);
+    let n = a.len();
+    let close = span / 256;
     let near = a
         .iter()
         .zip(b)
-        .filter(|(x, y)| x.abs_diff(**y) < 64)
+        .filter(|(x, y)| x.abs_diff(**y) < close)
         .count();
-    assert!((near as f64 / n as f64) < 0.02, "{near} of {n} within 64");
-    let mean = |v: &[u16]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    assert!(
+        (near as f64 / n as f64) < 0.02,
+        "{what}: {near} of {n} within {close}"
+    );
+    let mean = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
     let (ma, mb) = (mean(a), mean(b));
     let cov: f64 = a
         .iter()
@@ -402,8 +414,33 @@ fn ephemeral_ports_are_unpredictable() {
     let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
     let vb: f64 = b.iter().map(|&y| (y as f64 - mb).powi(2)).sum();
     let r = cov / (va * vb).sqrt();
-    assert!(r.abs() < 0.1, "correlation {r}");
+    assert!(r.abs() < 0.1, "{what}: correlation {r}");
+}
+
+const DESTS: [&str; 3] = ["10.0.0.2:80", "10.0.0.2:443", "10.0.0.3:80"];
+
+#[test]
+fn ephemeral_ports_are_unpredictable() {
+    let seed = 0x6056;
+    let _guard = SeedGuard("ephemeral ports", seed);
+    let dests = DESTS.map(sa);
+    let seqs = ports(seed, ShardId::SOLE, &dests, 8192);
+    assert_unpredictable("one shard", &dests, &seqs, 16384);
     // And a different secret gives a different sequence to the same place.
-    let other = ports(seed + 1, &dests[..1], 64);
+    let other = ports(seed + 1, ShardId::SOLE, &dests[..1], 64);
     assert_ne!(other[0], seqs[0][..64]);
+}
+
+/// A stack that is shard i of 4 draws only ports of its share, and within
+/// the share passes the same checks as one shard over the whole range.
+#[test]
+fn ephemeral_ports_are_unpredictable_within_each_shard() {
+    let dests = DESTS.map(sa);
+    for index in 0..4 {
+        let seed = 0x6056_0000 + u64::from(index);
+        let _guard = SeedGuard("sharded ephemeral ports", seed);
+        let shard = ShardId { index, count: 4 };
+        let seqs = ports(seed, shard, &dests, 4096);
+        assert_unpredictable(&format!("shard {index} of 4"), &dests, &seqs, 4096);
+    }
 }
