@@ -13,6 +13,13 @@
 //! size, those that find it full are dropped ([`DirectionStats`]). The
 //! bottleneck involves no randomness: the same packets at the same
 //! simulated times are queued, dropped and delivered the same way.
+//!
+//! A host may also be N stacks, the shards of one sharded stack behind a
+//! multi-queue TUN ([`Network::add_sharded`]): a packet for the host goes to
+//! the shard [`steering::packet_owner`] names, which is what the kernel
+//! does with the steering program attached. The link counts every packet
+//! that reaches a shard which does not hold its flow while another shard
+//! does ([`LinkStats::misdirected`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -21,6 +28,8 @@ use std::num::NonZeroU64;
 
 use smoltcp::time::{Duration, Instant};
 
+use super::steering;
+use crate::port_table::{Lookup, Shards};
 use crate::rng::{Rng, SeededRng};
 use crate::stack::Stack;
 
@@ -171,6 +180,11 @@ pub struct LinkStats {
     pub filtered: u64,
     /// Packets a [`Bottleneck`]'s full queue dropped, all directions.
     pub queue_drops: u64,
+    /// Packets delivered to a shard of a sharded host
+    /// ([`Network::add_sharded`]) that holds no connection or TIME-WAIT
+    /// record for their flow, while another shard of the host holds one:
+    /// the steering and the shards' port choice disagree.
+    pub misdirected: u64,
 }
 
 /// The step limit ran out before the condition held.
@@ -207,10 +221,29 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+/// Where packets for an address go.
+#[derive(Copy, Clone)]
+enum Route {
+    /// One stack.
+    Stack(usize),
+    /// A sharded host: index into `groups`.
+    Group(usize),
+}
+
+/// The shards of one host and the split that steers packets among them.
+struct Group {
+    shards: Shards,
+    /// Stack index of each shard, in shard order.
+    members: Vec<usize>,
+}
+
 /// Stacks joined by one impaired link.
 pub struct Network {
     stacks: Vec<Stack>,
-    addrs: Vec<(IpAddr, usize)>,
+    addrs: Vec<(IpAddr, Route)>,
+    groups: Vec<Group>,
+    /// The group each stack is a shard of, if any.
+    group_of: Vec<Option<usize>>,
     now: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     packets: std::collections::HashMap<u64, InFlight>,
@@ -229,6 +262,8 @@ impl Network {
         Network {
             stacks: Vec::new(),
             addrs: Vec::new(),
+            groups: Vec::new(),
+            group_of: Vec::new(),
             now: Instant::from_millis(0),
             queue: BinaryHeap::new(),
             packets: Default::default(),
@@ -246,8 +281,44 @@ impl Network {
     pub fn add(&mut self, stack: Stack, addrs: &[IpAddr]) -> usize {
         let i = self.stacks.len();
         self.stacks.push(stack);
-        self.addrs.extend(addrs.iter().map(|&a| (a, i)));
+        self.group_of.push(None);
+        self.addrs
+            .extend(addrs.iter().map(|&a| (a, Route::Stack(i))));
         i
+    }
+
+    /// Attach `stacks` as the shards of one host that owns `addrs`, shard
+    /// *i* being `stacks[i]` (each should have been configured as shard *i*
+    /// of `shards.count()`, [`ShardId`](crate::port_table::ShardId)). A
+    /// packet for the host is delivered to the shard
+    /// [`steering::packet_owner`] picks for it. Returns the stacks'
+    /// indices in shard order.
+    ///
+    /// # Panics
+    /// If the number of stacks is not `shards.count()`.
+    pub fn add_sharded(
+        &mut self,
+        stacks: Vec<Stack>,
+        shards: Shards,
+        addrs: &[IpAddr],
+    ) -> Vec<usize> {
+        assert_eq!(
+            stacks.len(),
+            usize::from(shards.count()),
+            "one stack per shard"
+        );
+        let g = self.groups.len();
+        let first = self.stacks.len();
+        let members: Vec<usize> = (first..first + stacks.len()).collect();
+        self.stacks.extend(stacks);
+        self.group_of.extend(members.iter().map(|_| Some(g)));
+        self.groups.push(Group {
+            shards,
+            members: members.clone(),
+        });
+        self.addrs
+            .extend(addrs.iter().map(|&a| (a, Route::Group(g))));
+        members
     }
 
     /// Stack number `i`.
@@ -334,6 +405,9 @@ impl Network {
             let d = &mut self.directions.entry((p.from, p.to)).or_default().stats;
             d.packets_delivered += 1;
             d.bytes_delivered += p.bytes.len() as u64;
+            if self.misdirected(p.to, &p.bytes) {
+                self.stats.misdirected += 1;
+            }
             self.stacks[p.to].handle_packet(now, &p.bytes);
             delivered = true;
         }
@@ -406,6 +480,24 @@ impl Network {
         })
     }
 
+    /// Whether `bytes`, about to reach stack `to`, belongs to a flow that
+    /// `to` does not hold but another shard of its host does.
+    fn misdirected(&self, to: usize, bytes: &[u8]) -> bool {
+        let Some(g) = self.group_of[to] else {
+            return false;
+        };
+        let Some(flow) = steering::packet_flow(bytes) else {
+            return false;
+        };
+        let holds = |i: usize| {
+            matches!(
+                self.stacks[i].port_table().lookup(&flow),
+                Lookup::Flow(_) | Lookup::TimeWait
+            )
+        };
+        !holds(to) && self.groups[g].members.iter().any(|&i| i != to && holds(i))
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
     }
@@ -414,11 +506,19 @@ impl Network {
         if let Some(tap) = self.tap.as_mut() {
             tap(self.now, &bytes);
         }
-        let Some(to) = destination(&bytes)
-            .and_then(|d| self.addrs.iter().find(|(a, _)| *a == d).map(|&(_, i)| i))
-        else {
-            self.stats.unroutable += 1;
-            return;
+        let route = destination(&bytes)
+            .and_then(|d| self.addrs.iter().find(|(a, _)| *a == d).map(|&(_, r)| r));
+        let to = match route {
+            Some(Route::Stack(i)) => i,
+            Some(Route::Group(g)) => {
+                let group = &self.groups[g];
+                let shard = steering::packet_owner(&group.shards, &bytes);
+                group.members[usize::from(shard)]
+            }
+            None => {
+                self.stats.unroutable += 1;
+                return;
+            }
         };
         if let Some(filter) = self.filter.as_mut() {
             if !filter(from, to, &bytes) {

@@ -15,5 +15,6 @@ mod hostile;
 mod malformed;
 mod misbehaving;
 mod reliability;
+mod shards;
 mod syn_flood;
 mod tcp_basic;
