@@ -182,8 +182,10 @@ pub struct LinkStats {
     pub queue_drops: u64,
     /// Packets delivered to a shard of a sharded host
     /// ([`Network::add_sharded`]) that holds no connection or TIME-WAIT
-    /// record for their flow, while another shard of the host holds one:
-    /// the steering and the shards' port choice disagree.
+    /// record for their flow while another shard of the host holds one,
+    /// or that has nothing for them while another shard has a bind (a UDP
+    /// socket, a listener): the steering and the shards' port choice
+    /// disagree.
     pub misdirected: u64,
 }
 
@@ -480,8 +482,9 @@ impl Network {
         })
     }
 
-    /// Whether `bytes`, about to reach stack `to`, belongs to a flow that
-    /// `to` does not hold but another shard of its host does.
+    /// Whether `bytes`, about to reach stack `to`, would be taken better
+    /// by another shard of its host: that shard holds its flow and `to`
+    /// does not, or that shard has a bind for it and `to` has nothing.
     fn misdirected(&self, to: usize, bytes: &[u8]) -> bool {
         let Some(g) = self.group_of[to] else {
             return false;
@@ -489,13 +492,18 @@ impl Network {
         let Some(flow) = steering::packet_flow(bytes) else {
             return false;
         };
-        let holds = |i: usize| {
-            matches!(
-                self.stacks[i].port_table().lookup(&flow),
-                Lookup::Flow(_) | Lookup::TimeWait
-            )
+        // How well a shard can take the packet: it holds the flow (live or
+        // TIME-WAIT), or only a bind (listener, UDP socket), or nothing.
+        let holds = |i: usize| match self.stacks[i].port_table().lookup(&flow) {
+            Lookup::Flow(_) | Lookup::TimeWait => 2,
+            Lookup::Bound(_) => 1,
+            Lookup::Nothing => 0,
         };
-        !holds(to) && self.groups[g].members.iter().any(|&i| i != to && holds(i))
+        let here = holds(to);
+        self.groups[g]
+            .members
+            .iter()
+            .any(|&i| i != to && holds(i) > here)
     }
 
     fn chance(&mut self, p: f64) -> bool {
