@@ -1,7 +1,8 @@
 //! The steering program against its Rust statement ([`packet_owner`]):
 //! in the user-space interpreter over generated packets, in the kernel with
 //! `BPF_PROG_TEST_RUN` over the same packets (root), and on a real
-//! multi-queue TUN in a private network namespace (root).
+//! multi-queue TUN in a private network namespace (root), alone and with
+//! stack shards driven on its queues.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -999,5 +1000,228 @@ fn steer_real_packets(test: &str, n: u16) -> bool {
     );
     attached.detach().unwrap();
     drop(sockets);
+    true
+}
+
+/// Stack shards on a real multi-queue TUN with the program attached: N
+/// stacks, each told it is shard i of N and fed only queue i, open
+/// connections to a kernel TCP server, and kernel clients connect to the
+/// listener every shard has. Every packet arrives on the queue of the shard
+/// that owns its flow, every connection completes and carries its own bytes
+/// both ways, and no shard resets anything: the replies to the ports each
+/// shard chose came home.
+#[test]
+fn stack_shards_on_a_multi_queue_tun_get_their_own_replies() {
+    const TEST: &str = "device::steering::stack_shards_on_a_multi_queue_tun_get_their_own_replies";
+    in_private_netns(TEST, || {
+        for n in [2u16, 4] {
+            if !shards_on_real_queues(TEST, n) {
+                return;
+            }
+        }
+    });
+}
+
+/// One run with `n` queues and stack shards; false if it was skipped.
+fn shards_on_real_queues(test: &str, n: u16) -> bool {
+    use crate::port_table::PortTableConfig;
+    use crate::stack::{Event, Stack, StackConfig, TcpHandle, TcpState};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Connections each way.
+    const EACH_WAY: usize = 200;
+    const SERVER_PORT: u16 = 7000;
+    const LISTEN_PORT: u16 = 8080;
+
+    let name = format!("ephshard{n}");
+    // A subnet per run: the kernel's sockets of an earlier run may still
+    // be closing, and must not reach this run's shards.
+    let (stack4, kernel4) = (
+        Ipv4Addr::new(10, 10, n as u8, 2),
+        Ipv4Addr::new(10, 10, n as u8, 1),
+    );
+    let mut queues = Vec::new();
+    for _ in 0..n {
+        match open_queue(&name) {
+            Ok(q) => queues.push(q),
+            Err(e) => {
+                skip(test, &format!("cannot open a multi-queue TUN: {e}"));
+                return false;
+            }
+        }
+    }
+    let range = 40000..=40999;
+    let shards = Shards::new(n, range.clone(), &mut SeededRng::new(70 + u64::from(n))).unwrap();
+    let Some(prog) = load_or_skip(test, &shards) else {
+        return false;
+    };
+    let attached = prog.attach(queues[0].as_fd()).unwrap();
+    drop(prog);
+    tun::set_ipv4(&name, kernel4, 24).unwrap();
+    tun::set_up(&name).unwrap();
+
+    let t0 = crate::Instant::from_millis(0);
+    let started = Instant::now();
+    let now = || crate::Instant::from_micros(started.elapsed().as_micros() as i64);
+    let mut stacks: Vec<Stack> = (0..n)
+        .map(|i| {
+            let config = StackConfig {
+                addrs: vec![(IpAddr::V4(stack4), 24)],
+                seed: Some(900 + u64::from(i)),
+                ports: PortTableConfig {
+                    ephemeral: range.clone(),
+                    shard: shards.id(i).unwrap(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Stack::new(config, t0).unwrap()
+        })
+        .collect();
+    let listeners: Vec<_> = stacks
+        .iter_mut()
+        .map(|s| {
+            s.listen(SocketAddr::new(IpAddr::V4(stack4), LISTEN_PORT), None)
+                .unwrap()
+        })
+        .collect();
+
+    // The kernel's side, on threads of this namespace: an echo server for
+    // the shards' connections, and clients of the shards' listener.
+    let server = TcpListener::bind(SocketAddr::new(IpAddr::V4(kernel4), SERVER_PORT)).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..EACH_WAY {
+            let (mut c, _) = server.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut msg = [0u8; 64];
+            let k = c.read(&mut msg).unwrap();
+            c.write_all(&msg[..k]).unwrap();
+            conns.push(c);
+        }
+        conns
+    });
+    let clients = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for _ in 0..EACH_WAY {
+            let to = SocketAddr::new(IpAddr::V4(stack4), LISTEN_PORT);
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(10)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = format!("from {}", c.local_addr().unwrap());
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg.as_bytes(), "echo reached the wrong client");
+            conns.push(c);
+        }
+        conns
+    });
+
+    // Shard j opens connections j, j + N, ...
+    let opened: Vec<(usize, TcpHandle)> = (0..EACH_WAY)
+        .map(|k| {
+            let q = k % usize::from(n);
+            let to = SocketAddr::new(IpAddr::V4(kernel4), SERVER_PORT);
+            (q, stacks[q].connect(to).unwrap())
+        })
+        .collect();
+    for &(q, c) in &opened {
+        let local = stacks[q].local_addr(c).unwrap();
+        assert_eq!(shards.port_owner(local.port()), Some(q as u16));
+    }
+    // Per shard and connection: sent our message (opened), or bytes read.
+    let mut sent: std::collections::HashSet<(usize, TcpHandle)> = Default::default();
+    let mut got: HashMap<(usize, TcpHandle), Vec<u8>> = HashMap::new();
+    let mut accepted = vec![0usize; usize::from(n)];
+    let (mut echoed_in, mut echoed_out) = (0, 0);
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (echoed_in < EACH_WAY || echoed_out < EACH_WAY) && Instant::now() < deadline {
+        let mut fds: Vec<PollFd> = queues
+            .iter()
+            .map(|q| PollFd::new(q.as_fd(), PollFlags::POLLIN))
+            .collect();
+        // Interrupted or not, every queue is read below.
+        let _ = poll(&mut fds, PollTimeout::from(5u8));
+        for (q, file) in queues.iter().enumerate() {
+            loop {
+                let len = match (&*file).read(&mut buf) {
+                    Ok(len) => len,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read queue {q}: {e}"),
+                };
+                let packet = &buf[..len];
+                if let Some(flow) = packet_flow(packet) {
+                    assert_eq!(usize::from(shards.owner(&flow)), q, "n={n}: {flow:?}");
+                }
+                stacks[q].handle_packet(now(), packet);
+            }
+        }
+        for (q, st) in stacks.iter_mut().enumerate() {
+            while let Ok(c) = st.accept(listeners[q]) {
+                accepted[q] += 1;
+                got.insert((q, c), Vec::new());
+            }
+            for &(oq, c) in opened.iter().filter(|(oq, _)| *oq == q) {
+                if !sent.contains(&(oq, c)) && st.tcp_state(c) == Some(TcpState::Established) {
+                    let msg = format!("from {}", st.local_addr(c).unwrap());
+                    assert_eq!(st.send(c, msg.as_bytes()), Ok(msg.len()));
+                    sent.insert((oq, c));
+                    got.insert((oq, c), Vec::new());
+                }
+            }
+            while let Some(ev) = st.poll_event() {
+                let Event::Tcp(c) = ev else { continue };
+                let Some(acc) = got.get_mut(&(q, c)) else {
+                    continue;
+                };
+                while let Ok(k) = st.recv(c, &mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    acc.extend_from_slice(&buf[..k]);
+                }
+                let opener = sent.contains(&(q, c));
+                let names = if opener {
+                    st.local_addr(c).unwrap()
+                } else {
+                    st.peer_addr(c).unwrap()
+                };
+                let want = format!("from {names}");
+                if acc.len() == want.len() {
+                    assert_eq!(String::from_utf8_lossy(acc), want, "shard {q}");
+                    if opener {
+                        echoed_out += 1;
+                    } else {
+                        let back = acc.clone();
+                        assert_eq!(st.send(c, &back), Ok(back.len()));
+                        echoed_in += 1;
+                    }
+                    acc.push(b'.'); // counted once
+                }
+            }
+            while let Some(p) = st.poll_transmit(now()) {
+                // A full kernel queue drops, as a link would; TCP resends.
+                let _ = (&queues[q]).write(&p);
+            }
+        }
+    }
+    let echo_conns = echo.join().unwrap();
+    let client_conns = clients.join().unwrap();
+    assert_eq!(echoed_out, EACH_WAY, "n={n}: opened by the shards, echoed");
+    assert_eq!(echoed_in, EACH_WAY, "n={n}: opened by the kernel, echoed");
+    assert!(accepted.iter().all(|&k| k > 0), "n={n}: {accepted:?}");
+    for (q, st) in stacks.iter().enumerate() {
+        let c = st.counters();
+        assert_eq!(c.tcp_rst_sent, 0, "n={n} shard {q}: {c:?}");
+        assert_eq!(c.tcp_reset_by_peer, 0, "n={n} shard {q}: {c:?}");
+        st.check_invariants().unwrap();
+    }
+    let _ = writeln!(
+        io::stderr(),
+        "shards n={n}: {EACH_WAY} connections each way, accepted per shard {accepted:?}"
+    );
+    drop((echo_conns, client_conns));
+    attached.detach().unwrap();
     true
 }
