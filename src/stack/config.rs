@@ -6,6 +6,7 @@ use smoltcp::time::Duration;
 use smoltcp::wire::IpCidr;
 
 use super::conn::Limits;
+use crate::buffer_pool::MAX_BUFFER;
 use crate::port_table::{PortTableConfig, PortTableConfigError};
 
 /// Configuration of a [`Stack`](super::Stack).
@@ -21,9 +22,10 @@ pub struct StackConfig {
     pub backlog: usize,
     /// Half-open (SYN-RECEIVED) connections allowed per listener.
     pub syn_backlog: usize,
-    /// Receive buffer per TCP connection, octets.
+    /// Receive buffer per TCP connection, octets: 1 to 1 GiB (the largest
+    /// window TCP can advertise, RFC 7323 §2.3).
     pub tcp_rx_buffer: usize,
-    /// Send buffer per TCP connection, octets.
+    /// Send buffer per TCP connection, octets: 1 to 1 GiB.
     pub tcp_tx_buffer: usize,
     /// Datagrams buffered per UDP socket and direction.
     pub udp_packets: usize,
@@ -203,6 +205,18 @@ impl StackConfig {
                 return Err(ConfigError::ZeroSize(what));
             }
         }
+        for (what, n) in [
+            ("TCP receive buffer", self.tcp_rx_buffer),
+            ("TCP send buffer", self.tcp_tx_buffer),
+        ] {
+            if n > MAX_BUFFER {
+                return Err(ConfigError::TooLarge {
+                    what,
+                    size: n,
+                    max: MAX_BUFFER,
+                });
+            }
+        }
         Ok(cidrs)
     }
 
@@ -231,6 +245,15 @@ pub enum ConfigError {
     Ports(PortTableConfigError),
     /// A backlog or buffer size of zero.
     ZeroSize(&'static str),
+    /// A size above what the stack can serve.
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// The size given.
+        size: usize,
+        /// The largest allowed.
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -243,6 +266,9 @@ impl std::fmt::Display for ConfigError {
             }
             ConfigError::Ports(e) => e.fmt(f),
             ConfigError::ZeroSize(what) => write!(f, "{what} must be at least 1"),
+            ConfigError::TooLarge { what, size, max } => {
+                write!(f, "{what} of {size} is too large (at most {max})")
+            }
         }
     }
 }
@@ -315,5 +341,49 @@ mod tests {
             "unknown congestion control \"bbr\"; expected one of cubic, reno, none"
         );
         assert!("".parse::<CongestionControl>().is_err());
+    }
+
+    #[test]
+    fn absurd_buffer_sizes_are_refused_before_any_memory_is_cut() {
+        // Through the safe constructor: before this check the pool summed
+        // the sizes unchecked and cut slices past its mapping.
+        let now = crate::Instant::from_millis(0);
+        for (rx, tx) in [
+            (usize::MAX, 4096),
+            (4096, usize::MAX),
+            (usize::MAX / 2 + 1, usize::MAX / 2 + 1),
+            (MAX_BUFFER + 1, 4096),
+        ] {
+            let c = StackConfig {
+                addrs: vec![("10.0.0.1".parse().unwrap(), 24)],
+                tcp_rx_buffer: rx,
+                tcp_tx_buffer: tx,
+                ..StackConfig::default()
+            };
+            let Err(e) = super::super::Stack::new(c, now) else {
+                panic!("{rx} / {tx} octets accepted");
+            };
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::TooLarge {
+                        max: MAX_BUFFER,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            with(|c| c.tcp_tx_buffer = MAX_BUFFER + 1)
+                .unwrap_err()
+                .to_string(),
+            "TCP send buffer of 1073741825 is too large (at most 1073741824)"
+        );
+        assert!(with(|c| {
+            c.tcp_rx_buffer = MAX_BUFFER;
+            c.tcp_tx_buffer = MAX_BUFFER;
+        })
+        .is_ok());
     }
 }

@@ -182,7 +182,15 @@ impl Stack {
             rng.next_u64(),
             now,
         );
-        let buffers = BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer);
+        // `validate` checked the sizes; the pool checks them again.
+        let buffers =
+            BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer).map_err(|_| {
+                ConfigError::TooLarge {
+                    what: "TCP buffers",
+                    size: config.tcp_rx_buffer.max(config.tcp_tx_buffer),
+                    max: crate::buffer_pool::MAX_BUFFER,
+                }
+            })?;
         Ok(Stack {
             link,
             addrs: cidrs,

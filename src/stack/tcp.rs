@@ -247,8 +247,11 @@ impl Stack {
         };
         // SAFETY: one set of slices per lease; the socket is dropped before
         // the chunk is released (`free_tcp`), and the pool outlives both.
-        let (rx, tx) = unsafe { self.buffers.slices(&chunk) };
         let c = &self.config;
+        let (rx, tx) = unsafe {
+            self.buffers
+                .slices(&chunk, c.tcp_rx_buffer, c.tcp_tx_buffer)
+        };
         let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         s.set_nagle_enabled(c.nagle);
         s.set_ack_delay(c.ack_delay);
