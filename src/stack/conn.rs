@@ -199,9 +199,48 @@ impl SeqTrack {
         end > v.rx_free() as i32
     }
 
+    /// Where the highest sequence number seen moves to with a segment
+    /// `seq..seq+len` (SYN and FIN counted), if it moves: the end of what
+    /// smoltcp may store of it. smoltcp keeps the part of a segment that
+    /// lies in the receive window, so a segment that starts in the window
+    /// and ends beyond it counts up to the window's end (never beyond
+    /// RCV.NXT + the free space, which the advertised window never
+    /// exceeds); one that does not reach into the window, or a control
+    /// segment beyond it, moves nothing.
+    #[inline]
+    pub(crate) fn stored_end(
+        &self,
+        v: &SocketView,
+        seq: u32,
+        len: u32,
+        syn: bool,
+        fin: bool,
+    ) -> Option<u32> {
+        let rcv_nxt = self.rcv_nxt(v);
+        let next = seq.wrapping_add(len + syn as u32 + fin as u32);
+        let ahead = next.wrapping_sub(rcv_nxt) as i32;
+        if ahead <= 0 {
+            return None;
+        }
+        let free = v.rx_free();
+        let end = if ahead as usize <= free + fin as usize {
+            next
+        } else {
+            // Only data octets in the window are stored: the first must
+            // lie before the window's end.
+            let start = seq.wrapping_add(syn as u32).wrapping_sub(rcv_nxt) as i32;
+            if len == 0 || start >= free as i32 {
+                return None;
+            }
+            rcv_nxt.wrapping_add(free as u32)
+        };
+        (end.wrapping_sub(self.peer_next) as i32 > 0).then_some(end)
+    }
+
     /// Take note of a segment from the peer before smoltcp sees it: its
     /// ISN, and (if plausible — inside the windows, so forged segments
-    /// cannot move them) the highest sequence number and SND.UNA.
+    /// cannot move them) the highest sequence number
+    /// ([`stored_end`](Self::stored_end)) and SND.UNA.
     #[inline]
     pub(crate) fn note_segment(
         &mut self,
@@ -217,13 +256,8 @@ impl SeqTrack {
             self.peer_next = seq.wrapping_add(1);
         }
         let handshake = matches!(v.state, TcpState::SynSent | TcpState::SynReceived);
-        let next = seq.wrapping_add(len + syn as u32 + fin as u32);
-        let ahead = next.wrapping_sub(self.rcv_nxt(v)) as i32;
-        if ahead > 0
-            && ahead as usize <= v.recv_capacity + 1
-            && (next.wrapping_sub(self.peer_next) as i32) > 0
-        {
-            self.peer_next = next;
+        if let Some(end) = self.stored_end(v, seq, len, syn, fin) {
+            self.peer_next = end;
         }
         if let Some(ack) = ack {
             let advance = ack.wrapping_sub(self.peer_ack) as i32;
@@ -1146,6 +1180,17 @@ mod tests {
         // An old segment does not move it back.
         s.note_segment(&v, 900, 10, false, false, Some(4000));
         assert_eq!((s.peer_next, s.peer_ack), (1501, 5050));
+        // A segment that starts in the window and ends beyond it: smoltcp
+        // stores the part in the window (up to RCV.NXT + 1000, the free
+        // space), so the highest sequence number seen moves there, and the
+        // buffer is not drained. One that starts beyond it moves nothing.
+        let mut t = SeqTrack::new(Some(1000));
+        let empty = view(Established, 0);
+        t.note_segment(&empty, 1001 + 1000, 10, false, false, None);
+        assert_eq!(t.peer_next, 1001, "beyond the window");
+        t.note_segment(&empty, 1001 + 500, 4000, false, false, None);
+        assert_eq!(t.peer_next, 1001 + 1000, "cut to the window");
+        assert!(!t.rx_drained(&empty));
         // A FIN ending past the window is beyond it; within, it is not.
         assert!(s.fin_beyond_window(&v, 1001, 1001));
         assert!(!s.fin_beyond_window(&v, 1001, 1000));

@@ -13,6 +13,7 @@ mod congestion;
 mod core;
 mod hostile;
 mod malformed;
+mod memory;
 mod misbehaving;
 mod reliability;
 mod shards;
