@@ -98,6 +98,13 @@ counters! {
     tcp_rewound_acks,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
+    /// TIME-WAIT records whose 2·MSL started again because the peer sent
+    /// the FIN that closed the connection again (RFC 9293 §3.10.7.4).
+    tcp_time_wait_restarted,
+    /// Connections that skipped TIME-WAIT, their 4-tuple released at once,
+    /// because `PortTableConfig::max_time_wait` records were kept (Linux
+    /// `TCPTimeWaitOverflow`).
+    tcp_time_wait_overflow,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).
     tcp_fin_resent,
     /// RSTs sent for segments that matched nothing.

@@ -675,7 +675,12 @@ impl Stack {
             Reap::Keep => {}
             Reap::TimeWait { owed_ack, record } => {
                 let key = c.key;
-                self.enter_time_wait(id, &key, owed_ack, record);
+                // Brought here by the peer's segment, its ACK goes from
+                // the record once the segment is through; if no record is
+                // kept (TIME-WAIT skipped), it goes from here.
+                let unrecorded = (cause == Cause::Ingress && owed_ack.is_none())
+                    .then(|| c.seq.segment(&v, TcpControl::None));
+                self.enter_time_wait(id, &key, owed_ack, record, unrecorded);
                 return;
             }
             Reap::Closed { release, free } => {

@@ -19,3 +19,4 @@ mod reliability;
 mod shards;
 mod syn_flood;
 mod tcp_basic;
+mod time_wait;
