@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use smoltcp::time::Duration;
 use smoltcp::wire::IpCidr;
 
+use super::budget::MIN_MEMORY;
 use super::conn::Limits;
 use crate::buffer_pool::MAX_BUFFER;
 use crate::port_table::{PortTableConfig, PortTableConfigError};
@@ -55,6 +56,19 @@ pub struct StackConfig {
     /// accepts: how much it may have in flight beyond what the peer's
     /// window allows. Default [`CongestionControl::Cubic`].
     pub congestion_control: CongestionControl,
+    /// Most TCP connections open at once (half-open and closing ones
+    /// included; TIME-WAIT records are not connections). Beyond it SYNs
+    /// are dropped and `connect` fails with ENOBUFS, both counted. Default
+    /// 262,144.
+    pub max_connections: usize,
+    /// TCP buffer memory the stack may have committed, in octets (at least
+    /// 64 KiB): the hard mark of its memory budget, after Linux's
+    /// `tcp_mem`. Above two thirds of it (memory pressure) connections stop
+    /// growing and new ones get small buffers; at it, no connection opens.
+    /// What is and is not counted: [`BudgetUse`](super::BudgetUse) and
+    /// docs/architecture.md. Default 1 GiB (the daemon derives its default
+    /// from the machine's memory, as Linux does).
+    pub max_memory: usize,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
@@ -165,6 +179,8 @@ impl Default for StackConfig {
             fin_timeout: Some(Duration::from_secs(60)),
             shrink_idle_after: Some(Duration::from_secs(1)),
             congestion_control: CongestionControl::Cubic,
+            max_connections: 262_144,
+            max_memory: 1 << 30,
             seed: None,
             tcp_checksum_offload: false,
         }
@@ -200,6 +216,7 @@ impl StackConfig {
             ("TCP receive buffer", self.tcp_rx_buffer),
             ("TCP send buffer", self.tcp_tx_buffer),
             ("UDP buffer", self.udp_packets),
+            ("connection limit", self.max_connections),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroSize(what));
@@ -216,6 +233,13 @@ impl StackConfig {
                     max: MAX_BUFFER,
                 });
             }
+        }
+        if self.max_memory < MIN_MEMORY {
+            return Err(ConfigError::TooSmall {
+                what: "memory budget",
+                size: self.max_memory,
+                min: MIN_MEMORY,
+            });
         }
         Ok(cidrs)
     }
@@ -245,6 +269,15 @@ pub enum ConfigError {
     Ports(PortTableConfigError),
     /// A backlog or buffer size of zero.
     ZeroSize(&'static str),
+    /// A size below what the stack can work with.
+    TooSmall {
+        /// What is too small.
+        what: &'static str,
+        /// The size given.
+        size: usize,
+        /// The smallest allowed.
+        min: usize,
+    },
     /// A size above what the stack can serve.
     TooLarge {
         /// What is too large.
@@ -266,6 +299,9 @@ impl std::fmt::Display for ConfigError {
             }
             ConfigError::Ports(e) => e.fmt(f),
             ConfigError::ZeroSize(what) => write!(f, "{what} must be at least 1"),
+            ConfigError::TooSmall { what, size, min } => {
+                write!(f, "{what} of {size} is too small (at least {min})")
+            }
             ConfigError::TooLarge { what, size, max } => {
                 write!(f, "{what} of {size} is too large (at most {max})")
             }
@@ -379,6 +415,14 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "TCP send buffer of 1073741825 is too large (at most 1073741824)"
+        );
+        assert_eq!(
+            with(|c| c.max_memory = 4096).unwrap_err().to_string(),
+            "memory budget of 4096 is too small (at least 65536)"
+        );
+        assert_eq!(
+            with(|c| c.max_connections = 0),
+            Err(ConfigError::ZeroSize("connection limit"))
         );
         assert!(with(|c| {
             c.tcp_rx_buffer = MAX_BUFFER;

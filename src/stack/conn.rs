@@ -27,6 +27,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpControl;
 
+use super::budget::{MemUse, Rings};
 use super::segment::Segment;
 use super::socket_set::{Owner, SocketId};
 use super::TcpState;
@@ -78,6 +79,8 @@ pub(crate) struct SocketView {
     pub recv_queue: usize,
     /// Size of the receive buffer.
     pub recv_capacity: usize,
+    /// Size of the send buffer.
+    pub send_capacity: usize,
 }
 
 impl SocketView {
@@ -89,6 +92,16 @@ impl SocketView {
             send_queue: socket.send_queue(),
             recv_queue: socket.recv_queue(),
             recv_capacity: socket.recv_capacity(),
+            send_capacity: socket.send_capacity(),
+        }
+    }
+
+    /// The sizes of its two ring buffers.
+    #[inline]
+    pub(crate) fn rings(&self) -> Rings {
+        Rings {
+            rx: self.recv_capacity,
+            tx: self.send_capacity,
         }
     }
 
@@ -366,7 +379,7 @@ pub(crate) struct Timers {
     /// buffer, a state change, or nothing outstanding at all.
     progress_at: Instant,
     /// Send-queue length at the last check, to see ACKs free it.
-    last_send_queue: usize,
+    last_send_queue: u32,
     /// FIN watchdog: when to re-send our FIN ourselves, and the backoff
     /// in milliseconds.
     fin_watch: Option<(Instant, u32)>,
@@ -492,11 +505,13 @@ impl Timers {
             );
         // Data queued on an empty send queue starts a new wait: an idle
         // spell before it was no lack of progress.
+        // Send queues are at most 1 GiB (`MAX_BUFFER`).
+        let sq32 = u32::try_from(sq).unwrap_or(u32::MAX);
         let fresh = sq > 0 && self.last_send_queue == 0;
-        if !outstanding || fresh || sq < self.last_send_queue || state != prev {
+        if !outstanding || fresh || sq32 < self.last_send_queue || state != prev {
             self.progress_at = now;
         }
-        self.last_send_queue = sq;
+        self.last_send_queue = sq32;
         match limit.filter(|_| outstanding).map(|t| self.progress_at + t) {
             Some(t) if t <= now => Timer::Fired,
             Some(t) => Timer::At(t),
@@ -706,10 +721,15 @@ pub(crate) struct TcpConn {
     pub dirty: bool,
     /// Whether an event for it is queued for the application.
     pub event_queued: bool,
+    /// The memory budget cut a `send` short: the application is told (an
+    /// event) once the buffer pages go back.
+    pub send_blocked: bool,
     /// RCV.NXT, SND.UNA and the RFC 5961 checks.
     pub seq: SeqTrack,
     /// Ephemera's own timers.
     pub timers: Timers,
+    /// Its use of the memory budget.
+    pub mem: MemUse,
     /// The buffer memory the socket's two ring buffers live in. Declared
     /// last: fields drop in order, so the socket in `set` goes first.
     pub chunk: Option<Chunk>,
@@ -746,8 +766,13 @@ impl TcpConn {
             scheduled: None,
             dirty: false,
             event_queued: false,
+            send_blocked: false,
             seq: SeqTrack::new(peer_isn),
             timers: Timers::new(now),
+            mem: MemUse {
+                rx_base: peer_isn.map_or(0, |isn| isn.wrapping_add(1)),
+                ..MemUse::default()
+            },
             chunk,
         }
     }
@@ -903,6 +928,7 @@ mod tests {
             send_queue,
             recv_queue: 0,
             recv_capacity: 1000,
+            send_capacity: 1000,
         }
     }
 

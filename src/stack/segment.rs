@@ -107,6 +107,27 @@ pub(crate) fn with_seq(packet: &[u8], tcp_offset: u16, seq: u32) -> Vec<u8> {
     p
 }
 
+/// A copy of `packet` without its TCP payload and FIN: only the header
+/// (ACK, window, options) stays. The IP length field is set to the new
+/// length; checksums are left as they are (see [`without_fin`]).
+pub(crate) fn without_payload(packet: &[u8], tcp_offset: u16) -> Vec<u8> {
+    let at = tcp_offset as usize;
+    let header = packet
+        .get(at + 12)
+        .map_or(20, |&off| usize::from(off >> 4) * 4);
+    let len = (at + header).min(packet.len());
+    let mut p = packet[..len].to_vec();
+    if let Some(flags) = p.get_mut(at + 13) {
+        *flags &= !0x01;
+    }
+    match p.first().map(|b| b >> 4) {
+        Some(4) if len >= 4 => p[2..4].copy_from_slice(&(len as u16).to_be_bytes()),
+        Some(6) if len >= 40 => p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes()),
+        _ => {}
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, SocketAddr};
@@ -135,6 +156,35 @@ mod tests {
         assert_eq!(tcp_ack_number(&v6), Some(7));
         assert_eq!(tcp_ack_number(&v6[..50]), None, "truncated");
         assert_eq!(tcp_ack_number(&[]), None);
+    }
+
+    #[test]
+    fn a_segment_without_its_payload_is_a_well_formed_bare_segment() {
+        use crate::wire::build::Tcp;
+        use crate::wire::TcpFlags;
+        for (from, to) in [
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("[fd00::1]:40000", "[fd00::2]:80"),
+        ] {
+            let (from, to): (SocketAddr, SocketAddr) = (from.parse().unwrap(), to.parse().unwrap());
+            let packet = Tcp {
+                seq: 7,
+                ack: 9,
+                flags: TcpFlags::ACK | TcpFlags::FIN | TcpFlags::PSH,
+                window: 1000,
+                payload: &[5; 300],
+                ..Default::default()
+            }
+            .packet(from, to);
+            let Ok(Class::Tcp { seg, .. }) = classify(&packet, &Peer(to.ip())) else {
+                panic!("not TCP");
+            };
+            let bare = without_payload(&packet, seg.header_offset);
+            assert_eq!(bare.len(), packet.len() - 300);
+            let v = crate::wire::TcpView::parse(&bare).unwrap();
+            assert!(v.payload().is_empty() && !v.flags().fin() && v.flags().ack());
+            assert_eq!((v.seq(), v.ack(), v.window()), (7, 9, 1000));
+        }
     }
 
     /// The peer's addresses, as its own demux would see them.
