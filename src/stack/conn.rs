@@ -384,11 +384,30 @@ pub(crate) struct Timers {
     /// in milliseconds.
     fin_watch: Option<(Instant, u32)>,
     /// Since when it has been released and in FIN-WAIT-2.
-    orphan_since: Option<Instant>,
+    orphan_since: MaybeInstant,
     /// Since when both buffers have been empty, if they are.
-    idle_since: Option<Instant>,
+    idle_since: MaybeInstant,
     /// Whether the buffer pages were handed back since they last held data.
     shrunk: bool,
+}
+
+/// An optional time in 8 octets, where `Option<Instant>` takes 16
+/// (smoltcp's `Instant` has no value to spare): `i64::MIN` microseconds,
+/// long before any time a stack sees, stands for none. It keeps a
+/// connection's slot small.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct MaybeInstant(i64);
+
+impl MaybeInstant {
+    const NONE: MaybeInstant = MaybeInstant(i64::MIN);
+
+    fn from(t: Option<Instant>) -> MaybeInstant {
+        t.map_or(MaybeInstant::NONE, |t| MaybeInstant(t.total_micros()))
+    }
+
+    fn get(self) -> Option<Instant> {
+        (self != MaybeInstant::NONE).then(|| Instant::from_micros(self.0))
+    }
 }
 
 /// What one of the connection's own timers says after an event.
@@ -437,8 +456,8 @@ impl Timers {
             progress_at: now,
             last_send_queue: 0,
             fin_watch: None,
-            orphan_since: None,
-            idle_since: None,
+            orphan_since: MaybeInstant::NONE,
+            idle_since: MaybeInstant::NONE,
             shrunk: false,
         }
     }
@@ -557,10 +576,11 @@ impl Timers {
         timeout: Option<Duration>,
         orphan: bool,
     ) -> Timer {
-        self.orphan_since = orphan.then(|| self.orphan_since.unwrap_or(now));
-        match self.orphan_since.zip(timeout).map(|(t, d)| t + d) {
+        let since = orphan.then(|| self.orphan_since.get().unwrap_or(now));
+        self.orphan_since = MaybeInstant::from(since);
+        match since.zip(timeout).map(|(t, d)| t + d) {
             Some(t) if t <= now => {
-                self.orphan_since = None;
+                self.orphan_since = MaybeInstant::NONE;
                 Timer::Fired
             }
             Some(t) => Timer::At(t),
@@ -578,14 +598,15 @@ impl Timers {
         quiet: bool,
     ) -> Timer {
         if !quiet {
-            self.idle_since = None;
+            self.idle_since = MaybeInstant::NONE;
             self.shrunk = false;
             return Timer::Off;
         }
         let Some(after) = after.filter(|_| !self.shrunk) else {
             return Timer::Off;
         };
-        let since = *self.idle_since.get_or_insert(now);
+        let since = self.idle_since.get().unwrap_or(now);
+        self.idle_since = MaybeInstant::from(Some(since));
         if since + after > now {
             return Timer::At(since + after);
         }
