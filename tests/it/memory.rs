@@ -152,12 +152,18 @@ impl Writer {
     }
 }
 
+/// The daemon's TCP buffers each way (`TCP_BUFFER` in src/daemon/mod.rs):
+/// leased lazily, backed only where written.
+const DAEMON_BUFFER: usize = 1 << 20;
+
 /// Item: 20,000 connections whose clients never read, while the server
 /// writes to each until it is blocked, stay under the memory budget, and a
-/// fresh client is still served. The first connections get the full
-/// 64 KiB buffers and fill them; past the soft mark (two thirds of the
-/// budget) connections stop growing and new ones get a page each way, so
-/// the room between the marks holds the rest, with room to spare.
+/// fresh client is still served. The server has the daemon's 1 MiB
+/// buffers: the first connections get them and fill them; past the soft
+/// mark (two thirds of the budget) connections stop growing and new ones
+/// get a page each way, so the room between the marks holds the rest,
+/// with room to spare. Every connection leases its 2 MiB chunk of address
+/// space (40 GiB in all, `MAP_NORESERVE`); only the pages written count.
 #[test]
 fn twenty_thousand_stalled_connections_stay_under_the_budget_and_a_new_client_is_served() {
     const CONNS: usize = 20_000;
@@ -177,6 +183,8 @@ fn twenty_thousand_stalled_connections_stay_under_the_budget_and_a_new_client_is
         ..config(CLIENT, seed)
     };
     let server = StackConfig {
+        tcp_rx_buffer: DAEMON_BUFFER,
+        tcp_tx_buffer: DAEMON_BUFFER,
         max_memory: BUDGET,
         backlog: BATCH,
         syn_backlog: BATCH,
@@ -230,8 +238,13 @@ fn twenty_thousand_stalled_connections_stay_under_the_budget_and_a_new_client_is
     assert!(b.under_pressure(), "{b:?}");
     assert!(c.tcp_opened_under_pressure > 0 && c.tcp_send_memory_pressure > 0);
     assert_eq!(c.drop_syn_memory_limit + c.drop_syn_connection_limit, 0);
-    // Without the budget every connection would hold its full send buffer.
+    // Without the budget every connection would hold its full send buffer
+    // (20 GiB); the first ones did fill theirs.
     assert!(written > CONNS * 16 * 1024, "they did write: {written}");
+    assert!(
+        app.conns.values().filter(|&&w| w >= DAEMON_BUFFER).count() > 100,
+        "full 1 MiB send buffers before the soft mark"
+    );
     st.check_invariants().unwrap();
 
     // A fresh client that reads: it connects, and gets the server's
@@ -385,5 +398,94 @@ fn the_connection_limit_refuses_and_counts() {
     assert_eq!(net.server().budget().connections, 3);
     let (c, s) = open[0];
     assert_eq!(echo_round(&mut net, c, s, b"still here"), b"still here");
+    net.server().check_invariants().unwrap();
+}
+
+/// The soft mark with the daemon's 1 MiB buffers: connections that fill
+/// them reach it, the next one opens with a page each way, and a buffer
+/// drained under pressure goes back to the kernel at once (not after
+/// `shrink_idle_after`), all of its 1 MiB, which takes the stack back
+/// below the mark.
+#[test]
+fn under_the_soft_mark_drained_megabyte_buffers_go_back_at_once() {
+    let seed = 0x50f7;
+    let _guard = SeedGuard("soft mark, 1 MiB buffers", seed);
+    // 1280 pages: pressure from 853, three full send buffers and part of
+    // a fourth.
+    let server = StackConfig {
+        tcp_rx_buffer: DAEMON_BUFFER,
+        tcp_tx_buffer: DAEMON_BUFFER,
+        max_memory: 5 << 20,
+        shrink_idle_after: Some(Duration::from_secs(30)),
+        ..config(SERVER, seed + 1)
+    };
+    let mut net = pair(LinkConfig::default(), config(CLIENT, seed), server);
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    let mut open = Vec::new();
+    let mut written = Vec::new();
+    for _ in 0..5 {
+        let (c, s) = establish(&mut net, l);
+        // The server writes until blocked; the client does not read.
+        let mut w = 0;
+        loop {
+            let chunk: Vec<u8> = (w..w + 4096).map(octet).collect();
+            match net.server().send(s, &chunk) {
+                Ok(k) => w += k,
+                Err(SendError::WouldBlock) => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        net.run_for(Duration::from_millis(50), 10_000).unwrap();
+        open.push((c, s));
+        written.push(w);
+    }
+    let b = net.server().budget();
+    assert!(b.under_pressure(), "{b:?}");
+    assert!(b.committed <= b.limit, "{b:?}");
+    assert!(
+        written[0] >= DAEMON_BUFFER,
+        "the first fills 1 MiB: {written:?}"
+    );
+    assert!(
+        written[3] < DAEMON_BUFFER && written[4] <= 4096,
+        "the fourth cut short at the mark, the fifth held to its page: {written:?}"
+    );
+    let c = net.server().counters().clone();
+    assert!(c.tcp_send_memory_pressure > 0);
+    assert_eq!(c.tcp_opened_under_pressure, 1, "the fifth: {written:?}");
+    let resident = net.server().buffer_resident_bytes();
+    assert!(
+        resident <= b.charged && resident >= 3 * DAEMON_BUFFER,
+        "{resident} {b:?}"
+    );
+    net.server().check_invariants().unwrap();
+
+    // The client reads the first connection to the end of what was
+    // written: its send buffer drains, and goes back at once.
+    let (c0, _) = open[0];
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    net.run_until(1_000_000, |n| {
+        while let Ok(k) = n.client().recv(c0, &mut buf) {
+            got.extend_from_slice(&buf[..k]);
+        }
+        got.len() >= written[0]
+    })
+    .unwrap();
+    let want: Vec<u8> = (0..written[0]).map(octet).collect();
+    assert!(got == want, "the first connection's stream differs");
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    let after = net.server().budget();
+    let resident_after = net.server().buffer_resident_bytes();
+    assert!(
+        resident - resident_after >= DAEMON_BUFFER,
+        "1 MiB back to the kernel: {resident} -> {resident_after}"
+    );
+    assert!(
+        after.charged + DAEMON_BUFFER <= b.charged,
+        "{b:?} -> {after:?}"
+    );
+    assert!(!after.under_pressure(), "below the mark again: {after:?}");
+    assert!(resident_after <= after.charged);
     net.server().check_invariants().unwrap();
 }

@@ -114,7 +114,7 @@ fn twenty_thousand_clients_that_never_read_stay_under_the_budget() {
     // Beyond the TCP buffers, each connection costs its socket structures
     // and the HTTP service's 16 KiB write buffer: the whole daemon stays
     // within the budget plus that, where without the budget each
-    // connection would hold its full 64 KiB send buffer (1.2 GiB more).
+    // connection would hold its full 1 MiB send buffer (20 GiB more).
     let per_conn = 16 * 1024 + 4 * 1024;
     assert!(
         resident <= idle + BUDGET + N * per_conn,
