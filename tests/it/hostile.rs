@@ -351,72 +351,6 @@ fn ports(stack_seed: u64, shard: ShardId, dests: &[SocketAddr], n: usize) -> Vec
     out
 }
 
-fn chi_square(ps: &[u32], span: u32, buckets: usize) -> f64 {
-    let mut count = vec![0f64; buckets];
-    for &p in ps {
-        count[(u64::from(p) * buckets as u64 / u64::from(span)) as usize] += 1.0;
-    }
-    let e = ps.len() as f64 / buckets as f64;
-    count.iter().map(|c| (c - e) * (c - e) / e).sum()
-}
-
-/// RFC 6056's goals for the sequences `seqs` (one per destination, indices
-/// into a share of `span` ports): uniform, no guessable step, independent
-/// across destinations.
-fn assert_unpredictable(what: &str, dests: &[SocketAddr], seqs: &[Vec<u32>], span: u32) {
-    for (d, ps) in dests.iter().zip(seqs) {
-        // Roughly uniform over the range: chi-square over 32 buckets,
-        // 31 degrees of freedom, 0.1% critical value 61.1.
-        let chi = chi_square(ps, span, 32);
-        assert!(chi < 61.1, "{what} {d}: chi-square {chi:.1}");
-        // No sequential pattern: the observer's best single guess (the most
-        // common step so far, or +1) rarely names the next port.
-        let deltas: Vec<u32> = ps.windows(2).map(|w| (w[1] + span - w[0]) % span).collect();
-        let mut freq: HashMap<u32, usize> = HashMap::new();
-        for &x in &deltas {
-            *freq.entry(x).or_default() += 1;
-        }
-        let top = freq.values().max().copied().unwrap_or(0);
-        let plus_one = freq.get(&1).copied().unwrap_or(0);
-        let rate = top.max(plus_one) as f64 / deltas.len() as f64;
-        assert!(
-            rate < 0.01,
-            "{what} {d}: best step guess right {:.2}% of the time",
-            rate * 100.0
-        );
-        println!(
-            "{what} {d}: chi-square(31) {chi:.1}, best step-guess hit rate {:.3}%, distinct steps {}",
-            rate * 100.0,
-            freq.len()
-        );
-    }
-    // Independent per destination: knowing one sequence says nothing of
-    // another (same-index ports rarely close, correlation near zero).
-    let (a, b) = (&seqs[0], &seqs[2]);
-    let n = a.len();
-    let close = span / 256;
-    let near = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| x.abs_diff(**y) < close)
-        .count();
-    assert!(
-        (near as f64 / n as f64) < 0.02,
-        "{what}: {near} of {n} within {close}"
-    );
-    let mean = |v: &[u32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
-    let (ma, mb) = (mean(a), mean(b));
-    let cov: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb))
-        .sum();
-    let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|&y| (y as f64 - mb).powi(2)).sum();
-    let r = cov / (va * vb).sqrt();
-    assert!(r.abs() < 0.1, "{what}: correlation {r}");
-}
-
 const DESTS: [&str; 3] = ["10.0.0.2:80", "10.0.0.2:443", "10.0.0.3:80"];
 
 #[test]
@@ -425,7 +359,7 @@ fn ephemeral_ports_are_unpredictable() {
     let _guard = SeedGuard("ephemeral ports", seed);
     let dests = DESTS.map(sa);
     let seqs = ports(seed, ShardId::SOLE, &dests, 8192);
-    assert_unpredictable("one shard", &dests, &seqs, 16384);
+    assert_ports_unpredictable("one shard", &dests, &seqs, 16384);
     // And a different secret gives a different sequence to the same place.
     let other = ports(seed + 1, ShardId::SOLE, &dests[..1], 64);
     assert_ne!(other[0], seqs[0][..64]);
@@ -441,6 +375,6 @@ fn ephemeral_ports_are_unpredictable_within_each_shard() {
         let _guard = SeedGuard("sharded ephemeral ports", seed);
         let shard = ShardId { index, count: 4 };
         let seqs = ports(seed, shard, &dests, 4096);
-        assert_unpredictable(&format!("shard {index} of 4"), &dests, &seqs, 4096);
+        assert_ports_unpredictable(&format!("shard {index} of 4"), &dests, &seqs, 4096);
     }
 }

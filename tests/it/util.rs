@@ -3,9 +3,11 @@
 //! [`Node`]), opening and accepting connections ([`establish`],
 //! [`accept_until`]), segments built and read with `ephemera::wire`
 //! ([`tcp`], [`Seg`], [`tap_segments`]), one stack driven by hand-built
-//! segments ([`drain_until`], [`handshake`]), the stream hash ([`Fnv`])
-//! and the seed printed on failure ([`SeedGuard`]).
+//! segments ([`drain_until`], [`handshake`]), the stream hash ([`Fnv`]),
+//! the seed printed on failure ([`SeedGuard`]), and the checks that
+//! ephemeral ports are unpredictable ([`assert_ports_unpredictable`]).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
@@ -330,4 +332,91 @@ impl Drop for SeedGuard {
             eprintln!("{} failed with seed {:#x}", self.0, self.1);
         }
     }
+}
+
+/// Chi-square of `ps` (indices into `span` ports) over `buckets` equal
+/// slices.
+fn chi_square(ps: &[u32], span: u32, buckets: usize) -> f64 {
+    let mut count = vec![0f64; buckets];
+    for &p in ps {
+        count[(u64::from(p) * buckets as u64 / u64::from(span)) as usize] += 1.0;
+    }
+    let e = ps.len() as f64 / buckets as f64;
+    count.iter().map(|c| (c - e) * (c - e) / e).sum()
+}
+
+/// RFC 6056's promise, checked on the successive ports `seqs[i]` a stack
+/// chose towards `dests[i]`, as indices into the `span` ports it draws
+/// from (the port minus 49152 for the default range; a shard's share for
+/// a sharded table). At least three destinations, each sequence as long
+/// as the others: each sequence is roughly uniform, its next port is not
+/// guessable from its steps, and the first and third sequences are
+/// independent of each other. `what` names the case in messages.
+pub fn assert_ports_unpredictable(what: &str, dests: &[SocketAddr], seqs: &[Vec<u32>], span: u32) {
+    assert!(dests.len() >= 3 && dests.len() == seqs.len());
+    for (d, ps) in dests.iter().zip(seqs) {
+        // Roughly uniform over the range: chi-square over 32 buckets,
+        // 31 degrees of freedom, 0.1% critical value 61.1.
+        let chi = chi_square(ps, span, 32);
+        assert!(chi < 61.1, "{what} {d}: chi-square {chi:.1}");
+        // No sequential pattern: the observer's best single guess (the most
+        // common step so far, or +1) rarely names the next port.
+        let deltas: Vec<u32> = ps.windows(2).map(|w| (w[1] + span - w[0]) % span).collect();
+        let mut freq: HashMap<u32, usize> = HashMap::new();
+        for &x in &deltas {
+            *freq.entry(x).or_default() += 1;
+        }
+        let top = freq.values().max().copied().unwrap_or(0);
+        let plus_one = freq.get(&1).copied().unwrap_or(0);
+        let rate = top.max(plus_one) as f64 / deltas.len() as f64;
+        assert!(
+            rate < 0.01,
+            "{what} {d}: best step guess right {:.2}% of the time",
+            rate * 100.0
+        );
+        println!(
+            "{what} {d}: chi-square(31) {chi:.1}, best step-guess hit rate {:.3}%, distinct steps {}",
+            rate * 100.0,
+            freq.len()
+        );
+    }
+    // Independent per destination: knowing one sequence says nothing of
+    // another (same-index ports rarely close, correlation near zero).
+    let (a, b) = (&seqs[0], &seqs[2]);
+    let n = a.len();
+    let close = span / 256;
+    let near = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.abs_diff(**y) < close)
+        .count();
+    assert!(
+        (near as f64 / n as f64) < 0.02,
+        "{what}: {near} of {n} within {close}"
+    );
+    // And the steps of the two are uncorrelated. (Not the ports
+    // themselves: each sequence is a random walk that drifts by about
+    // max_step / 2 a port and wraps, so two of them look like sawtooths of
+    // the same period whose phases wander apart slowly, and the Pearson
+    // correlation of the ports spreads to ±0.2 between independent runs.
+    // The steps are independent draws, so theirs stays within a few
+    // 1/√n of zero.)
+    let steps = |v: &[u32]| -> Vec<f64> {
+        v.windows(2)
+            .map(|w| f64::from((w[1] + span - w[0]) % span))
+            .collect()
+    };
+    let (sa, sb) = (steps(a), steps(b));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (ma, mb) = (mean(&sa), mean(&sb));
+    let cov: f64 = sa.iter().zip(&sb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = sa.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = sb.iter().map(|y| (y - mb).powi(2)).sum();
+    let r = cov / (va * vb).sqrt();
+    // Five standard deviations of r for independent steps.
+    let limit = 5.0 / (sa.len() as f64).sqrt();
+    assert!(
+        r.abs() < limit,
+        "{what}: correlation of steps {r:.4} (limit {limit:.4})"
+    );
 }
