@@ -67,6 +67,8 @@ pub enum Class {
     Udp {
         /// The 4-tuple, seen from our side.
         key: FlowKey,
+        /// Payload octets.
+        len: usize,
     },
     /// An ICMP error about a packet we sent on flow `key`.
     IcmpError {
@@ -223,6 +225,7 @@ pub fn classify_with(
                     SocketAddr::new(dst, udp.destination_port()),
                     SocketAddr::new(src, udp.source_port()),
                 ),
+                len: udp.payload().len(),
             })
         }
         Some(TransportSlice::Icmpv4(icmp)) => {
@@ -356,7 +359,7 @@ mod tests {
         .udp(5000, 53);
         let mut p = Vec::new();
         b.write(&mut p, b"hi").unwrap();
-        let Ok(Class::Udp { key }) = classify(&p, &Ours) else {
+        let Ok(Class::Udp { key, len: 2 }) = classify(&p, &Ours) else {
             panic!()
         };
         assert_eq!(key.local, "[fd00::1]:53".parse().unwrap());

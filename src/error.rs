@@ -12,6 +12,8 @@ pub mod errno {
     pub const EAGAIN: i32 = 11;
     /// Invalid argument.
     pub const EINVAL: i32 = 22;
+    /// Destination address required.
+    pub const EDESTADDRREQ: i32 = 89;
     /// Broken pipe.
     pub const EPIPE: i32 = 32;
     /// Message too long.
@@ -26,6 +28,8 @@ pub mod errno {
     pub const ENOBUFS: i32 = 105;
     /// Connection reset by peer.
     pub const ECONNRESET: i32 = 104;
+    /// Transport endpoint is already connected.
+    pub const EISCONN: i32 = 106;
     /// Transport endpoint is not connected.
     pub const ENOTCONN: i32 = 107;
     /// Connection timed out.
@@ -102,6 +106,8 @@ error_enum! {
         NoBuffers => (ENOBUFS, "no buffer space available"),
         /// ENOBUFS: `StackConfig::max_connections` connections are open.
         ConnectionLimit => (ENOBUFS, "connection limit reached"),
+        /// EBADF: the handle is stale (`udp_connect_bound`).
+        InvalidHandle => (EBADF, "stale socket handle"),
     }
 }
 
@@ -135,6 +141,11 @@ error_enum! {
         MessageTooLong => (EMSGSIZE, "message too long"),
         /// EINVAL: unspecified destination or port 0.
         InvalidAddress => (EINVAL, "invalid destination"),
+        /// EDESTADDRREQ: `udp_send` on a socket that is not connected.
+        DestinationRequired => (EDESTADDRREQ, "destination address required"),
+        /// EISCONN: `udp_send_to` another address than a connected
+        /// socket's peer.
+        AlreadyConnected => (EISCONN, "socket is connected to another peer"),
         /// EBADF: the handle is stale.
         InvalidHandle => (EBADF, "stale socket handle"),
     }
@@ -199,6 +210,8 @@ mod tests {
         assert_eq!(ListenError::AddrInUse.errno(), 98);
         assert_eq!(ConnectError::AddrNotAvailable.errno(), 99);
         assert_eq!(RecvError::ConnectionRefused.errno(), 111);
+        assert_eq!(SendError::DestinationRequired.errno(), 89);
+        assert_eq!(SendError::AlreadyConnected.errno(), 106);
         let io: io::Error = ConnectError::AddrNotAvailable.into();
         assert_eq!(io.raw_os_error(), Some(99));
         assert_eq!(

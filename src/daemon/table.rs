@@ -17,11 +17,12 @@ pub struct PortEntry {
     #[serde(with = "proto_name")]
     pub proto: Protocol,
     /// RFC 9293 state name (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, ...), or
-    /// `UNCONN` for a bound UDP socket.
+    /// `UNCONN` for a bound UDP socket, `ESTAB` for a connected one.
     pub state: String,
     /// Local address and port.
     pub local: SocketAddr,
-    /// Remote address and port; none for listeners and unconnected UDP.
+    /// Remote address and port; none for listeners and unconnected UDP,
+    /// the peer for a connected UDP socket.
     pub remote: Option<SocketAddr>,
     /// Bytes received and not yet read by the application.
     pub recv_q: usize,
@@ -389,16 +390,30 @@ pub(crate) mod tests {
                 send_queue: 0,
                 age: std::time::Duration::from_millis(5),
             },
+            SocketInfo {
+                proto: Protocol::Udp,
+                state: SocketState::Connected,
+                local: "10.0.0.2:40123".parse().unwrap(),
+                remote: Some("10.0.0.1:53".parse().unwrap()),
+                recv_queue: 0,
+                send_queue: 0,
+                age: std::time::Duration::from_millis(7),
+            },
         ];
         let t = format_ports_table(&rows.iter().map(port_entry).collect::<Vec<_>>());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].contains("State") && lines[0].contains("Recv-Q"));
         let est = lines.iter().find(|l| l.contains("ESTABLISHED")).unwrap();
         for cell in ["tcp", "3", "1000", "10.0.0.2:80", "10.0.0.1:50000", "12.3s"] {
             assert!(est.contains(cell), "{est:?} lacks {cell}");
         }
-        let udp = lines.iter().find(|l| l.starts_with("udp")).unwrap();
+        let udp = lines.iter().find(|l| l.contains("UNCONN")).unwrap();
         assert!(udp.contains("0.0.0.0:7") && udp.contains("*:*") && udp.ends_with("5ms"));
+        // A connected UDP socket shows its peer.
+        let conn = lines.iter().find(|l| l.contains("ESTAB ")).unwrap();
+        for cell in ["udp", "10.0.0.2:40123", "10.0.0.1:53", "7ms"] {
+            assert!(conn.contains(cell), "{conn:?} lacks {cell}");
+        }
     }
 }

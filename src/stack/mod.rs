@@ -74,7 +74,7 @@ pub struct SocketInfo {
     /// TCP or UDP.
     pub proto: Protocol,
     /// The RFC 9293 state (`LISTEN`, `ESTABLISHED`, `TIME-WAIT`, …), or
-    /// `UNCONN` for UDP.
+    /// for UDP `UNCONN` (bound) or `ESTAB` (connected), as `ss` says.
     pub state: SocketState,
     /// Local address.
     pub local: SocketAddr,
@@ -97,6 +97,8 @@ pub enum SocketState {
     Tcp(TcpState),
     /// A bound UDP socket.
     Unconnected,
+    /// A connected UDP socket (`ss` says `ESTAB`).
+    Connected,
 }
 
 impl SocketState {
@@ -104,6 +106,7 @@ impl SocketState {
     pub fn as_str(self) -> &'static str {
         match self {
             SocketState::Unconnected => "UNCONN",
+            SocketState::Connected => "ESTAB",
             SocketState::Tcp(s) => match s {
                 TcpState::Closed => "CLOSED",
                 TcpState::Listen => "LISTEN",
@@ -260,17 +263,7 @@ impl Stack {
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
                 no_flow => self.tcp_without_flow(no_flow, &key, &seg, packet),
             },
-            Class::Udp { key } => match self
-                .table
-                .lookup_bound(Protocol::Udp, key.local)
-                .map(|o| o.id)
-            {
-                Some(id) => self.udp_ingress(id, packet),
-                None => {
-                    self.counters.udp_no_port += 1;
-                    self.link.answer_unmatched(now, packet);
-                }
-            },
+            Class::Udp { key, len } => self.udp_datagram(&key, len, packet),
             Class::IcmpError { key, error } => self.icmp_error(&key, error),
             Class::Icmp => {
                 self.counters.icmp_other += 1;
@@ -381,9 +374,12 @@ impl Stack {
                 },
                 Socket::Udp(u) => SocketInfo {
                     proto: Protocol::Udp,
-                    state: SocketState::Unconnected,
-                    local: u.local,
-                    remote: None,
+                    state: match u.flow {
+                        Some(_) => SocketState::Connected,
+                        None => SocketState::Unconnected,
+                    },
+                    local: u.local(),
+                    remote: u.peer(),
                     recv_queue: u.socket().recv_queue(),
                     send_queue: u.socket().send_queue(),
                     age: age(u.created),
@@ -482,13 +478,19 @@ impl Stack {
                     }
                 }
                 Socket::Udp(u) => {
-                    if self
-                        .table
-                        .lookup_bound(Protocol::Udp, u.local)
-                        .map(|o| o.id)
-                        != Some(id)
-                    {
-                        return Err(format!("UDP socket {} not bound", u.local));
+                    if u.bind.is_none() && u.flow.is_none() {
+                        return Err("UDP socket neither bound nor connected".into());
+                    }
+                    if let Some(bind) = u.bind {
+                        if self.table.lookup_bound(Protocol::Udp, bind).map(|o| o.id) != Some(id) {
+                            return Err(format!("UDP socket {bind} not bound"));
+                        }
+                    }
+                    if let Some(key) = u.flow {
+                        live += 1;
+                        if self.table.flow(&key).map(|o| o.id) != Some(id) {
+                            return Err(format!("connected UDP socket {key:?} not in the table"));
+                        }
                     }
                 }
             }
@@ -528,7 +530,7 @@ impl Stack {
         }
         if live != self.table.live_flows() {
             return Err(format!(
-                "{live} registered connections but {} live flows",
+                "{live} registered connections and connected UDP sockets but {} live flows",
                 self.table.live_flows()
             ));
         }
@@ -825,7 +827,7 @@ impl Stack {
             return;
         }
         if key.proto == Protocol::Udp {
-            self.udp_refused(key.local);
+            self.udp_refused(key);
             return;
         }
         let Some(Owner { id, .. }) = self.table.flow(key) else {

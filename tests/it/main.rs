@@ -20,3 +20,4 @@ mod shards;
 mod syn_flood;
 mod tcp_basic;
 mod time_wait;
+mod udp;
