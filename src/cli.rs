@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +98,12 @@ pub struct UpArgs {
     /// the file mode 0600 and yours.
     #[arg(long, value_name = "FILE", requires = "socks")]
     pub socks_auth: Option<PathBuf>,
+    /// Serve DNS on this UDP port, forwarding each query to the name server UPSTREAM
+    /// (port 53 unless given; an IPv6 address in brackets) from a fresh port of the stack's
+    /// own table with a fresh random ID. Repeat for more upstreams, asked in order when one
+    /// does not answer; every --dns names the same PORT.
+    #[arg(long, value_name = "PORT=UPSTREAM[:PORT]", value_parser = parse_dns)]
+    pub dns: Vec<DnsSpec>,
     /// Ports ephemera's own table hands out for outgoing connections.
     #[arg(long, value_name = "A-B", default_value = "49152-65535", value_parser = parse_range)]
     pub ephemeral_range: PortRange,
@@ -192,6 +198,15 @@ pub struct FetchArgs {
     /// Control socket path (overrides --tun).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+}
+
+/// One `--dns PORT=UPSTREAM[:PORT]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// The stack's UDP port clients query.
+    pub port: u16,
+    /// The name server asked.
+    pub upstream: SocketAddr,
 }
 
 /// An address with a prefix length, e.g. `10.7.0.2/24`.
@@ -473,6 +488,64 @@ pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
     Ok((host, parse_port(port)?))
 }
 
+/// A name server's address: `IP`, `IP:PORT`, `[IPV6]` or `[IPV6]:PORT`
+/// (a bare IPv6 address too), port 53 unless given. Only unicast
+/// addresses: a name server is one host.
+pub fn parse_name_server(s: &str) -> Result<SocketAddr, String> {
+    let example = "write IP[:PORT], e.g. 10.7.0.1:5353 or [fd00:7::1]:53";
+    let (ip, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = match rest.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return Err(format!("{s:?}: {example}")),
+            },
+            None => return Err(format!("{s:?}: {example}")),
+        };
+        let a: Ipv6Addr = h
+            .parse()
+            .map_err(|_| format!("{h:?} is not an IPv6 address; {example}"))?;
+        (IpAddr::V6(a), p)
+    } else if let Ok(a) = s.parse::<IpAddr>() {
+        (a, None)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => {
+                let a: IpAddr = h
+                    .parse()
+                    .map_err(|_| format!("{h:?} is not an IP address; {example}"))?;
+                (a, Some(p))
+            }
+            _ => return Err(format!("{s:?} is not a name server address; {example}")),
+        }
+    };
+    let port = match port {
+        Some(p) => parse_port(p)?,
+        None => 53,
+    };
+    let bad = match ip {
+        IpAddr::V4(a) => a.is_broadcast() || a.is_multicast() || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
+    };
+    if bad {
+        return Err(format!("{s:?}: {ip} is not a unicast address"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `PORT=UPSTREAM[:PORT]`.
+pub fn parse_dns(s: &str) -> Result<DnsSpec, String> {
+    let Some((l, upstream)) = s.split_once('=') else {
+        return Err(format!(
+            "{s:?} is not a DNS forward; write PORT=UPSTREAM[:PORT], e.g. 53=10.7.0.1:5353"
+        ));
+    };
+    Ok(DnsSpec {
+        port: parse_port(l)?,
+        upstream: parse_name_server(upstream)?,
+    })
+}
+
 /// `LPORT=HOST:PORT`.
 pub fn parse_forward(s: &str) -> Result<Forward, String> {
     let Some((l, target)) = s.split_once('=') else {
@@ -532,6 +605,30 @@ impl UpArgs {
             }
             seen.push((port, name));
         }
+        if let Some(first) = self.dns.first() {
+            if let Some(other) = self.dns.iter().find(|d| d.port != first.port) {
+                return Err(format!(
+                    "--dns {}={} and --dns {}={} name different ports; the forwarder serves one \
+                     port, and its upstreams are asked in the order given",
+                    first.port, first.upstream, other.port, other.upstream
+                ));
+            }
+            let udp = [("--echo", self.echo), ("--discard", self.discard)];
+            if let Some((name, _)) = udp.iter().find(|(_, p)| *p == Some(first.port)) {
+                return Err(format!(
+                    "--dns and {name} both want UDP port {}",
+                    first.port
+                ));
+            }
+            if let Some(d) = self.dns.iter().find(|d| d.upstream.is_ipv6()) {
+                if self.addr6.is_none() {
+                    return Err(format!(
+                        "--dns upstream {} is IPv6, but the stack has no IPv6 address; add --addr6",
+                        d.upstream
+                    ));
+                }
+            }
+        }
         if self.addr6.is_some() && self.mtu < 1280 {
             return Err(format!(
                 "--mtu {} is below 1280, the IPv6 minimum; raise it or drop --addr6",
@@ -589,6 +686,10 @@ mod tests {
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -1009,6 +1110,73 @@ mod tests {
             e.contains("--congestion") && e.contains("cubic, reno, none"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dns_forwards_and_name_servers() {
+        assert_eq!(parse_name_server("10.7.0.1"), Ok(sa("10.7.0.1:53")));
+        assert_eq!(parse_name_server("10.7.0.1:5353"), Ok(sa("10.7.0.1:5353")));
+        assert_eq!(parse_name_server("fd00:7::1"), Ok(sa("[fd00:7::1]:53")));
+        assert_eq!(parse_name_server("[fd00:7::1]"), Ok(sa("[fd00:7::1]:53")));
+        assert_eq!(
+            parse_name_server("[fd00:7::1]:54"),
+            Ok(sa("[fd00:7::1]:54"))
+        );
+        for bad in [
+            "",
+            "dns.test",
+            "dns.test:53",
+            "10.7.0.1:0",
+            "10.7.0.1:99999",
+            "[fd00::1",
+            "[fd00::1]x",
+            "[10.7.0.1]:53",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.251:5353",
+            "[ff02::fb]:5353",
+            "::",
+        ] {
+            assert!(parse_name_server(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_dns("53=10.7.0.1:5353"),
+            Ok(DnsSpec {
+                port: 53,
+                upstream: sa("10.7.0.1:5353")
+            })
+        );
+        for bad in ["53", "=10.7.0.1", "0=10.7.0.1", "53=", "53=x"] {
+            assert!(parse_dns(bad).is_err(), "{bad:?}");
+        }
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        let a = up(&[
+            &base[..],
+            &["--dns", "53=10.7.0.1:5353", "--dns", "53=10.7.0.9"],
+        ]
+        .concat())
+        .unwrap();
+        assert!(a.validate().is_ok());
+        let ups: Vec<SocketAddr> = a.dns.iter().map(|d| d.upstream).collect();
+        assert_eq!(ups, [sa("10.7.0.1:5353"), sa("10.7.0.9:53")]);
+        let e = up(&[&base[..], &["--dns", "53=10.7.0.1", "--dns", "54=10.7.0.9"]].concat())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("different ports"), "{e}");
+        let e = up(&[&base[..], &["--dns", "7=10.7.0.1", "--echo", "7"]].concat())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("UDP port 7"), "{e}");
+        let e = up(&[&base[..], &["--dns", "53=[fd00::1]"]].concat())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--addr6"), "{e}");
+        // DNS is UDP: a TCP service may share the port number.
+        let a = up(&[&base[..], &["--dns", "80=10.7.0.1", "--http", "80"]].concat()).unwrap();
+        assert!(a.validate().is_ok());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use ephemera::PortTableConfig;
 use ephemera::{Stack, StackConfig};
 use files::{DirRule, Owner};
 use policy::{deny_list, Destinations, Net, NetList};
-use services::{DaemonServices as Services, ServicesConfig};
+use services::{DaemonServices as Services, DnsForwardConfig, ServicesConfig};
 use std::os::unix::io::AsFd;
 use table::{counter_map, port_entries};
 
@@ -381,6 +381,10 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         discard: args.discard,
         socks: args.socks,
         forwards: args.forward.clone(),
+        dns: args
+            .dns
+            .first()
+            .map(|d| DnsForwardConfig::new(d.port, args.dns.iter().map(|d| d.upstream).collect())),
         backlog: args.backlog,
         ipv6: args.addr6.is_some(),
         socks_allow: NetList::new(socks_allow),
@@ -551,6 +555,7 @@ impl EventLoop {
                     counters.extend(refused.iter().map(|(k, v)| (k.to_string(), v)));
                     let rx = self.edge.tun.rx_counters();
                     counters.extend(rx.iter().map(|(k, v)| (k.to_string(), v)));
+                    counters.extend(self.services.dns_counters());
                     self.edge
                         .control
                         .reply(id, &control::Response::Stats { counters });

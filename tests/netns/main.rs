@@ -11,6 +11,7 @@
 
 mod budget;
 mod daemon;
+mod dns;
 mod hardening;
 mod harness;
 mod offload;

@@ -98,7 +98,7 @@ impl ForwarderCounters {
         [
             ("dns_forward_dropped", self.dropped),
             ("dns_forward_malformed", self.malformed),
-            ("dns_forward_truncated", self.truncated_for_client),
+            ("dns_forward_client_truncated", self.truncated_for_client),
         ]
     }
 }

@@ -175,17 +175,18 @@ pub(crate) struct DnsCounters {
 }
 
 impl DnsCounters {
-    /// The counters by name.
+    /// The counters by name; the front end that owns the table puts its
+    /// own prefix before each (`dns_forward_`, `dns_resolver_`).
     pub fn iter(&self) -> [(&'static str, u64); 8] {
         [
-            ("dns_upstream_queries", self.queries),
-            ("dns_upstream_answers", self.answers),
-            ("dns_upstream_failures", self.failures),
-            ("dns_upstream_timeouts", self.timeouts),
-            ("dns_upstream_mismatches", self.mismatches),
-            ("dns_upstream_truncated", self.truncated),
-            ("dns_upstream_server_errors", self.server_errors),
-            ("dns_upstream_refused", self.refused),
+            ("queries", self.queries),
+            ("answers", self.answers),
+            ("failures", self.failures),
+            ("timeouts", self.timeouts),
+            ("mismatches", self.mismatches),
+            ("truncated", self.truncated),
+            ("server_errors", self.server_errors),
+            ("refused", self.refused),
         ]
     }
 }
@@ -957,8 +958,8 @@ pub(crate) mod tests {
         let c = f.table.counters();
         assert_eq!((c.timeouts, c.failures, c.answers), (2, 1, 0));
         let named: HashMap<_, _> = c.iter().into_iter().collect();
-        assert_eq!(named["dns_upstream_timeouts"], 2);
-        assert_eq!(named["dns_upstream_failures"], 1);
+        assert_eq!(named["timeouts"], 2);
+        assert_eq!(named["failures"], 1);
         // One query, two timeouts, one failure, one mismatch.
         assert_eq!(named.values().sum::<u64>(), 1 + 2 + 1 + 1);
         assert_eq!(f.table.poll_at(), None);

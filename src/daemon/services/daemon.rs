@@ -101,6 +101,11 @@ impl DaemonServices {
         self.inner.counters()
     }
 
+    /// The DNS forwarder's counters by name, for the stats.
+    pub fn dns_counters(&self) -> Vec<(String, u64)> {
+        self.inner.dns_counters()
+    }
+
     /// Act on one stack event.
     pub fn handle_event(&mut self, stack: &mut Stack, event: Event, ctl: &mut dyn ControlSink) {
         let now = stack.now();

@@ -30,6 +30,7 @@
 mod counters;
 mod daemon;
 mod discard;
+mod dns;
 mod echo;
 mod fetch;
 mod forward;
@@ -39,6 +40,7 @@ mod registry;
 mod relay;
 mod session;
 mod socks;
+mod upstream;
 
 use std::fmt;
 use std::os::unix::io::BorrowedFd;
@@ -53,10 +55,12 @@ use crate::daemon::policy::{Destinations, NetList};
 use crate::daemon::resolver::{resolve_families, ResolverPool, DEFAULT_WORKERS};
 pub use counters::ServiceCounters;
 pub use daemon::{ControlSink, DaemonServices};
+use dns::DnsForward;
+pub use dns::DnsForwardConfig;
 use fetch::{FetchEvent, FetchId, Fetches};
 use lookup::Lookups;
 pub use lookup::{LookupCounters, LookupId, Resolver};
-pub use registry::{Forward, ServiceError, ServicesConfig};
+pub use registry::{BindFailure, Forward, ServiceError, ServicesConfig};
 use registry::{Listeners, Service};
 use relay::RelayStatus;
 use session::{Expiry, Pump, Session, SessionId, Sessions};
@@ -79,6 +83,8 @@ pub struct Services {
     counters: ServiceCounters,
     /// The `/` page's shared part, built at most once per turn.
     page: http::PageCache,
+    /// The DNS forwarder, with `--dns`.
+    forwarder: Option<DnsForward>,
     now: Instant,
     scratch: Vec<u8>,
 }
@@ -92,6 +98,7 @@ impl fmt::Debug for Services {
             .field("sessions", &self.sessions.len())
             .field("fetches", &self.fetches.len())
             .field("dns", &self.dns)
+            .field("forwarder", &self.forwarder)
             .finish()
     }
 }
@@ -108,7 +115,22 @@ impl Services {
     /// Names are looked up with the system's resolver, for IPv4 addresses
     /// and, with `cfg.ipv6`, IPv6 ones (tests swap it with `set_resolver`).
     pub fn new(stack: &mut Stack, cfg: ServicesConfig) -> Result<Services, ServiceError> {
+        let mut forwarder = match &cfg.dns {
+            Some(d) => Some(DnsForward::new(d, cfg.seed).map_err(|e| {
+                debug!("dns: {e}");
+                ServiceError {
+                    service: "dns".into(),
+                    proto: ephemera::Protocol::Udp,
+                    addr: (std::net::Ipv4Addr::UNSPECIFIED, d.port).into(),
+                    cause: BindFailure::Invalid,
+                }
+            })?),
+            None => None,
+        };
         let listeners = Listeners::bind(stack, &cfg)?;
+        if let Some(f) = &mut forwarder {
+            f.set_sockets(listeners.udp_serving(|s| matches!(s, Service::Dns)));
+        }
         let ipv6 = cfg.ipv6;
         let resolve = move |host: &str, port: u16| resolve_families(host, port, ipv6);
         let pool = ResolverPool::new(resolve, DEFAULT_WORKERS, cfg.max_lookups);
@@ -123,6 +145,7 @@ impl Services {
             destinations: cfg.destinations,
             counters: ServiceCounters::default(),
             page: http::PageCache::default(),
+            forwarder,
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
         })
@@ -158,6 +181,13 @@ impl Services {
     /// What the services refused or cut short so far.
     pub fn counters(&self) -> ServiceCounters {
         self.counters
+    }
+
+    /// The DNS forwarder's counters by name (none without `--dns`).
+    pub fn dns_counters(&self) -> Vec<(String, u64)> {
+        self.forwarder
+            .as_ref()
+            .map_or_else(Vec::new, DnsForward::counters)
     }
 
     /// Connections the services hold open (client and upstream sides).
@@ -197,6 +227,9 @@ impl Services {
             self.resolved(stack, waiter, answer);
         }
         self.expire_lookups(stack, now);
+        if let Some(f) = &mut self.forwarder {
+            f.handle_timeout(stack, now);
+        }
         while let Some((sid, expiry)) = self.sessions.pop_expired(now) {
             self.expire(stack, sid, expiry);
         }
@@ -216,6 +249,8 @@ impl Services {
             Event::Tcp(h) => {
                 if let Some(sid) = self.sessions.owner(h) {
                     self.pump(stack, sid);
+                } else if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_tcp(h)) {
+                    f.handle_tcp(stack, self.now, h, &mut self.scratch);
                 }
             }
             Event::Udp(u) => self.serve_udp(stack, u),
@@ -230,10 +265,14 @@ impl Services {
         if !self.wake.is_empty() {
             return Some(self.now);
         }
-        match (self.sessions.next_deadline(), self.dns.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sessions.next_deadline(),
+            self.dns.next_deadline(),
+            self.forwarder.as_ref().and_then(DnsForward::poll_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Stop serving: close every listener and UDP socket, and close every
@@ -242,6 +281,9 @@ impl Services {
     /// own as the driver keeps polling it.
     pub fn shutdown(&mut self, stack: &mut Stack) {
         self.listeners.close(stack);
+        if let Some(f) = &mut self.forwarder {
+            f.shutdown(stack);
+        }
         for sid in self.sessions.ids() {
             self.end(stack, sid, false);
         }
@@ -352,6 +394,11 @@ impl Services {
                             Session::Socks(socks::SocksSession::new(h, allowed, auth))
                         }
                         Service::Forward(_) => unreachable!("matched above"),
+                        // The forwarder has no TCP listener.
+                        Service::Dns => {
+                            stack.abort(h);
+                            continue;
+                        }
                     };
                     self.sessions.add(session, self.now)
                 }
@@ -361,10 +408,20 @@ impl Services {
     }
 
     fn serve_udp(&mut self, stack: &mut Stack, u: UdpHandle) {
+        let now = self.now;
         match self.listeners.udp(u) {
             Some(Service::Echo) => echo::serve_udp(stack, u, &mut self.scratch),
             Some(Service::Discard) => discard::serve_udp(stack, u, &mut self.scratch),
-            _ => {}
+            Some(Service::Dns) => {
+                if let Some(f) = &mut self.forwarder {
+                    f.handle_queries(stack, now, u, &mut self.scratch);
+                }
+            }
+            _ => {
+                if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_udp(u)) {
+                    f.handle_udp(stack, now, u, &mut self.scratch);
+                }
+            }
         }
     }
 

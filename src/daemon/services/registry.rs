@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ephemera::{BindError, Duration, ListenError, ListenerHandle, Protocol, Stack, UdpHandle};
 
+use super::dns::DnsForwardConfig;
 use crate::daemon::credentials::Credentials;
 use crate::daemon::host::Host;
 use crate::daemon::policy::{Destinations, NetList};
@@ -48,6 +49,8 @@ pub struct ServicesConfig {
     pub socks: Option<u16>,
     /// TCP forwards.
     pub forwards: Vec<Forward>,
+    /// The DNS forwarder (`--dns`), on UDP.
+    pub dns: Option<DnsForwardConfig>,
     /// Accept-queue length of every listener; `None` uses the stack's.
     pub backlog: Option<usize>,
     /// Also listen on the IPv6 wildcard `[::]` (when the stack has an IPv6
@@ -80,6 +83,9 @@ pub struct ServicesConfig {
     /// itself runs on until the resolver gives up (for the system
     /// resolver: resolv.conf's `timeout` × `attempts` per server).
     pub lookup_timeout: Duration,
+    /// Seed for the DNS query IDs; `None` draws one from the OS. (The
+    /// ports come from the stack's table and its own seed.)
+    pub seed: Option<u64>,
 }
 
 /// Default [`ServicesConfig::idle_timeout`], in seconds.
@@ -103,6 +109,7 @@ impl Default for ServicesConfig {
             discard: None,
             socks: None,
             forwards: Vec::new(),
+            dns: None,
             backlog: None,
             ipv6: false,
             idle_timeout: Some(Duration::from_secs(IDLE_TIMEOUT_SECS)),
@@ -112,6 +119,7 @@ impl Default for ServicesConfig {
             socks_auth: None,
             max_lookups: MAX_LOOKUPS,
             lookup_timeout: Duration::from_secs(LOOKUP_TIMEOUT_SECS),
+            seed: None,
         }
     }
 }
@@ -120,18 +128,25 @@ impl ServicesConfig {
     /// Every service with the name a user knows it by, its protocol and
     /// port, in the order they are bound: TCP first.
     fn bindings(&self) -> Vec<(Protocol, String, u16, Service)> {
-        // (name, port, service, on UDP too)
+        // (name, port, service, on TCP, on UDP)
         let named = [
-            ("http", self.http, Service::Http, false),
-            ("echo", self.echo, Service::Echo, true),
-            ("discard", self.discard, Service::Discard, true),
-            ("socks", self.socks, Service::Socks, false),
+            ("http", self.http, Service::Http, true, false),
+            ("echo", self.echo, Service::Echo, true, true),
+            ("discard", self.discard, Service::Discard, true, true),
+            ("socks", self.socks, Service::Socks, true, false),
+            (
+                "dns",
+                self.dns.as_ref().map(|d| d.port),
+                Service::Dns,
+                false,
+                true,
+            ),
         ];
         let on = |proto: Protocol| {
             named
                 .iter()
-                .filter(move |n| proto == Protocol::Tcp || n.3)
-                .filter_map(move |(name, port, service, _)| {
+                .filter(move |n| if proto == Protocol::Tcp { n.3 } else { n.4 })
+                .filter_map(move |(name, port, service, ..)| {
                     port.map(|p| (proto, name.to_string(), p, service.clone()))
                 })
         };
@@ -158,6 +173,9 @@ pub enum BindFailure {
     AddrInUse,
     /// EADDRNOTAVAIL: the address is not the stack's.
     AddrNotAvailable,
+    /// EINVAL: the service's settings cannot work (a DNS forwarder with
+    /// no upstream, say); the command line never lets one through.
+    Invalid,
 }
 
 impl BindFailure {
@@ -166,6 +184,7 @@ impl BindFailure {
         match self {
             BindFailure::AddrInUse => libc::EADDRINUSE,
             BindFailure::AddrNotAvailable => libc::EADDRNOTAVAIL,
+            BindFailure::Invalid => libc::EINVAL,
         }
     }
 }
@@ -215,7 +234,7 @@ impl fmt::Display for ServiceError {
                  give each service its own port",
                 self.service
             ),
-            BindFailure::AddrNotAvailable => write!(
+            BindFailure::AddrNotAvailable | BindFailure::Invalid => write!(
                 f,
                 "cannot start {} on {proto} {}: {}",
                 self.service,
@@ -236,6 +255,8 @@ pub(super) enum Service {
     Discard,
     Socks,
     Forward(Forward),
+    /// The DNS forwarder (UDP only).
+    Dns,
 }
 
 /// The services' listeners and UDP sockets.
@@ -296,6 +317,15 @@ impl Listeners {
     /// What UDP socket `u` serves.
     pub(super) fn udp(&self, u: UdpHandle) -> Option<&Service> {
         self.udp.get(&u)
+    }
+
+    /// The UDP sockets serving `service`.
+    pub(super) fn udp_serving(&self, service: fn(&Service) -> bool) -> Vec<UdpHandle> {
+        self.udp
+            .iter()
+            .filter(|(_, s)| service(s))
+            .map(|(u, _)| *u)
+            .collect()
     }
 
     pub(super) fn len(&self) -> (usize, usize) {
