@@ -104,6 +104,11 @@ pub struct UpArgs {
     /// does not answer; every --dns names the same PORT.
     #[arg(long, value_name = "PORT=UPSTREAM[:PORT]", value_parser = parse_dns)]
     pub dns: Vec<DnsSpec>,
+    /// Resolve the names of SOCKS requests, --forward targets and fetch URLs by asking this
+    /// name server (port 53 unless given) over the stack's own UDP and TCP, instead of the
+    /// host's resolver. Repeat for more, asked in turn.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_name_server)]
+    pub nameserver: Vec<SocketAddr>,
     /// Ports ephemera's own table hands out for outgoing connections.
     #[arg(long, value_name = "A-B", default_value = "49152-65535", value_parser = parse_range)]
     pub ephemeral_range: PortRange,
@@ -627,6 +632,13 @@ impl UpArgs {
                         d.upstream
                     ));
                 }
+            }
+        }
+        if let Some(n) = self.nameserver.iter().find(|n| n.is_ipv6()) {
+            if self.addr6.is_none() {
+                return Err(format!(
+                    "--nameserver {n} is IPv6, but the stack has no IPv6 address; add --addr6"
+                ));
             }
         }
         if self.addr6.is_some() && self.mtu < 1280 {
@@ -1170,6 +1182,20 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("UDP port 7"), "{e}");
         let e = up(&[&base[..], &["--dns", "53=[fd00::1]"]].concat())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--addr6"), "{e}");
+        let a = up(&[
+            &base[..],
+            &["--nameserver", "10.7.0.1:5353", "--nameserver", "10.7.0.9"],
+        ]
+        .concat())
+        .unwrap();
+        assert!(a.validate().is_ok());
+        assert_eq!(a.nameserver, [sa("10.7.0.1:5353"), sa("10.7.0.9:53")]);
+        assert!(up(&[&base[..], &["--nameserver", "ns.test"]].concat()).is_err());
+        let e = up(&[&base[..], &["--nameserver", "[fd00::1]:53"]].concat())
             .unwrap()
             .validate()
             .unwrap_err();

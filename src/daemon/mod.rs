@@ -12,8 +12,6 @@
 
 pub mod control;
 pub mod credentials;
-// Driven by unit tests until the loop feeds it connected UDP sockets.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod dns;
 pub mod files;
 pub mod host;
@@ -385,6 +383,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             .dns
             .first()
             .map(|d| DnsForwardConfig::new(d.port, args.dns.iter().map(|d| d.upstream).collect())),
+        nameservers: args.nameserver.clone(),
         backlog: args.backlog,
         ipv6: args.addr6.is_some(),
         socks_allow: NetList::new(socks_allow),

@@ -317,3 +317,55 @@ fn a_truncated_answer_is_fetched_over_tcp_from_the_stack() {
     }
     assert_eq!(daemon.stats()["dns_forward_truncated"], 1);
 }
+
+#[test]
+fn curl_through_socks_reaches_a_name_only_the_kernel_sides_dns_server_knows() {
+    let test = "curl_through_socks_reaches_a_name_only_the_kernel_sides_dns_server_knows";
+    let Some(mut ns) = dns_netns(test, &[DIG, DNSMASQ]) else {
+        return;
+    };
+    // The host's resolver, as the namespace sees it, knows no web.test
+    // and asks a name server that is not there: a lookup through it
+    // would fail.
+    for (file, contents) in [
+        (
+            "resolv.conf",
+            "nameserver 10.7.0.99\noptions timeout:1 attempts:1\n",
+        ),
+        ("hosts", "127.0.0.1 localhost\n"),
+    ] {
+        if !ns.etc(file, contents) {
+            skip(
+                test,
+                &format!("cannot give the namespace its own /etc/{file}"),
+            );
+            return;
+        }
+    }
+    let daemon = ns.start_daemon(&["--socks", "1080", "--nameserver", "10.7.0.1:5353"]);
+    let log = start_dnsmasq(&mut ns);
+    std::fs::write(ns.path("hello.txt"), "hello from web.test\n").unwrap();
+    let server_log = ns.start_file_server();
+    let body = ns.curl_body(
+        "web",
+        20,
+        &[
+            "--socks5-hostname",
+            "10.7.0.2:1080",
+            "http://web.test:8000/hello.txt",
+        ],
+        &daemon,
+    );
+    assert_eq!(body, b"hello from web.test\n");
+    // dnsmasq was asked by the stack, from a port of its own table.
+    let ports = dnsmasq_clients(&log);
+    assert_eq!(ports.len(), 1, "one A query");
+    assert!(RANGE.contains(&ports[0]), "{ports:?}");
+    // And the HTTP request came through the stack too.
+    let clients = server_clients(&server_log, "/hello.txt");
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].ip().to_string(), STACK);
+    let stats = daemon.stats();
+    assert_eq!(stats["dns_resolver_lookups"], 1, "{stats:?}");
+    assert_eq!(stats["dns_resolver_answers"], 1, "{stats:?}");
+}

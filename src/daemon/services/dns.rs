@@ -246,6 +246,7 @@ impl DnsForward {
                 }
             }
         }
+        debug_assert_eq!(self.fwd.check_invariants(), Ok(()));
     }
 
     /// The client socket bound at `addr`.

@@ -193,6 +193,7 @@ impl Services {
         self.fetches.next += 1;
         let queue = FetchQueue::default();
         self.fetches.slots.insert(id, FetchSlot { queue, stage });
+        self.send_lookups(stack);
         Ok(id)
     }
 

@@ -4,7 +4,10 @@
 //! `--forward` to a name, a `fetch` URL) starts a lookup here. The lookup
 //! goes to a [`Resolver`], which answers later, on another turn of the
 //! driver's loop; meanwhile the session waits and every other connection
-//! is served. Address literals never get here: they need no lookup.
+//! is served. Address literals never get here: they need no lookup. The
+//! resolver is the host's (a [`Resolver`], on worker threads) or, with
+//! `--nameserver`, a [`StackResolver`] asking over the stack's own
+//! sockets.
 //!
 //! Invariants: a lookup is *outstanding* from `start` until its resolver
 //! answers it, and at most `max` are outstanding at once; more are refused
@@ -27,6 +30,7 @@ use log::debug;
 use ephemera::{Duration, Instant, Stack};
 
 use super::fetch::FetchId;
+use super::nameserver::StackResolver;
 use super::session::{Session, SessionId};
 use super::Services;
 
@@ -158,9 +162,20 @@ struct Pending {
     deadline: Instant,
 }
 
+/// Who answers the lookups.
+enum Backend {
+    /// A [`Resolver`] off the stack: the host's (a [`ResolverPool`]), or
+    /// a test's.
+    ///
+    /// [`ResolverPool`]: crate::daemon::resolver::ResolverPool
+    Host(Box<dyn Resolver>),
+    /// The stub resolver on the stack's own sockets (`--nameserver`).
+    Stack(Box<StackResolver>),
+}
+
 /// The services' outstanding lookups. See the [module docs](self).
 pub(super) struct Lookups {
-    resolver: Box<dyn Resolver>,
+    resolver: Backend,
     pending: HashMap<LookupId, Pending>,
     next: u64,
     max: usize,
@@ -184,6 +199,15 @@ impl Lookups {
     /// At most `max` lookups outstanding with `resolver`; a waiter gives
     /// up after `timeout`.
     pub(super) fn new(resolver: Box<dyn Resolver>, max: usize, timeout: Duration) -> Lookups {
+        Lookups::with(Backend::Host(resolver), max, timeout)
+    }
+
+    /// [`Lookups::new`] with the resolver on the stack.
+    pub(super) fn on_stack(resolver: StackResolver, max: usize, timeout: Duration) -> Lookups {
+        Lookups::with(Backend::Stack(Box::new(resolver)), max, timeout)
+    }
+
+    fn with(resolver: Backend, max: usize, timeout: Duration) -> Lookups {
         Lookups {
             resolver,
             pending: HashMap::new(),
@@ -199,7 +223,7 @@ impl Lookups {
     /// will never be answered: their waiters fail on the next `expired`.
     #[cfg(test)]
     pub(super) fn set_resolver(&mut self, resolver: Box<dyn Resolver>) {
-        self.resolver = resolver;
+        self.resolver = Backend::Host(resolver);
         let orphans = self.pending.drain().filter_map(|(_, p)| p.waiter);
         self.orphans.extend(orphans);
     }
@@ -223,7 +247,11 @@ impl Lookups {
         }
         let id = LookupId(self.next);
         self.next += 1;
-        if let Err(e) = self.resolver.submit(id, host, port) {
+        let submitted = match &mut self.resolver {
+            Backend::Host(r) => r.submit(id, host, port),
+            Backend::Stack(r) => r.submit(now, id, host, port),
+        };
+        if let Err(e) = submitted {
             self.counters.refused += 1;
             return Err(e);
         }
@@ -245,7 +273,10 @@ impl Lookups {
     /// nobody waits for are dropped on the way.
     pub(super) fn poll_answer(&mut self) -> Option<(Waiter, LookupResult)> {
         loop {
-            let (id, answer) = self.resolver.poll_answer()?;
+            let (id, answer) = match &mut self.resolver {
+                Backend::Host(r) => r.poll_answer()?,
+                Backend::Stack(r) => r.poll_answer()?,
+            };
             // An id we do not know is a resolver's mistake: ignore it.
             let Some(p) = self.pending.remove(&id) else {
                 continue;
@@ -299,7 +330,26 @@ impl Lookups {
     }
 
     pub(super) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.resolver.wake_fd()
+        match &self.resolver {
+            Backend::Host(r) => r.wake_fd(),
+            Backend::Stack(_) => None,
+        }
+    }
+
+    /// The resolver on the stack, with `--nameserver`.
+    pub(super) fn on_stack_mut(&mut self) -> Option<&mut StackResolver> {
+        match &mut self.resolver {
+            Backend::Stack(r) => Some(r),
+            Backend::Host(_) => None,
+        }
+    }
+
+    /// The resolver on the stack, with `--nameserver`.
+    pub(super) fn on_stack_ref(&self) -> Option<&StackResolver> {
+        match &self.resolver {
+            Backend::Stack(r) => Some(r),
+            Backend::Host(_) => None,
+        }
     }
 }
 

@@ -12,13 +12,17 @@
 //! for its answer while every other one is served, and address literals
 //! skip the lookup. [`Services::new`] gives them the system's resolver on a
 //! [`ResolverPool`], whose worker threads and wake-up descriptor start
-//! with the first lookup; tests inject their own (`set_resolver`).
+//! with the first lookup, or with `--nameserver` the stub resolver on the
+//! stack ([`nameserver`]); tests inject their own (`set_resolver`).
 //!
 //! The concerns, one module each: [`registry`] (configuration, listeners),
 //! [`session`] (the session map), [`fetch`] (fetches and their events),
-//! [`lookup`] (name lookups), and one module per protocol: [`http`],
-//! [`echo`], [`discard`], [`socks`], [`forward`], with [`relay`] shared by
-//! SOCKS and forwards. [`daemon`] adapts them to the daemon's loop.
+//! [`lookup`] (name lookups), [`nameserver`] (names resolved on the
+//! stack), [`upstream`] (the DNS sockets of the resolver and the
+//! forwarder), and one module per protocol: [`http`], [`echo`],
+//! [`discard`], [`socks`], [`forward`], [`dns`] (the `--dns` forwarder),
+//! with [`relay`] shared by SOCKS and forwards. [`daemon`] adapts them to
+//! the daemon's loop.
 //!
 //! Invariants: see [`session`] for connections and sessions. Outbound
 //! connections (SOCKS, forwards, fetch) are opened with [`Stack::connect`],
@@ -36,6 +40,7 @@ mod fetch;
 mod forward;
 mod http;
 pub mod lookup;
+mod nameserver;
 mod registry;
 mod relay;
 mod session;
@@ -60,6 +65,7 @@ pub use dns::DnsForwardConfig;
 use fetch::{FetchEvent, FetchId, Fetches};
 use lookup::Lookups;
 pub use lookup::{LookupCounters, LookupId, Resolver};
+use nameserver::StackResolver;
 pub use registry::{BindFailure, Forward, ServiceError, ServicesConfig};
 use registry::{Listeners, Service};
 use relay::RelayStatus;
@@ -127,19 +133,42 @@ impl Services {
             })?),
             None => None,
         };
+        let on_stack = match cfg.nameservers.as_slice() {
+            [] => None,
+            servers => Some(
+                StackResolver::new(servers, cfg.ipv6, cfg.max_lookups, cfg.seed.map(|s| !s))
+                    .map_err(|e| {
+                        debug!("nameserver: {e}");
+                        ServiceError {
+                            service: "nameserver".into(),
+                            proto: ephemera::Protocol::Udp,
+                            addr: servers[0],
+                            cause: BindFailure::Invalid,
+                        }
+                    })?,
+            ),
+        };
         let listeners = Listeners::bind(stack, &cfg)?;
         if let Some(f) = &mut forwarder {
             f.set_sockets(listeners.udp_serving(|s| matches!(s, Service::Dns)));
         }
-        let ipv6 = cfg.ipv6;
-        let resolve = move |host: &str, port: u16| resolve_families(host, port, ipv6);
-        let pool = ResolverPool::new(resolve, DEFAULT_WORKERS, cfg.max_lookups);
+        let dns = match on_stack {
+            // Names resolved on the stack (`--nameserver`).
+            Some(r) => Lookups::on_stack(r, cfg.max_lookups, cfg.lookup_timeout),
+            // The host's resolver, on worker threads.
+            None => {
+                let ipv6 = cfg.ipv6;
+                let resolve = move |host: &str, port: u16| resolve_families(host, port, ipv6);
+                let pool = ResolverPool::new(resolve, DEFAULT_WORKERS, cfg.max_lookups);
+                Lookups::new(Box::new(pool), cfg.max_lookups, cfg.lookup_timeout)
+            }
+        };
         Ok(Services {
             listeners,
             sessions: Sessions::new(cfg.idle_timeout, cfg.head_timeout),
             fetches: Fetches::default(),
             wake: Vec::new(),
-            dns: Lookups::new(Box::new(pool), cfg.max_lookups, cfg.lookup_timeout),
+            dns,
             socks_allow: cfg.socks_allow,
             socks_auth: cfg.socks_auth,
             destinations: cfg.destinations,
@@ -183,11 +212,17 @@ impl Services {
         self.counters
     }
 
-    /// The DNS forwarder's counters by name (none without `--dns`).
+    /// The DNS forwarder's counters by name (without `--dns`, none), and
+    /// those of the resolver on the stack (without `--nameserver`, none).
     pub fn dns_counters(&self) -> Vec<(String, u64)> {
-        self.forwarder
+        let mut out = self
+            .forwarder
             .as_ref()
-            .map_or_else(Vec::new, DnsForward::counters)
+            .map_or_else(Vec::new, DnsForward::counters);
+        if let Some(r) = self.dns.on_stack_ref() {
+            out.extend(r.counters());
+        }
+        out
     }
 
     /// Connections the services hold open (client and upstream sides).
@@ -223,10 +258,14 @@ impl Services {
         while let Some(ev) = stack.poll_event() {
             self.dispatch(stack, ev);
         }
+        if let Some(r) = self.dns.on_stack_mut() {
+            r.handle_timeout(stack, now);
+        }
         while let Some((waiter, answer)) = self.dns.poll_answer() {
             self.resolved(stack, waiter, answer);
         }
         self.expire_lookups(stack, now);
+        self.send_lookups(stack);
         if let Some(f) = &mut self.forwarder {
             f.handle_timeout(stack, now);
         }
@@ -241,6 +280,16 @@ impl Services {
     pub fn handle_event(&mut self, stack: &mut Stack, ev: Event, now: Instant) {
         self.now = now;
         self.dispatch(stack, ev);
+        self.send_lookups(stack);
+    }
+
+    /// Send the queries of lookups started since the last call, when names
+    /// are resolved on the stack (a no-op otherwise).
+    fn send_lookups(&mut self, stack: &mut Stack) {
+        let now = self.now;
+        if let Some(r) = self.dns.on_stack_mut() {
+            r.drive(stack, now);
+        }
     }
 
     fn dispatch(&mut self, stack: &mut Stack, ev: Event) {
@@ -251,6 +300,8 @@ impl Services {
                     self.pump(stack, sid);
                 } else if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_tcp(h)) {
                     f.handle_tcp(stack, self.now, h, &mut self.scratch);
+                } else if let Some(r) = self.dns.on_stack_mut().filter(|r| r.owns_tcp(h)) {
+                    r.handle_tcp(stack, self.now, h, &mut self.scratch);
                 }
             }
             Event::Udp(u) => self.serve_udp(stack, u),
@@ -268,6 +319,7 @@ impl Services {
         [
             self.sessions.next_deadline(),
             self.dns.next_deadline(),
+            self.dns.on_stack_ref().and_then(StackResolver::poll_at),
             self.forwarder.as_ref().and_then(DnsForward::poll_at),
         ]
         .into_iter()
@@ -283,6 +335,9 @@ impl Services {
         self.listeners.close(stack);
         if let Some(f) = &mut self.forwarder {
             f.shutdown(stack);
+        }
+        if let Some(r) = self.dns.on_stack_mut() {
+            r.shutdown(stack);
         }
         for sid in self.sessions.ids() {
             self.end(stack, sid, false);
@@ -420,6 +475,8 @@ impl Services {
             _ => {
                 if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_udp(u)) {
                     f.handle_udp(stack, now, u, &mut self.scratch);
+                } else if let Some(r) = self.dns.on_stack_mut().filter(|r| r.owns_udp(u)) {
+                    r.handle_udp(stack, now, u, &mut self.scratch);
                 }
             }
         }

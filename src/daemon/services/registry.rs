@@ -51,6 +51,9 @@ pub struct ServicesConfig {
     pub forwards: Vec<Forward>,
     /// The DNS forwarder (`--dns`), on UDP.
     pub dns: Option<DnsForwardConfig>,
+    /// Name servers to resolve names with on the stack (`--nameserver`),
+    /// each asked in turn; empty: the host's resolver.
+    pub nameservers: Vec<SocketAddr>,
     /// Accept-queue length of every listener; `None` uses the stack's.
     pub backlog: Option<usize>,
     /// Also listen on the IPv6 wildcard `[::]` (when the stack has an IPv6
@@ -83,8 +86,9 @@ pub struct ServicesConfig {
     /// itself runs on until the resolver gives up (for the system
     /// resolver: resolv.conf's `timeout` × `attempts` per server).
     pub lookup_timeout: Duration,
-    /// Seed for the DNS query IDs; `None` draws one from the OS. (The
-    /// ports come from the stack's table and its own seed.)
+    /// Seed for the DNS query IDs (forwarder and resolver); `None` draws
+    /// one from the OS. (The ports come from the stack's table and its own
+    /// seed.)
     pub seed: Option<u64>,
 }
 
@@ -110,6 +114,7 @@ impl Default for ServicesConfig {
             socks: None,
             forwards: Vec::new(),
             dns: None,
+            nameservers: Vec::new(),
             backlog: None,
             ipv6: false,
             idle_timeout: Some(Duration::from_secs(IDLE_TIMEOUT_SECS)),

@@ -35,6 +35,8 @@ pub(super) struct NameServer {
     pub(super) udp: UdpHandle,
     pub(super) tcp: ListenerHandle,
     pub(super) mode: Ns,
+    /// The address of `web.test`.
+    pub(super) web: Ipv4Addr,
     /// Every query received over UDP: from where, its bytes.
     pub(super) queries: Vec<(SocketAddr, Vec<u8>)>,
     /// Every TCP client.
@@ -42,8 +44,14 @@ pub(super) struct NameServer {
     conns: Vec<(TcpHandle, Vec<u8>)>,
 }
 
-/// The answer a name server gives `query` (full: all its records).
+/// The answer a name server gives `query` (full: all its records), with
+/// `web.test` at [`WEB`].
 pub(super) fn answer(query: &[u8], truncated: bool, full: bool) -> Vec<u8> {
+    answer_with(query, truncated, full, WEB)
+}
+
+/// [`answer`], with `web.test` at `web` (and, in full, the next two).
+pub(super) fn answer_with(query: &[u8], truncated: bool, full: bool, web: Ipv4Addr) -> Vec<u8> {
     let m = Message::parse(query).unwrap();
     let q = m.question().unwrap().clone();
     let known = q.name == DnsName::from_dotted("web.test").unwrap();
@@ -60,7 +68,8 @@ pub(super) fn answer(query: &[u8], truncated: bool, full: bool) -> Vec<u8> {
     if known && !truncated && q.qtype == Type::A {
         let n = if full { 3 } else { 1 };
         for i in 0..n {
-            let a = Ipv4Addr::new(192, 0, 2, 80 + i);
+            let [o1, o2, o3, o4] = web.octets();
+            let a = Ipv4Addr::new(o1, o2, o3, o4 + i);
             b.record(
                 Section::Answer,
                 &Record {
@@ -84,6 +93,7 @@ impl NameServer {
             udp: stack.udp_bind(at).unwrap(),
             tcp: stack.listen(at, None).unwrap(),
             mode,
+            web: WEB,
             queries: Vec::new(),
             tcp_clients: Vec::new(),
             conns: Vec::new(),
@@ -96,8 +106,8 @@ impl NameServer {
             let q = buf[..n].to_vec();
             self.queries.push((from, q.clone()));
             let reply = match self.mode {
-                Ns::Answer => answer(&q, false, false),
-                Ns::Truncate => answer(&q, true, false),
+                Ns::Answer => answer_with(&q, false, false, self.web),
+                Ns::Truncate => answer_with(&q, true, false, self.web),
                 Ns::Silent => continue,
             };
             stack.udp_send_to(self.udp, &reply, from).unwrap();
@@ -117,7 +127,7 @@ impl NameServer {
             if inbuf.len() >= 2 {
                 let len = u16::from_be_bytes([inbuf[0], inbuf[1]]) as usize;
                 if inbuf.len() >= 2 + len {
-                    let a = answer(&inbuf[2..2 + len], false, true);
+                    let a = answer_with(&inbuf[2..2 + len], false, true, self.web);
                     inbuf.drain(..2 + len);
                     let mut out = (a.len() as u16).to_be_bytes().to_vec();
                     out.extend_from_slice(&a);

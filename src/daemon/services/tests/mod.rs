@@ -10,6 +10,7 @@ mod forward;
 mod http;
 mod lifecycle;
 mod lookup;
+mod nameserver;
 mod socks;
 mod timeouts;
 
