@@ -13,7 +13,10 @@
 //! Methods: "no authentication" (0x00), or, when the server is given
 //! [`Credentials`], only "username/password" (0x02, RFC 1929: the pair is
 //! checked in constant time; a wrong one gets status 01 and the
-//! connection closes). Only CONNECT is supported. Bytes may arrive split
+//! connection closes). CONNECT and UDP ASSOCIATE (RFC 1928 §7: the target
+//! is then where the client's datagrams will come from, and the driver
+//! answers with its relay's address) are supported; BIND gets reply 07.
+//! Bytes may arrive split
 //! at any boundary. A wrong version closes without a reply (there
 //! is no SOCKS5 reply a non-SOCKS5 client would understand); other errors get
 //! the RFC reply code, then the connection closes.
@@ -37,6 +40,8 @@ const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
 const USERPASS_VERSION: u8 = 0x01;
 /// RFC 1928 §4 commands.
 const CMD_CONNECT: u8 = 0x01;
+/// RFC 1928 §4: UDP ASSOCIATE (§7).
+const CMD_UDP_ASSOCIATE: u8 = 0x03;
 /// RFC 1928 §5 address types.
 const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
@@ -144,6 +149,9 @@ pub struct SocksServer {
     out: Vec<u8>,
     out_pos: usize,
     target: Option<SocksTarget>,
+    /// The request was UDP ASSOCIATE: the target is where the client's
+    /// datagrams will come from (zeros: not known yet).
+    udp: bool,
     /// Client bytes after the request, for the caller to forward.
     payload: Vec<u8>,
 }
@@ -167,6 +175,7 @@ impl SocksServer {
             out: Vec::new(),
             out_pos: 0,
             target: None,
+            udp: false,
             payload: Vec::new(),
         }
     }
@@ -263,6 +272,14 @@ impl SocksServer {
     #[must_use]
     pub fn take_payload(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.payload)
+    }
+
+    /// Whether the request (once parsed) is UDP ASSOCIATE rather than
+    /// CONNECT: then the driver binds a relay and reports its address
+    /// with [`Self::handle_connected`], and the connection carries no
+    /// more bytes of the client's.
+    pub fn is_udp_associate(&self) -> bool {
+        self.udp
     }
 
     /// True once the success reply is sent: from now on the driver relays
@@ -401,10 +418,11 @@ impl SocksServer {
         let req = buf.get(..end)?;
         // Read the whole request before answering, so closing does not
         // leave unread bytes behind (which would make the close a reset).
-        if cmd != CMD_CONNECT {
+        if cmd != CMD_CONNECT && cmd != CMD_UDP_ASSOCIATE {
             self.fail(ReplyCode::CommandNotSupported);
             return Some(end);
         }
+        self.udp = cmd == CMD_UDP_ASSOCIATE;
         let addr = &req[addr_start..addr_start + addr_len];
         let port = u16::from_be_bytes([req[end - 2], req[end - 1]]);
         let target = match atyp {
@@ -603,8 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn udp_associate_gives_the_target_and_waits_for_the_relay() {
+        let mut s = SocksServer::new(None);
+        s.handle_input(GREETING);
+        let mut req = CONNECT_V4.to_vec();
+        req[1] = 3;
+        s.handle_input(&req);
+        assert_eq!(drain(&mut s), [5, 0]);
+        assert!(s.is_udp_associate());
+        assert!(s.poll_target().is_some());
+        let relay: SocketAddr = "10.7.0.2:40001".parse().unwrap();
+        s.handle_connected(relay);
+        assert_eq!(drain(&mut s), [5, 0, 0, 1, 10, 7, 0, 2, 0x9c, 0x41]);
+        assert!(s.is_established());
+    }
+
+    #[test]
     fn unsupported_commands_reply_07() {
-        for cmd in [2u8, 3, 9] {
+        // BIND, and what RFC 1928 does not define.
+        for cmd in [2u8, 9] {
             let mut s = SocksServer::new(None);
             s.handle_input(GREETING);
             let mut req = CONNECT_V4.to_vec();

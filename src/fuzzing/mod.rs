@@ -12,6 +12,7 @@
 pub mod dns;
 pub mod port_table;
 pub mod rx_split;
+pub mod socks_udp;
 pub mod stack_hostile;
 pub mod stack_pair;
 
@@ -22,6 +23,7 @@ pub fn run(name: &str, data: &[u8]) {
         "stack_hostile" => stack_hostile::run(data),
         "dns" => dns::run(data),
         "port_table" => port_table::run(data),
+        "socks_udp" => socks_udp::run(data),
         "stack_pair" => stack_pair::run(data),
         "rx_split" => rx_split::run(data),
         other => panic!("no fuzz target {other:?}"),
@@ -35,6 +37,7 @@ pub const TARGETS: &[&str] = &[
     "port_table",
     "stack_pair",
     "rx_split",
+    "socks_udp",
 ];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
@@ -47,6 +50,7 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
         "stack_hostile" => return stack_hostile::seeds(),
         "dns" => return dns::seeds(),
         "rx_split" => return rx_split::seeds(),
+        "socks_udp" => return socks_udp::seeds(),
         _ => {}
     }
     let mut rng = crate::SeededRng::new(name.len() as u64);
@@ -136,5 +140,10 @@ mod tests {
     #[test]
     fn rx_split_corpus_and_regressions() {
         replay("rx_split");
+    }
+
+    #[test]
+    fn socks_udp_corpus_and_regressions() {
+        replay("socks_udp");
     }
 }

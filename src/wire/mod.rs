@@ -19,6 +19,8 @@
 //! - [`dns`]: DNS messages (RFC 1035): a parser into views of the received
 //!   bytes that turns every malformed message into a typed error, a
 //!   builder, and the owned names and questions a resolver keeps.
+//! - [`socks`]: the SOCKS5 UDP request header (RFC 1928 §7) a client and
+//!   its UDP relay put before every datagram.
 //!
 //! What this module does not do: check that a packet is *for us*, or that
 //! its checksum is right before trusting it. That is demultiplexing's job;
@@ -27,6 +29,7 @@
 pub mod build;
 pub mod checksum;
 pub mod dns;
+pub mod socks;
 pub mod tcp;
 
 pub use tcp::{ParseError, SackBlock, TcpFlags, TcpOption, TcpView};

@@ -15,4 +15,5 @@ mod dns;
 mod hardening;
 mod harness;
 mod offload;
+mod socks_udp;
 mod tun;

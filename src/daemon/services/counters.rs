@@ -30,11 +30,23 @@ pub struct ServiceCounters {
     /// Listener rows left off `/` pages beyond the page's limit, summed
     /// over the pages served.
     pub http_page_rows_hidden: u64,
+    /// SOCKS UDP associations made (RFC 1928 §7).
+    pub socks_udp_associations: u64,
+    /// Datagrams relayed from SOCKS clients to their destinations.
+    pub socks_udp_to_remote: u64,
+    /// Datagrams relayed from destinations back to SOCKS clients.
+    pub socks_udp_to_client: u64,
+    /// SOCKS UDP fragments (FRAG ≠ 0) dropped: nothing is reassembled.
+    pub socks_udp_fragments: u64,
+    /// Other SOCKS UDP datagrams dropped: a malformed header, a name for
+    /// a destination, a sender that is neither the client nor one of its
+    /// destinations, or no room to send.
+    pub socks_udp_dropped: u64,
 }
 
 impl ServiceCounters {
     /// The counters by name.
-    pub fn iter(&self) -> [(&'static str, u64); 10] {
+    pub fn iter(&self) -> [(&'static str, u64); 15] {
         [
             ("socks_denied_client", self.socks_denied_client),
             ("socks_denied_destination", self.socks_denied_destination),
@@ -49,6 +61,11 @@ impl ServiceCounters {
             ("socks_handshake_timeouts", self.socks_handshake_timeouts),
             ("http_pages_built", self.http_pages_built),
             ("http_page_rows_hidden", self.http_page_rows_hidden),
+            ("socks_udp_associations", self.socks_udp_associations),
+            ("socks_udp_to_remote", self.socks_udp_to_remote),
+            ("socks_udp_to_client", self.socks_udp_to_client),
+            ("socks_udp_fragments", self.socks_udp_fragments),
+            ("socks_udp_dropped", self.socks_udp_dropped),
         ]
     }
 }

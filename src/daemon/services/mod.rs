@@ -45,8 +45,10 @@ mod registry;
 mod relay;
 mod session;
 mod socks;
+mod socks_udp;
 mod upstream;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::io::BorrowedFd;
 use std::sync::Arc;
@@ -91,6 +93,8 @@ pub struct Services {
     page: http::PageCache,
     /// The DNS forwarder, with `--dns`.
     forwarder: Option<DnsForward>,
+    /// The SOCKS UDP associations' relay sockets, by session.
+    associations: HashMap<UdpHandle, SessionId>,
     now: Instant,
     scratch: Vec<u8>,
 }
@@ -175,6 +179,7 @@ impl Services {
             counters: ServiceCounters::default(),
             page: http::PageCache::default(),
             forwarder,
+            associations: HashMap::new(),
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
         })
@@ -359,6 +364,9 @@ impl Services {
         if let Session::Fetch(f) = &session {
             self.fetches.session_ended(f.id);
         }
+        if let Session::Udp(a) = &session {
+            self.associations.remove(&a.udp);
+        }
         Some(session)
     }
 
@@ -380,7 +388,13 @@ impl Services {
                 self.fetches.fail(f.id, SHUTTING_DOWN.into());
                 stack.abort(f.conn);
             }
+            Session::Udp(mut a) => a.close(stack),
             s => {
+                if let Session::Socks(socks) = &s {
+                    if let Some(u) = socks.udp_socket() {
+                        stack.udp_close(u);
+                    }
+                }
                 for h in s.handles().into_iter().flatten() {
                     if abort {
                         stack.abort(h);
@@ -473,7 +487,9 @@ impl Services {
                 }
             }
             _ => {
-                if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_udp(u)) {
+                if let Some(&sid) = self.associations.get(&u) {
+                    self.pump(stack, sid);
+                } else if let Some(f) = self.forwarder.as_mut().filter(|f| f.owns_udp(u)) {
                     f.handle_udp(stack, now, u, &mut self.scratch);
                 } else if let Some(r) = self.dns.on_stack_mut().filter(|r| r.owns_udp(u)) {
                     r.handle_udp(stack, now, u, &mut self.scratch);
@@ -523,17 +539,30 @@ impl Services {
                 } else {
                     None
                 };
-                match established {
+                let association = if r == Pump::Active {
+                    s.take_association(stack)
+                } else {
+                    None
+                };
+                match (established, association) {
                     // The reply is out: from here on it is a plain relay.
-                    Some(mut r) => {
+                    (Some(mut r), _) => {
                         let pumped = relay(stack, &mut r, scratch);
                         entry.session = Session::Relay(r);
                         pumped
                     }
-                    None => r,
+                    // Or a UDP association, its datagrams found by socket.
+                    (None, Some(mut a)) => {
+                        let pumped = a.pump(stack, scratch, &self.destinations, &mut self.counters);
+                        self.associations.insert(a.udp, sid);
+                        entry.session = Session::Udp(a);
+                        pumped
+                    }
+                    (None, None) => r,
                 }
             }
             Session::Relay(r) => relay(stack, r, scratch),
+            Session::Udp(a) => a.pump(stack, scratch, &self.destinations, &mut self.counters),
             Session::Fetch(f) => match self.fetches.queue(f.id) {
                 Some(queue) => {
                     if f.pump(stack, queue, scratch) {

@@ -25,6 +25,7 @@ use super::http::HttpSession;
 use super::lookup::LookupId;
 use super::relay::{Relay, CHUNK};
 use super::socks::SocksSession;
+use super::socks_udp::UdpAssociation;
 
 /// Names a session.
 pub(super) type SessionId = u64;
@@ -40,6 +41,8 @@ pub(super) enum Session {
     Resolving(ForwardWait),
     Relay(Relay),
     Fetch(FetchConn),
+    /// A SOCKS UDP association, its control connection and relay socket.
+    Udp(UdpAssociation),
 }
 
 impl Session {
@@ -52,6 +55,7 @@ impl Session {
             Session::Socks(s) => [Some(s.client), s.upstream],
             Session::Resolving(f) => [Some(f.client), None],
             Session::Relay(r) => [Some(r.client), Some(r.upstream)],
+            Session::Udp(a) => [Some(a.control), None],
             Session::Fetch(f) => [Some(f.conn), None],
         }
     }

@@ -3,17 +3,18 @@
 //! ephemeral port of the stack's table, and then a plain [`Relay`].
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use log::debug;
 
-use ephemera::{Instant, RecvError, Stack, TcpHandle, TcpState};
+use ephemera::{Instant, RecvError, Stack, TcpHandle, TcpState, UdpHandle};
 
 use super::counters::ServiceCounters;
 use super::lookup::{LookupId, LookupResult, Lookups, Waiter};
 use super::relay::{Direction, Relay, CHUNK};
 use super::session::{connect_any, progress, NoConnection, OutBuf, Pump, SessionId};
+use super::socks_udp::UdpAssociation;
 use crate::daemon::credentials::Credentials;
 use crate::daemon::host::Host;
 use crate::daemon::policy::Destinations;
@@ -32,6 +33,9 @@ pub(super) struct SocksSession {
     eof: bool,
     /// The client's address is in `--socks-allow`.
     allowed: bool,
+    /// UDP ASSOCIATE: the relay socket, and the client's port if its
+    /// request named one.
+    udp: Option<(UdpHandle, Option<u16>)>,
 }
 
 /// What a SOCKS session's handshake needs from the services: the name
@@ -66,6 +70,7 @@ impl SocksSession {
             out: OutBuf::default(),
             upstream: None,
             lookup: None,
+            udp: None,
             eof: false,
         }
     }
@@ -131,6 +136,52 @@ impl SocksSession {
     /// address, after a lookup for a name (whose answer the destination
     /// rules filter, `Services::resolved`); refuse a client or an address
     /// the rules do not allow, with reply 02, before anything else.
+    /// UDP ASSOCIATE (RFC 1928 §7): a relay socket on the address the
+    /// client reached, on a port the table picks; the reply names it.
+    /// `target` is where the client's datagrams will come from; only its
+    /// port is taken (the address is the control connection's).
+    fn associate(&mut self, stack: &mut Stack, target: &SocksTarget, ctx: &mut Ctx<'_>) {
+        if !self.allowed {
+            debug!("socks UDP ASSOCIATE: client not in --socks-allow");
+            ctx.counters.socks_denied_client += 1;
+            return self.socks.handle_connect_failed(ReplyCode::NotAllowed);
+        }
+        let port = match target {
+            SocksTarget::Addr(a) => a.port(),
+            SocksTarget::Domain(_, p) => *p,
+        };
+        let Some(local) = stack.local_addr(self.client) else {
+            return self.socks.handle_connect_failed(ReplyCode::GeneralFailure);
+        };
+        match stack.udp_bind(SocketAddr::new(local.ip(), 0)) {
+            Ok(u) => {
+                ctx.counters.socks_udp_associations += 1;
+                self.udp = Some((u, (port != 0).then_some(port)));
+                let bound = stack.udp_local_addr(u).unwrap_or(local);
+                self.socks.handle_connected(bound);
+            }
+            Err(e) => {
+                debug!("socks UDP ASSOCIATE: no relay socket: {e}");
+                self.socks.handle_connect_failed(ReplyCode::GeneralFailure);
+            }
+        }
+    }
+
+    /// Once the UDP ASSOCIATE reply is out: the association.
+    pub(super) fn take_association(&mut self, stack: &Stack) -> Option<UdpAssociation> {
+        if !(self.socks.is_established() && self.out.is_empty()) {
+            return None;
+        }
+        let (udp, port) = self.udp.take()?;
+        let client = stack.peer_addr(self.client)?;
+        Some(UdpAssociation::new(self.client, udp, client.ip(), port))
+    }
+
+    /// The relay socket of a UDP ASSOCIATE not yet handed over.
+    pub(super) fn udp_socket(&self) -> Option<UdpHandle> {
+        self.udp.map(|(u, _)| u)
+    }
+
     fn start(&mut self, stack: &mut Stack, target: &SocksTarget, ctx: &mut Ctx<'_>) {
         if !self.allowed {
             debug!("socks CONNECT {target}: client not in --socks-allow");
@@ -188,6 +239,9 @@ impl SocksSession {
             if let Some(up) = s.upstream {
                 stack.abort(up);
             }
+            if let Some((u, _)) = s.udp {
+                stack.udp_close(u);
+            }
             Pump::Ended
         };
         loop {
@@ -225,8 +279,13 @@ impl SocksSession {
             }
             if let Some(target) = self.socks.poll_target() {
                 moved = true;
-                self.start(stack, &target, ctx);
-                debug!("socks CONNECT {target}: {:?}", self.socks.state());
+                if self.socks.is_udp_associate() {
+                    self.associate(stack, &target, ctx);
+                    debug!("socks UDP ASSOCIATE {target}: {:?}", self.socks.state());
+                } else {
+                    self.start(stack, &target, ctx);
+                    debug!("socks CONNECT {target}: {:?}", self.socks.state());
+                }
             }
             if let (Some(up), SocksState::Connecting) = (self.upstream, self.socks.state()) {
                 match stack.tcp_state(up) {
@@ -253,6 +312,9 @@ impl SocksSession {
                 stack.close(self.client);
                 if let Some(up) = self.upstream {
                     stack.abort(up);
+                }
+                if let Some((u, _)) = self.udp.take() {
+                    stack.udp_close(u);
                 }
                 return Pump::Ended;
             }

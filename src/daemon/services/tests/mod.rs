@@ -12,6 +12,7 @@ mod lifecycle;
 mod lookup;
 mod nameserver;
 mod socks;
+mod socks_udp;
 mod timeouts;
 
 use std::cell::{Cell, RefCell};
