@@ -42,11 +42,14 @@ pub struct ServiceCounters {
     /// a destination, a sender that is neither the client nor one of its
     /// destinations, or no room to send.
     pub socks_udp_dropped: u64,
+    /// UDP ASSOCIATE requests refused (reply 01) because
+    /// `max_associations` associations were open.
+    pub socks_udp_refused: u64,
 }
 
 impl ServiceCounters {
     /// The counters by name.
-    pub fn iter(&self) -> [(&'static str, u64); 15] {
+    pub fn iter(&self) -> [(&'static str, u64); 16] {
         [
             ("socks_denied_client", self.socks_denied_client),
             ("socks_denied_destination", self.socks_denied_destination),
@@ -66,6 +69,7 @@ impl ServiceCounters {
             ("socks_udp_to_client", self.socks_udp_to_client),
             ("socks_udp_fragments", self.socks_udp_fragments),
             ("socks_udp_dropped", self.socks_udp_dropped),
+            ("socks_udp_refused", self.socks_udp_refused),
         ]
     }
 }

@@ -93,8 +93,11 @@ pub struct Services {
     page: http::PageCache,
     /// The DNS forwarder, with `--dns`.
     forwarder: Option<DnsForward>,
-    /// The SOCKS UDP associations' relay sockets, by session.
+    /// The SOCKS UDP associations' relay sockets, by session: from the
+    /// socket's bind (before the reply is out) to its close.
     associations: HashMap<UdpHandle, SessionId>,
+    /// At most this many entries in `associations`.
+    max_associations: usize,
     now: Instant,
     scratch: Vec<u8>,
 }
@@ -180,6 +183,7 @@ impl Services {
             page: http::PageCache::default(),
             forwarder,
             associations: HashMap::new(),
+            max_associations: cfg.max_associations,
             now: stack.now(),
             scratch: vec![0; MAX_DATAGRAM],
         })
@@ -367,6 +371,12 @@ impl Services {
         if let Session::Udp(a) = &session {
             self.associations.remove(&a.udp);
         }
+        if let Some(u) = match &session {
+            Session::Socks(s) => s.udp_socket(),
+            _ => None,
+        } {
+            self.associations.remove(&u);
+        }
         Some(session)
     }
 
@@ -531,6 +541,8 @@ impl Services {
                     sid,
                     destinations: &self.destinations,
                     counters: &mut self.counters,
+                    associations: &mut self.associations,
+                    max_associations: self.max_associations,
                 };
                 let r = s.pump(stack, scratch, &mut ctx);
                 adopted = s.upstream;

@@ -86,6 +86,9 @@ pub struct ServicesConfig {
     /// itself runs on until the resolver gives up (for the system
     /// resolver: resolv.conf's `timeout` × `attempts` per server).
     pub lookup_timeout: Duration,
+    /// SOCKS UDP associations (RFC 1928 §7) at once, each with its relay
+    /// socket; a UDP ASSOCIATE beyond them gets reply 01 and no socket.
+    pub max_associations: usize,
     /// Seed for the DNS query IDs (forwarder and resolver); `None` draws
     /// one from the OS. (The ports come from the stack's table and its own
     /// seed.)
@@ -100,6 +103,8 @@ pub const IDLE_TIMEOUT_SECS: u64 = 300;
 pub const HEAD_TIMEOUT_SECS: u64 = 10;
 /// Default [`ServicesConfig::max_lookups`].
 pub const MAX_LOOKUPS: usize = 64;
+/// Default [`ServicesConfig::max_associations`].
+pub const MAX_ASSOCIATIONS: usize = 256;
 /// Default [`ServicesConfig::lookup_timeout`], in seconds: more than glibc
 /// needs to move on from one dead name server (5 s × 2 attempts) to the
 /// next.
@@ -124,6 +129,7 @@ impl Default for ServicesConfig {
             socks_auth: None,
             max_lookups: MAX_LOOKUPS,
             lookup_timeout: Duration::from_secs(LOOKUP_TIMEOUT_SECS),
+            max_associations: MAX_ASSOCIATIONS,
             seed: None,
         }
     }

@@ -2,6 +2,7 @@
 //! lookup when the target is a name, the outbound connection from an
 //! ephemeral port of the stack's table, and then a plain [`Relay`].
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub(super) struct Ctx<'a> {
     pub(super) sid: SessionId,
     pub(super) destinations: &'a Destinations,
     pub(super) counters: &'a mut ServiceCounters,
+    /// The open UDP associations' relay sockets, which a new one joins.
+    pub(super) associations: &'a mut HashMap<UdpHandle, SessionId>,
+    /// At most this many.
+    pub(super) max_associations: usize,
 }
 
 impl SocksSession {
@@ -150,12 +155,21 @@ impl SocksSession {
             SocksTarget::Addr(a) => a.port(),
             SocksTarget::Domain(_, p) => *p,
         };
+        if ctx.associations.len() >= ctx.max_associations {
+            debug!(
+                "socks UDP ASSOCIATE: {} associations open",
+                ctx.max_associations
+            );
+            ctx.counters.socks_udp_refused += 1;
+            return self.socks.handle_connect_failed(ReplyCode::GeneralFailure);
+        }
         let Some(local) = stack.local_addr(self.client) else {
             return self.socks.handle_connect_failed(ReplyCode::GeneralFailure);
         };
         match stack.udp_bind(SocketAddr::new(local.ip(), 0)) {
             Ok(u) => {
                 ctx.counters.socks_udp_associations += 1;
+                ctx.associations.insert(u, ctx.sid);
                 self.udp = Some((u, (port != 0).then_some(port)));
                 let bound = stack.udp_local_addr(u).unwrap_or(local);
                 self.socks.handle_connected(bound);

@@ -4,6 +4,7 @@
 use ephemera::wire::socks::{parse_udp, write_udp_header, UdpAddr};
 use ephemera::UdpHandle;
 
+use super::super::socks_udp::MAX_PEERS;
 use super::*;
 
 /// UDP ASSOCIATE with DST.ADDR 0.0.0.0 and DST.PORT `port`.
@@ -205,4 +206,99 @@ fn a_client_outside_the_rules_gets_no_relay() {
         .snapshot()
         .iter()
         .all(|r| r.proto != ephemera::Protocol::Udp));
+}
+
+#[test]
+fn associations_beyond_the_bound_are_refused_and_counted() {
+    let mut t = trio(
+        125,
+        ServicesConfig {
+            socks: Some(1080),
+            socks_allow: client_subnet(),
+            max_associations: 2,
+            ..Default::default()
+        },
+    );
+    let relays = |n: &Network| {
+        n.stack_ref(1)
+            .snapshot()
+            .iter()
+            .filter(|r| r.proto == ephemera::Protocol::Udp)
+            .count()
+    };
+    let ask = |t: &mut Trio| {
+        let mut c = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+        c.write(&associate_request(0));
+        t.run(|n, _| {
+            c.pump(n.stack(0));
+            c.got.len() >= 12
+        });
+        c
+    };
+    let mut open: Vec<Client> = (0..2).map(|_| ask(&mut t)).collect();
+    assert!(open.iter().all(|c| c.got[3] == 0));
+    assert_eq!(relays(&t.net), 2);
+    // The third: reply 01, no socket.
+    let third = ask(&mut t);
+    assert_eq!(third.got[3], 1, "reply 01");
+    assert_eq!(relays(&t.net), 2);
+    let c = t.svc.counters();
+    assert_eq!((c.socks_udp_associations, c.socks_udp_refused), (2, 1));
+    // One ends with its control connection: room for another.
+    let mut first = open.remove(0);
+    first.finish();
+    t.run(|n, _| {
+        first.pump(n.stack(0));
+        relays(n) == 1
+    });
+    let fourth = ask(&mut t);
+    assert_eq!(fourth.got[3], 0);
+    assert_eq!(relays(&t.net), 2);
+    let c = t.svc.counters();
+    assert_eq!((c.socks_udp_associations, c.socks_udp_refused), (3, 1));
+}
+
+#[test]
+fn replies_come_only_from_the_last_destinations_the_client_sent_to() {
+    let mut s = setup(126, None);
+    // One socket on the origin per destination port, each echoing: the
+    // first destination, then MAX_PEERS others push it out.
+    let ports: Vec<u16> = (1000..1000 + MAX_PEERS as u16 + 1).collect();
+    let socks: Vec<UdpHandle> = ports
+        .iter()
+        .map(|p| {
+            s.t.net
+                .stack(2)
+                .udp_bind(SocketAddr::new("10.0.0.3".parse().unwrap(), *p))
+                .unwrap()
+        })
+        .collect();
+    for (i, p) in ports.iter().enumerate() {
+        let to = SocketAddr::new("10.0.0.3".parse().unwrap(), *p);
+        s.t.net
+            .stack(0)
+            .udp_send_to(s.client, &datagram(to, 0, b"hi"), s.relay)
+            .unwrap();
+        let u = socks[i];
+        s.t.run(|n, _| {
+            let mut buf = [0u8; 64];
+            n.stack(2).udp_recv_from(u, &mut buf).is_ok()
+        });
+    }
+    let sent = s.t.svc.counters().socks_udp_to_remote;
+    assert_eq!(sent, MAX_PEERS as u64 + 1);
+    // The newest destination is still let through; the oldest, forgotten,
+    // is dropped and counted.
+    let relay = s.relay;
+    let newest = *socks.last().unwrap();
+    s.t.net.stack(2).udp_send_to(newest, b"new", relay).unwrap();
+    let (d, _) = s.client_recv();
+    assert_eq!(parse_udp(&d).unwrap().1, b"new");
+    let dropped = s.t.svc.counters().socks_udp_dropped;
+    s.t.net
+        .stack(2)
+        .udp_send_to(socks[0], b"old", relay)
+        .unwrap();
+    s.t.run(|_, svc| svc.counters().socks_udp_dropped == dropped + 1);
+    assert_eq!(s.t.svc.counters().socks_udp_to_client, 1);
 }
