@@ -3,7 +3,7 @@
 //! origin stack (10.0.0.3).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ephemera::wire::dns::{
     build_query, Class, DnsName, Flags, Header, Message, MessageBuilder, RData, Rcode, Record,
@@ -37,6 +37,9 @@ pub(super) struct NameServer {
     pub(super) mode: Ns,
     /// The address of `web.test`.
     pub(super) web: Ipv4Addr,
+    /// The IPv6 address of `web6.test`, a name with no A record; with
+    /// none, AAAA queries get no records.
+    pub(super) web6: Option<Ipv6Addr>,
     /// Every query received over UDP: from where, its bytes.
     pub(super) queries: Vec<(SocketAddr, Vec<u8>)>,
     /// Every TCP client.
@@ -52,9 +55,21 @@ pub(super) fn answer(query: &[u8], truncated: bool, full: bool) -> Vec<u8> {
 
 /// [`answer`], with `web.test` at `web` (and, in full, the next two).
 pub(super) fn answer_with(query: &[u8], truncated: bool, full: bool, web: Ipv4Addr) -> Vec<u8> {
+    answer_zone(query, truncated, full, web, None)
+}
+
+/// [`answer_with`], and `web6.test` (AAAA only) at `web6` if given.
+pub(super) fn answer_zone(
+    query: &[u8],
+    truncated: bool,
+    full: bool,
+    web: Ipv4Addr,
+    web6: Option<Ipv6Addr>,
+) -> Vec<u8> {
     let m = Message::parse(query).unwrap();
     let q = m.question().unwrap().clone();
-    let known = q.name == DnsName::from_dotted("web.test").unwrap();
+    let v6 = web6.filter(|_| q.name == DnsName::from_dotted("web6.test").unwrap());
+    let known = q.name == DnsName::from_dotted("web.test").unwrap() || v6.is_some();
     let rcode = if known {
         Rcode::NOERROR
     } else {
@@ -65,7 +80,20 @@ pub(super) fn answer_with(query: &[u8], truncated: bool, full: bool, web: Ipv4Ad
         .with_rcode(rcode);
     let mut b = MessageBuilder::new(m.header.id, flags);
     b.question(&q).unwrap();
-    if known && !truncated && q.qtype == Type::A {
+    if let (Some(a), false, Type::AAAA) = (v6, truncated, q.qtype) {
+        b.record(
+            Section::Answer,
+            &Record {
+                name: q.name.as_name(),
+                rtype: Type::AAAA,
+                class: Class::IN,
+                ttl: 60,
+                data: RData::Aaaa(a),
+            },
+        )
+        .unwrap();
+    }
+    if known && v6.is_none() && !truncated && q.qtype == Type::A {
         let n = if full { 3 } else { 1 };
         for i in 0..n {
             let [o1, o2, o3, o4] = web.octets();
@@ -94,6 +122,7 @@ impl NameServer {
             tcp: stack.listen(at, None).unwrap(),
             mode,
             web: WEB,
+            web6: None,
             queries: Vec::new(),
             tcp_clients: Vec::new(),
             conns: Vec::new(),
@@ -106,8 +135,8 @@ impl NameServer {
             let q = buf[..n].to_vec();
             self.queries.push((from, q.clone()));
             let reply = match self.mode {
-                Ns::Answer => answer_with(&q, false, false, self.web),
-                Ns::Truncate => answer_with(&q, true, false, self.web),
+                Ns::Answer => answer_zone(&q, false, false, self.web, self.web6),
+                Ns::Truncate => answer_zone(&q, true, false, self.web, self.web6),
                 Ns::Silent => continue,
             };
             stack.udp_send_to(self.udp, &reply, from).unwrap();
@@ -127,7 +156,7 @@ impl NameServer {
             if inbuf.len() >= 2 {
                 let len = u16::from_be_bytes([inbuf[0], inbuf[1]]) as usize;
                 if inbuf.len() >= 2 + len {
-                    let a = answer_with(&inbuf[2..2 + len], false, true, self.web);
+                    let a = answer_zone(&inbuf[2..2 + len], false, true, self.web, self.web6);
                     inbuf.drain(..2 + len);
                     let mut out = (a.len() as u16).to_be_bytes().to_vec();
                     out.extend_from_slice(&a);

@@ -2,7 +2,7 @@
 //! names asked of a name server on the origin stack, over ephemera's own
 //! UDP and TCP.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ephemera::wire::dns::{Message, Type};
 
@@ -65,6 +65,73 @@ fn a_socks_name_is_asked_of_the_name_server_from_the_stacks_own_port() {
     assert_eq!(counter(&t.svc, "dns_resolver_answers"), 1);
     assert_eq!(t.svc.lookup_counters().started, 1);
     assert_eq!(t.svc.wake_fd().map(|_| ()), None, "no resolver threads");
+}
+
+#[test]
+fn with_ipv6_a_name_is_asked_for_a_and_aaaa_and_an_aaaa_only_name_is_reached() {
+    let cfg = on_stack(ServicesConfig {
+        socks: Some(1080),
+        socks_allow: client_subnet(),
+        ipv6: true,
+        ..Default::default()
+    });
+    // The trio, with IPv6 on ephemera and the origin.
+    let mut net = Network::new(LinkConfig {
+        seed: 115,
+        ..Default::default()
+    });
+    let t0 = Instant::from_millis(0);
+    let (v6_server, v6_origin): (IpAddr, IpAddr) = (ip("fd00::2"), ip("fd00::3"));
+    net.add(Stack::new(config(CLIENT, 115), t0).unwrap(), &[ip(CLIENT)]);
+    let mut c1 = ephemera_config(116);
+    c1.addrs.push((v6_server, 64));
+    net.add(Stack::new(c1, t0).unwrap(), &[ip(SERVER), v6_server]);
+    let mut c2 = config(ORIGIN, 117);
+    c2.addrs.push((v6_origin, 64));
+    net.add(Stack::new(c2, t0).unwrap(), &[ip(ORIGIN), v6_origin]);
+    let svc = Services::new(net.stack(1), cfg).unwrap();
+    let mut t = Trio { net, svc };
+    let mut ns = origin_ns(&mut t, Ns::Answer);
+    let web6: Ipv6Addr = "fd00::3".parse().unwrap();
+    ns.web6 = Some(web6);
+    let origin6 = t
+        .net
+        .stack(2)
+        .listen(SocketAddr::new(v6_origin, 8000), None)
+        .unwrap();
+
+    let mut c = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+    c.write(&socks_connect_domain("web6.test", 8000));
+    let mut accepted = None;
+    t.run(|n, _| {
+        ns.pump(n.stack(2));
+        c.pump(n.stack(0));
+        if let Ok(h) = n.stack(2).accept(origin6) {
+            accepted = n.stack(2).peer_addr(h);
+        }
+        accepted.is_some() && c.got.len() >= 4
+    });
+    // The origin was reached over IPv6, from ephemera's IPv6 address and
+    // a port of its table; the client got success.
+    let peer = accepted.unwrap();
+    assert_eq!(peer.ip(), v6_server);
+    assert!(EPHEMERAL.contains(&peer.port()), "{peer}");
+    assert_eq!(&c.got[..4], &[5, 0, 5, 0], "success");
+    // Two queries, A then AAAA, each from its own connected socket on a
+    // port of the table, under different IDs.
+    let types: Vec<Type> = ns
+        .queries
+        .iter()
+        .map(|(_, q)| Message::parse(q).unwrap().question().unwrap().qtype)
+        .collect();
+    assert_eq!(types.len(), 2, "{types:?}");
+    assert!(types.contains(&Type::A) && types.contains(&Type::AAAA));
+    let (a, b) = (&ns.queries[0], &ns.queries[1]);
+    assert!(in_ephemeral_range(a.0) && in_ephemeral_range(b.0));
+    assert_ne!(a.0.port(), b.0.port());
+    assert_ne!(a.1[..2], b.1[..2], "fresh IDs");
+    assert_eq!(counter(&t.svc, "dns_resolver_lookups"), 1);
+    assert_eq!(counter(&t.svc, "dns_resolver_answers"), 2);
 }
 
 #[test]
