@@ -241,3 +241,60 @@ fn shutdown_closes_the_resolvers_sockets() {
     t.svc.shutdown(t.net.stack(1));
     t.run(|n, _| n.stack(1).socket_count() == 0);
 }
+
+#[test]
+fn the_lookup_bound_holds_on_the_stack_too() {
+    let cfg = on_stack(ServicesConfig {
+        socks: Some(1080),
+        socks_allow: client_subnet(),
+        max_lookups: 2,
+        ..Default::default()
+    });
+    let mut t = trio(114, cfg);
+    // A name server that keeps its answers: the lookups stay in flight.
+    let mut ns = origin_ns(&mut t, Ns::Silent);
+    let mut waiting: Vec<Client> = ["a.test", "b.test"]
+        .iter()
+        .map(|name| {
+            let mut c = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+            c.write(&socks_connect_domain(name, 8000));
+            c
+        })
+        .collect();
+    t.run(|n, _| {
+        ns.pump(n.stack(2));
+        for c in &mut waiting {
+            c.pump(n.stack(0));
+        }
+        ns.queries.len() == 2
+    });
+    // A third is one too many: reply 01 at once, no query asked.
+    let mut c = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+    c.write(&socks_connect_domain("c.test", 8000));
+    t.run(|n, _| {
+        ns.pump(n.stack(2));
+        c.pump(n.stack(0));
+        c.eof
+    });
+    let (rep, _, rest) = socks_reply(&c.got);
+    assert_eq!((rep, rest.len()), (1, 0));
+    assert_eq!(ns.queries.len(), 2);
+    assert_eq!(t.svc.lookup_counters().refused, 1);
+    assert_eq!(counter(&t.svc, "dns_resolver_lookups"), 2);
+    // Once one is answered, a new name is asked again.
+    ns.answer_query(t.net.stack(2), 0);
+    t.run(|n, _| {
+        for c in &mut waiting {
+            c.pump(n.stack(0));
+        }
+        waiting[0].got.len() >= 4
+    });
+    let mut d = Client::connect(t.net.stack(0), "10.0.0.2:1080");
+    d.write(&socks_connect_domain("d.test", 8000));
+    t.run(|n, _| {
+        ns.pump(n.stack(2));
+        d.pump(n.stack(0));
+        ns.queries.len() == 3
+    });
+    assert_eq!(t.svc.lookup_counters().refused, 1);
+}
