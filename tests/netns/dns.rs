@@ -194,7 +194,8 @@ fn dig_through_the_forwarder_to_dnsmasq_from_a_fresh_port_per_query() {
 /// the wrong ID from its own port, under the right ID from port 5355, and
 /// under the right ID to the next port of the querier's; then the real
 /// one. In mode `truncate` a UDP answer has TC set and no records, and the
-/// full answer comes over TCP. Each line of its log: `udp|tcp PEER`.
+/// full answer comes over TCP. In mode `silent` it answers nothing. Each
+/// line of its log: `udp|tcp PEER`.
 const NAME_SERVER: &str = r#"
 import socket, struct, sys, threading
 mode, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
@@ -246,7 +247,7 @@ while True:
         other.sendto(answer(q, ident, False, forged), peer)
         udp.sendto(answer(q, ident, False, forged), (peer[0], peer[1] ^ 1))
         udp.sendto(answer(q, ident, False, ["10.7.0.1"]), peer)
-    else:
+    elif mode == "truncate":
         udp.sendto(answer(q, ident, True, []), peer)
 "#;
 
@@ -368,4 +369,52 @@ fn curl_through_socks_reaches_a_name_only_the_kernel_sides_dns_server_knows() {
     let stats = daemon.stats();
     assert_eq!(stats["dns_resolver_lookups"], 1, "{stats:?}");
     assert_eq!(stats["dns_resolver_answers"], 1, "{stats:?}");
+}
+
+#[test]
+fn ports_shows_a_query_in_flight_as_connected_udp_with_its_peer() {
+    let test = "ports_shows_a_query_in_flight_as_connected_udp_with_its_peer";
+    let Some(mut ns) = dns_netns(test, &[DIG]) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--dns", "53=10.7.0.1:5354"]);
+    let log = start_name_server(&mut ns, "silent");
+    // A query the name server keeps: the forwarder's socket stays open.
+    let mut cmd = ns.command(&["dig", "@10.7.0.2", "+tries=1", "+time=10", "web.test"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    ns.spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let upstream: std::net::SocketAddr = "10.7.0.1:5354".parse().unwrap();
+    let row = loop {
+        let rows = daemon.ports();
+        if let Some(r) = rows
+            .into_iter()
+            .find(|r| r.proto == "udp" && r.remote == Some(upstream))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connected UDP socket:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(row.state, "ESTAB");
+    assert_eq!(row.local.ip().to_string(), STACK);
+    assert!(RANGE.contains(&row.local.port()), "{row:?}");
+    // The name server saw the query from that very port.
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(seen.trim(), format!("udp {}", row.local), "{seen}");
+    // And the table as text, as `ss -uan` shows it.
+    let out = daemon.client("ports", &[]);
+    let table = text(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("udp") && l.contains("10.7.0.1:5354"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("ESTAB") && line.contains(&row.local.to_string()),
+        "{line}"
+    );
 }
