@@ -35,6 +35,11 @@ const DNSMASQ: (&str, &str, &str) = ("dnsmasq", "--version", "dnsmasq-base");
 /// fixed record (`web.test` is 10.7.0.1) and every query logged with its
 /// client's address and port; returns the log's path once it serves.
 fn start_dnsmasq(ns: &mut Netns) -> PathBuf {
+    start_dnsmasq_on(ns, "10.7.0.1")
+}
+
+/// [`start_dnsmasq`], listening on `addr` (IPv4 or IPv6) instead.
+fn start_dnsmasq_on(ns: &mut Netns, addr: &str) -> PathBuf {
     let log = ns.path("dnsmasq.log");
     let pid = ns.path("dnsmasq.pid");
     let mut cmd = ns.command(&[
@@ -45,13 +50,13 @@ fn start_dnsmasq(ns: &mut Netns) -> PathBuf {
         "--keep-in-foreground",
         "--user=root",
         "--bind-interfaces",
-        "--listen-address=10.7.0.1",
         "--port=5353",
         "--address=/web.test/10.7.0.1",
         "--log-queries=extra",
         "--cache-size=0",
     ]);
-    cmd.arg(format!("--log-facility={}", log.display()))
+    cmd.arg(format!("--listen-address={addr}"))
+        .arg(format!("--log-facility={}", log.display()))
         .arg(format!("--pid-file={}", pid.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -62,7 +67,7 @@ fn start_dnsmasq(ns: &mut Netns) -> PathBuf {
     loop {
         let out = ns.run(&[
             "dig",
-            "@10.7.0.1",
+            &format!("@{addr}"),
             "-p",
             "5353",
             "+short",
@@ -417,4 +422,50 @@ fn ports_shows_a_query_in_flight_as_connected_udp_with_its_peer() {
         line.contains("ESTAB") && line.contains(&row.local.to_string()),
         "{line}"
     );
+}
+
+#[test]
+fn dig_over_ipv6_through_the_forwarder_to_an_ipv6_upstream() {
+    let test = "dig_over_ipv6_through_the_forwarder_to_an_ipv6_upstream";
+    let Some(mut ns) = dns_netns(test, &[DIG, DNSMASQ]) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--addr6", "fd00:7::2/64", "--dns", "53=[fd00:7::1]:5353"]);
+    // The kernel's IPv6 address must leave duplicate address detection
+    // before dnsmasq can bind it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns.run(&["ip", "-6", "addr", "show", "dev", "eph0", "tentative"]);
+        if text(&out.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "IPv6 DAD did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = start_dnsmasq_on(&mut ns, "fd00:7::1");
+    let out = ns.run(&["dig", "@fd00:7::2", "+tries=1", "+time=5", "web.test"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", daemon.log());
+    assert!(said.contains("status: NOERROR"), "{said}");
+    assert!(said.contains("SERVER: fd00:7::2#53"), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("web.test.") && l.ends_with(KERNEL)),
+        "{said}"
+    );
+    // dnsmasq was asked from the stack's IPv6 address, from a port of its
+    // table.
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let clients: Vec<u16> = logged
+        .lines()
+        .filter(|l| l.contains(" query[A] web.test"))
+        .filter_map(|l| {
+            let w = l.split_whitespace().find(|w| w.starts_with("fd00:7::2/"))?;
+            w["fd00:7::2/".len()..].parse().ok()
+        })
+        .collect();
+    assert_eq!(clients.len(), 1, "{logged}");
+    assert!(RANGE.contains(&clients[0]), "{logged}");
+    let stats = daemon.stats();
+    assert_eq!(stats["dns_forward_answers"], 1, "{stats:?}");
 }
