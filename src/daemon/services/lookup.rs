@@ -379,6 +379,11 @@ impl Services {
                         s.resolved(stack, answer);
                         Some(sid)
                     }
+                    Some(Session::Udp(a)) if a.lookup().is_some() => {
+                        c.socks_denied_destination += u64::from(denied);
+                        a.resolved(stack, answer, c);
+                        Some(sid)
+                    }
                     Some(Session::Resolving(_)) => {
                         c.forward_denied_destination += u64::from(denied);
                         self.forward_resolved(stack, sid, answer).then_some(sid)

@@ -565,7 +565,18 @@ impl Services {
                     }
                     // Or a UDP association, its datagrams found by socket.
                     (None, Some(mut a)) => {
-                        let pumped = a.pump(stack, scratch, &self.destinations, &mut self.counters);
+                        let mut names = socks_udp::NameCtx {
+                            lookups: &mut self.dns,
+                            now: self.now,
+                            sid,
+                        };
+                        let pumped = a.pump(
+                            stack,
+                            scratch,
+                            &self.destinations,
+                            &mut self.counters,
+                            &mut names,
+                        );
                         self.associations.insert(a.udp, sid);
                         entry.session = Session::Udp(a);
                         pumped
@@ -574,7 +585,20 @@ impl Services {
                 }
             }
             Session::Relay(r) => relay(stack, r, scratch),
-            Session::Udp(a) => a.pump(stack, scratch, &self.destinations, &mut self.counters),
+            Session::Udp(a) => {
+                let mut names = socks_udp::NameCtx {
+                    lookups: &mut self.dns,
+                    now: self.now,
+                    sid,
+                };
+                a.pump(
+                    stack,
+                    scratch,
+                    &self.destinations,
+                    &mut self.counters,
+                    &mut names,
+                )
+            }
             Session::Fetch(f) => match self.fetches.queue(f.id) {
                 Some(queue) => {
                     if f.pump(stack, queue, scratch) {

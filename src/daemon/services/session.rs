@@ -65,6 +65,7 @@ impl Session {
         match self {
             Session::Socks(s) => s.lookup,
             Session::Resolving(f) => Some(f.lookup),
+            Session::Udp(a) => a.lookup(),
             _ => None,
         }
     }

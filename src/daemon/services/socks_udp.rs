@@ -10,9 +10,16 @@
 //!   the relay socket, stripped of the header. FRAG ≠ 0 is dropped and
 //!   counted (`socks_udp_fragments`): ephemera does not reassemble. A
 //!   destination the `--socks-deny` rules refuse is dropped and counted as
-//!   a CONNECT to it is (`socks_denied_destination`); so is a name
-//!   (ATYP 3) other than an address literal, which would need a lookup
-//!   per datagram (`socks_udp_dropped`);
+//!   a CONNECT to it is (`socks_denied_destination`). A name (ATYP 3)
+//!   is looked up with the services' resolver, one name at a
+//!   time per association: the datagrams for it wait (at most
+//!   [`MAX_WAITING`]; more, or datagrams for another name meanwhile, are
+//!   dropped and counted in `socks_udp_dropped`), then go to the first
+//!   address the destination rules allow; the last [`MAX_NAMES`] answers
+//!   are kept, so a name is not looked up per datagram. A name that does
+//!   not resolve drops its datagrams (`socks_udp_dropped`), as does one
+//!   that resolves only to denied addresses (`socks_denied_destination`
+//!   too);
 //! - a datagram from a destination the client has sent to (the last
 //!   [`MAX_PEERS`]) goes to the client with a header naming its sender;
 //!   from anyone else it is dropped and counted (`socks_udp_dropped`), so
@@ -30,15 +37,38 @@ use std::net::{IpAddr, SocketAddr};
 use log::debug;
 
 use ephemera::wire::socks::{parse_udp, write_udp_header, UdpAddr};
-use ephemera::{RecvError, Stack, TcpHandle, UdpHandle};
+use ephemera::{Instant, RecvError, Stack, TcpHandle, UdpHandle};
 
 use super::counters::ServiceCounters;
-use super::session::Pump;
+use super::lookup::{LookupId, LookupResult, Lookups, Waiter};
+use super::session::{Pump, SessionId};
 use crate::daemon::host::Host;
 use crate::daemon::policy::Destinations;
 
 /// Destinations a client's replies may come from, most recent last.
 pub(super) const MAX_PEERS: usize = 64;
+/// Datagrams waiting for their destination's name to be looked up.
+pub(super) const MAX_WAITING: usize = 8;
+/// Names looked up, with their address, most recent last.
+pub(super) const MAX_NAMES: usize = 16;
+
+/// A lookup under way for datagrams to a name.
+#[derive(Debug)]
+struct Waiting {
+    lookup: LookupId,
+    /// The name (as sent, compared ignoring ASCII case) and port.
+    name: Vec<u8>,
+    port: u16,
+    /// The payloads waiting for it.
+    datagrams: Vec<Vec<u8>>,
+}
+
+/// What a datagram to a name needs: the lookups and the session's id.
+pub(super) struct NameCtx<'a> {
+    pub(super) lookups: &'a mut Lookups,
+    pub(super) now: Instant,
+    pub(super) sid: SessionId,
+}
 
 /// One association.
 #[derive(Debug)]
@@ -53,6 +83,10 @@ pub(super) struct UdpAssociation {
     client_port: Option<u16>,
     /// Destinations the client sent to, for the replies.
     peers: VecDeque<SocketAddr>,
+    /// The lookup under way, if any.
+    waiting: Option<Waiting>,
+    /// Names looked up: (name in lower case, its address).
+    names: VecDeque<(Vec<u8>, IpAddr)>,
 }
 
 impl UdpAssociation {
@@ -71,6 +105,46 @@ impl UdpAssociation {
             client_ip,
             client_port: port,
             peers: VecDeque::new(),
+            waiting: None,
+            names: VecDeque::new(),
+        }
+    }
+
+    /// The lookup this association waits for.
+    pub(super) fn lookup(&self) -> Option<LookupId> {
+        self.waiting.as_ref().map(|w| w.lookup)
+    }
+
+    /// The answer to its lookup, already through the destination rules:
+    /// the waiting datagrams go to its first address, which is kept for
+    /// the name; on an error they are dropped and counted.
+    pub(super) fn resolved(
+        &mut self,
+        stack: &mut Stack,
+        answer: LookupResult,
+        counters: &mut ServiceCounters,
+    ) {
+        let Some(w) = self.waiting.take() else {
+            return;
+        };
+        let addr = match answer {
+            Ok(addrs) => addrs.first().map(|a| a.ip()),
+            Err(e) => {
+                debug!("socks UDP: {}: {e}", String::from_utf8_lossy(&w.name));
+                None
+            }
+        };
+        let Some(ip) = addr else {
+            counters.socks_udp_dropped += w.datagrams.len() as u64;
+            return;
+        };
+        if self.names.len() == MAX_NAMES {
+            self.names.pop_front();
+        }
+        self.names.push_back((w.name.to_ascii_lowercase(), ip));
+        let to = SocketAddr::new(ip, w.port);
+        for d in &w.datagrams {
+            self.send_out(stack, d, to, counters);
         }
     }
 
@@ -82,6 +156,7 @@ impl UdpAssociation {
         scratch: &mut [u8],
         destinations: &Destinations,
         counters: &mut ServiceCounters,
+        names: &mut NameCtx<'_>,
     ) -> Pump {
         loop {
             match stack.recv(self.control, scratch) {
@@ -110,7 +185,7 @@ impl UdpAssociation {
             let datagram = &scratch[..n];
             if self.is_client(from) {
                 self.client_port = Some(from.port());
-                if self.forward_out(stack, datagram, destinations, counters) {
+                if self.forward_out(stack, datagram, destinations, counters, names) {
                     moved = true;
                 }
             } else if self.peers.contains(&from) {
@@ -160,6 +235,7 @@ impl UdpAssociation {
         datagram: &[u8],
         destinations: &Destinations,
         counters: &mut ServiceCounters,
+        names: &mut NameCtx<'_>,
     ) -> bool {
         let (header, payload) = match parse_udp(datagram) {
             Ok(h) => h,
@@ -178,6 +254,25 @@ impl UdpAssociation {
             // A literal sent as a name needs no lookup.
             UdpAddr::Domain(name, port) => match std::str::from_utf8(name).ok().map(Host::parse) {
                 Some(Ok(Host::Ip(ip))) => SocketAddr::new(ip, port),
+                Some(Ok(Host::Name(host))) => {
+                    let known = self
+                        .names
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, ip)| *ip);
+                    match known {
+                        // Its answer passed the rules when it came.
+                        Some(ip) => {
+                            return self.send_out(
+                                stack,
+                                payload,
+                                SocketAddr::new(ip, port),
+                                counters,
+                            )
+                        }
+                        None => return self.wait_for(name, &host, port, payload, counters, names),
+                    }
+                }
                 _ => {
                     counters.socks_udp_dropped += 1;
                     return false;
@@ -189,6 +284,65 @@ impl UdpAssociation {
             counters.socks_denied_destination += 1;
             return false;
         }
+        self.send_out(stack, payload, to, counters)
+    }
+
+    /// Queue `payload` for `name`'s lookup, starting it if none is under
+    /// way. Whether it was kept.
+    fn wait_for(
+        &mut self,
+        name: &[u8],
+        host: &str,
+        port: u16,
+        payload: &[u8],
+        counters: &mut ServiceCounters,
+        names: &mut NameCtx<'_>,
+    ) -> bool {
+        match &mut self.waiting {
+            Some(w) if w.name.eq_ignore_ascii_case(name) && w.port == port => {
+                if w.datagrams.len() == MAX_WAITING {
+                    counters.socks_udp_dropped += 1;
+                    return false;
+                }
+                w.datagrams.push(payload.to_vec());
+                true
+            }
+            // One name at a time.
+            Some(_) => {
+                counters.socks_udp_dropped += 1;
+                false
+            }
+            None => match names
+                .lookups
+                .start(names.now, host, port, Waiter::Session(names.sid))
+            {
+                Ok(lookup) => {
+                    self.waiting = Some(Waiting {
+                        lookup,
+                        name: name.to_vec(),
+                        port,
+                        datagrams: vec![payload.to_vec()],
+                    });
+                    true
+                }
+                Err(e) => {
+                    debug!("socks UDP: no lookup of {host}: {e}");
+                    counters.socks_udp_dropped += 1;
+                    false
+                }
+            },
+        }
+    }
+
+    /// `payload` to `to` from the relay socket; `to` is remembered as a
+    /// destination replies may come from. Whether it went.
+    fn send_out(
+        &mut self,
+        stack: &mut Stack,
+        payload: &[u8],
+        to: SocketAddr,
+        counters: &mut ServiceCounters,
+    ) -> bool {
         match stack.udp_send_to(self.udp, payload, to) {
             Ok(()) => {
                 counters.socks_udp_to_remote += 1;

@@ -4,7 +4,7 @@
 use ephemera::wire::socks::{parse_udp, write_udp_header, UdpAddr};
 use ephemera::UdpHandle;
 
-use super::super::socks_udp::MAX_PEERS;
+use super::super::socks_udp::{MAX_NAMES, MAX_PEERS, MAX_WAITING};
 use super::*;
 
 /// UDP ASSOCIATE with DST.ADDR 0.0.0.0 and DST.PORT `port`.
@@ -301,4 +301,92 @@ fn replies_come_only_from_the_last_destinations_the_client_sent_to() {
         .unwrap();
     s.t.run(|_, svc| svc.counters().socks_udp_dropped == dropped + 1);
     assert_eq!(s.t.svc.counters().socks_udp_to_client, 1);
+}
+
+fn datagram_to_name(name: &str, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 0, 0, 3, name.len() as u8];
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(payload);
+    d
+}
+
+#[test]
+fn datagrams_to_a_name_wait_for_one_lookup_and_its_answer_is_kept() {
+    let mut s = setup(127, None);
+    let held = Held::default();
+    s.t.svc.set_resolver(Box::new(held.clone()));
+    let (client, relay) = (s.client, s.relay);
+    // MAX_WAITING datagrams wait for the name; one more, and one for
+    // another name meanwhile, are dropped.
+    for i in 0..=MAX_WAITING {
+        let d = datagram_to_name("Echo.Test", 7, format!("n{i}").as_bytes());
+        s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    }
+    let d = datagram_to_name("other.test", 7, b"other");
+    s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    s.t.run(|_, svc| svc.counters().socks_udp_dropped == 2);
+    assert_eq!(held.asked(), ["echo.test"]);
+    assert_eq!(s.t.svc.counters().socks_udp_to_remote, 0);
+    // The answer sends the waiting ones, in order, to the origin.
+    held.answer("echo.test", Some(ORIGIN));
+    for i in 0..MAX_WAITING {
+        let (d, _) = s.client_recv();
+        let (h, payload) = parse_udp(&d).unwrap();
+        assert_eq!(h.addr, UdpAddr::Ip(sa("10.0.0.3:7")));
+        assert_eq!(payload, format!("n{i}").as_bytes());
+    }
+    // The name is known now: no second lookup.
+    let d = datagram_to_name("ECHO.test", 7, b"again");
+    s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    let (d, _) = s.client_recv();
+    assert_eq!(parse_udp(&d).unwrap().1, b"again");
+    assert_eq!(held.asked(), ["echo.test"]);
+    let c = s.t.svc.counters();
+    assert_eq!(c.socks_udp_to_remote, MAX_WAITING as u64 + 1);
+
+    // A name that resolves to a denied address, and one that does not
+    // resolve: their datagrams are dropped and counted.
+    let d = datagram_to_name("lo.test", 7, b"lo");
+    s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    s.t.run(|_, _| held.asked().len() == 2);
+    held.answer("lo.test", Some("127.0.0.1"));
+    s.t.run(|_, svc| svc.counters().socks_denied_destination == 1);
+    let d = datagram_to_name("nowhere.test", 7, b"x");
+    s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    s.t.run(|_, _| held.asked().len() == 3);
+    held.answer("nowhere.test", None);
+    s.t.run(|_, svc| svc.counters().socks_udp_dropped == 4);
+    assert_eq!(
+        s.t.svc.counters().socks_udp_to_remote,
+        MAX_WAITING as u64 + 1
+    );
+}
+
+#[test]
+fn the_names_kept_are_the_last_ones() {
+    let mut s = setup(128, None);
+    let held = Held::default();
+    s.t.svc.set_resolver(Box::new(held.clone()));
+    let (client, relay) = (s.client, s.relay);
+    let send = |s: &mut Setup, name: &str| {
+        let d = datagram_to_name(name, 7, name.as_bytes());
+        s.t.net.stack(0).udp_send_to(client, &d, relay).unwrap();
+    };
+    // MAX_NAMES + 1 names, each looked up once and answered.
+    for i in 0..=MAX_NAMES {
+        let name = format!("n{i}.test");
+        send(&mut s, &name);
+        s.t.run(|_, _| held.asked().len() == i + 1);
+        held.answer(&name, Some(ORIGIN));
+        let (d, _) = s.client_recv();
+        assert_eq!(parse_udp(&d).unwrap().1, name.as_bytes());
+    }
+    // The newest is still known; the first, pushed out, is asked again.
+    send(&mut s, &format!("n{MAX_NAMES}.test"));
+    s.client_recv();
+    assert_eq!(held.asked().len(), MAX_NAMES + 1);
+    send(&mut s, "n0.test");
+    s.t.run(|_, _| held.asked().len() == MAX_NAMES + 2);
+    assert_eq!(s.t.svc.lookup_counters().started, MAX_NAMES as u64 + 2);
 }
