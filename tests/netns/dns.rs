@@ -1,7 +1,8 @@
 //! DNS through `ephemera up` with real programs: `dig` (dnsutils) asks
 //! the daemon's forwarder (`--dns`), which asks dnsmasq or a small
-//! python3 name server on the kernel side; curl resolves through the
-//! daemon's own resolver (`--nameserver`).
+//! python3 name server on the kernel side; curl, and a SOCKS UDP client
+//! naming its destination, resolve through the daemon's own resolver
+//! (`--nameserver`).
 //!
 //! Needs, besides the harness's programs, `dig` and `dnsmasq`; without
 //! them each test prints `SKIP` and passes.
@@ -468,4 +469,68 @@ fn dig_over_ipv6_through_the_forwarder_to_an_ipv6_upstream() {
     assert!(RANGE.contains(&clients[0]), "{logged}");
     let stats = daemon.stats();
     assert_eq!(stats["dns_forward_answers"], 1, "{stats:?}");
+}
+
+/// UDP ASSOCIATE, then one datagram addressed to the name `web.test`
+/// (ATYP 3) through the relay; prints the echo's header address and data.
+const SOCKS_UDP_TO_A_NAME: &str = r#"
+import socket, struct
+c = socket.create_connection(("10.7.0.2", 1080), timeout=5)
+c.sendall(b"\x05\x01\x00")
+assert c.recv(2) == b"\x05\x00"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("10.7.0.1", 0))
+u.settimeout(5)
+c.sendall(b"\x05\x03\x00\x01" + bytes(4) + struct.pack(">H", u.getsockname()[1]))
+r = c.recv(10, socket.MSG_WAITALL)
+assert r[1] == 0, r
+relay = (socket.inet_ntoa(r[4:8]), struct.unpack(">H", r[8:])[0])
+name = b"web.test"
+u.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", 7007) + b"by name", relay)
+d, _ = u.recvfrom(4096)
+assert d[3] == 1, d
+print(socket.inet_ntoa(d[4:8]), struct.unpack(">H", d[8:10])[0], d[10:].decode())
+"#;
+
+#[test]
+fn a_socks_udp_datagram_to_a_name_only_the_kernel_sides_dns_server_knows() {
+    let test = "a_socks_udp_datagram_to_a_name_only_the_kernel_sides_dns_server_knows";
+    let Some(mut ns) = dns_netns(test, &[DIG, DNSMASQ]) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--socks", "1080", "--nameserver", "10.7.0.1:5353"]);
+    let log = start_dnsmasq(&mut ns);
+    let echo_log = ns.path("echo.log");
+    let mut cmd = ns.command(&["python3", "-c", crate::socks_udp::ECHO]);
+    cmd.arg(&echo_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let i = ns.spawn(cmd);
+    let mut line = String::new();
+    BufReader::new(ns.children[i].stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let out = ns.run(&["python3", "-c", SOCKS_UDP_TO_A_NAME]);
+    let said = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}\n{}\n{:?}\n{}",
+        text(&out.stderr),
+        daemon.log(),
+        daemon.stats(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(said.trim(), "10.7.0.1 7007 by name");
+    // The name was asked of dnsmasq from the stack, and the echo server
+    // heard from the relay.
+    let ports = dnsmasq_clients(&log);
+    assert_eq!(ports.len(), 1, "one A query");
+    assert!(RANGE.contains(&ports[0]), "{ports:?}");
+    let senders = std::fs::read_to_string(&echo_log).unwrap();
+    assert!(senders.starts_with(&format!("{STACK} ")), "{senders}");
+    let stats = daemon.stats();
+    assert_eq!(stats["socks_udp_to_remote"], 1, "{stats:?}");
+    assert_eq!(stats["socks_udp_to_client"], 1, "{stats:?}");
 }

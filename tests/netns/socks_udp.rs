@@ -9,7 +9,7 @@ use crate::harness::*;
 
 /// A UDP echo server on 10.7.0.1:7007 and [fd00:7::1]:7007 that logs
 /// each sender.
-const ECHO: &str = r#"
+pub(crate) const ECHO: &str = r#"
 import socket, sys, threading
 log = open(sys.argv[1], "a", buffering=1)
 def serve(family, addr):
