@@ -327,42 +327,21 @@ impl Stack {
 
 #[cfg(test)]
 mod tests {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
-
     use super::*;
+    use crate::wire::build::{tcp_options, Tcp, TcpOpt};
+    use crate::wire::TcpFlags;
     use crate::{Instant, StackConfig};
 
     /// A SYN from `from` to `to`.
     fn syn(from: SocketAddr, to: SocketAddr, isn: u32) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(isn as i32),
-            ack_number: None,
-            window_len: 65535,
-            window_scale: None,
-            max_seg_size: Some(1460),
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &[],
-        };
-        let ip = IpRepr::new(
-            from.ip().into(),
-            to.ip().into(),
-            IpProtocol::Tcp,
-            tcp.header_len(),
-            64,
-        );
-        let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut buf[..], &caps);
-        let hl = ip.header_len();
-        let mut packet = TcpPacket::new_unchecked(&mut buf[hl..]);
-        tcp.emit(&mut packet, &ip.src_addr(), &ip.dst_addr(), &caps);
-        buf
+        Tcp {
+            seq: isn,
+            flags: TcpFlags::SYN,
+            window: 65535,
+            options: &tcp_options(&[TcpOpt::Mss(1460)]),
+            ..Default::default()
+        }
+        .atomic_packet(from, to)
     }
 
     #[test]

@@ -583,11 +583,11 @@ impl Stack {
         let rewritten;
         let packet = if strip_fin {
             self.counters.tcp_fin_beyond_window += 1;
-            rewritten = without_fin(packet, seg.header_offset);
+            rewritten = without_fin(packet);
             &rewritten[..]
         } else if let Some(rcv_nxt) = rewound_at {
             self.counters.tcp_rewound_acks += 1;
-            rewritten = with_seq(packet, seg.header_offset, rcv_nxt);
+            rewritten = with_seq(packet, rcv_nxt);
             &rewritten[..]
         } else {
             packet

@@ -6,12 +6,14 @@
 //! window, and bare segments (no payload) the stack sends for a
 //! connection when its socket cannot (see [`Segment`]). Packets are parsed
 //! and checked once, in [`crate::demux`]; these read or patch fields of a
-//! packet that is already known to be well formed.
+//! packet that is already known to be well formed, through
+//! [`crate::wire`]'s view, and build with its one builder.
 
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::TcpControl;
 
 use crate::port_table::FlowKey;
+use crate::wire::build::Tcp;
+use crate::wire::{TcpFlags, TcpView};
 
 /// A bare segment (no payload, no options) the stack builds itself rather
 /// than a socket. Four rules send one:
@@ -34,15 +36,120 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// The IP packet carrying this segment from `key.local` to
-    /// `key.remote`, with correct checksums.
+    /// `key.remote`, with correct checksums, its IP header as smoltcp
+    /// writes one (an atomic IPv4 datagram, or IPv6 without extension
+    /// headers, hop limit 64).
     pub(crate) fn build(&self, key: &FlowKey) -> Vec<u8> {
+        let fin = if self.control == TcpControl::Fin {
+            TcpFlags::FIN
+        } else {
+            TcpFlags::NONE
+        };
+        Tcp {
+            seq: self.seq,
+            ack: self.ack,
+            flags: TcpFlags::ACK | fin,
+            window: self.window,
+            ..Default::default()
+        }
+        .atomic_packet(key.local, key.remote)
+    }
+}
+
+/// SEG.ACK of a TCP segment with ACK set that smoltcp emitted; `None` for
+/// anything else.
+pub(crate) fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
+    let v = TcpView::parse(packet).ok()?;
+    v.flags().ack().then(|| v.ack())
+}
+
+/// A copy of `packet`, a TCP segment demultiplexing accepted, with the FIN
+/// flag cleared (and the checksum updated with it).
+pub(crate) fn without_fin(packet: &[u8]) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    if let Ok(mut v) = TcpView::parse(&mut p[..]) {
+        let flags = v.flags();
+        v.set_flags(flags & !TcpFlags::FIN);
+    }
+    p
+}
+
+/// A copy of `packet`, a TCP segment demultiplexing accepted, with SEG.SEQ
+/// set to `seq` (and the checksum updated with it).
+pub(crate) fn with_seq(packet: &[u8], seq: u32) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    if let Ok(mut v) = TcpView::parse(&mut p[..]) {
+        v.set_seq(seq);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, IpRepr, TcpPacket, TcpRepr, TcpSeqNumber};
+
+    use super::*;
+    use crate::demux::{classify, Class, LocalAddrs};
+    use crate::port_table::Protocol;
+    use crate::wire::build::{Ipv4, Ipv6};
+    use crate::wire::protocol;
+
+    #[test]
+    fn ack_number_of_emitted_segments() {
+        let (a, b) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+        let seg = |flags| {
+            Tcp {
+                ack: 0xdead_beef,
+                flags,
+                ..Default::default()
+            }
+            .atomic_packet(a, b)
+        };
+        assert_eq!(tcp_ack_number(&seg(TcpFlags::NONE)), None, "ACK flag clear");
+        assert_eq!(tcp_ack_number(&seg(TcpFlags::ACK)), Some(0xdead_beef));
+        let udp = Ipv4::default().packet(a.ip(), b.ip(), protocol::UDP, &[0; 8]);
+        assert_eq!(tcp_ack_number(&udp), None, "UDP");
+
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "[fd00::1]:1".parse().unwrap(),
+            "[fd00::2]:2".parse().unwrap(),
+        );
+        let v6 = Tcp {
+            ack: 7,
+            flags: TcpFlags::ACK | TcpFlags::PSH,
+            ..Default::default()
+        }
+        .segment(a, b);
+        let v6 = Ipv6::default().packet(a.ip(), b.ip(), protocol::TCP, &v6);
+        assert_eq!(tcp_ack_number(&v6), Some(7));
+        assert_eq!(tcp_ack_number(&v6[..50]), None, "truncated");
+        assert_eq!(tcp_ack_number(&[]), None);
+    }
+
+    /// The peer's addresses, as its own demux would see them.
+    struct Peer(IpAddr);
+
+    impl LocalAddrs for Peer {
+        fn is_local(&self, ip: IpAddr) -> bool {
+            ip == self.0
+        }
+        fn is_subnet_broadcast(&self, _: IpAddr) -> bool {
+            false
+        }
+    }
+
+    /// The same segment as smoltcp's emitter writes it.
+    fn smoltcp_built(s: &Segment, key: &FlowKey) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: key.local.port(),
             dst_port: key.remote.port(),
-            control: self.control,
-            seq_number: TcpSeqNumber(self.seq as i32),
-            ack_number: Some(TcpSeqNumber(self.ack as i32)),
-            window_len: self.window,
+            control: s.control,
+            seq_number: TcpSeqNumber(s.seq as i32),
+            ack_number: Some(TcpSeqNumber(s.ack as i32)),
+            window_len: s.window,
             window_scale: None,
             max_seg_size: None,
             sack_permitted: false,
@@ -68,86 +175,6 @@ impl Segment {
         );
         buf
     }
-}
-
-/// SEG.ACK of a TCP segment with ACK set that smoltcp emitted (IPv4 with
-/// any header length, or IPv6 without extension headers); `None` for
-/// anything else.
-pub(crate) fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
-    let (proto, header) = match packet.first()? >> 4 {
-        4 => (*packet.get(9)?, usize::from(packet[0] & 0x0f) * 4),
-        6 => (*packet.get(6)?, 40),
-        _ => return None,
-    };
-    let tcp = packet.get(header..header + 20)?;
-    if proto != 6 || tcp[13] & 0x10 == 0 {
-        return None;
-    }
-    Some(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]))
-}
-
-/// A copy of `packet` with the TCP FIN flag cleared. The checksum is left
-/// as it is: demux verified it, and smoltcp is told not to check again.
-pub(crate) fn without_fin(packet: &[u8], tcp_offset: u16) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    if let Some(flags) = p.get_mut(tcp_offset as usize + 13) {
-        *flags &= !0x01;
-    }
-    p
-}
-
-/// A copy of `packet` with the TCP sequence number set to `seq`. The
-/// checksum is left as it is, as in [`without_fin`].
-pub(crate) fn with_seq(packet: &[u8], tcp_offset: u16, seq: u32) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    let at = tcp_offset as usize + 4;
-    if let Some(field) = p.get_mut(at..at + 4) {
-        field.copy_from_slice(&seq.to_be_bytes());
-    }
-    p
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, SocketAddr};
-
-    use super::*;
-    use crate::demux::{classify, Class, LocalAddrs};
-    use crate::port_table::Protocol;
-
-    #[test]
-    fn ack_number_of_emitted_segments() {
-        let mut v4 = vec![0u8; 40];
-        v4[0] = 0x45;
-        v4[9] = 6;
-        v4[20 + 8..20 + 12].copy_from_slice(&0xdead_beef_u32.to_be_bytes());
-        assert_eq!(tcp_ack_number(&v4), None, "ACK flag clear");
-        v4[20 + 13] = 0x10;
-        assert_eq!(tcp_ack_number(&v4), Some(0xdead_beef));
-        v4[9] = 17;
-        assert_eq!(tcp_ack_number(&v4), None, "UDP");
-
-        let mut v6 = vec![0u8; 60];
-        v6[0] = 0x60;
-        v6[6] = 6;
-        v6[40 + 8..40 + 12].copy_from_slice(&7u32.to_be_bytes());
-        v6[40 + 13] = 0x18;
-        assert_eq!(tcp_ack_number(&v6), Some(7));
-        assert_eq!(tcp_ack_number(&v6[..50]), None, "truncated");
-        assert_eq!(tcp_ack_number(&[]), None);
-    }
-
-    /// The peer's addresses, as its own demux would see them.
-    struct Peer(IpAddr);
-
-    impl LocalAddrs for Peer {
-        fn is_local(&self, ip: IpAddr) -> bool {
-            ip == self.0
-        }
-        fn is_subnet_broadcast(&self, _: IpAddr) -> bool {
-            false
-        }
-    }
 
     #[test]
     fn built_segments_reach_the_peer_intact() {
@@ -158,23 +185,31 @@ mod tests {
             let (local, remote): (SocketAddr, SocketAddr) =
                 (local.parse().unwrap(), remote.parse().unwrap());
             let key = FlowKey::new(Protocol::Tcp, local, remote);
-            let fin = Segment {
-                seq: 0xffff_fff0,
-                ack: 77,
-                control: TcpControl::Fin,
-                window: 1234,
-            };
-            let packet = fin.build(&key);
-            // The peer's demux checks lengths and checksums.
-            let Ok(Class::Tcp { key: seen, seg }) = classify(&packet, &Peer(remote.ip())) else {
-                panic!("{local}: not a valid TCP segment");
-            };
-            assert_eq!((seen.local, seen.remote), (remote, local));
-            assert_eq!((seg.seq, seg.ack_number), (0xffff_fff0, 77));
-            assert!(seg.ack && seg.fin && !seg.syn && !seg.rst && seg.len == 0);
-            assert_eq!(tcp_ack_number(&packet), Some(77));
-            let plain = without_fin(&packet, seg.header_offset);
-            assert_eq!(plain[seg.header_offset as usize + 13], 0x10, "ACK only");
+            for control in [TcpControl::Fin, TcpControl::None] {
+                let seg = Segment {
+                    seq: 0xffff_fff0,
+                    ack: 77,
+                    control,
+                    window: 1234,
+                };
+                let packet = seg.build(&key);
+                // Octet for octet what smoltcp would have sent.
+                assert_eq!(packet, smoltcp_built(&seg, &key), "{local} {control:?}");
+                // The peer's demux checks lengths and checksums.
+                let Ok(Class::Tcp { key: seen, seg: s }) = classify(&packet, &Peer(remote.ip()))
+                else {
+                    panic!("{local}: not a valid TCP segment");
+                };
+                assert_eq!((seen.local, seen.remote), (remote, local));
+                assert_eq!((s.seq, s.ack_number), (0xffff_fff0, 77));
+                let fin = control == TcpControl::Fin;
+                assert!(s.ack && s.fin == fin && !s.syn && !s.rst && s.len == 0);
+                assert_eq!(tcp_ack_number(&packet), Some(77));
+                let plain = without_fin(&packet);
+                let v = TcpView::parse(&plain[..]).unwrap();
+                assert_eq!(v.flags(), TcpFlags::ACK, "ACK only");
+                assert!(v.verify_checksum());
+            }
         }
     }
 }
