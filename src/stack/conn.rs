@@ -27,7 +27,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpControl;
 
-use super::segment::Segment;
+use super::segment::{Segment, SeqOffset};
 use super::socket_set::{Owner, SocketId};
 use super::TcpState;
 use crate::buffer_pool::Chunk;
@@ -137,6 +137,11 @@ pub(crate) struct SeqTrack {
     /// When a challenge ACK was last sent (RFC 5961 §3.2, §4), to send at
     /// most one a second.
     pub challenged_at: Option<Instant>,
+    /// Our sequence numbers inside smoltcp against those on the wire.
+    pub offset: SeqOffset,
+    /// The ISN chosen for this connection in advance (a SYN cookie);
+    /// otherwise the RFC 6528 ISN is taken when the SYN leaves.
+    pub chosen_iss: Option<u32>,
 }
 
 /// What RFC 5961 says about a SYN or RST for a connection.

@@ -145,7 +145,7 @@ impl Stack {
     ) {
         match found {
             Lookup::Bound(l) if seg.is_initial_syn() => {
-                self.syn_to_listener(l.id, *key, seg.seq, packet)
+                self.syn_to_listener(l.id, *key, seg, packet)
             }
             _ => {
                 if seg.is_initial_syn() {
@@ -166,7 +166,7 @@ impl Stack {
     /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
     /// oldest half-open connection makes room instead (see
     /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
-    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, isn: u32, packet: &[u8]) {
+    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, seg: &TcpSeg, packet: &[u8]) {
         let Some(listener) = self.sockets.listener(l) else {
             return;
         };
@@ -198,7 +198,7 @@ impl Stack {
         self.table
             .insert(key, Owner::of(id))
             .expect("lookup found no flow for this 4-tuple");
-        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(isn));
+        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(seg.seq));
         debug_assert_eq!(got, id);
         let syn_backlog = self.config.syn_backlog;
         if let Some(listener) = self.sockets.listener_mut(l) {
@@ -217,7 +217,7 @@ impl Stack {
                 }
             }
         }
-        self.ingress(id, packet);
+        self.ingress(id, seg, packet);
     }
 
     /// SYN-flood defence: free the listener's oldest half-open connection

@@ -32,12 +32,13 @@ use crate::error::{ConnError, ConnectError};
 use crate::port_table::{FlowKey, Lookup, PortTable, Protocol};
 use crate::rng::{Rng, SeededRng};
 use conn::{Cause, Ending, Limits, Phase, Reap, Rfc5961, Schedule, TimerVerdict};
-use link::{Addrs, Link};
-use segment::{with_seq, without_fin};
+use isn::Secrets;
+use link::{Addrs, Fix, Link, Packet};
 use socket_set::{Owner, Slab, Socket, SocketId, TimerQueue};
 
 mod config;
 mod conn;
+mod isn;
 mod link;
 mod listener;
 mod segment;
@@ -152,6 +153,8 @@ pub struct Stack {
     config: StackConfig,
     limits: Limits,
     rng: SeededRng,
+    /// The keys behind our initial sequence numbers and SYN cookies.
+    secrets: Secrets,
     now: Instant,
     /// Declared after `sockets`, so it outlives every socket in it.
     buffers: BufferPool,
@@ -175,13 +178,13 @@ impl Stack {
         };
         let table = PortTable::new(config.ports.clone(), &mut rng).map_err(ConfigError::Ports)?;
 
-        let link = Link::new(
-            config.mtu,
-            config.tcp_checksum_offload,
-            &cidrs,
-            rng.next_u64(),
-            now,
-        );
+        let seed = rng.next_u64();
+        let link = Link::new(config.mtu, config.tcp_checksum_offload, &cidrs, seed, now);
+        // smoltcp's ISNs never reach the wire (the sequence offset hides
+        // them), so the draw that seeds its generator can seed the
+        // sequence-number keys too, through a generator of another kind;
+        // the stack's own stream, whose draws pick ports, stays as it was.
+        let secrets = Secrets::new(&mut SeededRng::new(seed ^ 0x6528_4987_6528_4987));
         let buffers = BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer);
         Ok(Stack {
             link,
@@ -195,6 +198,7 @@ impl Stack {
             limits: config.limits(),
             config,
             rng,
+            secrets,
             now,
             buffers,
         })
@@ -204,7 +208,7 @@ impl Stack {
 
     /// Take in one IP packet received at `now`.
     pub fn handle_packet(&mut self, now: Instant, packet: &[u8]) {
-        self.handle(now, packet, Checksums::Verify);
+        self.handle(now, Packet::Shared(packet), Checksums::Verify);
     }
 
     /// [`handle_packet`](Self::handle_packet) for a packet whose device
@@ -213,10 +217,20 @@ impl Stack {
     /// a kernel that built the packet or checked it (see
     /// docs/architecture.md). Give anything else to `handle_packet`.
     pub fn handle_vouched_packet(&mut self, now: Instant, packet: &[u8]) {
-        self.handle(now, packet, Checksums::Vouched);
+        self.handle(now, Packet::Shared(packet), Checksums::Vouched);
     }
 
-    fn handle(&mut self, now: Instant, packet: &[u8], checksums: Checksums) {
+    /// [`handle_packet`](Self::handle_packet) for a driver that owns its
+    /// receive buffer: the stack may change the packet in place (a TCP
+    /// segment's acknowledgment number moves into the sequence space its
+    /// connection has inside smoltcp, see `docs/architecture.md`), which
+    /// saves copying it. What the buffer holds afterwards is unspecified.
+    pub fn handle_packet_mut(&mut self, now: Instant, packet: &mut [u8]) {
+        self.handle(now, Packet::Mut(packet), Checksums::Verify);
+    }
+
+    fn handle(&mut self, now: Instant, input: Packet<'_>, checksums: Checksums) {
+        let packet = input.bytes();
         self.now = now;
         self.counters.packets_in += 1;
         let class = match demux::classify_with(packet, &Addrs(&self.addrs), checksums) {
@@ -239,7 +253,7 @@ impl Stack {
                 Lookup::Flow(owner) => {
                     // The socket and ring lines load while the slot does.
                     owner.prefetch(seg.seq, self.config.tcp_rx_buffer);
-                    self.tcp_segment(owner.id, &key, &seg, packet);
+                    self.tcp_segment(owner.id, &key, &seg, input);
                 }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
                 no_flow => self.tcp_without_flow(no_flow, &key, &seg, packet),
@@ -334,6 +348,17 @@ impl Stack {
     /// The time last passed in.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Draw new keys for our initial sequence numbers (RFC 6528) and SYN
+    /// cookies from the stack's RNG. Connections already open keep their
+    /// numbers; a 4-tuple opened again after the rotation starts from an
+    /// unrelated ISN, as after a restart. Cookies sent under the previous
+    /// key stay valid for their lifetime, those from before it do not. For
+    /// a long-running stack, now and then (Linux never rotates, OpenBSD
+    /// every few minutes).
+    pub fn rotate_sequence_keys(&mut self) {
+        self.secrets.rotate(&mut self.rng);
     }
 
     // ---- inspection ----------------------------------------------------
@@ -533,7 +558,7 @@ impl Stack {
     /// A segment for a live connection: the RFC 5961 checks, the sequence
     /// numbers the stack tracks, then smoltcp, then the pass.
     #[inline]
-    fn tcp_segment(&mut self, id: SocketId, key: &FlowKey, seg: &TcpSeg, packet: &[u8]) {
+    fn tcp_segment(&mut self, id: SocketId, key: &FlowKey, seg: &TcpSeg, packet: Packet<'_>) {
         let now = self.now;
         let Some(c) = self.sockets.tcp_mut(id) else {
             return;
@@ -580,19 +605,23 @@ impl Stack {
         // beyond the window is not processed).
         // A bare ACK from a peer whose SND.NXT went back is taken at
         // RCV.NXT, so that its ACK counts (`SeqTrack::rewound_ack_at`).
-        let rewritten;
-        let packet = if strip_fin {
+        let rewind = if strip_fin {
             self.counters.tcp_fin_beyond_window += 1;
-            rewritten = without_fin(packet);
-            &rewritten[..]
-        } else if let Some(rcv_nxt) = rewound_at {
-            self.counters.tcp_rewound_acks += 1;
-            rewritten = with_seq(packet, rcv_nxt);
-            &rewritten[..]
+            None
         } else {
-            packet
+            rewound_at
         };
-        self.link.tcp_ingress(now, c, packet);
+        if rewind.is_some() {
+            self.counters.tcp_rewound_acks += 1;
+        }
+        self.link.tcp_ingress(
+            now,
+            c,
+            packet,
+            seg,
+            Fix { strip_fin, rewind },
+            &self.secrets,
+        );
         c.mark_dirty(id, &mut self.dirty);
         self.after_io(id, Cause::Ingress);
         // This segment moved a closed connection into TIME-WAIT and its
@@ -605,12 +634,15 @@ impl Stack {
         }
     }
 
-    /// Hand a packet as it is to the TCP connection `id`, then run the pass.
-    fn ingress(&mut self, id: SocketId, packet: &[u8]) {
+    /// Hand a segment (`packet`, classified as `seg`) to the TCP
+    /// connection `id` without the stack's checks, then run the pass.
+    fn ingress(&mut self, id: SocketId, seg: &TcpSeg, packet: &[u8]) {
         let Some(c) = self.sockets.tcp_mut(id) else {
             return;
         };
-        self.link.tcp_ingress(self.now, c, packet);
+        let packet = Packet::Shared(packet);
+        self.link
+            .tcp_ingress(self.now, c, packet, seg, Fix::default(), &self.secrets);
         c.mark_dirty(id, &mut self.dirty);
         self.after_io(id, Cause::Ingress);
     }
@@ -621,7 +653,7 @@ impl Stack {
         match self.sockets.get_mut(id) {
             Some(Socket::Tcp(c)) => {
                 c.dirty = false;
-                self.link.tcp_egress(now, c);
+                self.link.tcp_egress(now, c, &self.secrets);
                 self.after_io(id, Cause::Egress);
             }
             Some(Socket::Udp(u)) => {

@@ -13,7 +13,7 @@ use smoltcp::wire::TcpControl;
 
 use crate::port_table::FlowKey;
 use crate::wire::build::Tcp;
-use crate::wire::{TcpFlags, TcpView};
+use crate::wire::{SackBlock, TcpFlags, TcpView};
 
 /// A bare segment (no payload, no options) the stack builds itself rather
 /// than a socket. Four rules send one:
@@ -56,32 +56,104 @@ impl Segment {
     }
 }
 
-/// SEG.ACK of a TCP segment with ACK set that smoltcp emitted; `None` for
-/// anything else.
-pub(crate) fn tcp_ack_number(packet: &[u8]) -> Option<u32> {
-    let v = TcpView::parse(packet).ok()?;
-    v.flags().ack().then(|| v.ack())
+/// The offset between a connection's sequence space inside smoltcp and on
+/// the wire, which makes our ISN on the wire the one the stack chose
+/// (RFC 6528, or a SYN cookie) although smoltcp picks its own and cannot
+/// be told one.
+///
+/// Only our own sequence space moves: SEG.SEQ of every segment smoltcp
+/// sends for the connection gets the offset added, SEG.ACK of every
+/// segment from the peer (and the SACK blocks, which name our sequence
+/// numbers too) gets it taken off, each with the checksum updated
+/// incrementally (RFC 1624). The peer's sequence numbers (its SEG.SEQ, our
+/// SEG.ACK, RCV.NXT) are the same on both sides. Everything else the stack
+/// reads or writes stays in the numbers the peer sees: SND.UNA as the
+/// stack tracks it comes from SEG.ACK before the offset is taken off, and
+/// the segments the stack builds itself ([`Segment`]) go out as they are.
+///
+/// The offset is zero until smoltcp sends the connection's SYN (active
+/// open) or SYN-ACK (passive), which fixes it; a segment from the peer
+/// before that cannot acknowledge anything smoltcp sent, and smoltcp
+/// refuses it whatever its number.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SeqOffset {
+    /// Wire minus smoltcp, wrapping.
+    delta: u32,
+    /// Our ISN on the wire, once the SYN has been sent.
+    iss: Option<u32>,
 }
 
-/// A copy of `packet`, a TCP segment demultiplexing accepted, with the FIN
-/// flag cleared (and the checksum updated with it).
-pub(crate) fn without_fin(packet: &[u8]) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    if let Ok(mut v) = TcpView::parse(&mut p[..]) {
+impl SeqOffset {
+    /// A segment smoltcp sent for the connection, taken to the wire's
+    /// sequence space in place. The first SYN fixes the offset so that
+    /// its SEG.SEQ becomes `isn()` (called only then). `answering_unacked`:
+    /// it answers a segment without ACK, so a RST among the answers
+    /// carries SEG.SEQ 0 rather than a sequence number of ours
+    /// (RFC 9293 §3.10.7.1) and is left as it is. Returns SEG.ACK if the
+    /// ACK flag is set.
+    #[inline]
+    pub(crate) fn outbound(
+        &mut self,
+        packet: &mut [u8],
+        isn: impl FnOnce() -> u32,
+        answering_unacked: bool,
+    ) -> Option<u32> {
+        let Ok(mut v) = TcpView::parse(packet) else {
+            return None;
+        };
+        let flags = v.flags();
+        if self.iss.is_none() && flags.syn() {
+            let iss = isn();
+            self.delta = iss.wrapping_sub(v.seq());
+            self.iss = Some(iss);
+        }
+        if !(answering_unacked && flags.rst()) {
+            let seq = v.seq().wrapping_add(self.delta);
+            v.set_seq(seq);
+        }
+        flags.ack().then(|| v.ack())
+    }
+
+    /// A segment from the peer (`packet`, whose ACK flag is set), taken
+    /// to smoltcp's sequence space in place: SEG.ACK and every SACK block.
+    #[inline]
+    pub(crate) fn inbound(&self, packet: &mut [u8]) {
+        let Ok(mut v) = TcpView::parse(packet) else {
+            return;
+        };
+        let ack = v.ack().wrapping_sub(self.delta);
+        v.set_ack(ack);
+        // The usual options need no walk: none, or timestamps alone
+        // (NOP, NOP, kind 8 length 10), which is what a peer sends that
+        // has no SACK block to report.
+        let options = &v.segment()[20..v.header_len()];
+        let plain =
+            options.is_empty() || (options.len() == 12 && options.starts_with(&[1, 1, 8, 10]));
+        if !plain {
+            let d = self.delta;
+            v.map_sack_blocks(|b| SackBlock {
+                left: b.left.wrapping_sub(d),
+                right: b.right.wrapping_sub(d),
+            });
+        }
+    }
+}
+
+/// Clear the FIN flag of `packet`, a TCP segment demultiplexing accepted
+/// (the checksum is updated with it).
+pub(crate) fn clear_fin(packet: &mut [u8]) {
+    if let Ok(mut v) = TcpView::parse(packet) {
         let flags = v.flags();
         v.set_flags(flags & !TcpFlags::FIN);
     }
-    p
 }
 
-/// A copy of `packet`, a TCP segment demultiplexing accepted, with SEG.SEQ
-/// set to `seq` (and the checksum updated with it).
-pub(crate) fn with_seq(packet: &[u8], seq: u32) -> Vec<u8> {
-    let mut p = packet.to_vec();
-    if let Ok(mut v) = TcpView::parse(&mut p[..]) {
+/// Set SEG.SEQ of `packet`, a TCP segment demultiplexing accepted, to
+/// `seq` (the checksum is updated with it).
+pub(crate) fn set_seq(packet: &mut [u8], seq: u32) {
+    if let Ok(mut v) = TcpView::parse(packet) {
         v.set_seq(seq);
     }
-    p
 }
 
 #[cfg(test)]
@@ -94,39 +166,137 @@ mod tests {
     use super::*;
     use crate::demux::{classify, Class, LocalAddrs};
     use crate::port_table::Protocol;
-    use crate::wire::build::{Ipv4, Ipv6};
-    use crate::wire::protocol;
+    use crate::wire::build::{tcp_options, TcpOpt};
+
+    fn v4() -> (SocketAddr, SocketAddr) {
+        (
+            "10.0.0.2:80".parse().unwrap(),
+            "10.0.0.1:40000".parse().unwrap(),
+        )
+    }
+
+    /// What a segment says, read back.
+    fn fields(p: &[u8]) -> (u32, u32, TcpFlags, bool) {
+        let v = TcpView::parse(p).unwrap();
+        (v.seq(), v.ack(), v.flags(), v.verify_checksum())
+    }
 
     #[test]
-    fn ack_number_of_emitted_segments() {
-        let (a, b) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
-        let seg = |flags| {
+    fn the_first_syn_fixes_the_offset_and_every_segment_after_moves_by_it() {
+        let (us, peer) = v4();
+        let mut o = SeqOffset::default();
+        let seg = |seq, ack, flags| {
             Tcp {
-                ack: 0xdead_beef,
+                seq,
+                ack,
                 flags,
+                window: 100,
+                payload: b"data",
                 ..Default::default()
             }
-            .atomic_packet(a, b)
+            .atomic_packet(us, peer)
         };
-        assert_eq!(tcp_ack_number(&seg(TcpFlags::NONE)), None, "ACK flag clear");
-        assert_eq!(tcp_ack_number(&seg(TcpFlags::ACK)), Some(0xdead_beef));
-        let udp = Ipv4::default().packet(a.ip(), b.ip(), protocol::UDP, &[0; 8]);
-        assert_eq!(tcp_ack_number(&udp), None, "UDP");
-
-        let (a, b): (SocketAddr, SocketAddr) = (
-            "[fd00::1]:1".parse().unwrap(),
-            "[fd00::2]:2".parse().unwrap(),
+        // Nothing is known before the SYN; an early RST passes as it is.
+        let mut rst = seg(5, 0, TcpFlags::RST);
+        assert_eq!(o.outbound(&mut rst, || unreachable!(), false), None);
+        assert_eq!(fields(&rst), (5, 0, TcpFlags::RST, true));
+        // smoltcp's SYN at 1000 becomes ours at 0xffff_fff0.
+        let mut syn = seg(1000, 0, TcpFlags::SYN);
+        assert_eq!(o.outbound(&mut syn, || 0xffff_fff0, false), None);
+        assert_eq!(o.iss, Some(0xffff_fff0));
+        assert_eq!(fields(&syn), (0xffff_fff0, 0, TcpFlags::SYN, true));
+        // A retransmitted SYN keeps it; data moves by the same offset and
+        // the acknowledgment number (the peer's space) does not move.
+        let mut again = seg(1000, 0, TcpFlags::SYN);
+        o.outbound(&mut again, || unreachable!(), false);
+        assert_eq!(fields(&again).0, 0xffff_fff0);
+        let mut data = seg(1001, 77, TcpFlags::ACK | TcpFlags::PSH);
+        assert_eq!(o.outbound(&mut data, || unreachable!(), false), Some(77));
+        assert_eq!(
+            fields(&data),
+            (0xffff_fff1, 77, TcpFlags::ACK | TcpFlags::PSH, true)
         );
-        let v6 = Tcp {
-            ack: 7,
-            flags: TcpFlags::ACK | TcpFlags::PSH,
+        // A RST answering a segment without ACK has SEG.SEQ 0 and keeps it.
+        let mut reply = seg(0, 78, TcpFlags::RST | TcpFlags::ACK);
+        o.outbound(&mut reply, || unreachable!(), true);
+        assert_eq!(fields(&reply).0, 0);
+        // The peer's ACK of our data comes back to smoltcp's numbers.
+        let mut ack = Tcp {
+            seq: 77,
+            ack: 0xffff_fff5,
+            flags: TcpFlags::ACK,
             ..Default::default()
         }
-        .segment(a, b);
-        let v6 = Ipv6::default().packet(a.ip(), b.ip(), protocol::TCP, &v6);
-        assert_eq!(tcp_ack_number(&v6), Some(7));
-        assert_eq!(tcp_ack_number(&v6[..50]), None, "truncated");
-        assert_eq!(tcp_ack_number(&[]), None);
+        .atomic_packet(peer, us);
+        o.inbound(&mut ack);
+        assert_eq!(fields(&ack), (77, 1005, TcpFlags::ACK, true));
+    }
+
+    #[test]
+    fn sack_blocks_name_our_sequence_numbers_and_move_too() {
+        let (us, peer) = v4();
+        let mut o = SeqOffset::default();
+        let mut syn = Tcp {
+            seq: 10,
+            flags: TcpFlags::SYN,
+            ..Default::default()
+        }
+        .atomic_packet(us, peer);
+        o.outbound(&mut syn, || 1_000_010, false);
+        let blocks = [
+            SackBlock {
+                left: 1_000_100,
+                right: 1_000_200,
+            },
+            SackBlock {
+                left: 1_000_300,
+                right: 1_000_400,
+            },
+        ];
+        for opts in [
+            vec![TcpOpt::Nop, TcpOpt::Nop, TcpOpt::Sack(&blocks)],
+            vec![
+                TcpOpt::Nop,
+                TcpOpt::Nop,
+                TcpOpt::Timestamp { tsval: 1, tsecr: 2 },
+                TcpOpt::Nop,
+                TcpOpt::Nop,
+                TcpOpt::Sack(&blocks),
+            ],
+        ] {
+            let options = tcp_options(&opts);
+            let mut p = Tcp {
+                seq: 5,
+                ack: 1_000_050,
+                flags: TcpFlags::ACK,
+                options: &options,
+                ..Default::default()
+            }
+            .atomic_packet(peer, us);
+            o.inbound(&mut p);
+            let v = TcpView::parse(&p[..]).unwrap();
+            assert!(v.verify_checksum());
+            assert_eq!(v.ack(), 50);
+            let got: Vec<SackBlock> = v.sack_blocks().unwrap().iter().collect();
+            assert_eq!(
+                got,
+                [
+                    SackBlock {
+                        left: 100,
+                        right: 200
+                    },
+                    SackBlock {
+                        left: 300,
+                        right: 400
+                    }
+                ]
+            );
+            assert_eq!(
+                v.timestamp().is_some(),
+                opts.len() > 3,
+                "timestamps untouched"
+            );
+        }
     }
 
     /// The peer's addresses, as its own demux would see them.
@@ -204,8 +374,8 @@ mod tests {
                 assert_eq!((s.seq, s.ack_number), (0xffff_fff0, 77));
                 let fin = control == TcpControl::Fin;
                 assert!(s.ack && s.fin == fin && !s.syn && !s.rst && s.len == 0);
-                assert_eq!(tcp_ack_number(&packet), Some(77));
-                let plain = without_fin(&packet);
+                let mut plain = packet.clone();
+                clear_fin(&mut plain);
                 let v = TcpView::parse(&plain[..]).unwrap();
                 assert_eq!(v.flags(), TcpFlags::ACK, "ACK only");
                 assert!(v.verify_checksum());

@@ -335,6 +335,7 @@ const CHECKSUM_AT: usize = 16;
 impl<T: AsRef<[u8]>> TcpView<T> {
     /// Find the TCP segment in the IP packet `buf`. Octets beyond the IP
     /// length (link padding) are allowed and ignored.
+    #[inline]
     pub fn parse(buf: T) -> Result<TcpView<T>, ParseError> {
         let p = buf.as_ref();
         let (v6, tcp_at, end) = match p.first().ok_or(ParseError::Truncated)? >> 4 {
@@ -369,15 +370,18 @@ impl<T: AsRef<[u8]>> TcpView<T> {
         self.buf
     }
 
+    #[inline]
     fn tcp(&self) -> &[u8] {
         &self.buf.as_ref()[self.tcp_at..self.end]
     }
 
+    #[inline]
     fn u16_at(&self, at: usize) -> u16 {
         let t = self.tcp();
         u16::from_be_bytes([t[at], t[at + 1]])
     }
 
+    #[inline]
     fn u32_at(&self, at: usize) -> u32 {
         let t = self.tcp();
         u32::from_be_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]])
@@ -449,11 +453,13 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// SEG.SEQ.
+    #[inline]
     pub fn seq(&self) -> u32 {
         self.u32_at(4)
     }
 
     /// SEG.ACK (meaningful when ACK is set).
+    #[inline]
     pub fn ack(&self) -> u32 {
         self.u32_at(8)
     }
@@ -464,11 +470,13 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// TCP header length in octets, options included.
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
 
     /// The flags.
+    #[inline]
     pub fn flags(&self) -> TcpFlags {
         TcpFlags(self.tcp()[13])
     }
@@ -505,6 +513,7 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// The TCP segment: header, options and payload.
+    #[inline]
     pub fn segment(&self) -> &[u8] {
         self.tcp()
     }
@@ -608,14 +617,29 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
         seg[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
     }
 
+    /// Write the 32-bit field at `at` (even, from the start of the TCP
+    /// header), updating the checksum without a loop.
+    #[inline]
+    fn rewrite_u32(&mut self, at: usize, new: u32) {
+        let (t, end) = (self.tcp_at, self.end);
+        let seg = &mut self.buf.as_mut()[t..end];
+        let old = u32::from_be_bytes([seg[at], seg[at + 1], seg[at + 2], seg[at + 3]]);
+        seg[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        let c = u16::from_be_bytes([seg[CHECKSUM_AT], seg[CHECKSUM_AT + 1]]);
+        let c = checksum::update_u32(c, old, new);
+        seg[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// Set SEG.SEQ, keeping the checksum right.
+    #[inline]
     pub fn set_seq(&mut self, seq: u32) {
-        self.rewrite(4, &seq.to_be_bytes());
+        self.rewrite_u32(4, seq);
     }
 
     /// Set SEG.ACK, keeping the checksum right.
+    #[inline]
     pub fn set_ack(&mut self, ack: u32) {
-        self.rewrite(8, &ack.to_be_bytes());
+        self.rewrite_u32(8, ack);
     }
 
     /// Set the flags, keeping the checksum right.
@@ -670,6 +694,7 @@ fn is_sack_len(n: usize) -> bool {
 }
 
 /// IPv4: (false, TCP offset, end of packet).
+#[inline]
 fn ipv4(p: &[u8]) -> Result<(bool, usize, usize), ParseError> {
     if p.len() < 20 {
         return Err(ParseError::Truncated);
