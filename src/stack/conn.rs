@@ -207,6 +207,13 @@ impl SeqTrack {
     /// Take note of a segment from the peer before smoltcp sees it: its
     /// ISN, and (if plausible — inside the windows, so forged segments
     /// cannot move them) the highest sequence number and SND.UNA.
+    ///
+    /// In the handshake, what smoltcp is about to check is checked here
+    /// first: a SYN-ACK, or the ACK of our SYN-ACK, counts only if it
+    /// acknowledges exactly our SYN (SEG.ACK = ISS + 1, RFC 9293
+    /// §3.10.7.3), so a blind SYN-ACK cannot set the peer's ISN (and with
+    /// it RCV.NXT) for the connection's life. A SYN without ACK in
+    /// SYN-SENT is a simultaneous open, which smoltcp accepts as it is.
     #[inline]
     pub(crate) fn note_segment(
         &mut self,
@@ -217,11 +224,12 @@ impl SeqTrack {
         fin: bool,
         ack: Option<u32>,
     ) {
-        if syn && self.peer_isn.is_none() {
+        let handshake = matches!(v.state, TcpState::SynSent | TcpState::SynReceived);
+        let acks_our_syn = ack.is_some() && ack == self.offset.iss().map(|i| i.wrapping_add(1));
+        if syn && self.peer_isn.is_none() && (acks_our_syn || ack.is_none() && !fin) {
             self.peer_isn = Some(seq);
             self.peer_next = seq.wrapping_add(1);
         }
-        let handshake = matches!(v.state, TcpState::SynSent | TcpState::SynReceived);
         let next = seq.wrapping_add(len + syn as u32 + fin as u32);
         let ahead = next.wrapping_sub(self.rcv_nxt(v)) as i32;
         if ahead > 0
@@ -232,7 +240,12 @@ impl SeqTrack {
         }
         if let Some(ack) = ack {
             let advance = ack.wrapping_sub(self.peer_ack) as i32;
-            if handshake || (advance >= 0 && advance as usize <= v.send_queue + 1) {
+            let plausible = if handshake {
+                acks_our_syn
+            } else {
+                advance >= 0 && advance as usize <= v.send_queue + 1
+            };
+            if plausible {
                 self.peer_ack = ack;
             }
         }
@@ -1154,10 +1167,23 @@ mod tests {
         // A FIN ending past the window is beyond it; within, it is not.
         assert!(s.fin_beyond_window(&v, 1001, 1001));
         assert!(!s.fin_beyond_window(&v, 1001, 1000));
-        // In the handshake any ACK is taken (smoltcp checks it).
+        // In the handshake, only the exact ACK of our SYN: a blind SYN-ACK
+        // sets neither the peer's ISN nor SND.UNA.
         let mut s = SeqTrack::new(None);
+        s.offset = SeqOffset::fixed(76);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(78));
+        assert_eq!((s.peer_isn, s.peer_ack), (None, 0));
         s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(77));
         assert_eq!((s.peer_isn, s.peer_next, s.peer_ack), (Some(300), 301, 77));
+        // Before our SYN has left, nothing can acknowledge it.
+        let mut s = SeqTrack::new(None);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(1));
+        assert_eq!(s.peer_isn, None);
+        // A SYN without ACK is a simultaneous open; with FIN, malformed.
+        s.note_segment(&view(SynSent, 0), 300, 0, true, true, None);
+        assert_eq!(s.peer_isn, None);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, None);
+        assert_eq!(s.peer_isn, Some(300));
     }
 
     #[test]

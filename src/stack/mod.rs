@@ -590,7 +590,8 @@ impl Stack {
             &v,
             seg.seq,
             seg.len,
-            seg.syn,
+            // smoltcp refuses a SYN with RST.
+            seg.syn && !seg.rst,
             seg.fin && !strip_fin,
             seg.ack.then_some(seg.ack_number),
         );

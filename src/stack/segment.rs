@@ -84,6 +84,22 @@ pub(crate) struct SeqOffset {
 }
 
 impl SeqOffset {
+    /// Our ISN as the peer sees it, once the SYN has been sent.
+    #[inline]
+    pub(crate) fn iss(&self) -> Option<u32> {
+        self.iss
+    }
+
+    /// An offset already fixed with ISS `iss` (for tests of the rules
+    /// that read it).
+    #[cfg(test)]
+    pub(crate) fn fixed(iss: u32) -> SeqOffset {
+        SeqOffset {
+            delta: 0,
+            iss: Some(iss),
+        }
+    }
+
     /// A segment smoltcp sent for the connection, taken to the wire's
     /// sequence space in place. The first SYN fixes the offset so that
     /// its SEG.SEQ becomes `isn()` (called only then). `answering_unacked`:

@@ -15,6 +15,7 @@ mod hostile;
 mod malformed;
 mod misbehaving;
 mod reliability;
+mod sequence;
 mod shards;
 mod syn_flood;
 mod tcp_basic;
