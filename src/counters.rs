@@ -32,7 +32,7 @@ counters! {
     udp_datagrams_in,
     /// Dropped: truncated or lying header lengths.
     drop_malformed,
-    /// Dropped: IPv4 header, TCP or UDP checksum wrong.
+    /// Dropped: IPv4 header, TCP, UDP, ICMP or ICMPv6 checksum wrong.
     drop_bad_checksum,
     /// Dropped: IP fragment (no reassembly).
     drop_fragment,
@@ -51,6 +51,9 @@ counters! {
     drop_rst_out_of_window,
     /// Segments for a 4-tuple in TIME-WAIT that were not a retransmitted FIN.
     drop_time_wait,
+    /// ICMP hard errors about a connection in SYN-SENT that do not quote
+    /// its SYN's sequence number (RFC 5927 §4.1): ignored.
+    drop_icmp_out_of_window,
     /// SYNs dropped because the listener's half-open queue was full and
     /// held nothing to evict.
     drop_syn_queue_full,

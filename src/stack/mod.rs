@@ -269,7 +269,7 @@ impl Stack {
                     self.link.answer_unmatched(now, packet);
                 }
             },
-            Class::IcmpError { key, error } => self.icmp_error(&key, error),
+            Class::IcmpError { key, error, seq } => self.icmp_error(&key, error, seq),
             Class::Icmp => {
                 self.counters.icmp_other += 1;
                 self.link.answer_unmatched(now, packet);
@@ -769,8 +769,11 @@ impl Stack {
     /// An ICMP error about one of our flows (RFC 1122 §4.2.3.9): a hard
     /// error aborts a connection still in SYN-SENT, or is reported by the
     /// next receive on a UDP socket; soft errors are only counted, as Linux
-    /// does for established connections.
-    fn icmp_error(&mut self, key: &FlowKey, error: IcmpError) {
+    /// does for established connections. A hard error about a connection
+    /// counts only if it quotes our SYN (`seq` = ISS: the only sequence
+    /// number in flight, RFC 5927 §4.1), which a blind attacker who knows
+    /// the 4-tuple must guess.
+    fn icmp_error(&mut self, key: &FlowKey, error: IcmpError, seq: Option<u32>) {
         self.counters.icmp_errors += 1;
         if error != IcmpError::Refused {
             return;
@@ -786,6 +789,10 @@ impl Stack {
             return;
         };
         if c.socket().state() == TcpState::SynSent {
+            if seq.is_none() || seq != c.seq.offset.iss() {
+                self.counters.drop_icmp_out_of_window += 1;
+                return;
+            }
             c.socket_mut().abort();
             c.error = Some(ConnError::Refused);
             self.counters.tcp_connect_refused += 1;
