@@ -253,7 +253,7 @@ impl Link {
         let translate = seg.ack && c.seq.offset != SeqOffset::default();
         let patch = |p: &mut [u8]| {
             if translate {
-                c.seq.offset.inbound(p);
+                c.seq.offset.inbound(p, usize::from(seg.header_offset));
             }
             if strip_fin {
                 clear_fin(p);
@@ -301,11 +301,15 @@ impl Link {
         secrets: &Secrets,
         answering_unacked: bool,
     ) {
-        let (key, chosen) = (c.key, c.seq.chosen_iss);
+        if from == self.tx.len() {
+            return;
+        }
+        let (key, seq) = (&c.key, &mut c.seq);
+        let chosen = seq.chosen_iss;
         for p in self.tx.range_mut(from..) {
-            let isn = || chosen.unwrap_or_else(|| secrets.isn(now, &key));
-            if let Some(ack) = c.seq.offset.outbound(p, isn, answering_unacked) {
-                c.seq.ack_sent = Some(ack);
+            let isn = || chosen.unwrap_or_else(|| secrets.isn(now, key));
+            if let Some(ack) = seq.offset.outbound(p, isn, answering_unacked) {
+                seq.ack_sent = Some(ack);
             }
         }
     }

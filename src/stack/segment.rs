@@ -114,7 +114,12 @@ impl SeqOffset {
         isn: impl FnOnce() -> u32,
         answering_unacked: bool,
     ) -> Option<u32> {
-        let Ok(mut v) = TcpView::parse(packet) else {
+        // smoltcp writes IPv6 without extension headers.
+        let tcp_at = match packet.first() {
+            Some(&b) if b >> 4 == 4 => usize::from(b & 0x0f) * 4,
+            _ => 40,
+        };
+        let Ok(mut v) = TcpView::at(packet, tcp_at) else {
             return None;
         };
         let flags = v.flags();
@@ -130,11 +135,12 @@ impl SeqOffset {
         flags.ack().then(|| v.ack())
     }
 
-    /// A segment from the peer (`packet`, whose ACK flag is set), taken
-    /// to smoltcp's sequence space in place: SEG.ACK and every SACK block.
+    /// A segment from the peer (`packet`, its TCP header at `tcp_at`, its
+    /// ACK flag set), taken to smoltcp's sequence space in place: SEG.ACK
+    /// and every SACK block.
     #[inline]
-    pub(crate) fn inbound(&self, packet: &mut [u8]) {
-        let Ok(mut v) = TcpView::parse(packet) else {
+    pub(crate) fn inbound(&self, packet: &mut [u8], tcp_at: usize) {
+        let Ok(mut v) = TcpView::at(packet, tcp_at) else {
             return;
         };
         let ack = v.ack().wrapping_sub(self.delta);
@@ -244,7 +250,7 @@ mod tests {
             ..Default::default()
         }
         .atomic_packet(peer, us);
-        o.inbound(&mut ack);
+        o.inbound(&mut ack, 20);
         assert_eq!(fields(&ack), (77, 1005, TcpFlags::ACK, true));
     }
 
@@ -289,7 +295,7 @@ mod tests {
                 ..Default::default()
             }
             .atomic_packet(peer, us);
-            o.inbound(&mut p);
+            o.inbound(&mut p, 20);
             let v = TcpView::parse(&p[..]).unwrap();
             assert!(v.verify_checksum());
             assert_eq!(v.ack(), 50);

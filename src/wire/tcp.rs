@@ -360,6 +360,38 @@ impl<T: AsRef<[u8]>> TcpView<T> {
         })
     }
 
+    /// The TCP segment whose header starts at `tcp_at` of the IP packet
+    /// `buf`, for a packet whose IP header was checked already (by
+    /// demultiplexing, or one smoltcp wrote): the IP header is not walked
+    /// again, only its length field read, and the TCP header checked to
+    /// lie within it. The stack's per-segment rewrite uses it where
+    /// [`parse`](Self::parse) would repeat work.
+    #[inline]
+    pub fn at(buf: T, tcp_at: usize) -> Result<TcpView<T>, ParseError> {
+        let p = buf.as_ref();
+        let be16 = |at: usize| {
+            p.get(at..at + 2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        };
+        let v6 = p.first().ok_or(ParseError::Truncated)? >> 4 == 6;
+        let end = if v6 { be16(4).map(|l| 40 + l) } else { be16(2) };
+        let end = end.ok_or(ParseError::Truncated)?;
+        if end > p.len() || tcp_at + 20 > end {
+            return Err(ParseError::Truncated);
+        }
+        let header_len = usize::from(p[tcp_at + 12] >> 4) * 4;
+        if header_len < 20 || tcp_at + header_len > end {
+            return Err(ParseError::HeaderLength);
+        }
+        Ok(TcpView {
+            buf,
+            v6,
+            tcp_at,
+            header_len,
+            end,
+        })
+    }
+
     /// The whole buffer.
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.as_ref()
@@ -621,13 +653,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
     /// header), updating the checksum without a loop.
     #[inline]
     fn rewrite_u32(&mut self, at: usize, new: u32) {
-        let (t, end) = (self.tcp_at, self.end);
-        let seg = &mut self.buf.as_mut()[t..end];
-        let old = u32::from_be_bytes([seg[at], seg[at + 1], seg[at + 2], seg[at + 3]]);
-        seg[at..at + 4].copy_from_slice(&new.to_be_bytes());
-        let c = u16::from_be_bytes([seg[CHECKSUM_AT], seg[CHECKSUM_AT + 1]]);
+        // Both fields lie in the fixed header, which parsing checked.
+        let t = self.tcp_at;
+        let header: &mut [u8; 20] = (&mut self.buf.as_mut()[t..t + 20])
+            .try_into()
+            .expect("20 octets");
+        let field = [header[at], header[at + 1], header[at + 2], header[at + 3]];
+        let old = u32::from_be_bytes(field);
+        header[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        let c = u16::from_be_bytes([header[CHECKSUM_AT], header[CHECKSUM_AT + 1]]);
         let c = checksum::update_u32(c, old, new);
-        seg[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
+        header[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
     }
 
     /// Set SEG.SEQ, keeping the checksum right.
