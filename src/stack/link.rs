@@ -306,9 +306,10 @@ impl Link {
         }
         let (key, seq) = (&c.key, &mut c.seq);
         let chosen = seq.chosen_iss;
+        let summed = !matches!(self.tcp_sum, Checksum::None);
         for p in self.tx.range_mut(from..) {
             let isn = || chosen.unwrap_or_else(|| secrets.isn(now, key));
-            if let Some(ack) = seq.offset.outbound(p, isn, answering_unacked) {
+            if let Some(ack) = seq.offset.outbound(p, isn, answering_unacked, summed) {
                 seq.ack_sent = Some(ack);
             }
         }

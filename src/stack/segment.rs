@@ -105,14 +105,16 @@ impl SeqOffset {
     /// its SEG.SEQ becomes `isn()` (called only then). `answering_unacked`:
     /// it answers a segment without ACK, so a RST among the answers
     /// carries SEG.SEQ 0 rather than a sequence number of ours
-    /// (RFC 9293 §3.10.7.1) and is left as it is. Returns SEG.ACK if the
-    /// ACK flag is set.
+    /// (RFC 9293 §3.10.7.1) and is left as it is. `summed`: the segment
+    /// has its checksum, to be kept right; else the link completes it and
+    /// the field is left alone. Returns SEG.ACK if the ACK flag is set.
     #[inline]
     pub(crate) fn outbound(
         &mut self,
         packet: &mut [u8],
         isn: impl FnOnce() -> u32,
         answering_unacked: bool,
+        summed: bool,
     ) -> Option<u32> {
         // smoltcp writes IPv6 without extension headers.
         let tcp_at = match packet.first() {
@@ -130,7 +132,11 @@ impl SeqOffset {
         }
         if !(answering_unacked && flags.rst()) {
             let seq = v.seq().wrapping_add(self.delta);
-            v.set_seq(seq);
+            if summed {
+                v.set_seq(seq);
+            } else {
+                v.set_seq_unsummed(seq);
+            }
         }
         flags.ack().then(|| v.ack())
     }
@@ -220,27 +226,30 @@ mod tests {
         };
         // Nothing is known before the SYN; an early RST passes as it is.
         let mut rst = seg(5, 0, TcpFlags::RST);
-        assert_eq!(o.outbound(&mut rst, || unreachable!(), false), None);
+        assert_eq!(o.outbound(&mut rst, || unreachable!(), false, true), None);
         assert_eq!(fields(&rst), (5, 0, TcpFlags::RST, true));
         // smoltcp's SYN at 1000 becomes ours at 0xffff_fff0.
         let mut syn = seg(1000, 0, TcpFlags::SYN);
-        assert_eq!(o.outbound(&mut syn, || 0xffff_fff0, false), None);
+        assert_eq!(o.outbound(&mut syn, || 0xffff_fff0, false, true), None);
         assert_eq!(o.iss, Some(0xffff_fff0));
         assert_eq!(fields(&syn), (0xffff_fff0, 0, TcpFlags::SYN, true));
         // A retransmitted SYN keeps it; data moves by the same offset and
         // the acknowledgment number (the peer's space) does not move.
         let mut again = seg(1000, 0, TcpFlags::SYN);
-        o.outbound(&mut again, || unreachable!(), false);
+        o.outbound(&mut again, || unreachable!(), false, true);
         assert_eq!(fields(&again).0, 0xffff_fff0);
         let mut data = seg(1001, 77, TcpFlags::ACK | TcpFlags::PSH);
-        assert_eq!(o.outbound(&mut data, || unreachable!(), false), Some(77));
+        assert_eq!(
+            o.outbound(&mut data, || unreachable!(), false, true),
+            Some(77)
+        );
         assert_eq!(
             fields(&data),
             (0xffff_fff1, 77, TcpFlags::ACK | TcpFlags::PSH, true)
         );
         // A RST answering a segment without ACK has SEG.SEQ 0 and keeps it.
         let mut reply = seg(0, 78, TcpFlags::RST | TcpFlags::ACK);
-        o.outbound(&mut reply, || unreachable!(), true);
+        o.outbound(&mut reply, || unreachable!(), true, true);
         assert_eq!(fields(&reply).0, 0);
         // The peer's ACK of our data comes back to smoltcp's numbers.
         let mut ack = Tcp {
@@ -264,7 +273,7 @@ mod tests {
             ..Default::default()
         }
         .atomic_packet(us, peer);
-        o.outbound(&mut syn, || 1_000_010, false);
+        o.outbound(&mut syn, || 1_000_010, false, true);
         let blocks = [
             SackBlock {
                 left: 1_000_100,

@@ -652,7 +652,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
     /// Write the 32-bit field at `at` (even, from the start of the TCP
     /// header), updating the checksum without a loop.
     #[inline]
-    fn rewrite_u32(&mut self, at: usize, new: u32) {
+    fn rewrite_u32(&mut self, at: usize, new: u32, summed: bool) {
         // Both fields lie in the fixed header, which parsing checked.
         let t = self.tcp_at;
         let header: &mut [u8; 20] = (&mut self.buf.as_mut()[t..t + 20])
@@ -661,6 +661,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
         let field = [header[at], header[at + 1], header[at + 2], header[at + 3]];
         let old = u32::from_be_bytes(field);
         header[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        if !summed {
+            return;
+        }
         let c = u16::from_be_bytes([header[CHECKSUM_AT], header[CHECKSUM_AT + 1]]);
         let c = checksum::update_u32(c, old, new);
         header[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
@@ -669,13 +672,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
     /// Set SEG.SEQ, keeping the checksum right.
     #[inline]
     pub fn set_seq(&mut self, seq: u32) {
-        self.rewrite_u32(4, seq);
+        self.rewrite_u32(4, seq, true);
+    }
+
+    /// Set SEG.SEQ of a segment whose checksum the link completes (the
+    /// field holds no sum yet, and is left as it is).
+    #[inline]
+    pub fn set_seq_unsummed(&mut self, seq: u32) {
+        self.rewrite_u32(4, seq, false);
     }
 
     /// Set SEG.ACK, keeping the checksum right.
     #[inline]
     pub fn set_ack(&mut self, ack: u32) {
-        self.rewrite_u32(8, ack);
+        self.rewrite_u32(8, ack, true);
     }
 
     /// Set the flags, keeping the checksum right.

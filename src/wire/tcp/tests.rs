@@ -426,6 +426,22 @@ fn a_wrong_checksum_stays_wrong_through_the_setters() {
 }
 
 #[test]
+fn set_seq_unsummed_leaves_a_checksum_the_link_completes_alone() {
+    let (src, dst) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    let mut p = Tcp {
+        seq: 1,
+        checksum: build::Checksum::Value(0),
+        ..Default::default()
+    }
+    .packet(src, dst);
+    let mut v = TcpView::parse(&mut p[..]).unwrap();
+    v.set_seq_unsummed(0x8000_0002);
+    assert_eq!((v.seq(), v.checksum()), (0x8000_0002, 0));
+    v.fill_checksum();
+    assert!(v.verify_checksum());
+}
+
+#[test]
 fn flags_print_by_name() {
     assert_eq!(format!("{:?}", TcpFlags::SYN | TcpFlags::ACK), "SYN|ACK");
     assert_eq!(format!("{:?}", TcpFlags::NONE), "-");
