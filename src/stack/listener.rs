@@ -26,6 +26,13 @@ use crate::port_table::{FlowKey, Lookup, Protocol};
 /// client completes within about one handshake time, a spoofed SYN never.
 const MIN_EVICTION_AGE: Duration = Duration::from_millis(1);
 
+/// ...but never needs to be older than this to be evicted, whatever the
+/// handshake times: slow handshakes (or peers that answer slowly on
+/// purpose) would otherwise switch eviction off. smoltcp sends the
+/// SYN-ACK again after this long (RFC 6298's initial RTO), so a client
+/// still in its handshake by then has lost a round trip already.
+const MAX_EVICTION_AGE: Duration = Duration::from_secs(1);
+
 /// Handle of a TCP listener.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[must_use]
@@ -161,23 +168,38 @@ impl Stack {
 
     /// A SYN for a listener: make a half-open connection of its own.
     /// Half-open connections count against the backlog too, so a connection
-    /// that completes always finds room in the accept queue; a SYN beyond
-    /// the backlog is dropped and counted (the peer retransmits it, RFC 9293
-    /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
-    /// oldest half-open connection makes room instead (see
-    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
+    /// that completes always finds room in the accept queue. When there is
+    /// no room for another (the half-open limit `syn_backlog` is reached,
+    /// or half-open and queued connections fill the backlog), the oldest
+    /// half-open connection makes room (see
+    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)); if none
+    /// is old enough, or the accept queue alone fills the backlog, the SYN
+    /// is dropped and counted (the peer retransmits it, RFC 9293
+    /// §3.10.7.2).
     fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, seg: &TcpSeg, packet: &[u8]) {
         let Some(listener) = self.sockets.listener(l) else {
             return;
         };
-        if listener.half_open >= self.config.syn_backlog {
-            if !self.evict_oldest_half_open(l) {
-                self.counters.drop_syn_queue_full += 1;
-                return;
-            }
-        } else if listener.queue.len() + listener.half_open >= listener.backlog {
+        let queued = listener.queue.len();
+        if queued >= listener.backlog {
+            // The accept queue itself is full: nothing to evict.
             self.counters.drop_accept_queue_full += 1;
             return;
+        }
+        // Room for half-open connections: the half-open limit, and what
+        // the accept queue leaves of the backlog. Either way, when it is
+        // full the oldest half-open connection may make room.
+        let room = self.config.syn_backlog.min(listener.backlog - queued);
+        if listener.half_open >= room {
+            let syn_queue_full = listener.half_open >= self.config.syn_backlog;
+            if !self.evict_oldest_half_open(l) {
+                if syn_queue_full {
+                    self.counters.drop_syn_queue_full += 1;
+                } else {
+                    self.counters.drop_accept_queue_full += 1;
+                }
+                return;
+            }
         }
         let Some((mut socket, chunk)) = self.new_tcp_socket() else {
             return;
@@ -239,7 +261,8 @@ impl Stack {
             };
             let threshold = listener
                 .handshake_rtt
-                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE));
+                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE))
+                .min(MAX_EVICTION_AGE);
             let key = match self.sockets.tcp(id) {
                 Some(c) if c.phase == Phase::HalfOpen(l) => {
                     // Younger than a typical handshake: likely a burst of

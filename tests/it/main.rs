@@ -18,4 +18,5 @@ mod reliability;
 mod sequence;
 mod shards;
 mod syn_flood;
+mod syn_queue;
 mod tcp_basic;
