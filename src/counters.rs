@@ -92,6 +92,16 @@ counters! {
     /// connections: answered by a challenge ACK (RFC 5961 §3.2, §4; at
     /// most one a second per connection, the rest dropped).
     tcp_challenge_acks,
+    /// SYN-ACKs whose ISN is a SYN cookie: answered without keeping a
+    /// half-open connection, or for one opened while the half-open queue
+    /// was full (see `SynCookies`).
+    tcp_syn_cookies_sent,
+    /// ACKs that returned a valid SYN cookie and rebuilt their connection.
+    tcp_syn_cookies_ok,
+    /// ACKs to a listener using cookies whose cookie was forged or stale
+    /// (older than 128 s): no connection is made, and they are answered
+    /// with RST as any ACK for no connection is (RFC 9293 §3.10.7.2).
+    tcp_syn_cookies_failed,
     /// FINs cleared because their segment ended beyond the receive window
     /// (the peer sends them again with the rest of its data).
     tcp_fin_beyond_window,

@@ -328,6 +328,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             }),
         tcp_rx_buffer: TCP_BUFFER,
         tcp_tx_buffer: TCP_BUFFER,
+        syn_cookies: args.syn_cookies.unwrap_or_default(),
         // Through a virtio-net header every TCP checksum is left to the
         // kernel (device::gso), so smoltcp need not sum payloads; a
         // capture shows them complete.

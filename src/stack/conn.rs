@@ -690,6 +690,9 @@ pub(crate) struct TcpConn {
     pub dirty: bool,
     /// Whether an event for it is queued for the application.
     pub event_queued: bool,
+    /// Whether a SYN cookie brought it back (its handshake time is not
+    /// known).
+    pub from_cookie: bool,
     /// RCV.NXT, SND.UNA and the RFC 5961 checks.
     pub seq: SeqTrack,
     /// Ephemera's own timers.
@@ -730,6 +733,7 @@ impl TcpConn {
             scheduled: None,
             dirty: false,
             event_queued: false,
+            from_cookie: false,
             seq: SeqTrack::new(peer_isn),
             timers: Timers::new(now),
             chunk,

@@ -43,11 +43,14 @@ mod link;
 mod listener;
 mod segment;
 mod socket_set;
+mod syn_cookies;
 mod tcp;
 mod time_wait;
 mod udp;
 
-pub use config::{ConfigError, CongestionControl, StackConfig, UnknownCongestionControl};
+pub use config::{
+    ConfigError, CongestionControl, StackConfig, SynCookies, UnknownCongestionControl,
+};
 pub use listener::ListenerHandle;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use tcp::TcpHandle;
@@ -686,7 +689,7 @@ impl Stack {
         let c = match c.handshake(v.state) {
             None => c,
             Some((l, outcome)) => {
-                let took = now - c.created;
+                let took = (!c.from_cookie).then(|| now - c.created);
                 if !self.settle_half_open(id, l, outcome, took) {
                     return;
                 }

@@ -17,6 +17,7 @@ mod misbehaving;
 mod reliability;
 mod sequence;
 mod shards;
+mod syn_cookies;
 mod syn_flood;
 mod syn_queue;
 mod tcp_basic;
