@@ -2,7 +2,8 @@
 //! tests make themselves: [`daemon`] runs `ephemera up` with real clients,
 //! [`hardening`] with hostile ones and other local users,
 //! [`tun`] drives the library's TUN device directly, [`offload`] moves
-//! bulk data both ways with receive offload on and off. Nothing is configured
+//! bulk data both ways with receive offload on and off, [`syn_flood`]
+//! downloads with curl through a SYN flood. Nothing is configured
 //! in the host's namespace.
 //!
 //! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
@@ -12,4 +13,5 @@ mod daemon;
 mod hardening;
 mod harness;
 mod offload;
+mod syn_flood;
 mod tun;
