@@ -14,6 +14,7 @@ pub mod port_table;
 pub mod rx_split;
 pub mod stack_hostile;
 pub mod stack_pair;
+pub mod syn_cookies;
 
 /// Run target `name` on one input. Panics on a failed property, and on
 /// an unknown name.
@@ -24,6 +25,7 @@ pub fn run(name: &str, data: &[u8]) {
         "port_table" => port_table::run(data),
         "stack_pair" => stack_pair::run(data),
         "rx_split" => rx_split::run(data),
+        "syn_cookies" => syn_cookies::run(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -35,6 +37,7 @@ pub const TARGETS: &[&str] = &[
     "port_table",
     "stack_pair",
     "rx_split",
+    "syn_cookies",
 ];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
@@ -136,5 +139,10 @@ mod tests {
     #[test]
     fn rx_split_corpus_and_regressions() {
         replay("rx_split");
+    }
+
+    #[test]
+    fn syn_cookies_corpus_and_regressions() {
+        replay("syn_cookies");
     }
 }
