@@ -469,8 +469,8 @@ impl EventLoop {
             let r = edge.tun.recv_segments(buf, |packet, checksum| {
                 capture(pcap, packet);
                 match checksum {
-                    RxChecksum::Vouched => stack.handle_vouched_packet(now, packet),
-                    RxChecksum::Unchecked => stack.handle_packet(now, packet),
+                    RxChecksum::Vouched => stack.handle_vouched_packet_mut(now, packet),
+                    RxChecksum::Unchecked => stack.handle_packet_mut(now, packet),
                 }
             });
             match r {

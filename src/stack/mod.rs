@@ -232,6 +232,14 @@ impl Stack {
         self.handle(now, Packet::Mut(packet), Checksums::Verify);
     }
 
+    /// [`handle_vouched_packet`](Self::handle_vouched_packet) for a driver
+    /// that owns its receive buffer, as
+    /// [`handle_packet_mut`](Self::handle_packet_mut) is for
+    /// `handle_packet`.
+    pub fn handle_vouched_packet_mut(&mut self, now: Instant, packet: &mut [u8]) {
+        self.handle(now, Packet::Mut(packet), Checksums::Vouched);
+    }
+
     fn handle(&mut self, now: Instant, input: Packet<'_>, checksums: Checksums) {
         let packet = input.bytes();
         self.now = now;
