@@ -17,6 +17,12 @@
 //!   smoltcp never reads their contents;
 //! - the pool outlives every socket (it is declared after the socket slab
 //!   in `Stack`, so it is dropped after it).
+//!
+//! Sizes come from the configuration, so every size is checked when the
+//! pool is made ([`BufferPool::new`]): each buffer at most
+//! [`MAX_BUFFER`], and every product of sizes computed with checked
+//! arithmetic. A chunk is then always large enough for the slices
+//! [`BufferPool::slices`] cuts from it.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -24,10 +30,27 @@ use std::ptr::NonNull;
 
 use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
 
-const PAGE: usize = 4096;
+/// The page size the pool rounds chunks to and accounts in.
+pub const PAGE: usize = 4096;
 /// Chunks per mapping: few enough mappings for `vm.max_map_count` at
 /// 100 k connections, small enough not to reserve much unused space.
 const CHUNKS_PER_ARENA: usize = 256;
+/// Largest mapping reserved at once: chunks of large buffers come fewer
+/// to a mapping (at least one).
+const MAX_ARENA: usize = 256 << 20;
+/// Largest receive or send buffer: 1 GiB, the largest window TCP can
+/// advertise (RFC 7323 §2.3, window scale 14); smoltcp refuses larger
+/// receive buffers.
+pub const MAX_BUFFER: usize = 1 << 30;
+
+/// Buffer sizes a pool cannot be made for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// A buffer of zero octets.
+    Empty,
+    /// A buffer larger than [`MAX_BUFFER`].
+    TooLarge(usize),
+}
 
 /// One connection's buffer memory: `rx` then `tx` octets, page aligned.
 #[derive(Debug)]
@@ -66,6 +89,8 @@ pub struct BufferPool {
     rx: usize,
     tx: usize,
     chunk: usize,
+    /// Chunks in each mapping.
+    per_arena: usize,
     arenas: Vec<Arena>,
     free: Vec<NonNull<u8>>,
     leased: usize,
@@ -75,16 +100,36 @@ pub struct BufferPool {
 unsafe impl Send for BufferPool {}
 
 impl BufferPool {
-    /// A pool whose chunks hold an `rx`-octet and a `tx`-octet buffer.
-    pub fn new(rx: usize, tx: usize) -> BufferPool {
-        BufferPool {
+    /// A pool whose chunks hold an `rx`-octet and a `tx`-octet buffer,
+    /// each from 1 to [`MAX_BUFFER`] octets.
+    pub fn new(rx: usize, tx: usize) -> Result<BufferPool, PoolError> {
+        for n in [rx, tx] {
+            if n == 0 {
+                return Err(PoolError::Empty);
+            }
+            if n > MAX_BUFFER {
+                return Err(PoolError::TooLarge(n));
+            }
+        }
+        // Both at most 2^30: no overflow on any target of 32 bits or more,
+        // and checked all the same.
+        let chunk = rx
+            .checked_add(tx)
+            .and_then(|n| n.checked_next_multiple_of(PAGE))
+            .ok_or(PoolError::TooLarge(rx.max(tx)))?;
+        let per_arena = (MAX_ARENA / chunk).clamp(1, CHUNKS_PER_ARENA);
+        chunk
+            .checked_mul(per_arena)
+            .ok_or(PoolError::TooLarge(rx.max(tx)))?;
+        Ok(BufferPool {
             rx,
             tx,
-            chunk: (rx + tx).div_ceil(PAGE) * PAGE,
+            chunk,
+            per_arena,
             arenas: Vec::new(),
             free: Vec::new(),
             leased: 0,
-        }
+        })
     }
 
     /// Lease a chunk, reserving a new mapping if none is free.
@@ -98,7 +143,8 @@ impl BufferPool {
     }
 
     fn grow(&mut self) -> io::Result<()> {
-        let len = self.chunk * CHUNKS_PER_ARENA;
+        // Checked in `new`.
+        let len = self.chunk * self.per_arena;
         let size = NonZeroUsize::new(len).expect("chunks are at least a page");
         // SAFETY: a fresh private anonymous mapping at an address the
         // kernel picks; no file, nothing else aliases it.
@@ -113,7 +159,7 @@ impl BufferPool {
         let base = p.cast::<u8>();
         self.arenas.push(Arena { ptr: base, len });
         // Hand out low addresses first.
-        for i in (0..CHUNKS_PER_ARENA).rev() {
+        for i in (0..self.per_arena).rev() {
             let chunk = base.as_ptr().wrapping_add(i * self.chunk);
             self.free
                 .push(NonNull::new(chunk).expect("inside the mapping just made"));
@@ -121,19 +167,28 @@ impl BufferPool {
         Ok(())
     }
 
-    /// The chunk's receive and send buffers, for one smoltcp socket.
+    /// The chunk's receive and send buffers, for one smoltcp socket: `rx`
+    /// and `tx` octets (at most the pool's sizes, which they are cut to),
+    /// the send buffer right after the receive buffer.
     ///
     /// # Safety
     /// Call once per lease, and drop the socket holding the slices before
     /// the chunk goes back with [`release`](Self::release).
-    pub unsafe fn slices(&self, chunk: &Chunk) -> (&'static mut [u8], &'static mut [u8]) {
+    pub unsafe fn slices(
+        &self,
+        chunk: &Chunk,
+        rx: usize,
+        tx: usize,
+    ) -> (&'static mut [u8], &'static mut [u8]) {
+        let (rx, tx) = (rx.min(self.rx), tx.min(self.tx));
         let p = chunk.ptr.as_ptr();
         // SAFETY: the caller guarantees one set of slices per lease; the
-        // two ranges do not overlap and lie inside the chunk.
+        // two ranges do not overlap, and `rx + tx <= self.rx + self.tx <=
+        // self.chunk` (checked in `new`), so both lie inside the chunk.
         unsafe {
             (
-                std::slice::from_raw_parts_mut(p, self.rx),
-                std::slice::from_raw_parts_mut(p.add(self.rx), self.tx),
+                std::slice::from_raw_parts_mut(p, rx),
+                std::slice::from_raw_parts_mut(p.add(rx), tx),
             )
         }
     }
@@ -181,12 +236,12 @@ mod tests {
 
     #[test]
     fn pages_are_backed_only_when_written_and_given_back_by_shrink() {
-        let mut pool = BufferPool::new(64 * 1024, 64 * 1024);
+        let mut pool = BufferPool::new(64 * 1024, 64 * 1024).unwrap();
         let chunks: Vec<Chunk> = (0..10).map(|_| pool.lease().unwrap()).collect();
         assert_eq!(pool.resident_bytes(), 0, "reserving costs nothing");
         // SAFETY: one set of slices for this lease, dropped (last used)
         // before the chunk goes back.
-        let (rx, tx) = unsafe { pool.slices(&chunks[3]) };
+        let (rx, tx) = unsafe { pool.slices(&chunks[3], 64 * 1024, 64 * 1024) };
         rx[0] = 1;
         tx[tx.len() - 1] = 2;
         assert_eq!(pool.resident_bytes(), 2 * PAGE);
@@ -206,15 +261,16 @@ mod tests {
 
     #[test]
     fn chunks_never_overlap_and_are_reused() {
-        let mut pool = BufferPool::new(1000, 3000);
+        let mut pool = BufferPool::new(1000, 3000).unwrap();
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
         // SAFETY: one set of slices per lease, last used before the chunks
         // go back.
-        let (ar, at) = unsafe { pool.slices(&a) };
+        let (ar, at) = unsafe { pool.slices(&a, 1000, 3000) };
         // SAFETY: as above.
-        let (br, _) = unsafe { pool.slices(&b) };
+        let (br, _) = unsafe { pool.slices(&b, usize::MAX, usize::MAX) };
         assert_eq!((ar.len(), at.len()), (1000, 3000));
+        assert_eq!(br.len(), 1000, "cut to the pool's sizes");
         ar.fill(1);
         at.fill(2);
         br.fill(3);
@@ -228,5 +284,35 @@ mod tests {
             .collect();
         assert_eq!(pool.leased(), 2 + CHUNKS_PER_ARENA * 2);
         drop(many);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_and_the_largest_fit_their_chunk() {
+        assert_eq!(BufferPool::new(0, 10).err(), Some(PoolError::Empty));
+        assert_eq!(
+            BufferPool::new(usize::MAX, 4096).err(),
+            Some(PoolError::TooLarge(usize::MAX))
+        );
+        assert_eq!(
+            BufferPool::new(4096, MAX_BUFFER + 1).err(),
+            Some(PoolError::TooLarge(MAX_BUFFER + 1))
+        );
+        // Sizes whose sum would wrap a 64-bit word once rounded to pages.
+        let wrap = usize::MAX / 2 + 1;
+        assert!(BufferPool::new(wrap, wrap).is_err());
+
+        // The largest: one chunk to a mapping, and its last octet writable.
+        let mut pool = BufferPool::new(MAX_BUFFER, MAX_BUFFER).unwrap();
+        assert_eq!(pool.per_arena, 1);
+        let c = pool.lease().unwrap();
+        // SAFETY: one set of slices for this lease, last used before the
+        // chunk goes back.
+        let (rx, tx) = unsafe { pool.slices(&c, MAX_BUFFER, MAX_BUFFER) };
+        assert_eq!((rx.len(), tx.len()), (MAX_BUFFER, MAX_BUFFER));
+        rx[MAX_BUFFER - 1] = 1;
+        tx[MAX_BUFFER - 1] = 2;
+        assert_eq!(pool.resident_bytes(), 2 * PAGE);
+        pool.release(c);
+        assert_eq!(pool.resident_bytes(), 0);
     }
 }

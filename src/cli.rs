@@ -40,7 +40,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bring up a TUN interface and serve on ephemera's own stack until SIGINT/SIGTERM.
-    Up(UpArgs),
+    // Boxed: the daemon's options outgrow the other subcommands' many times.
+    Up(Box<UpArgs>),
     /// Show the running daemon's port table, like `ss -tuan`.
     Ports(PortsArgs),
     /// Make an HTTP/1.1 GET through the running daemon's stack and print the body.
@@ -104,6 +105,15 @@ pub struct UpArgs {
     /// limit to at least N [default: 128].
     #[arg(long, value_name = "N", value_parser = parse_backlog)]
     pub backlog: Option<usize>,
+    /// Most TCP connections open at once (half-open and closing ones too); beyond it
+    /// new SYNs are dropped [default: the memory budget / 16 KiB, 1024 to 1048576].
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_connections: Option<usize>,
+    /// TCP buffer memory the stack may commit, e.g. 512M or 2G (K, M, G, T: binary
+    /// units); above two thirds of it connections stop growing, at it new ones are
+    /// refused [default: 3/32 of the machine's memory, like Linux's tcp_mem].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
     /// How long a connection ephemera closed first stays in TIME-WAIT, holding its
     /// 4-tuple (2*MSL, RFC 9293 section 3.6.1); 0 skips TIME-WAIT.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_time_wait)]
@@ -358,6 +368,53 @@ pub fn parse_backlog(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The most connections `--max-connections` takes.
+pub const MAX_CONNECTIONS: usize = 1 << 24;
+
+/// A connection limit, 1 to [`MAX_CONNECTIONS`].
+pub fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a connection limit (1-{MAX_CONNECTIONS})"
+        )),
+    }
+}
+
+/// The smallest `--max-memory` (the stack's own minimum).
+pub const MIN_MEMORY: usize = 64 << 10;
+
+/// A size in octets: a whole number with an optional binary unit, `K`,
+/// `M`, `G` or `T` (also written `KiB`, `MB`, ...; any case): `512M`,
+/// `2G`, `1048576`. At least [`MIN_MEMORY`].
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size; write a number with an optional unit K, M, G or T, e.g. 512M"
+            ))
+        }
+    };
+    let n: usize = num.parse().map_err(|_| {
+        format!("{s:?} is not a size; write a number with an optional unit K, M, G or T, e.g. 512M")
+    })?;
+    let bytes = n
+        .checked_mul(1usize << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < MIN_MEMORY {
+        return Err(format!("{s:?} is too small: at least 64K"));
+    }
+    Ok(bytes)
+}
+
 /// A TIME-WAIT duration in whole seconds, 0-3600.
 pub fn parse_time_wait(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
@@ -543,7 +600,7 @@ mod tests {
         match Cli::try_parse_from(full) {
             Ok(Cli {
                 command: Command::Up(a),
-            }) => Ok(a),
+            }) => Ok(*a),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e.to_string()),
         }
@@ -741,6 +798,28 @@ mod tests {
             parse_mtu("65536").is_err() && parse_mtu("575").is_err() && parse_mtu("big").is_err()
         );
         assert_eq!(parse_backlog("128"), Ok(128));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(
+            parse_size("1K").unwrap_err(),
+            "\"1K\" is too small: at least 64K"
+        );
+        assert_eq!(
+            parse_size("99999999999999999999G").unwrap_err(),
+            "\"99999999999999999999G\" is not a size; write a number with an optional unit K, M, G or T, e.g. 512M"
+        );
+        assert_eq!(
+            parse_size("17179869184G").unwrap_err(),
+            "\"17179869184G\" is too large"
+        );
+        for bad in ["", "M", "1.5G", "-1G", "2X", "2 G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_max_connections("20000"), Ok(20_000));
+        assert!(parse_max_connections("0").is_err() && parse_max_connections("99999999").is_err());
         assert!(parse_backlog("0").is_err() && parse_backlog("-1").is_err());
         assert_eq!(parse_ifname("tun0"), Ok("tun0".into()));
         assert!(
@@ -814,9 +893,17 @@ mod tests {
             "/tmp/x.pcap",
             "--control",
             "/tmp/c.sock",
+            "--max-memory",
+            "256M",
+            "--max-connections",
+            "5000",
         ])
         .unwrap();
         assert!(a.validate().is_ok());
+        assert_eq!(
+            (a.max_memory, a.max_connections),
+            (Some(256 << 20), Some(5000))
+        );
         assert_eq!(a.forward.len(), 2);
         assert_eq!(a.http, Some(80));
         assert!(a.no_configure);

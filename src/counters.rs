@@ -64,6 +64,26 @@ counters! {
     drop_accept_queue_full,
     /// Connections not made because no buffer memory could be reserved.
     drop_no_buffers,
+    /// SYNs dropped because `StackConfig::max_connections` connections
+    /// were open.
+    drop_syn_connection_limit,
+    /// SYNs dropped because the memory budget had no room for another
+    /// connection (its hard mark, `StackConfig::max_memory`).
+    drop_syn_memory_limit,
+    /// Segments whose payload was dropped because storing it would have
+    /// grown the connection past its reserve under memory pressure (the
+    /// peer sends it again; Linux's `TCPRcvQDrop`).
+    drop_data_memory_pressure,
+    /// `connect` calls refused (ENOBUFS) because `max_connections`
+    /// connections were open.
+    tcp_connect_connection_limit,
+    /// `connect` calls refused (ENOBUFS) at the memory budget's hard mark.
+    tcp_connect_memory_limit,
+    /// `send` calls cut short, or refused (EAGAIN), because the connection
+    /// could not grow under memory pressure.
+    tcp_send_memory_pressure,
+    /// Connections opened under memory pressure, with one-page buffers.
+    tcp_opened_under_pressure,
     /// TCP connections we opened (`connect`).
     tcp_active_opens,
     /// TCP connections a peer opened and that reached the accept queue.
@@ -111,6 +131,13 @@ counters! {
     tcp_rewound_acks,
     /// ACKs sent for a retransmitted FIN in TIME-WAIT.
     tcp_time_wait_acks,
+    /// TIME-WAIT records whose 2·MSL started again because the peer sent
+    /// the FIN that closed the connection again (RFC 9293 §3.10.7.4).
+    tcp_time_wait_restarted,
+    /// Connections that skipped TIME-WAIT, their 4-tuple released at once,
+    /// because `PortTableConfig::max_time_wait` records were kept (Linux
+    /// `TCPTimeWaitOverflow`).
+    tcp_time_wait_overflow,
     /// FINs re-sent by the FIN watchdog (see `Stack` docs).
     tcp_fin_resent,
     /// RSTs sent for segments that matched nothing.

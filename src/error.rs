@@ -96,8 +96,12 @@ error_enum! {
         NetworkUnreachable => (ENETUNREACH, "network is unreachable"),
         /// EINVAL: the remote address is unspecified or its port is 0.
         InvalidAddress => (EINVAL, "invalid remote address"),
-        /// ENOBUFS: no memory could be reserved for the socket's buffers.
+        /// ENOBUFS: the memory budget has no room for another connection
+        /// (`StackConfig::max_memory`), or no memory could be reserved for
+        /// the socket's buffers.
         NoBuffers => (ENOBUFS, "no buffer space available"),
+        /// ENOBUFS: `StackConfig::max_connections` connections are open.
+        ConnectionLimit => (ENOBUFS, "connection limit reached"),
     }
 }
 

@@ -15,7 +15,7 @@ use clap::Parser;
 
 use cli::{control_path, Cli, Command, FetchArgs, PortsArgs};
 use daemon::control;
-use daemon::table::{format_counters, format_ports_table, PortEntry};
+use daemon::table::{format_budget, format_counters, format_ports_table, PortEntry};
 
 /// How long a client waits for each reply from the daemon.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +75,10 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
         let mut text = format_ports_table(&ports);
         if let Some(stats) = &stats {
             text.push('\n');
+            if let Some(budget) = format_budget(stats) {
+                text.push_str(&budget);
+                text.push('\n');
+            }
             text.push_str(&format_counters(stats));
         }
         out.write_all(text.as_bytes())

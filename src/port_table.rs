@@ -39,7 +39,9 @@
 //! - every flow whose local port lies in the table's share of the
 //!   ephemeral range is in the `PortSet` of its destination, and nothing
 //!   else is; empty sets are removed;
-//! - every TIME-WAIT flow has a record in the expiry queue;
+//! - every TIME-WAIT flow has a record in the expiry queue; there are at
+//!   most `max_time_wait` of them, and the queue holds at most twice as
+//!   many entries as there are records (plus a small constant);
 //! - binds on overlapping addresses (equal, or one the wildcard of the
 //!   same family) never coexist;
 //! - the per-port count of specific binds matches the bind map.
@@ -63,6 +65,7 @@ mod time_wait;
 use ephemeral::PortSet;
 use flow_map::FlowMap;
 pub use shard::{ShardId, ShardPorts, Shards, ShardsError, MAX_SHARDS};
+pub use time_wait::TimeWaitEntry;
 
 /// Transport protocol: TCP and UDP have separate port spaces.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -222,6 +225,13 @@ pub struct PortTableConfig {
     /// share only, chosen by the same algorithm over the share's indices.
     /// Default [`ShardId::SOLE`], the whole range.
     pub shard: ShardId,
+    /// Most 4-tuples in TIME-WAIT at once (Linux `tcp_max_tw_buckets`).
+    /// A connection that closes while the records are at this cap skips
+    /// TIME-WAIT, its 4-tuple released at once, as Linux does
+    /// ([`TimeWaitEntry::Overflow`]). Default 65,536: about 8 MiB of
+    /// records; Linux takes half its established-hash size (131,072 on a
+    /// 24 GiB machine).
+    pub max_time_wait: usize,
 }
 
 impl Default for PortTableConfig {
@@ -231,6 +241,7 @@ impl Default for PortTableConfig {
             time_wait: Duration::from_secs(60),
             max_step: 500,
             shard: ShardId::SOLE,
+            max_time_wait: 65_536,
         }
     }
 }
@@ -344,9 +355,12 @@ pub struct PortTable<H> {
     /// Number of specific-address binds per (protocol, family, port), so a
     /// wildcard bind can see its conflicts without a scan.
     specific: HashMap<FamilyPort, u32, KeyedState>,
+    /// Expiry queue of TIME-WAIT records, oldest first. It may also hold
+    /// stale entries (records reopened early, or restarted), skipped when
+    /// they come due and compacted away before they outnumber the records
+    /// (at most `2 × records + TW_SLACK` entries).
     time_wait: VecDeque<(Duration, FlowKey)>,
-    /// TIME-WAIT flows (the queue may also hold stale records of flows
-    /// reopened early, skipped when they come due).
+    /// TIME-WAIT flows.
     tw_count: usize,
     hash_key: (u64, u64),
     perturb: Box<[u32; TABLE_LEN]>,
@@ -609,25 +623,29 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expect: HashMap<DestKey, Vec<u32>> = HashMap::new();
         let mut tw = 0;
+        let queued: std::collections::HashSet<(Duration, FlowKey)> =
+            self.time_wait.iter().copied().collect();
         for (key, state) in self.flows.iter() {
             if let Some(off) = self.range_offset(key.local.port()) {
                 expect.entry(key.dest()).or_default().push(off);
             }
             if let FlowState::TimeWait { until, .. } = state {
                 tw += 1;
-                if !self
-                    .time_wait
-                    .contains(&(Duration::from_nanos(*until), key))
-                {
+                if !queued.contains(&(Duration::from_nanos(*until), key)) {
                     return Err(format!("TIME-WAIT flow {key:?} missing from expiry queue"));
                 }
             }
         }
-        if tw != self.tw_count || tw > self.time_wait.len() {
+        if tw != self.tw_count
+            || tw > self.time_wait.len()
+            || tw > self.config.max_time_wait
+            || self.time_wait.len() > 2 * tw + time_wait::TW_SLACK
+        {
             return Err(format!(
-                "{} TIME-WAIT flows, count {}, {} expiry records",
+                "{} TIME-WAIT flows, count {}, cap {}, {} expiry records",
                 tw,
                 self.tw_count,
+                self.config.max_time_wait,
                 self.time_wait.len()
             ));
         }
@@ -940,7 +958,7 @@ mod tests {
         let b = t.allocate(Protocol::Tcp, local, dst, 2, &mut rng).unwrap();
         assert_ne!(a.local.port(), b.local.port());
         let t0 = Duration::from_secs(100);
-        assert_eq!(t.enter_time_wait(&a, t0, 0), Some(1));
+        assert_eq!(t.enter_time_wait(&a, t0, 0).owner(), Some(1));
         assert_eq!(t.release(&b), Some(2));
         assert_eq!(t.lookup(&a), Lookup::TimeWait);
         assert_eq!(t.time_wait_flows(), 1);

@@ -309,6 +309,13 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
     if let Some(c) = args.addr6 {
         addrs.push((c.addr, c.prefix));
     }
+    let max_memory = args.max_memory.unwrap_or_else(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        default_max_memory(&meminfo).unwrap_or_else(|| {
+            log::warn!("cannot read MemTotal from /proc/meminfo; memory budget 1 GiB");
+            StackConfig::default().max_memory
+        })
+    });
     let config = StackConfig {
         addrs,
         mtu: edge.mtu as usize,
@@ -334,8 +341,17 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         // capture shows them complete.
         tcp_checksum_offload: edge.tun.transmit_offload() && edge.pcap.is_none(),
         congestion_control: args.congestion,
+        max_memory,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(max_memory)),
         ..StackConfig::default()
     };
+    log::info!(
+        "memory budget {} MiB, at most {} connections",
+        config.max_memory >> 20,
+        config.max_connections
+    );
     // Who may use SOCKS: the interface's own subnets unless told.
     let socks_allow = if args.socks_allow.is_empty() {
         let mut nets = vec![Net::containing(args.addr.addr, args.addr.prefix)];
@@ -404,6 +420,30 @@ fn capture(pcap: &mut Option<PcapWriter<BufWriter<File>>>, packet: &[u8]) {
             *pcap = None;
         }
     }
+}
+
+/// The default memory budget: 3/32 of the machine's memory (`MemTotal`
+/// in `meminfo`), Linux's default `tcp_mem` hard limit (a sixteenth of
+/// memory for the pressure mark, and half again for the limit). At least
+/// 64 MiB. Not the cgroup's limit: set `--max-memory` in a container.
+fn default_max_memory(meminfo: &str) -> Option<usize> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    let bytes = kib.checked_mul(1024)? / 32 * 3;
+    Some(usize::try_from(bytes).unwrap_or(usize::MAX).max(64 << 20))
+}
+
+/// The default connection limit: one per 16 KiB of budget (each holds at
+/// least 8 KiB of it, and about 1.5 KiB of memory outside it), from 1024
+/// to 1,048,576.
+fn default_max_connections(max_memory: usize) -> usize {
+    (max_memory / (16 << 10)).clamp(1024, 1 << 20)
 }
 
 /// How long a graceful shutdown waits for connections to close.
@@ -627,6 +667,23 @@ mod tests {
 
     fn os(errno: i32) -> io::Error {
         io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn the_default_budget_follows_the_machines_memory_like_tcp_mem() {
+        // A 24 GiB machine, where Linux's own tcp_mem[2] is 575,778 pages
+        // (2.2 GiB): 3/32 of its memory is 2.2 GiB too.
+        let meminfo = "MemTotal:       24684496 kB\nMemFree:         1 kB\n";
+        let b = default_max_memory(meminfo).unwrap();
+        assert_eq!(b, 24_684_496 * 1024 / 32 * 3);
+        assert_eq!(b >> 20, 2259);
+        assert_eq!(default_max_connections(b), 144_635);
+        // Small machines get at least 64 MiB; unreadable meminfo, none.
+        assert_eq!(default_max_memory("MemTotal: 262144 kB"), Some(64 << 20));
+        assert_eq!(default_max_connections(64 << 20), 4096);
+        assert_eq!(default_max_connections(1 << 20), 1024);
+        assert_eq!(default_max_memory(""), None);
+        assert_eq!(default_max_memory("MemTotal: lots"), None);
     }
 
     #[test]

@@ -74,13 +74,87 @@ pub fn port_entries(stack: &Stack) -> Vec<PortEntry> {
     stack.snapshot().iter().map(port_entry).collect()
 }
 
-/// The stack's counters by name.
+/// The stack's counters by name, and the gauges of its limits: the
+/// memory budget and its use ([`BUDGET_KEYS`]).
 pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
-    stack
+    let mut map: BTreeMap<String, u64> = stack
         .counters()
         .iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        .collect();
+    let b = stack.budget();
+    let table = stack.port_table();
+    let gauges = [
+        b.limit,
+        b.pressure,
+        b.committed,
+        b.charged,
+        b.connections,
+        b.max_connections,
+        table.time_wait_flows(),
+        table.config().max_time_wait,
+    ];
+    for (key, v) in BUDGET_KEYS.iter().zip(gauges) {
+        map.insert(key.to_string(), u64::try_from(v).unwrap_or(u64::MAX));
+    }
+    map
+}
+
+/// The names of the limit gauges in the stats map: the memory budget's
+/// hard and soft marks, committed and charged memory (octets), open TCP
+/// connections and their limit, TIME-WAIT records and their cap.
+pub const BUDGET_KEYS: [&str; 8] = [
+    "budget_memory_limit",
+    "budget_memory_pressure",
+    "budget_memory_committed",
+    "budget_memory_charged",
+    "budget_connections",
+    "budget_max_connections",
+    "budget_time_wait",
+    "budget_max_time_wait",
+];
+
+/// The limits and their use, as `ephemera ports --stats` heads its
+/// counters with them; `None` if the stats carry no budget (an older
+/// daemon).
+pub fn format_budget(stats: &BTreeMap<String, u64>) -> Option<String> {
+    let get = |i: usize| stats.get(BUDGET_KEYS[i]).copied();
+    let [limit, pressure, committed, charged, conns, max_conns, tw, max_tw] =
+        std::array::from_fn(get);
+    let mut out = format!(
+        "memory: {} committed of {} ({}%), {} buffers charged; pressure above {}{}\n",
+        size(committed?),
+        size(limit?),
+        committed? * 100 / limit?.max(1),
+        size(charged?),
+        size(pressure?),
+        if committed? >= pressure? {
+            " (under pressure)"
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(
+        out,
+        "connections: {} of {}; TIME-WAIT: {} of {}",
+        conns?, max_conns?, tw?, max_tw?
+    );
+    Some(out)
+}
+
+/// Octets in the largest binary unit that keeps a digit before the point.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// "850ms", "12.3s", "5m02s", "3h07m".
@@ -270,6 +344,28 @@ pub(crate) mod tests {
         c.insert("rx_packets".to_string(), 10);
         c.insert("drops".to_string(), 1);
         assert_eq!(format_counters(&c), "drops       1\nrx_packets  10\n");
+        assert_eq!(format_budget(&c), None, "an older daemon");
+        let gauges = [
+            3 << 30,
+            2 << 30,
+            1536 << 20,
+            1 << 20,
+            12,
+            147_456,
+            3,
+            65_536,
+        ];
+        for (k, v) in BUDGET_KEYS.iter().zip(gauges) {
+            c.insert(k.to_string(), v);
+        }
+        assert_eq!(
+            format_budget(&c).unwrap(),
+            "memory: 1.5 GiB committed of 3.0 GiB (50%), 1.0 MiB buffers charged; pressure above 2.0 GiB\n\
+             connections: 12 of 147456; TIME-WAIT: 3 of 65536\n"
+        );
+        c.insert(BUDGET_KEYS[2].to_string(), 2 << 30);
+        assert!(format_budget(&c).unwrap().contains("(under pressure)"));
+        assert_eq!(size(1000), "1000 B");
     }
 
     #[test]

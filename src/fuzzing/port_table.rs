@@ -18,6 +18,7 @@ use arbitrary::{Arbitrary, Unstructured};
 
 use crate::port_table::{
     AllocError, BindConflict, FlowKey, Lookup, PortTable, PortTableConfig, Protocol, ShardId,
+    TimeWaitEntry,
 };
 use crate::rng::SeededRng;
 
@@ -41,7 +42,9 @@ pub struct Config {
     /// Number of ephemeral ports, 1–200 (past 64 the table's port sets
     /// turn into bitmaps).
     pub len: u8,
-    /// TIME-WAIT length in 100 ms units, 0–7 (0 disables TIME-WAIT).
+    /// TIME-WAIT length in 100 ms units, 0–7 (0 disables TIME-WAIT), in
+    /// the low three bits; the high five bits, below 16, are the cap on
+    /// TIME-WAIT records (0–15), else the default cap.
     pub time_wait: u8,
     /// Largest random step of the allocator.
     pub max_step: u16,
@@ -147,6 +150,7 @@ struct Model {
     /// `(p - lo) % count == index` (all of them for one shard).
     shard: ShardId,
     time_wait: Duration,
+    max_time_wait: usize,
     now: Duration,
     binds: BTreeMap<(Protocol, IpAddr, u16), u32>,
     flows: BTreeMap<FlowKey, MState>,
@@ -377,16 +381,25 @@ impl Harness {
                 let now = self.model.now;
                 let got = self.table.enter_time_wait(&key, now, 0);
                 let m = &mut self.model;
+                let records = m
+                    .flows
+                    .values()
+                    .filter(|s| matches!(s, MState::TimeWait(_)))
+                    .count();
                 let want = match m.flows.get(&key) {
                     Some(&MState::Live(h)) => {
                         if m.time_wait.is_zero() {
                             m.flows.remove(&key);
+                            TimeWaitEntry::Skipped(h)
+                        } else if records >= m.max_time_wait {
+                            m.flows.remove(&key);
+                            TimeWaitEntry::Overflow(h)
                         } else {
                             m.flows.insert(key, MState::TimeWait(now + m.time_wait));
+                            TimeWaitEntry::Entered(h)
                         }
-                        Some(h)
                     }
-                    _ => None,
+                    _ => TimeWaitEntry::NotLive,
                 };
                 assert_eq!(got, want, "enter_time_wait {key:?}");
             }
@@ -484,11 +497,16 @@ pub fn run(data: &[u8]) {
     } else {
         ShardId::SOLE
     };
+    let max_time_wait = match c.time_wait >> 3 {
+        n @ 0..16 => n as usize,
+        _ => PortTableConfig::default().max_time_wait,
+    };
     let config = PortTableConfig {
         ephemeral: lo..=hi,
         time_wait,
         max_step: (c.max_step % 600).max(1),
         shard,
+        max_time_wait,
     };
     let mut rng = SeededRng::new(c.seed);
     let table = PortTable::new(config, &mut rng).expect("valid config");
@@ -500,6 +518,7 @@ pub fn run(data: &[u8]) {
             hi,
             shard,
             time_wait,
+            max_time_wait,
             now: Duration::ZERO,
             binds: BTreeMap::new(),
             flows: BTreeMap::new(),

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use smoltcp::time::Duration;
 use smoltcp::wire::IpCidr;
 
+use super::budget::MIN_MEMORY;
 use super::conn::Limits;
+use crate::buffer_pool::MAX_BUFFER;
 use crate::port_table::{PortTableConfig, PortTableConfigError};
 
 /// Configuration of a [`Stack`](super::Stack).
@@ -21,9 +23,10 @@ pub struct StackConfig {
     pub backlog: usize,
     /// Half-open (SYN-RECEIVED) connections allowed per listener.
     pub syn_backlog: usize,
-    /// Receive buffer per TCP connection, octets.
+    /// Receive buffer per TCP connection, octets: 1 to 1 GiB (the largest
+    /// window TCP can advertise, RFC 7323 §2.3).
     pub tcp_rx_buffer: usize,
-    /// Send buffer per TCP connection, octets.
+    /// Send buffer per TCP connection, octets: 1 to 1 GiB.
     pub tcp_tx_buffer: usize,
     /// Datagrams buffered per UDP socket and direction.
     pub udp_packets: usize,
@@ -56,6 +59,19 @@ pub struct StackConfig {
     /// When a listener answers a SYN with a SYN cookie (RFC 4987 §3.6)
     /// instead of keeping a half-open connection; see [`SynCookies`].
     pub syn_cookies: SynCookies,
+    /// Most TCP connections open at once (half-open and closing ones
+    /// included; TIME-WAIT records are not connections). Beyond it SYNs
+    /// are dropped and `connect` fails with ENOBUFS, both counted. Default
+    /// 262,144.
+    pub max_connections: usize,
+    /// TCP buffer memory the stack may have committed, in octets (at least
+    /// 64 KiB): the hard mark of its memory budget, after Linux's
+    /// `tcp_mem`. Above two thirds of it (memory pressure) connections stop
+    /// growing and new ones get small buffers; at it, no connection opens.
+    /// What is and is not counted: [`BudgetUse`](super::BudgetUse) and
+    /// docs/architecture.md. Default 1 GiB (the daemon derives its default
+    /// from the machine's memory, as Linux does).
+    pub max_memory: usize,
     /// Seed for every random choice (ports, ISNs, hash keys); `None` draws
     /// one from the OS.
     pub seed: Option<u64>,
@@ -196,6 +212,8 @@ impl Default for StackConfig {
             shrink_idle_after: Some(Duration::from_secs(1)),
             congestion_control: CongestionControl::Cubic,
             syn_cookies: SynCookies::Auto,
+            max_connections: 262_144,
+            max_memory: 1 << 30,
             seed: None,
             tcp_checksum_offload: false,
         }
@@ -231,10 +249,30 @@ impl StackConfig {
             ("TCP receive buffer", self.tcp_rx_buffer),
             ("TCP send buffer", self.tcp_tx_buffer),
             ("UDP buffer", self.udp_packets),
+            ("connection limit", self.max_connections),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroSize(what));
             }
+        }
+        for (what, n) in [
+            ("TCP receive buffer", self.tcp_rx_buffer),
+            ("TCP send buffer", self.tcp_tx_buffer),
+        ] {
+            if n > MAX_BUFFER {
+                return Err(ConfigError::TooLarge {
+                    what,
+                    size: n,
+                    max: MAX_BUFFER,
+                });
+            }
+        }
+        if self.max_memory < MIN_MEMORY {
+            return Err(ConfigError::TooSmall {
+                what: "memory budget",
+                size: self.max_memory,
+                min: MIN_MEMORY,
+            });
         }
         Ok(cidrs)
     }
@@ -264,6 +302,24 @@ pub enum ConfigError {
     Ports(PortTableConfigError),
     /// A backlog or buffer size of zero.
     ZeroSize(&'static str),
+    /// A size below what the stack can work with.
+    TooSmall {
+        /// What is too small.
+        what: &'static str,
+        /// The size given.
+        size: usize,
+        /// The smallest allowed.
+        min: usize,
+    },
+    /// A size above what the stack can serve.
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// The size given.
+        size: usize,
+        /// The largest allowed.
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -276,6 +332,12 @@ impl std::fmt::Display for ConfigError {
             }
             ConfigError::Ports(e) => e.fmt(f),
             ConfigError::ZeroSize(what) => write!(f, "{what} must be at least 1"),
+            ConfigError::TooSmall { what, size, min } => {
+                write!(f, "{what} of {size} is too small (at least {min})")
+            }
+            ConfigError::TooLarge { what, size, max } => {
+                write!(f, "{what} of {size} is too large (at most {max})")
+            }
         }
     }
 }
@@ -348,5 +410,57 @@ mod tests {
             "unknown congestion control \"bbr\"; expected one of cubic, reno, none"
         );
         assert!("".parse::<CongestionControl>().is_err());
+    }
+
+    #[test]
+    fn absurd_buffer_sizes_are_refused_before_any_memory_is_cut() {
+        // Through the safe constructor: before this check the pool summed
+        // the sizes unchecked and cut slices past its mapping.
+        let now = crate::Instant::from_millis(0);
+        for (rx, tx) in [
+            (usize::MAX, 4096),
+            (4096, usize::MAX),
+            (usize::MAX / 2 + 1, usize::MAX / 2 + 1),
+            (MAX_BUFFER + 1, 4096),
+        ] {
+            let c = StackConfig {
+                addrs: vec![("10.0.0.1".parse().unwrap(), 24)],
+                tcp_rx_buffer: rx,
+                tcp_tx_buffer: tx,
+                ..StackConfig::default()
+            };
+            let Err(e) = super::super::Stack::new(c, now) else {
+                panic!("{rx} / {tx} octets accepted");
+            };
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::TooLarge {
+                        max: MAX_BUFFER,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            with(|c| c.tcp_tx_buffer = MAX_BUFFER + 1)
+                .unwrap_err()
+                .to_string(),
+            "TCP send buffer of 1073741825 is too large (at most 1073741824)"
+        );
+        assert_eq!(
+            with(|c| c.max_memory = 4096).unwrap_err().to_string(),
+            "memory budget of 4096 is too small (at least 65536)"
+        );
+        assert_eq!(
+            with(|c| c.max_connections = 0),
+            Err(ConfigError::ZeroSize("connection limit"))
+        );
+        assert!(with(|c| {
+            c.tcp_rx_buffer = MAX_BUFFER;
+            c.tcp_tx_buffer = MAX_BUFFER;
+        })
+        .is_ok());
     }
 }

@@ -27,6 +27,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpControl;
 
+use super::budget::{MemUse, Rings};
 use super::segment::{Segment, SeqOffset};
 use super::socket_set::{Owner, SocketId};
 use super::TcpState;
@@ -78,6 +79,8 @@ pub(crate) struct SocketView {
     pub recv_queue: usize,
     /// Size of the receive buffer.
     pub recv_capacity: usize,
+    /// Size of the send buffer.
+    pub send_capacity: usize,
 }
 
 impl SocketView {
@@ -89,6 +92,16 @@ impl SocketView {
             send_queue: socket.send_queue(),
             recv_queue: socket.recv_queue(),
             recv_capacity: socket.recv_capacity(),
+            send_capacity: socket.send_capacity(),
+        }
+    }
+
+    /// The sizes of its two ring buffers.
+    #[inline]
+    pub(crate) fn rings(&self) -> Rings {
+        Rings {
+            rx: self.recv_capacity,
+            tx: self.send_capacity,
         }
     }
 
@@ -204,9 +217,48 @@ impl SeqTrack {
         end > v.rx_free() as i32
     }
 
+    /// Where the highest sequence number seen moves to with a segment
+    /// `seq..seq+len` (SYN and FIN counted), if it moves: the end of what
+    /// smoltcp may store of it. smoltcp keeps the part of a segment that
+    /// lies in the receive window, so a segment that starts in the window
+    /// and ends beyond it counts up to the window's end (never beyond
+    /// RCV.NXT + the free space, which the advertised window never
+    /// exceeds); one that does not reach into the window, or a control
+    /// segment beyond it, moves nothing.
+    #[inline]
+    pub(crate) fn stored_end(
+        &self,
+        v: &SocketView,
+        seq: u32,
+        len: u32,
+        syn: bool,
+        fin: bool,
+    ) -> Option<u32> {
+        let rcv_nxt = self.rcv_nxt(v);
+        let next = seq.wrapping_add(len + syn as u32 + fin as u32);
+        let ahead = next.wrapping_sub(rcv_nxt) as i32;
+        if ahead <= 0 {
+            return None;
+        }
+        let free = v.rx_free();
+        let end = if ahead as usize <= free + fin as usize {
+            next
+        } else {
+            // Only data octets in the window are stored: the first must
+            // lie before the window's end.
+            let start = seq.wrapping_add(syn as u32).wrapping_sub(rcv_nxt) as i32;
+            if len == 0 || start >= free as i32 {
+                return None;
+            }
+            rcv_nxt.wrapping_add(free as u32)
+        };
+        (end.wrapping_sub(self.peer_next) as i32 > 0).then_some(end)
+    }
+
     /// Take note of a segment from the peer before smoltcp sees it: its
     /// ISN, and (if plausible — inside the windows, so forged segments
-    /// cannot move them) the highest sequence number and SND.UNA.
+    /// cannot move them) the highest sequence number
+    /// ([`stored_end`](Self::stored_end)) and SND.UNA.
     ///
     /// In the handshake, what smoltcp is about to check is checked here
     /// first: a SYN-ACK, or the ACK of our SYN-ACK, counts only if it
@@ -230,13 +282,8 @@ impl SeqTrack {
             self.peer_isn = Some(seq);
             self.peer_next = seq.wrapping_add(1);
         }
-        let next = seq.wrapping_add(len + syn as u32 + fin as u32);
-        let ahead = next.wrapping_sub(self.rcv_nxt(v)) as i32;
-        if ahead > 0
-            && ahead as usize <= v.recv_capacity + 1
-            && (next.wrapping_sub(self.peer_next) as i32) > 0
-        {
-            self.peer_next = next;
+        if let Some(end) = self.stored_end(v, seq, len, syn, fin) {
+            self.peer_next = end;
         }
         if let Some(ack) = ack {
             let advance = ack.wrapping_sub(self.peer_ack) as i32;
@@ -350,16 +397,35 @@ pub(crate) struct Timers {
     /// buffer, a state change, or nothing outstanding at all.
     progress_at: Instant,
     /// Send-queue length at the last check, to see ACKs free it.
-    last_send_queue: usize,
+    last_send_queue: u32,
     /// FIN watchdog: when to re-send our FIN ourselves, and the backoff
     /// in milliseconds.
     fin_watch: Option<(Instant, u32)>,
     /// Since when it has been released and in FIN-WAIT-2.
-    orphan_since: Option<Instant>,
+    orphan_since: MaybeInstant,
     /// Since when both buffers have been empty, if they are.
-    idle_since: Option<Instant>,
+    idle_since: MaybeInstant,
     /// Whether the buffer pages were handed back since they last held data.
     shrunk: bool,
+}
+
+/// An optional time in 8 octets, where `Option<Instant>` takes 16
+/// (smoltcp's `Instant` has no value to spare): `i64::MIN` microseconds,
+/// long before any time a stack sees, stands for none. It keeps a
+/// connection's slot small.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct MaybeInstant(i64);
+
+impl MaybeInstant {
+    const NONE: MaybeInstant = MaybeInstant(i64::MIN);
+
+    fn from(t: Option<Instant>) -> MaybeInstant {
+        t.map_or(MaybeInstant::NONE, |t| MaybeInstant(t.total_micros()))
+    }
+
+    fn get(self) -> Option<Instant> {
+        (self != MaybeInstant::NONE).then(|| Instant::from_micros(self.0))
+    }
 }
 
 /// What one of the connection's own timers says after an event.
@@ -408,8 +474,8 @@ impl Timers {
             progress_at: now,
             last_send_queue: 0,
             fin_watch: None,
-            orphan_since: None,
-            idle_since: None,
+            orphan_since: MaybeInstant::NONE,
+            idle_since: MaybeInstant::NONE,
             shrunk: false,
         }
     }
@@ -476,11 +542,13 @@ impl Timers {
             );
         // Data queued on an empty send queue starts a new wait: an idle
         // spell before it was no lack of progress.
+        // Send queues are at most 1 GiB (`MAX_BUFFER`).
+        let sq32 = u32::try_from(sq).unwrap_or(u32::MAX);
         let fresh = sq > 0 && self.last_send_queue == 0;
-        if !outstanding || fresh || sq < self.last_send_queue || state != prev {
+        if !outstanding || fresh || sq32 < self.last_send_queue || state != prev {
             self.progress_at = now;
         }
-        self.last_send_queue = sq;
+        self.last_send_queue = sq32;
         match limit.filter(|_| outstanding).map(|t| self.progress_at + t) {
             Some(t) if t <= now => Timer::Fired,
             Some(t) => Timer::At(t),
@@ -526,10 +594,11 @@ impl Timers {
         timeout: Option<Duration>,
         orphan: bool,
     ) -> Timer {
-        self.orphan_since = orphan.then(|| self.orphan_since.unwrap_or(now));
-        match self.orphan_since.zip(timeout).map(|(t, d)| t + d) {
+        let since = orphan.then(|| self.orphan_since.get().unwrap_or(now));
+        self.orphan_since = MaybeInstant::from(since);
+        match since.zip(timeout).map(|(t, d)| t + d) {
             Some(t) if t <= now => {
-                self.orphan_since = None;
+                self.orphan_since = MaybeInstant::NONE;
                 Timer::Fired
             }
             Some(t) => Timer::At(t),
@@ -547,14 +616,15 @@ impl Timers {
         quiet: bool,
     ) -> Timer {
         if !quiet {
-            self.idle_since = None;
+            self.idle_since = MaybeInstant::NONE;
             self.shrunk = false;
             return Timer::Off;
         }
         let Some(after) = after.filter(|_| !self.shrunk) else {
             return Timer::Off;
         };
-        let since = *self.idle_since.get_or_insert(now);
+        let since = self.idle_since.get().unwrap_or(now);
+        self.idle_since = MaybeInstant::from(Some(since));
         if since + after > now {
             return Timer::At(since + after);
         }
@@ -693,10 +763,15 @@ pub(crate) struct TcpConn {
     /// Whether a SYN cookie brought it back (its handshake time is not
     /// known).
     pub from_cookie: bool,
+    /// The memory budget cut a `send` short: the application is told (an
+    /// event) once the buffer pages go back.
+    pub send_blocked: bool,
     /// RCV.NXT, SND.UNA and the RFC 5961 checks.
     pub seq: SeqTrack,
     /// Ephemera's own timers.
     pub timers: Timers,
+    /// Its use of the memory budget.
+    pub mem: MemUse,
     /// The buffer memory the socket's two ring buffers live in. Declared
     /// last: fields drop in order, so the socket in `set` goes first.
     pub chunk: Option<Chunk>,
@@ -734,8 +809,13 @@ impl TcpConn {
             dirty: false,
             event_queued: false,
             from_cookie: false,
+            send_blocked: false,
             seq: SeqTrack::new(peer_isn),
             timers: Timers::new(now),
+            mem: MemUse {
+                rx_base: peer_isn.map_or(0, |isn| isn.wrapping_add(1)),
+                ..MemUse::default()
+            },
             chunk,
         }
     }
@@ -891,6 +971,7 @@ mod tests {
             send_queue,
             recv_queue: 0,
             recv_capacity: 1000,
+            send_capacity: 1000,
         }
     }
 
@@ -1168,6 +1249,17 @@ mod tests {
         // An old segment does not move it back.
         s.note_segment(&v, 900, 10, false, false, Some(4000));
         assert_eq!((s.peer_next, s.peer_ack), (1501, 5050));
+        // A segment that starts in the window and ends beyond it: smoltcp
+        // stores the part in the window (up to RCV.NXT + 1000, the free
+        // space), so the highest sequence number seen moves there, and the
+        // buffer is not drained. One that starts beyond it moves nothing.
+        let mut t = SeqTrack::new(Some(1000));
+        let empty = view(Established, 0);
+        t.note_segment(&empty, 1001 + 1000, 10, false, false, None);
+        assert_eq!(t.peer_next, 1001, "beyond the window");
+        t.note_segment(&empty, 1001 + 500, 4000, false, false, None);
+        assert_eq!(t.peer_next, 1001 + 1000, "cut to the window");
+        assert!(!t.rx_drained(&empty));
         // A FIN ending past the window is beyond it; within, it is not.
         assert!(s.fin_beyond_window(&v, 1001, 1001));
         assert!(!s.fin_beyond_window(&v, 1001, 1000));

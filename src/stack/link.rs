@@ -13,7 +13,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use super::conn::TcpConn;
 use super::isn::Secrets;
-use super::segment::{clear_fin, set_seq, Segment, SeqOffset};
+use super::segment::{clear_fin, set_seq, strip_payload, Segment, SeqOffset};
 use crate::demux::{LocalAddrs, TcpSeg};
 use crate::port_table::FlowKey;
 
@@ -109,6 +109,9 @@ pub(super) struct Fix {
     pub strip_fin: bool,
     /// Set its SEG.SEQ (a bare ACK from a peer whose SND.NXT went back).
     pub rewind: Option<u32>,
+    /// Drop its payload and FIN, keep its ACK and window (the memory
+    /// budget has no room for the data).
+    pub strip_payload: bool,
 }
 
 /// The stack's addresses, as demux asks about them.
@@ -234,7 +237,8 @@ impl Link {
 
     /// Hand a segment from the peer (`packet`, classified as `seg`) to a
     /// TCP connection, in smoltcp's sequence space, with its FIN cleared
-    /// if `strip_fin` and its SEG.SEQ set to `rewind` if any; then take what the connection sent back to the
+    /// if `strip_fin`, its SEG.SEQ set to `rewind` if any, and its payload
+    /// dropped if `strip_payload`; then take what the connection sent back to the
     /// wire's (see [`SeqOffset`]). A segment that needs neither change
     /// goes as it is; one that does is changed in place if it is the
     /// driver's to change, else in a copy (in a buffer kept for it).
@@ -248,12 +252,17 @@ impl Link {
         fix: Fix,
         secrets: &Secrets,
     ) {
-        let Fix { strip_fin, rewind } = fix;
+        let Fix {
+            strip_fin,
+            rewind,
+            strip_payload: strip,
+        } = fix;
         let before = self.tx.len();
         let translate = seg.ack && c.seq.offset != SeqOffset::default();
-        let patch = |p: &mut [u8]| {
+        let tcp_at = usize::from(seg.header_offset);
+        let patch = |p: &mut [u8]| -> usize {
             if translate {
-                c.seq.offset.inbound(p, usize::from(seg.header_offset));
+                c.seq.offset.inbound(p, tcp_at);
             }
             if strip_fin {
                 clear_fin(p);
@@ -261,18 +270,24 @@ impl Link {
             if let Some(seq) = rewind {
                 set_seq(p, seq);
             }
-        };
-        match packet {
-            Packet::Mut(p) if translate || strip_fin || rewind.is_some() => {
-                patch(p);
-                let _ = self.ingress(now, &mut c.set, p);
+            if strip {
+                strip_payload(p, tcp_at)
+            } else {
+                p.len()
             }
-            Packet::Shared(p) if translate || strip_fin || rewind.is_some() => {
+        };
+        let change = translate || strip_fin || rewind.is_some() || strip;
+        match packet {
+            Packet::Mut(p) if change => {
+                let len = patch(p);
+                let _ = self.ingress(now, &mut c.set, &p[..len]);
+            }
+            Packet::Shared(p) if change => {
                 let mut copy = std::mem::take(&mut self.scratch);
                 copy.clear();
                 copy.extend_from_slice(p);
-                patch(&mut copy);
-                let _ = self.ingress(now, &mut c.set, &copy);
+                let len = patch(&mut copy);
+                let _ = self.ingress(now, &mut c.set, &copy[..len]);
                 self.scratch = copy;
             }
             p => {

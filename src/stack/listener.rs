@@ -14,9 +14,11 @@ use log::debug;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpListenEndpoint;
 
+use super::budget::Refusal;
 use super::conn::{Handshake, Phase};
 use super::isn::COOKIE_LIFETIME;
 use super::socket_set::{Owner, Socket, SocketId};
+use super::tcp::NoSocket;
 use super::{Event, Stack, SynCookies, TcpHandle, TcpState};
 use crate::demux::TcpSeg;
 use crate::error::{AcceptError, ListenError};
@@ -245,8 +247,18 @@ impl Stack {
                 return;
             }
         }
-        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
-            return;
+        let (mut socket, chunk) = match self.new_tcp_socket() {
+            Ok(s) => s,
+            // Dropped, not reset: the peer retries, and may find room then.
+            Err(NoSocket::Refused(Refusal::Connections)) => {
+                self.counters.drop_syn_connection_limit += 1;
+                return;
+            }
+            Err(NoSocket::Refused(Refusal::Memory)) => {
+                self.counters.drop_syn_memory_limit += 1;
+                return;
+            }
+            Err(NoSocket::NoLease) => return,
         };
         let Some(listener) = self.sockets.listener_mut(l) else {
             drop(socket);

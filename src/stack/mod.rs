@@ -6,6 +6,8 @@
 //! sockets, and makes the pass after each event that applies a
 //! connection's rules. The rest:
 //! - `config`: [`StackConfig`] and its validation;
+//! - `budget`: the memory budget and connection limit (Linux's `tcp_mem`):
+//!   what each connection's buffers may hold, and what the stack admits;
 //! - `tcp`, `udp`: the socket API;
 //! - `conn`: one TCP connection and its own rules (user timeout, FIN
 //!   watchdog, FIN-WAIT-2 timeout, idle buffers, RFC 5961), each saying
@@ -31,11 +33,13 @@ use crate::demux::{self, Checksums, Class, IcmpError, LocalAddrs, TcpSeg};
 use crate::error::{ConnError, ConnectError};
 use crate::port_table::{FlowKey, Lookup, PortTable, Protocol};
 use crate::rng::{Rng, SeededRng};
+use budget::Budget;
 use conn::{Cause, Ending, Limits, Phase, Reap, Rfc5961, Schedule, TimerVerdict};
 use isn::Secrets;
 use link::{Addrs, Fix, Link, Packet};
 use socket_set::{Owner, Slab, Socket, SocketId, TimerQueue};
 
+mod budget;
 mod config;
 mod conn;
 mod isn;
@@ -48,6 +52,7 @@ mod tcp;
 mod time_wait;
 mod udp;
 
+pub use budget::BudgetUse;
 pub use config::{
     ConfigError, CongestionControl, StackConfig, SynCookies, UnknownCongestionControl,
 };
@@ -155,6 +160,8 @@ pub struct Stack {
     counters: Counters,
     config: StackConfig,
     limits: Limits,
+    /// The memory budget and connection limit, and what they hold.
+    budget: Budget,
     rng: SeededRng,
     /// The keys behind our initial sequence numbers and SYN cookies.
     secrets: Secrets,
@@ -188,7 +195,15 @@ impl Stack {
         // sequence-number keys too, through a generator of another kind;
         // the stack's own stream, whose draws pick ports, stays as it was.
         let secrets = Secrets::new(&mut SeededRng::new(seed ^ 0x6528_4987_6528_4987));
-        let buffers = BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer);
+        // `validate` checked the sizes; the pool checks them again.
+        let buffers =
+            BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer).map_err(|_| {
+                ConfigError::TooLarge {
+                    what: "TCP buffers",
+                    size: config.tcp_rx_buffer.max(config.tcp_tx_buffer),
+                    max: crate::buffer_pool::MAX_BUFFER,
+                }
+            })?;
         Ok(Stack {
             link,
             addrs: cidrs,
@@ -199,6 +214,7 @@ impl Stack {
             events: VecDeque::new(),
             counters: Counters::default(),
             limits: config.limits(),
+            budget: Budget::new(config.max_memory, config.max_connections),
             config,
             rng,
             secrets,
@@ -431,9 +447,17 @@ impl Stack {
         self.sockets.len()
     }
 
-    /// Resident bytes of all TCP buffers (for measurements).
+    /// Resident bytes of all TCP buffers, as the kernel reports them
+    /// (`mincore(2)` over the buffer mappings: O(mapped pages), for
+    /// measurements and tests).
     pub fn buffer_resident_bytes(&self) -> usize {
         self.buffers.resident_bytes()
+    }
+
+    /// The memory budget and connection limit, and their use now (see
+    /// `StackConfig::max_memory`).
+    pub fn budget(&self) -> BudgetUse {
+        self.budget.usage()
     }
 
     /// Verify that the port table, the slab and the queues agree. For
@@ -525,6 +549,19 @@ impl Stack {
                 self.buffers.leased()
             ));
         }
+        self.budget
+            .check(self.sockets.iter().filter_map(|(_, s)| match s {
+                Socket::Tcp(c) => Some((c.view().rings(), c.mem.charge)),
+                _ => None,
+            }))?;
+        // The charge is an upper bound of what the kernel backs.
+        let resident = self.buffers.resident_bytes();
+        if resident > self.budget.usage().charged {
+            return Err(format!(
+                "{resident} octets of buffers resident, {} charged",
+                self.budget.usage().charged
+            ));
+        }
         if live != self.table.live_flows() {
             return Err(format!(
                 "{live} registered connections but {} live flows",
@@ -596,19 +633,43 @@ impl Stack {
         let rewound_at = bare_ack
             .then(|| c.seq.rewound_ack_at(&v, seg.seq, seg.ack_number))
             .flatten();
+        // The memory budget: octets that would touch ring pages the
+        // connection may not hold now (memory pressure) are dropped; the
+        // peer sends them again, as after a loss.
+        let mut strip_payload = false;
+        if seg.len > 0 {
+            let fin = seg.fin && !strip_fin;
+            if let Some(end) = c.seq.stored_end(&v, seg.seq, seg.len, seg.syn, fin) {
+                let rings = v.rings();
+                let m = &mut c.mem;
+                let want = m.charge_for(rings, c.seq.peer_isn, end, m.tx_written);
+                if want > m.charge {
+                    if self.budget.allows(rings, m.charge, want) {
+                        self.budget.recharge(rings, m.charge, want);
+                        m.charge = want;
+                    } else {
+                        self.counters.drop_data_memory_pressure += 1;
+                        strip_payload = true;
+                    }
+                }
+            }
+        }
         let knew_isn = c.seq.peer_isn.is_some();
         c.seq.note_segment(
             &v,
             seg.seq,
-            seg.len,
+            if strip_payload { 0 } else { seg.len },
             // smoltcp refuses a SYN with RST.
             seg.syn && !seg.rst,
-            seg.fin && !strip_fin,
+            seg.fin && !strip_fin && !strip_payload,
             seg.ack.then_some(seg.ack_number),
         );
         // The peer's ISN places its data in the ring.
-        if !knew_isn && c.seq.peer_isn.is_some() {
-            self.table.set_owner(key, c.owner(id));
+        if !knew_isn {
+            if let Some(isn) = c.seq.peer_isn {
+                c.mem.rx_base = isn.wrapping_add(1);
+                self.table.set_owner(key, c.owner(id));
+            }
         }
         // smoltcp 0.14 accepts the FIN of a segment it trims to the receive
         // window, ending the stream before the data that did not fit (found
@@ -631,7 +692,11 @@ impl Stack {
             c,
             packet,
             seg,
-            Fix { strip_fin, rewind },
+            Fix {
+                strip_fin,
+                rewind,
+                strip_payload,
+            },
             &self.secrets,
         );
         c.mark_dirty(id, &mut self.dirty);
@@ -711,7 +776,12 @@ impl Stack {
             Reap::Keep => {}
             Reap::TimeWait { owed_ack, record } => {
                 let key = c.key;
-                self.enter_time_wait(id, &key, owed_ack, record);
+                // Brought here by the peer's segment, its ACK goes from
+                // the record once the segment is through; if no record is
+                // kept (TIME-WAIT skipped), it goes from here.
+                let unrecorded = (cause == Cause::Ingress && owed_ack.is_none())
+                    .then(|| c.seq.segment(&v, TcpControl::None));
+                self.enter_time_wait(id, &key, owed_ack, record, unrecorded);
                 return;
             }
             Reap::Closed { release, free } => {
@@ -734,10 +804,13 @@ impl Stack {
         }
         let released = c.phase == Phase::Released;
         let rx_drained = c.seq.rx_drained(&v);
-        let ours = match c
-            .timers
-            .check(now, &self.limits, &v, prev, released, rx_drained)
-        {
+        // Under memory pressure idle buffers go back as soon as they are
+        // empty.
+        let mut limits = self.limits;
+        if self.budget.under_pressure() && limits.shrink_idle_after.is_some() {
+            limits.shrink_idle_after = Some(smoltcp::time::Duration::ZERO);
+        }
+        let ours = match c.timers.check(now, &limits, &v, prev, released, rx_drained) {
             TimerVerdict::UserTimeout => {
                 debug!("user timeout {} -> {}", c.key.local, c.key.remote);
                 c.error = Some(ConnError::TimedOut);
@@ -765,6 +838,16 @@ impl Stack {
                 }
                 if let (true, Some(chunk)) = (shrink, &c.chunk) {
                     self.buffers.shrink(chunk);
+                    self.budget.recharge(v.rings(), c.mem.charge, 0);
+                    c.mem.shrunk(c.seq.rcv_nxt(&v));
+                    // A send the budget cut short may go on now.
+                    if std::mem::take(&mut c.send_blocked)
+                        && c.phase == Phase::Owned
+                        && !c.event_queued
+                    {
+                        c.event_queued = true;
+                        self.events.push_back(Event::Tcp(TcpHandle(id)));
+                    }
                 }
                 next
             }

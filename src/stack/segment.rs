@@ -184,6 +184,27 @@ pub(crate) fn set_seq(packet: &mut [u8], seq: u32) {
     }
 }
 
+/// Cut `packet`, a TCP segment demultiplexing accepted with its header at
+/// `tcp_at`, down to its headers: no payload, no FIN (ACK, window and
+/// options stay), the IP length field set to match. Returns the new
+/// length. Checksums are left as they are: demux verified them, and
+/// smoltcp is told not to check again.
+pub(crate) fn strip_payload(packet: &mut [u8], tcp_at: usize) -> usize {
+    let header = packet
+        .get(tcp_at + 12)
+        .map_or(20, |&off| usize::from(off >> 4) * 4);
+    let len = (tcp_at + header).min(packet.len());
+    if let Some(flags) = packet.get_mut(tcp_at + 13) {
+        *flags &= !0x01;
+    }
+    match packet.first().map(|b| b >> 4) {
+        Some(4) if len >= 4 => packet[2..4].copy_from_slice(&(len as u16).to_be_bytes()),
+        Some(6) if len >= 40 => packet[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes()),
+        _ => {}
+    }
+    len
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, SocketAddr};
@@ -327,6 +348,35 @@ mod tests {
                 opts.len() > 3,
                 "timestamps untouched"
             );
+        }
+    }
+
+    #[test]
+    fn a_segment_without_its_payload_is_a_well_formed_bare_segment() {
+        use crate::wire::build::Tcp;
+        for (from, to) in [
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("[fd00::1]:40000", "[fd00::2]:80"),
+        ] {
+            let (from, to): (SocketAddr, SocketAddr) = (from.parse().unwrap(), to.parse().unwrap());
+            let mut packet = Tcp {
+                seq: 7,
+                ack: 9,
+                flags: TcpFlags::ACK | TcpFlags::FIN | TcpFlags::PSH,
+                window: 1000,
+                payload: &[5; 300],
+                ..Default::default()
+            }
+            .packet(from, to);
+            let Ok(Class::Tcp { seg, .. }) = classify(&packet, &Peer(to.ip())) else {
+                panic!("not TCP");
+            };
+            let full = packet.len();
+            let len = strip_payload(&mut packet, usize::from(seg.header_offset));
+            assert_eq!(len, full - 300);
+            let v = TcpView::parse(&packet[..len]).unwrap();
+            assert!(v.payload().is_empty() && !v.flags().fin() && v.flags().ack());
+            assert_eq!((v.seq(), v.ack(), v.window()), (7, 9, 1000));
         }
     }
 

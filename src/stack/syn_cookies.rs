@@ -23,11 +23,13 @@ use std::net::SocketAddr;
 use log::debug;
 use smoltcp::wire::IpListenEndpoint;
 
+use super::budget::Refusal;
 use super::conn::Phase;
 use super::isn::CookieOptions;
 use super::link::Packet;
 use super::listener::Listener;
 use super::socket_set::{Owner, SocketId};
+use super::tcp::NoSocket;
 use super::{Stack, SynCookies};
 use crate::demux::TcpSeg;
 use crate::port_table::FlowKey;
@@ -158,8 +160,18 @@ impl Stack {
             self.counters.drop_accept_queue_full += 1;
             return true;
         }
-        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
-            return true;
+        let (mut socket, chunk) = match self.new_tcp_socket() {
+            Ok(s) => s,
+            // Dropped: the peer sends its ACK again, and may find room then.
+            Err(NoSocket::Refused(Refusal::Connections)) => {
+                self.counters.drop_syn_connection_limit += 1;
+                return true;
+            }
+            Err(NoSocket::Refused(Refusal::Memory)) => {
+                self.counters.drop_syn_memory_limit += 1;
+                return true;
+            }
+            Err(NoSocket::NoLease) => return true,
         };
         socket
             .listen(IpListenEndpoint {

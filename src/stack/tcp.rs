@@ -8,6 +8,7 @@ use log::debug;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpEndpoint;
 
+use super::budget::{Refusal, Rings};
 use super::conn::{Cause, Phase, TcpConn};
 use super::socket_set::{Owner, Slab, Socket, SocketId};
 use super::{Stack, TcpState};
@@ -59,9 +60,22 @@ impl Stack {
         }
         .map_err(|_| ConnectError::AddrNotAvailable)?;
 
-        let Some((mut socket, chunk)) = self.new_tcp_socket() else {
-            self.table.release(&key);
-            return Err(ConnectError::NoBuffers);
+        let (mut socket, chunk) = match self.new_tcp_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                self.table.release(&key);
+                return Err(match e {
+                    NoSocket::Refused(Refusal::Connections) => {
+                        self.counters.tcp_connect_connection_limit += 1;
+                        ConnectError::ConnectionLimit
+                    }
+                    NoSocket::Refused(Refusal::Memory) => {
+                        self.counters.tcp_connect_memory_limit += 1;
+                        ConnectError::NoBuffers
+                    }
+                    NoSocket::NoLease => ConnectError::NoBuffers,
+                });
+            }
         };
         let r = socket.connect(
             self.link.iface.context(),
@@ -82,13 +96,35 @@ impl Stack {
         Ok(TcpHandle(id))
     }
 
-    /// Queue `data` for sending; returns how much fit in the send buffer.
+    /// Queue `data` for sending; returns how much fit in the send buffer
+    /// (under memory pressure, in what the connection may hold).
     pub fn send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, SendError> {
         let c = self.sockets.owned_mut(h).ok_or(SendError::InvalidHandle)?;
         if let Some(e) = c.error {
             return Err(e.into());
         }
         let state = c.socket().state();
+        // The memory budget: the octets may touch new pages of the send
+        // ring only while it allows (see `budget`).
+        let rings = c.view().rings();
+        let (isn, rx_end) = (c.seq.peer_isn, c.seq.peer_next);
+        let m = &mut c.mem;
+        let all = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let want = m.charge_for(rings, isn, rx_end, m.tx_written.saturating_add(all));
+        let data = if self.budget.allows(rings, m.charge, want) {
+            data
+        } else {
+            let allowed = m.charge.max(rings.reserve());
+            let room = m.tx_room(rings, isn, rx_end, allowed);
+            if room < data.len() {
+                self.counters.tcp_send_memory_pressure += 1;
+                c.send_blocked = true;
+            }
+            &data[..room.min(data.len())]
+        };
+        if data.is_empty() && all > 0 {
+            return Err(SendError::WouldBlock);
+        }
         let n = match c.socket_mut().send_slice(data) {
             Ok(n) => n,
             Err(_) => {
@@ -101,6 +137,15 @@ impl Stack {
         };
         if n == 0 && !data.is_empty() {
             return Err(SendError::WouldBlock);
+        }
+        let m = &mut c.mem;
+        m.tx_written = m
+            .tx_written
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        let charge = m.charge_for(rings, isn, rx_end, m.tx_written);
+        if charge > m.charge {
+            self.budget.recharge(rings, m.charge, charge);
+            m.charge = charge;
         }
         c.mark_dirty(h.0, &mut self.dirty);
         Ok(n)
@@ -234,20 +279,29 @@ impl Stack {
 
     // ---- a connection's slot -------------------------------------------
 
-    /// A fresh socket with buffers from the pool; `None` when the pool
-    /// cannot reserve more memory.
-    pub(super) fn new_tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, Chunk)> {
+    /// A fresh socket with buffers from the pool, if the budget admits
+    /// another connection: with the configured rings, or smaller ones
+    /// under memory pressure (see `budget`).
+    pub(super) fn new_tcp_socket(&mut self) -> Result<(tcp::Socket<'static>, Chunk), NoSocket> {
+        let rings = self.budget.rings(Rings {
+            rx: self.config.tcp_rx_buffer,
+            tx: self.config.tcp_tx_buffer,
+        });
+        self.budget.admit(rings).map_err(NoSocket::Refused)?;
         let chunk = match self.buffers.lease() {
             Ok(c) => c,
             Err(e) => {
                 debug!("no buffer memory: {e}");
                 self.counters.drop_no_buffers += 1;
-                return None;
+                return Err(NoSocket::NoLease);
             }
         };
+        if rings.rx != self.config.tcp_rx_buffer || rings.tx != self.config.tcp_tx_buffer {
+            self.counters.tcp_opened_under_pressure += 1;
+        }
         // SAFETY: one set of slices per lease; the socket is dropped before
         // the chunk is released (`free_tcp`), and the pool outlives both.
-        let (rx, tx) = unsafe { self.buffers.slices(&chunk) };
+        let (rx, tx) = unsafe { self.buffers.slices(&chunk, rings.rx, rings.tx) };
         let c = &self.config;
         let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         s.set_nagle_enabled(c.nagle);
@@ -259,7 +313,7 @@ impl Stack {
         // smoltcp's own timeout also fires on idle connections; ephemera
         // applies the user timeout itself, only to outstanding data.
         s.set_timeout(None);
-        Some((s, chunk))
+        Ok((s, chunk))
     }
 
     /// Put a new connection in the slab and tell the port table where its
@@ -271,7 +325,13 @@ impl Stack {
         phase: Phase,
         peer_isn: Option<u32>,
     ) -> SocketId {
-        let conn = TcpConn::new(socket, Some(chunk), key, phase, self.now, peer_isn);
+        let mut conn = TcpConn::new(socket, Some(chunk), key, phase, self.now, peer_isn);
+        let rings = conn.view().rings();
+        self.budget.open(rings);
+        if rings.rx != self.config.tcp_rx_buffer {
+            // No ring prefetch hints: they assume the configured size.
+            conn.rx_addr = 0;
+        }
         let owner = self.sockets.next_id();
         self.table.set_owner(&key, conn.owner(owner));
         let id = self.sockets.insert(Socket::Tcp(conn));
@@ -282,6 +342,7 @@ impl Stack {
     /// Free a TCP connection's slot and give its buffer memory back.
     pub(super) fn free_tcp(&mut self, id: SocketId) {
         if let Some(Socket::Tcp(mut c)) = self.sockets.remove(id) {
+            self.budget.close(c.view().rings(), c.mem.charge);
             let chunk = c.chunk.take();
             drop(c);
             if let Some(chunk) = chunk {
@@ -305,6 +366,16 @@ impl Stack {
             self.free_tcp(id);
         }
     }
+}
+
+/// Why no socket was made for a new connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum NoSocket {
+    /// The budget refused it.
+    Refused(Refusal),
+    /// The buffer pool could not reserve memory (counted in
+    /// `drop_no_buffers`).
+    NoLease,
 }
 
 /// The application's connections: a stale handle, or one the application

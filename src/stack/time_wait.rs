@@ -2,7 +2,8 @@
 //! ephemera frees the socket at once and keeps a compact record in the
 //! port table for the configured 2·MSL (RFC 9293 §3.6.1), remembering
 //! RCV.NXT. For a 4-tuple in TIME-WAIT the stack then answers as the
-//! socket would have: an ACK for a retransmitted FIN, nothing for a RST
+//! socket would have: an ACK for a retransmitted FIN (and 2·MSL from
+//! then), nothing for a RST
 //! (RFC 1337), and a new connection for a SYN beyond the old sequence
 //! space (RFC 6191).
 
@@ -12,33 +13,47 @@ use super::segment::Segment;
 use super::socket_set::SocketId;
 use super::{since_epoch, Stack};
 use crate::demux::TcpSeg;
-use crate::port_table::FlowKey;
+use crate::port_table::{FlowKey, TimeWaitEntry};
 
 impl Stack {
     /// A connection our side closed first reached TIME-WAIT: send the ACK
     /// it still owes (if any), keep a record with RCV.NXT (`record`, if
-    /// its 4-tuple is registered), and free its socket.
+    /// its 4-tuple is registered), and free its socket. `unrecorded` is
+    /// the ACK to send if no record is kept (TIME-WAIT off, or the records
+    /// at their cap), when the record would have sent it.
     pub(super) fn enter_time_wait(
         &mut self,
         id: SocketId,
         key: &FlowKey,
         owed_ack: Option<Segment>,
         record: Option<u32>,
+        unrecorded: Option<Segment>,
     ) {
         if let Some(ack) = owed_ack {
             self.link.emit(key, &ack);
         }
         if let Some(rcv_nxt) = record {
-            self.table
+            let entry = self
+                .table
                 .enter_time_wait(key, since_epoch(self.now), rcv_nxt);
+            if let TimeWaitEntry::Overflow(_) = entry {
+                self.counters.tcp_time_wait_overflow += 1;
+            }
+            if let (TimeWaitEntry::Overflow(_) | TimeWaitEntry::Skipped(_), Some(ack)) =
+                (entry, unrecorded)
+            {
+                self.link.emit(key, &ack);
+            }
         }
         self.counters.tcp_closed += 1;
         self.free_tcp(id);
     }
 
     /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our
-    /// last ACK was lost: ACK it again (RFC 9293 §3.10.7.4). RSTs are
-    /// ignored (RFC 1337); anything else is dropped.
+    /// last ACK was lost: ACK it again, and, if it is the FIN that closed
+    /// the connection (it ends at the recorded RCV.NXT), restart 2·MSL
+    /// (RFC 9293 §3.10.7.4). RSTs are ignored (RFC 1337); anything else is
+    /// dropped.
     pub(super) fn time_wait_segment(&mut self, key: &FlowKey, seg: &TcpSeg, packet: &[u8]) {
         // A new connection from a client that reuses its port while our
         // side still holds TIME-WAIT (we closed first): allowed when its
@@ -53,6 +68,13 @@ impl Stack {
         if !retransmitted_fin {
             self.counters.drop_time_wait += 1;
             return;
+        }
+        let fin_end = seg.seq.wrapping_add(seg.len + 1);
+        if self
+            .table
+            .restart_time_wait(key, since_epoch(self.now), fin_end)
+        {
+            self.counters.tcp_time_wait_restarted += 1;
         }
         self.time_wait_ack(key, seg);
     }

@@ -230,24 +230,6 @@ fn impaired_soak_thousand_connections_both_directions() {
     assert!(bad > 0, "corruption must be caught by checksums");
 }
 
-/// Everything `st` puts on the wire from `*now` until `until`, with its
-/// time, stepping the clock from deadline to deadline as the virtual link
-/// does.
-fn drain_until(st: &mut Stack, now: &mut Instant, until: Instant) -> Vec<(Instant, Seg)> {
-    let mut out = Vec::new();
-    loop {
-        while let Some(p) = st.poll_transmit(*now) {
-            out.extend(Seg::parse(&p).map(|s| (*now, s)));
-        }
-        match st.poll_at() {
-            Some(t) if t <= until => *now = t.max(*now + Duration::from_micros(1)),
-            _ => break,
-        }
-    }
-    *now = until.max(*now);
-    out
-}
-
 /// The soak's orphan, replayed with hand-built segments (seed 0x50a4 up to
 /// commit a0f2e13, connection 10.0.0.1:53585 -> 10.0.0.2:7000). The peer's
 /// data and FIN arrive around a hole, so its FIN is out of order and

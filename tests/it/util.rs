@@ -2,15 +2,16 @@
 //! client and a server stack on one virtual link ([`pair`], named by
 //! [`Node`]), opening and accepting connections ([`establish`],
 //! [`accept_until`]), segments built and read with `ephemera::wire`
-//! ([`tcp`], [`Seg`], [`tap_segments`]), the stream hash ([`Fnv`]) and the
-//! seed printed on failure ([`SeedGuard`]).
+//! ([`tcp`], [`Seg`], [`tap_segments`]), one stack driven by hand-built
+//! segments ([`drain_until`], [`handshake`]), the stream hash ([`Fnv`])
+//! and the seed printed on failure ([`SeedGuard`]).
 
 use std::net::{IpAddr, SocketAddr};
 
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::wire::build::{Ipv4, Ipv6, Tcp};
 use ephemera::wire::{protocol, TcpFlags, TcpView};
-use ephemera::{Instant, ListenerHandle, Stack, StackConfig, TcpHandle, TcpState};
+use ephemera::{Duration, Instant, ListenerHandle, Stack, StackConfig, TcpHandle, TcpState};
 
 /// The client's address.
 pub const CLIENT: &str = "10.0.0.1";
@@ -249,6 +250,54 @@ pub fn tap_segments(net: &mut Network, mut f: impl FnMut(Instant, Seg) + 'static
             f(t, s);
         }
     });
+}
+
+/// Everything `st` puts on the wire from `*now` until `until`, with its
+/// time, stepping the clock from deadline to deadline as the virtual link
+/// does.
+pub fn drain_until(st: &mut Stack, now: &mut Instant, until: Instant) -> Vec<(Instant, Seg)> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(p) = st.poll_transmit(*now) {
+            out.extend(Seg::parse(&p).map(|s| (*now, s)));
+        }
+        match st.poll_at() {
+            Some(t) if t <= until => *now = t.max(*now + Duration::from_micros(1)),
+            _ => break,
+        }
+    }
+    *now = until.max(*now);
+    out
+}
+
+/// A peer, played by hand against one stack: open a connection from
+/// `peer` with initial sequence number `isn` and window `window` to the
+/// listener `l` at `server` (no options), and accept it. The server's
+/// handle and its SND.NXT.
+pub fn handshake(
+    st: &mut Stack,
+    now: &mut Instant,
+    l: ListenerHandle,
+    (peer, server): (SocketAddr, SocketAddr),
+    isn: u32,
+    window: u16,
+) -> (TcpHandle, u32) {
+    st.handle_packet(*now, &tcp(peer, server, isn, 0, TcpFlags::SYN, window, b""));
+    let out = drain_until(st, now, *now + Duration::from_millis(1));
+    let syn_ack = out.iter().find(|(_, s)| s.flags.syn()).expect("SYN-ACK").1;
+    assert_eq!(syn_ack.ack, isn.wrapping_add(1));
+    let snd_nxt = syn_ack.seq.wrapping_add(1);
+    let ack = tcp(
+        peer,
+        server,
+        isn.wrapping_add(1),
+        snd_nxt,
+        TcpFlags::ACK,
+        window,
+        b"",
+    );
+    st.handle_packet(*now, &ack);
+    (st.accept(l).expect("accepted"), snd_nxt)
 }
 
 /// A 64-bit FNV-1a hash, to compare streams without keeping them.

@@ -1,6 +1,7 @@
 //! The `ephemera` binary on real TUN devices, in network namespaces the
 //! tests make themselves: [`daemon`] runs `ephemera up` with real clients,
-//! [`hardening`] with hostile ones and other local users,
+//! [`hardening`] with hostile ones and other local users, [`budget`] holds
+//! its memory budget against 20,000 clients that never read,
 //! [`tun`] drives the library's TUN device directly, [`offload`] moves
 //! bulk data both ways with receive offload on and off, [`syn_flood`]
 //! downloads with curl through a SYN flood. Nothing is configured
@@ -9,6 +10,7 @@
 //! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
 //! prints `SKIP <test>: <reason>` on stderr and passes.
 
+mod budget;
 mod daemon;
 mod hardening;
 mod harness;

@@ -1,0 +1,141 @@
+//! TIME-WAIT kept by one stack, played against by hand: its records are
+//! capped, a retransmitted FIN restarts 2·MSL, and reopening one 4-tuple
+//! over and over leaves nothing behind.
+
+use std::net::SocketAddr;
+
+use ephemera::port_table::PortTableConfig;
+use ephemera::wire::TcpFlags;
+use ephemera::{Duration, Instant, ListenerHandle, Stack, StackConfig};
+
+use crate::util::*;
+
+const SERVER_AT: &str = "10.0.0.2:80";
+
+fn server(max_time_wait: usize) -> (Stack, ListenerHandle, Instant) {
+    let now = Instant::from_millis(0);
+    let config = StackConfig {
+        ports: PortTableConfig {
+            max_time_wait,
+            ..PortTableConfig::default()
+        },
+        ..config(SERVER, 0x7a)
+    };
+    let mut st = Stack::new(config, now).unwrap();
+    let l = st.listen(sa("0.0.0.0:80"), None).unwrap();
+    (st, l, now)
+}
+
+/// A connection from `peer` (ISN `isn`) that the server closes first: its
+/// FIN, the peer's ACK and FIN, the server's last ACK. Returns RCV.NXT as
+/// the server saw it last (the peer's FIN included).
+fn closed_by_server(
+    st: &mut Stack,
+    now: &mut Instant,
+    l: ListenerHandle,
+    peer: SocketAddr,
+    isn: u32,
+) -> u32 {
+    let ends = (peer, sa(SERVER_AT));
+    let (h, snd) = handshake(st, now, l, ends, isn, 65535);
+    st.close(h);
+    let t = *now;
+    let out = drain_until(st, now, t + Duration::from_millis(5));
+    assert!(
+        out.iter().any(|(_, s)| s.flags.fin() && s.seq == snd),
+        "{out:?}"
+    );
+    let fin = TcpFlags::FIN | TcpFlags::ACK;
+    let rcv_nxt = isn.wrapping_add(2);
+    st.handle_packet(
+        *now,
+        &tcp(peer, ends.1, isn.wrapping_add(1), snd + 1, fin, 65535, b""),
+    );
+    let t = *now;
+    let out = drain_until(st, now, t + Duration::from_millis(5));
+    assert!(out.iter().any(|(_, s)| s.ack == rcv_nxt), "{out:?}");
+    rcv_nxt
+}
+
+#[test]
+fn time_wait_records_are_capped_and_the_rest_skip_time_wait() {
+    let (mut st, l, mut now) = server(4);
+    for port in 0..10u16 {
+        let peer = SocketAddr::new(ip(CLIENT), 40_000 + port);
+        closed_by_server(&mut st, &mut now, l, peer, 1000 * u32::from(port));
+    }
+    let table = st.port_table();
+    assert_eq!(table.time_wait_flows(), 4);
+    assert_eq!(table.live_flows(), 0, "the other six were released");
+    let c = st.counters();
+    assert_eq!((c.tcp_time_wait_overflow, c.tcp_closed), (6, 10));
+    assert_eq!(st.socket_count(), 1, "only the listener");
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn a_retransmitted_fin_in_time_wait_restarts_two_msl() {
+    let (mut st, l, mut now) = server(4);
+    let peer = sa("10.0.0.1:40000");
+    let rcv_nxt = closed_by_server(&mut st, &mut now, l, peer, 5000);
+    let t0 = now;
+    assert_eq!(st.port_table().time_wait_flows(), 1);
+
+    // 40 s in, the peer (its ACK of our FIN lost, say) sends its FIN again.
+    let t = t0 + Duration::from_secs(40);
+    drain_until(&mut st, &mut now, t);
+    let fin = TcpFlags::FIN | TcpFlags::ACK;
+    let again = tcp(peer, sa(SERVER_AT), rcv_nxt - 1, 0, fin, 65535, b"");
+    st.handle_packet(now, &again);
+    let out = drain_until(&mut st, &mut now, t + Duration::from_millis(5));
+    assert!(
+        out.iter().any(|(_, s)| s.ack == rcv_nxt),
+        "FIN not ACKed: {out:?}"
+    );
+
+    // 2·MSL (60 s) after the first FIN the record is still there: it runs
+    // from the retransmission.
+    drain_until(&mut st, &mut now, t0 + Duration::from_secs(61));
+    assert_eq!(st.port_table().time_wait_flows(), 1, "2·MSL not restarted");
+    drain_until(&mut st, &mut now, t + Duration::from_millis(59_990));
+    assert_eq!(st.port_table().time_wait_flows(), 1);
+    drain_until(&mut st, &mut now, t + Duration::from_secs(61));
+    assert_eq!(st.port_table().time_wait_flows(), 0);
+    assert_eq!(st.counters().tcp_time_wait_restarted, 1);
+    assert_eq!(st.counters().tcp_time_wait_restarted, 1);
+
+    // A FIN that did not close the connection (blind, wrong sequence
+    // number) is answered but restarts nothing.
+    let rcv_nxt = closed_by_server(&mut st, &mut now, l, peer, 9000);
+    let blind = tcp(peer, sa(SERVER_AT), rcv_nxt + 500, 0, fin, 65535, b"");
+    st.handle_packet(now, &blind);
+    assert_eq!(st.counters().tcp_time_wait_restarted, 1);
+    st.check_invariants().unwrap();
+}
+
+#[test]
+fn reopening_one_four_tuple_many_times_leaves_no_expiry_entries_behind() {
+    let (mut st, l, mut now) = server(64);
+    let peer = sa("10.0.0.1:40000");
+    let mut isn = 1_000u32;
+    let mut most = 0;
+    for round in 0..500 {
+        // Each round's SYN lies beyond the last connection's RCV.NXT, so it
+        // ends the record early (RFC 6191) and opens the next connection.
+        let rcv_nxt = closed_by_server(&mut st, &mut now, l, peer, isn);
+        assert_eq!(st.port_table().time_wait_flows(), 1, "round {round}");
+        most = most.max(st.port_table().time_wait_queue_len());
+        isn = rcv_nxt.wrapping_add(100_000);
+    }
+    assert_eq!(st.counters().tcp_time_wait_reopened, 499);
+    assert!(
+        most <= 20,
+        "one record, but up to {most} expiry entries queued"
+    );
+    st.check_invariants().unwrap();
+    // And the last record still expires.
+    let t = now + Duration::from_secs(61);
+    drain_until(&mut st, &mut now, t);
+    assert_eq!(st.port_table().time_wait_flows(), 0);
+    assert_eq!(st.port_table().time_wait_queue_len(), 0);
+}
