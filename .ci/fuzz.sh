@@ -12,7 +12,7 @@
 set -euo pipefail
 
 secs=${1:-60}
-targets=${FUZZ_TARGETS:-"stack_hostile dns port_table stack_pair rx_split socks_udp"}
+targets=${FUZZ_TARGETS:-"stack_hostile dns port_table stack_pair rx_split socks_udp syn_cookies"}
 cd "$(dirname "$0")/../fuzz"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -38,8 +38,8 @@ fn bench_one(c: &mut Criterion, n: usize, name: &str, server: &mut dyn Server, p
                 let i = rng.below(peers.len());
                 (i, data_segment(&mut peers[i]))
             },
-            |(i, packet)| {
-                server.segment(i, &packet);
+            |(i, mut packet)| {
+                server.segment(i, &mut packet);
                 packet
             },
             BatchSize::SmallInput,

@@ -129,6 +129,11 @@ pub struct UpArgs {
     /// 4-tuple (2*MSL, RFC 9293 section 3.6.1); 0 skips TIME-WAIT.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_time_wait)]
     pub time_wait: u64,
+    /// When a listener answers a SYN with a SYN cookie instead of keeping a half-open
+    /// connection (RFC 4987 section 3.6): auto (under a SYN flood, when the half-open
+    /// queue is full), always, or never [default: auto].
+    #[arg(long, value_name = "WHEN", value_parser = parse_syn_cookies)]
+    pub syn_cookies: Option<ephemera::SynCookies>,
     /// Close a connection of any service (HTTP, echo, discard, SOCKS and forward relays,
     /// fetch) after SECS without a byte moving either way; 0: never.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = parse_idle_timeout)]
@@ -438,6 +443,16 @@ pub fn parse_time_wait(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--syn-cookies`: `auto`, `always` or `never`.
+pub fn parse_syn_cookies(s: &str) -> Result<ephemera::SynCookies, String> {
+    match s {
+        "auto" => Ok(ephemera::SynCookies::Auto),
+        "always" => Ok(ephemera::SynCookies::Always),
+        "never" => Ok(ephemera::SynCookies::Never),
+        _ => Err(format!("{s:?} is not auto, always or never")),
+    }
+}
+
 /// `--idle-timeout`: whole seconds, 0 (never) to 604800 (a week).
 pub fn parse_idle_timeout(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
@@ -710,6 +725,24 @@ mod tests {
     }
 
     #[test]
+    fn syn_cookies_auto_always_never() {
+        use ephemera::SynCookies;
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        assert_eq!(up(&base).unwrap().syn_cookies, None);
+        for (arg, want) in [
+            ("auto", SynCookies::Auto),
+            ("always", SynCookies::Always),
+            ("never", SynCookies::Never),
+        ] {
+            let a = up(&[&base[..], &["--syn-cookies", arg]].concat()).unwrap();
+            assert_eq!(a.syn_cookies, Some(want));
+        }
+        for bad in ["", "on", "Auto", "1"] {
+            assert!(parse_syn_cookies(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn time_wait_seconds() {
         assert_eq!(parse_time_wait("0"), Ok(0));
         assert_eq!(parse_time_wait("60"), Ok(60));
@@ -967,6 +1000,8 @@ mod tests {
             "nobody",
             "--no-configure",
             "--no-offload",
+            "--syn-cookies",
+            "always",
             "--pcap",
             "/tmp/x.pcap",
             "--control",
@@ -986,6 +1021,7 @@ mod tests {
         assert_eq!(a.http, Some(80));
         assert!(a.no_configure);
         assert!(a.no_offload);
+        assert_eq!(a.syn_cookies, Some(ephemera::SynCookies::Always));
 
         let a = up(&[
             "--tun",

@@ -32,7 +32,7 @@ counters! {
     udp_datagrams_in,
     /// Dropped: truncated or lying header lengths.
     drop_malformed,
-    /// Dropped: IPv4 header, TCP or UDP checksum wrong.
+    /// Dropped: IPv4 header, TCP, UDP, ICMP or ICMPv6 checksum wrong.
     drop_bad_checksum,
     /// Dropped: IP fragment (no reassembly).
     drop_fragment,
@@ -51,6 +51,9 @@ counters! {
     drop_rst_out_of_window,
     /// Segments for a 4-tuple in TIME-WAIT that were not a retransmitted FIN.
     drop_time_wait,
+    /// ICMP hard errors about a connection in SYN-SENT that do not quote
+    /// its SYN's sequence number (RFC 5927 §4.1): ignored.
+    drop_icmp_out_of_window,
     /// SYNs dropped because the listener's half-open queue was full and
     /// held nothing to evict.
     drop_syn_queue_full,
@@ -109,6 +112,16 @@ counters! {
     /// connections: answered by a challenge ACK (RFC 5961 §3.2, §4; at
     /// most one a second per connection, the rest dropped).
     tcp_challenge_acks,
+    /// SYN-ACKs whose ISN is a SYN cookie: answered without keeping a
+    /// half-open connection, or for one opened while the half-open queue
+    /// was full (see `SynCookies`).
+    tcp_syn_cookies_sent,
+    /// ACKs that returned a valid SYN cookie and rebuilt their connection.
+    tcp_syn_cookies_ok,
+    /// ACKs to a listener using cookies whose cookie was forged or stale
+    /// (older than 128 s): no connection is made, and they are answered
+    /// with RST as any ACK for no connection is (RFC 9293 §3.10.7.2).
+    tcp_syn_cookies_failed,
     /// FINs cleared because their segment ended beyond the receive window
     /// (the peer sends them again with the rest of its data).
     tcp_fin_beyond_window,

@@ -2,8 +2,9 @@
 //!
 //! This is the one place a packet from the wire is parsed (with
 //! etherparse) and checked before anything trusts it: lengths, header
-//! fields, checksums (IPv4 header, TCP, UDP), source sanity. What fails has a
-//! [`DropReason`] that the stack counts; what passes is reduced to
+//! fields, checksums (IPv4 header, TCP, UDP, ICMP, ICMPv6), source
+//! sanity. What fails has a [`DropReason`] that the stack counts; what
+//! passes is reduced to
 //! the flow key and the few TCP fields the stack needs to route it, so no
 //! later stage walks the headers again to find its connection.
 
@@ -13,6 +14,7 @@ use etherparse::{IpNumber, NetSlice, SlicedPacket, TransportSlice};
 use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
 
 use crate::port_table::{FlowKey, Protocol};
+use crate::wire::{checksum, protocol};
 
 /// The TCP fields demultiplexing and TIME-WAIT handling look at.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -76,6 +78,9 @@ pub enum Class {
         key: FlowKey,
         /// How serious it is.
         error: IcmpError,
+        /// For TCP, SEG.SEQ of the quoted segment, if the quote reaches
+        /// it (RFC 792 quotes 8 octets, RFC 1812 as many as fit).
+        seq: Option<u32>,
     },
     /// Any other ICMP message (echo request, …): smoltcp answers it.
     Icmp,
@@ -88,7 +93,7 @@ pub enum Class {
 pub enum DropReason {
     /// Truncated, or header fields that lie about lengths.
     Malformed,
-    /// IPv4 header, TCP or UDP checksum wrong.
+    /// IPv4 header, TCP, UDP, ICMP or ICMPv6 checksum wrong.
     BadChecksum,
     /// An IP fragment: ephemera does not reassemble.
     Fragment,
@@ -229,6 +234,9 @@ pub fn classify_with(
             })
         }
         Some(TransportSlice::Icmpv4(icmp)) => {
+            if checksum::fold(checksum::sum(0, icmp.slice())) != 0xffff {
+                return Err(DropReason::BadChecksum);
+            }
             // Type 3 destination unreachable, 11 time exceeded.
             let error = match (icmp.type_u8(), icmp.code_u8()) {
                 (3, 2 | 3 | 9 | 10 | 13) => Some(IcmpError::Refused),
@@ -238,6 +246,9 @@ pub fn classify_with(
             Ok(icmp_error(error, icmp.payload(), dst).unwrap_or(Class::Icmp))
         }
         Some(TransportSlice::Icmpv6(icmp)) => {
+            if !checksum::verify_transport(src, dst, protocol::ICMPV6, icmp.slice()) {
+                return Err(DropReason::BadChecksum);
+            }
             // Type 1 destination unreachable (code 1 prohibited, 4 port
             // unreachable), 3 time exceeded.
             let error = match (icmp.type_u8(), icmp.code_u8()) {
@@ -293,6 +304,10 @@ fn icmp_error(error: Option<IcmpError>, quoted: &[u8], our_dst: IpAddr) -> Optio
     };
     let sport = u16::from_be_bytes([rest[0], rest[1]]);
     let dport = u16::from_be_bytes([rest[2], rest[3]]);
+    let seq = match (proto, rest.get(4..8)) {
+        (Protocol::Tcp, Some(s)) => Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]])),
+        _ => None,
+    };
     Some(Class::IcmpError {
         key: FlowKey::new(
             proto,
@@ -300,6 +315,7 @@ fn icmp_error(error: Option<IcmpError>, quoted: &[u8], our_dst: IpAddr) -> Optio
             SocketAddr::new(dst, dport),
         ),
         error,
+        seq,
     })
 }
 
@@ -461,8 +477,61 @@ mod tests {
                     "10.0.0.1:50000".parse().unwrap(),
                     "10.0.0.2:9".parse().unwrap()
                 ),
-                error: IcmpError::Refused
+                error: IcmpError::Refused,
+                seq: None,
             })
+        );
+        // A wrong ICMP checksum: dropped before anything believes it.
+        let at = p.len() - quoted.len() - 6;
+        p[at] ^= 1;
+        assert_eq!(classify(&p, &Ours), Err(DropReason::BadChecksum));
+    }
+
+    #[test]
+    fn icmpv6_errors_are_checksummed_and_tcp_quotes_give_their_sequence_number() {
+        use crate::wire::build::{Icmp, Tcp};
+        let (us, them): (SocketAddr, SocketAddr) = (
+            "[fd00::1]:40000".parse().unwrap(),
+            "[fd00::2]:80".parse().unwrap(),
+        );
+        let syn = Tcp {
+            seq: 0xfeed_f00d,
+            flags: crate::wire::TcpFlags::SYN,
+            ..Default::default()
+        }
+        .packet(us, them);
+        let error = |quote: &[u8], checksum| {
+            Icmp {
+                ty: 1,
+                code: 4,
+                body: quote,
+                checksum,
+                ..Default::default()
+            }
+            .packet(them.ip(), us.ip())
+        };
+        let key = FlowKey::new(Protocol::Tcp, us, them);
+        use crate::wire::build::Checksum;
+        assert_eq!(
+            classify(&error(&syn[..48], Checksum::Valid), &Ours),
+            Ok(Class::IcmpError {
+                key,
+                error: IcmpError::Refused,
+                seq: Some(0xfeed_f00d),
+            })
+        );
+        // Only the ports quoted: no sequence number to check.
+        assert_eq!(
+            classify(&error(&syn[..44], Checksum::Valid), &Ours),
+            Ok(Class::IcmpError {
+                key,
+                error: IcmpError::Refused,
+                seq: None,
+            })
+        );
+        assert_eq!(
+            classify(&error(&syn[..48], Checksum::Wrong), &Ours),
+            Err(DropReason::BadChecksum)
         );
     }
 

@@ -33,7 +33,7 @@ pub use rng::{Rng, SeededRng};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{
     BudgetUse, ConfigError, CongestionControl, Event, ListenerHandle, SocketInfo, SocketState,
-    Stack, StackConfig, TcpHandle, TcpState, UdpHandle, UnknownCongestionControl,
+    Stack, StackConfig, SynCookies, TcpHandle, TcpState, UdpHandle, UnknownCongestionControl,
 };
 
 #[cfg(any(test, feature = "fuzzing"))]

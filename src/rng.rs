@@ -24,11 +24,12 @@ pub trait Rng {
 
 /// xoshiro256** seeded through SplitMix64: small, fast and well studied.
 /// Not a CSPRNG, and not all of its output stays hidden: it keys the port
-/// table's hashes and seeds smoltcp's generator (whose ISNs peers see),
-/// and it picks the random steps of RFC 6056 allocation and the random
-/// start from which a bind to port 0 takes the first free port, so a bound
-/// port shows one output reduced to the range. Production seeds it from
-/// the OS.
+/// table's hashes, and seeds smoltcp's generator and the keys of the
+/// stack's initial sequence numbers (neither of which peers see: smoltcp's
+/// ISNs are hidden behind the stack's own), and it picks the random steps
+/// of RFC 6056 allocation and the random start from which a bind to port 0
+/// takes the first free port, so a bound port shows one output reduced to
+/// the range. Production seeds it from the OS.
 #[derive(Clone, Debug)]
 pub struct SeededRng {
     s: [u64; 4],

@@ -108,8 +108,10 @@ fn check_syn_ack(p: &mut Peer, reply: &[u8]) {
 /// What a benchmark does to a server: one segment in, the application
 /// reads it, every packet out is collected. Returns the packets sent.
 pub trait Server {
-    /// Deliver `packet` (for connection `i`), read the data, flush output.
-    fn segment(&mut self, i: usize, packet: &[u8]) -> usize;
+    /// Deliver `packet` (for connection `i`; the server may change it in
+    /// place, as a driver that owns its receive buffer lets it), read the
+    /// data, flush output.
+    fn segment(&mut self, i: usize, packet: &mut [u8]) -> usize;
 }
 
 // ---- ephemera ---------------------------------------------------------------
@@ -174,9 +176,9 @@ impl EphemeraServer {
 }
 
 impl Server for EphemeraServer {
-    fn segment(&mut self, i: usize, packet: &[u8]) -> usize {
+    fn segment(&mut self, i: usize, packet: &mut [u8]) -> usize {
         let t = now();
-        self.stack.handle_packet(t, packet);
+        self.stack.handle_packet_mut(t, packet);
         while self.stack.poll_event().is_some() {}
         let _ = self.stack.recv(self.conns[i], &mut self.buf);
         let mut out = 0;
@@ -338,11 +340,11 @@ impl StockServer {
 }
 
 impl Server for StockServer {
-    fn segment(&mut self, i: usize, packet: &[u8]) -> usize {
+    fn segment(&mut self, i: usize, packet: &mut [u8]) -> usize {
         let t = now();
         let before = self.sink.count;
         let mut dev = Dev {
-            rx: Some(packet),
+            rx: Some(&*packet),
             tx: &mut self.sink,
         };
         // `Interface::poll` with the application's read between ingress and
@@ -365,7 +367,7 @@ pub fn sanity(server: &mut dyn Server, peers: &mut [Peer], rounds: usize) {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..rounds {
         let i = rng.below(peers.len());
-        let p = data_segment(&mut peers[i]);
-        assert_eq!(server.segment(i, &p), 1, "one ACK per data segment");
+        let mut p = data_segment(&mut peers[i]);
+        assert_eq!(server.segment(i, &mut p), 1, "one ACK per data segment");
     }
 }

@@ -333,6 +333,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
             }),
         tcp_rx_buffer: TCP_BUFFER,
         tcp_tx_buffer: TCP_BUFFER,
+        syn_cookies: args.syn_cookies.unwrap_or_default(),
         // Through a virtio-net header every TCP checksum is left to the
         // kernel (device::gso), so smoltcp need not sum payloads; a
         // capture shows them complete.
@@ -511,8 +512,8 @@ impl EventLoop {
             let r = edge.tun.recv_segments(buf, |packet, checksum| {
                 capture(pcap, packet);
                 match checksum {
-                    RxChecksum::Vouched => stack.handle_vouched_packet(now, packet),
-                    RxChecksum::Unchecked => stack.handle_packet(now, packet),
+                    RxChecksum::Vouched => stack.handle_vouched_packet_mut(now, packet),
+                    RxChecksum::Unchecked => stack.handle_packet_mut(now, packet),
                 }
             });
             match r {

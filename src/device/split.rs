@@ -130,7 +130,7 @@ pub fn deliver(
     packet: &mut [u8],
     cut: Cut,
     fill: Fill,
-    each: &mut dyn FnMut(&[u8], RxChecksum),
+    each: &mut dyn FnMut(&mut [u8], RxChecksum),
 ) -> Result<Delivered, RxDrop> {
     if hdr.gso_type == GSO_NONE {
         let partial = hdr.flags & F_NEEDS_CSUM != 0;
@@ -195,7 +195,7 @@ fn split_tcp(
     p: &mut [u8],
     cut: Cut,
     fill: Fill,
-    each: &mut dyn FnMut(&[u8], RxChecksum),
+    each: &mut dyn FnMut(&mut [u8], RxChecksum),
 ) -> Result<usize, RxDrop> {
     let n = p.len();
     let view = TcpView::parse(&p[..]).map_err(|_| RxDrop::Malformed)?;
@@ -269,7 +269,9 @@ fn split_tcp(
                 p[start + at..start + at + 2].copy_from_slice(&seed);
             }
         }
-        each(&p[start..end], RxChecksum::Vouched);
+        // The receiver may change the segment (its header; the next
+        // segment's header is written from the copy above).
+        each(&mut p[start..end], RxChecksum::Vouched);
         at = end;
         i += 1;
         if last {

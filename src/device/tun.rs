@@ -330,16 +330,17 @@ impl Tun {
     /// short by a `buf` smaller than [`MAX_PACKET`], or a virtio-net
     /// header that does not fit it; [`rx_counters`](Self::rx_counters)
     /// counts why). `WouldBlock` when nothing is queued. `buf` is scratch
-    /// space, overwritten in place.
+    /// space, overwritten in place; `each` may change the packet it is
+    /// handed (`Stack::handle_packet_mut`).
     pub fn recv_segments(
         &mut self,
         buf: &mut [u8],
-        mut each: impl FnMut(&[u8], RxChecksum),
+        mut each: impl FnMut(&mut [u8], RxChecksum),
     ) -> io::Result<usize> {
         match &mut self.kind {
             Kind::Plain(iface) => {
                 let n = iface.recv(buf)?;
-                match buf.get(..n) {
+                match buf.get_mut(..n) {
                     Some(p) => {
                         each(p, RxChecksum::Unchecked);
                         Ok(1)

@@ -402,7 +402,7 @@ impl Network {
                 break;
             }
             self.queue.pop();
-            let p = self.packets.remove(&seq).expect("queued packet");
+            let mut p = self.packets.remove(&seq).expect("queued packet");
             self.stats.delivered += 1;
             let d = &mut self.directions.entry((p.from, p.to)).or_default().stats;
             d.packets_delivered += 1;
@@ -410,7 +410,7 @@ impl Network {
             if self.misdirected(p.to, &p.bytes) {
                 self.stats.misdirected += 1;
             }
-            self.stacks[p.to].handle_packet(now, &p.bytes);
+            self.stacks[p.to].handle_packet_mut(now, &mut p.bytes);
             delivered = true;
         }
         if delivered {

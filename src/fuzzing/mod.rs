@@ -15,6 +15,7 @@ pub mod rx_split;
 pub mod socks_udp;
 pub mod stack_hostile;
 pub mod stack_pair;
+pub mod syn_cookies;
 
 /// Run target `name` on one input. Panics on a failed property, and on
 /// an unknown name.
@@ -26,6 +27,7 @@ pub fn run(name: &str, data: &[u8]) {
         "socks_udp" => socks_udp::run(data),
         "stack_pair" => stack_pair::run(data),
         "rx_split" => rx_split::run(data),
+        "syn_cookies" => syn_cookies::run(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -38,6 +40,7 @@ pub const TARGETS: &[&str] = &[
     "stack_pair",
     "rx_split",
     "socks_udp",
+    "syn_cookies",
 ];
 
 /// Seeds for target `name`: named inputs for `fuzz/corpus/<name>/`.
@@ -145,5 +148,10 @@ mod tests {
     #[test]
     fn socks_udp_corpus_and_regressions() {
         replay("socks_udp");
+    }
+
+    #[test]
+    fn syn_cookies_corpus_and_regressions() {
+        replay("syn_cookies");
     }
 }

@@ -22,6 +22,8 @@
 //! sum instead, and a partial checksum on a single packet is left as it
 //! was. Every packet is vouched for exactly when the header says the
 //! kernel built or checked it, or it comes from a super-packet.
+//! The receiver scribbles over every packet it is handed, as the stack
+//! may (`Stack::handle_packet_mut`): later segments must not notice.
 
 use std::net::SocketAddr;
 
@@ -62,6 +64,9 @@ pub fn run(data: &[u8]) {
     let result = deliver(hdr, &mut packet, cut, fill, &mut |s, c| {
         got.push(s.to_vec());
         worth.push(c);
+        // The receiver may change what it is handed (the stack moves
+        // SEG.ACK in place): the segments after it must not notice.
+        s.fill(0xa5);
     });
     let Ok(delivered) = result else {
         assert!(got.is_empty(), "{result:?} but delivered {}", got.len());

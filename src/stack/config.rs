@@ -56,6 +56,9 @@ pub struct StackConfig {
     /// accepts: how much it may have in flight beyond what the peer's
     /// window allows. Default [`CongestionControl::Cubic`].
     pub congestion_control: CongestionControl,
+    /// When a listener answers a SYN with a SYN cookie (RFC 4987 §3.6)
+    /// instead of keeping a half-open connection; see [`SynCookies`].
+    pub syn_cookies: SynCookies,
     /// Most TCP connections open at once (half-open and closing ones
     /// included; TIME-WAIT records are not connections). Beyond it SYNs
     /// are dropped and `connect` fails with ENOBUFS, both counted. Default
@@ -162,6 +165,35 @@ impl std::str::FromStr for CongestionControl {
     }
 }
 
+/// When listeners use SYN cookies (RFC 4987 §3.6): a SYN-ACK whose initial
+/// sequence number encodes, under a secret key, the 4-tuple, the time and
+/// the peer's MSS, window scale and SACK-permitted, so that the peer's ACK
+/// can rebuild the connection although nothing was kept for it. Such a
+/// connection differs from one whose handshake was kept in three ways: its
+/// MSS and the peer's window scale are rounded down to a table (8 values
+/// each), a lost SYN-ACK is not sent again (the peer sends its SYN again
+/// instead), and the ACK must come back within 64 to 128 s (always true of
+/// a real handshake). See docs/reliability.md.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum SynCookies {
+    /// While a listener is under a SYN flood: when its half-open queue is
+    /// full and none of its half-open connections is old enough to evict,
+    /// once one had to be evicted in the last two minutes (a burst of real
+    /// clients evicts nothing, and its surplus SYNs are dropped and sent
+    /// again), or at once if the backlog has room the half-open limit
+    /// withholds. A half-open connection opened while the queue is full
+    /// gets a cookie for its ISN too, so that its client still gets in if
+    /// it is evicted in turn. Linux's `tcp_syncookies = 1`.
+    #[default]
+    Auto,
+    /// For every SYN: listeners never keep half-open connections (Linux's
+    /// `tcp_syncookies = 2`).
+    Always,
+    /// Never: a full half-open queue evicts its oldest connection or drops
+    /// the SYN (Linux's `tcp_syncookies = 0`).
+    Never,
+}
+
 impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
@@ -179,6 +211,7 @@ impl Default for StackConfig {
             fin_timeout: Some(Duration::from_secs(60)),
             shrink_idle_after: Some(Duration::from_secs(1)),
             congestion_control: CongestionControl::Cubic,
+            syn_cookies: SynCookies::Auto,
             max_connections: 262_144,
             max_memory: 1 << 30,
             seed: None,

@@ -28,7 +28,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpControl;
 
 use super::budget::{MemUse, Rings};
-use super::segment::Segment;
+use super::segment::{Segment, SeqOffset};
 use super::socket_set::{Owner, SocketId};
 use super::TcpState;
 use crate::buffer_pool::Chunk;
@@ -150,6 +150,11 @@ pub(crate) struct SeqTrack {
     /// When a challenge ACK was last sent (RFC 5961 §3.2, §4), to send at
     /// most one a second.
     pub challenged_at: Option<Instant>,
+    /// Our sequence numbers inside smoltcp against those on the wire.
+    pub offset: SeqOffset,
+    /// The ISN chosen for this connection in advance (a SYN cookie);
+    /// otherwise the RFC 6528 ISN is taken when the SYN leaves.
+    pub chosen_iss: Option<u32>,
 }
 
 /// What RFC 5961 says about a SYN or RST for a connection.
@@ -254,6 +259,13 @@ impl SeqTrack {
     /// ISN, and (if plausible — inside the windows, so forged segments
     /// cannot move them) the highest sequence number
     /// ([`stored_end`](Self::stored_end)) and SND.UNA.
+    ///
+    /// In the handshake, what smoltcp is about to check is checked here
+    /// first: a SYN-ACK, or the ACK of our SYN-ACK, counts only if it
+    /// acknowledges exactly our SYN (SEG.ACK = ISS + 1, RFC 9293
+    /// §3.10.7.3), so a blind SYN-ACK cannot set the peer's ISN (and with
+    /// it RCV.NXT) for the connection's life. A SYN without ACK in
+    /// SYN-SENT is a simultaneous open, which smoltcp accepts as it is.
     #[inline]
     pub(crate) fn note_segment(
         &mut self,
@@ -264,17 +276,23 @@ impl SeqTrack {
         fin: bool,
         ack: Option<u32>,
     ) {
-        if syn && self.peer_isn.is_none() {
+        let handshake = matches!(v.state, TcpState::SynSent | TcpState::SynReceived);
+        let acks_our_syn = ack.is_some() && ack == self.offset.iss().map(|i| i.wrapping_add(1));
+        if syn && self.peer_isn.is_none() && (acks_our_syn || ack.is_none() && !fin) {
             self.peer_isn = Some(seq);
             self.peer_next = seq.wrapping_add(1);
         }
-        let handshake = matches!(v.state, TcpState::SynSent | TcpState::SynReceived);
         if let Some(end) = self.stored_end(v, seq, len, syn, fin) {
             self.peer_next = end;
         }
         if let Some(ack) = ack {
             let advance = ack.wrapping_sub(self.peer_ack) as i32;
-            if handshake || (advance >= 0 && advance as usize <= v.send_queue + 1) {
+            let plausible = if handshake {
+                acks_our_syn
+            } else {
+                advance >= 0 && advance as usize <= v.send_queue + 1
+            };
+            if plausible {
                 self.peer_ack = ack;
             }
         }
@@ -742,6 +760,9 @@ pub(crate) struct TcpConn {
     pub dirty: bool,
     /// Whether an event for it is queued for the application.
     pub event_queued: bool,
+    /// Whether a SYN cookie brought it back (its handshake time is not
+    /// known).
+    pub from_cookie: bool,
     /// The memory budget cut a `send` short: the application is told (an
     /// event) once the buffer pages go back.
     pub send_blocked: bool,
@@ -787,6 +808,7 @@ impl TcpConn {
             scheduled: None,
             dirty: false,
             event_queued: false,
+            from_cookie: false,
             send_blocked: false,
             seq: SeqTrack::new(peer_isn),
             timers: Timers::new(now),
@@ -1241,10 +1263,23 @@ mod tests {
         // A FIN ending past the window is beyond it; within, it is not.
         assert!(s.fin_beyond_window(&v, 1001, 1001));
         assert!(!s.fin_beyond_window(&v, 1001, 1000));
-        // In the handshake any ACK is taken (smoltcp checks it).
+        // In the handshake, only the exact ACK of our SYN: a blind SYN-ACK
+        // sets neither the peer's ISN nor SND.UNA.
         let mut s = SeqTrack::new(None);
+        s.offset = SeqOffset::fixed(76);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(78));
+        assert_eq!((s.peer_isn, s.peer_ack), (None, 0));
         s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(77));
         assert_eq!((s.peer_isn, s.peer_next, s.peer_ack), (Some(300), 301, 77));
+        // Before our SYN has left, nothing can acknowledge it.
+        let mut s = SeqTrack::new(None);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, Some(1));
+        assert_eq!(s.peer_isn, None);
+        // A SYN without ACK is a simultaneous open; with FIN, malformed.
+        s.note_segment(&view(SynSent, 0), 300, 0, true, true, None);
+        assert_eq!(s.peer_isn, None);
+        s.note_segment(&view(SynSent, 0), 300, 0, true, false, None);
+        assert_eq!(s.peer_isn, Some(300));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use super::conn::TcpConn;
-use super::segment::{tcp_ack_number, Segment};
-use crate::demux::LocalAddrs;
+use super::isn::Secrets;
+use super::segment::{clear_fin, set_seq, strip_payload, Segment, SeqOffset};
+use crate::demux::{LocalAddrs, TcpSeg};
 use crate::port_table::FlowKey;
 
 /// One packet in, any number out: the device handed to smoltcp for a single
@@ -79,6 +80,40 @@ impl phy::Device for OneShot<'_> {
     }
 }
 
+/// A packet handed to the stack: the caller's to keep (changed only in a
+/// copy), or the driver's buffer, which the stack may change in place
+/// (`Stack::handle_packet_mut`).
+pub(super) enum Packet<'a> {
+    /// Read only.
+    Shared(&'a [u8]),
+    /// Ours to change.
+    Mut(&'a mut [u8]),
+}
+
+impl Packet<'_> {
+    /// The octets.
+    #[inline]
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            Packet::Shared(p) => p,
+            Packet::Mut(p) => p,
+        }
+    }
+}
+
+/// What the stack changes in a peer's segment before smoltcp sees it,
+/// besides the sequence offset.
+#[derive(Copy, Clone, Debug, Default)]
+pub(super) struct Fix {
+    /// Clear its FIN (it ends beyond the receive window).
+    pub strip_fin: bool,
+    /// Set its SEG.SEQ (a bare ACK from a peer whose SND.NXT went back).
+    pub rewind: Option<u32>,
+    /// Drop its payload and FIN, keep its ACK and window (the memory
+    /// budget has no room for the data).
+    pub strip_payload: bool,
+}
+
 /// The stack's addresses, as demux asks about them.
 pub(super) struct Addrs<'a>(pub &'a [IpCidr]);
 
@@ -108,6 +143,8 @@ pub(super) struct Link {
     tcp_sum: Checksum,
     /// The empty set smoltcp answers unmatched packets with.
     pub empty: SocketSet<'static>,
+    /// A copy of the segment being handed in, when it must be changed.
+    scratch: Vec<u8>,
 }
 
 impl Link {
@@ -160,6 +197,7 @@ impl Link {
             mtu,
             tcp_sum,
             empty: SocketSet::new(Vec::new()),
+            scratch: Vec::new(),
         }
     }
 
@@ -197,27 +235,98 @@ impl Link {
         }
     }
 
-    /// Hand `packet` to a TCP connection, and remember the ACK it sent.
+    /// Hand a segment from the peer (`packet`, classified as `seg`) to a
+    /// TCP connection, in smoltcp's sequence space, with its FIN cleared
+    /// if `strip_fin`, its SEG.SEQ set to `rewind` if any, and its payload
+    /// dropped if `strip_payload`; then take what the connection sent back to the
+    /// wire's (see [`SeqOffset`]). A segment that needs neither change
+    /// goes as it is; one that does is changed in place if it is the
+    /// driver's to change, else in a copy (in a buffer kept for it).
     #[inline]
-    pub(super) fn tcp_ingress(&mut self, now: Instant, c: &mut TcpConn, packet: &[u8]) {
+    pub(super) fn tcp_ingress(
+        &mut self,
+        now: Instant,
+        c: &mut TcpConn,
+        packet: Packet<'_>,
+        seg: &TcpSeg,
+        fix: Fix,
+        secrets: &Secrets,
+    ) {
+        let Fix {
+            strip_fin,
+            rewind,
+            strip_payload: strip,
+        } = fix;
         let before = self.tx.len();
-        let _ = self.ingress(now, &mut c.set, packet);
-        self.note_ack_sent(c, before);
+        let translate = seg.ack && c.seq.offset != SeqOffset::default();
+        let tcp_at = usize::from(seg.header_offset);
+        let patch = |p: &mut [u8]| -> usize {
+            if translate {
+                c.seq.offset.inbound(p, tcp_at);
+            }
+            if strip_fin {
+                clear_fin(p);
+            }
+            if let Some(seq) = rewind {
+                set_seq(p, seq);
+            }
+            if strip {
+                strip_payload(p, tcp_at)
+            } else {
+                p.len()
+            }
+        };
+        let change = translate || strip_fin || rewind.is_some() || strip;
+        match packet {
+            Packet::Mut(p) if change => {
+                let len = patch(p);
+                let _ = self.ingress(now, &mut c.set, &p[..len]);
+            }
+            Packet::Shared(p) if change => {
+                let mut copy = std::mem::take(&mut self.scratch);
+                copy.clear();
+                copy.extend_from_slice(p);
+                let len = patch(&mut copy);
+                let _ = self.ingress(now, &mut c.set, &copy[..len]);
+                self.scratch = copy;
+            }
+            p => {
+                let _ = self.ingress(now, &mut c.set, p.bytes());
+            }
+        }
+        self.tcp_outbound(now, c, before, secrets, !seg.ack);
     }
 
-    /// Flush a TCP connection's output, and remember the ACK it sent.
-    pub(super) fn tcp_egress(&mut self, now: Instant, c: &mut TcpConn) {
+    /// Flush a TCP connection's output, in the wire's sequence space.
+    pub(super) fn tcp_egress(&mut self, now: Instant, c: &mut TcpConn, secrets: &Secrets) {
         let before = self.tx.len();
         self.egress(now, &mut c.set);
-        self.note_ack_sent(c, before);
+        self.tcp_outbound(now, c, before, secrets, false);
     }
 
-    /// Remember the acknowledgment number of the last segment `c` put on
-    /// the tx queue from position `from` on.
+    /// Take the segments `c` put on the tx queue from position `from` on
+    /// to the wire's sequence space (fixing the offset at its first SYN),
+    /// and remember the acknowledgment number of the last.
     #[inline]
-    pub(super) fn note_ack_sent(&self, c: &mut TcpConn, from: usize) {
-        if let Some(ack) = self.tx.range(from..).rev().find_map(|p| tcp_ack_number(p)) {
-            c.seq.ack_sent = Some(ack);
+    fn tcp_outbound(
+        &mut self,
+        now: Instant,
+        c: &mut TcpConn,
+        from: usize,
+        secrets: &Secrets,
+        answering_unacked: bool,
+    ) {
+        if from == self.tx.len() {
+            return;
+        }
+        let (key, seq) = (&c.key, &mut c.seq);
+        let chosen = seq.chosen_iss;
+        let summed = !matches!(self.tcp_sum, Checksum::None);
+        for p in self.tx.range_mut(from..) {
+            let isn = || chosen.unwrap_or_else(|| secrets.isn(now, key));
+            if let Some(ack) = seq.offset.outbound(p, isn, answering_unacked, summed) {
+                seq.ack_sent = Some(ack);
+            }
         }
     }
 

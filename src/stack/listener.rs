@@ -16,9 +16,10 @@ use smoltcp::wire::IpListenEndpoint;
 
 use super::budget::Refusal;
 use super::conn::{Handshake, Phase};
+use super::isn::COOKIE_LIFETIME;
 use super::socket_set::{Owner, Socket, SocketId};
 use super::tcp::NoSocket;
-use super::{Event, Stack, TcpHandle, TcpState};
+use super::{Event, Stack, SynCookies, TcpHandle, TcpState};
 use crate::demux::TcpSeg;
 use crate::error::{AcceptError, ListenError};
 use crate::port_table::{FlowKey, Lookup, Protocol};
@@ -27,6 +28,13 @@ use crate::port_table::{FlowKey, Lookup, Protocol};
 /// than this and than its listener's smoothed handshake time: a real
 /// client completes within about one handshake time, a spoofed SYN never.
 const MIN_EVICTION_AGE: Duration = Duration::from_millis(1);
+
+/// ...but never needs to be older than this to be evicted, whatever the
+/// handshake times: slow handshakes (or peers that answer slowly on
+/// purpose) would otherwise switch eviction off. smoltcp sends the
+/// SYN-ACK again after this long (RFC 6298's initial RTO), so a client
+/// still in its handshake by then has lost a round trip already.
+const MAX_EVICTION_AGE: Duration = Duration::from_secs(1);
 
 /// Handle of a TCP listener.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +61,19 @@ pub(crate) struct Listener {
     pub event_queued: bool,
     /// Smoothed time from SYN to ESTABLISHED of its connections.
     pub handshake_rtt: Option<Duration>,
+    /// When it last had to evict a half-open connection: a sign of a SYN
+    /// flood, which lets `SynCookies::Auto` answer with cookies.
+    pub evicted_at: Option<Instant>,
+    /// When it last sent a SYN cookie: while one may still come back,
+    /// ACKs for no connection are checked for one.
+    pub cookie_sent_at: Option<Instant>,
+}
+
+impl Listener {
+    /// Whether `at` lies within a cookie's lifetime before `now`.
+    pub(super) fn recent(at: Option<Instant>, now: Instant) -> bool {
+        at.is_some_and(|t| now < t + COOKIE_LIFETIME)
+    }
 }
 
 impl Stack {
@@ -81,6 +102,8 @@ impl Stack {
             created: self.now,
             event_queued: false,
             handshake_rtt: None,
+            evicted_at: None,
+            cookie_sent_at: None,
         }));
         debug_assert_eq!(got, id);
         debug!("listen {bound}");
@@ -145,41 +168,84 @@ impl Stack {
         seg: &TcpSeg,
         packet: &[u8],
     ) {
-        match found {
-            Lookup::Bound(l) if seg.is_initial_syn() => {
-                self.syn_to_listener(l.id, *key, seg.seq, packet)
+        if let Lookup::Bound(l) = found {
+            if seg.is_initial_syn() {
+                self.syn_to_listener(l.id, *key, seg, packet);
+                return;
             }
-            _ => {
-                if seg.is_initial_syn() {
-                    self.counters.tcp_refused += 1;
+            // An ACK for no connection may return a SYN cookie.
+            if seg.ack && !seg.syn && !seg.rst && self.cookies_in_use(l.id) {
+                if self.syn_cookie_ack(l.id, key, seg, packet) {
+                    return;
                 }
-                if !seg.rst {
-                    self.counters.tcp_rst_sent += 1;
-                }
-                self.link.answer_unmatched(self.now, packet);
+                self.counters.tcp_syn_cookies_failed += 1;
             }
         }
+        if seg.is_initial_syn() {
+            self.counters.tcp_refused += 1;
+        }
+        if !seg.rst {
+            self.counters.tcp_rst_sent += 1;
+        }
+        self.link.answer_unmatched(self.now, packet);
     }
 
     /// A SYN for a listener: make a half-open connection of its own.
     /// Half-open connections count against the backlog too, so a connection
-    /// that completes always finds room in the accept queue; a SYN beyond
-    /// the backlog is dropped and counted (the peer retransmits it, RFC 9293
-    /// §3.10.7.2). When the half-open limit (`syn_backlog`) is reached, the
-    /// oldest half-open connection makes room instead (see
-    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)).
-    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, isn: u32, packet: &[u8]) {
+    /// that completes always finds room in the accept queue. When there is
+    /// no room for another (the half-open limit `syn_backlog` is reached,
+    /// or half-open and queued connections fill the backlog), the oldest
+    /// half-open connection makes room (see
+    /// [`evict_oldest_half_open`](Self::evict_oldest_half_open)); if none
+    /// is old enough, or the accept queue alone fills the backlog, the SYN
+    /// is dropped and counted (the peer retransmits it, RFC 9293
+    /// §3.10.7.2).
+    fn syn_to_listener(&mut self, l: SocketId, key: FlowKey, seg: &TcpSeg, packet: &[u8]) {
+        let now = self.now;
+        let cookies = self.config.syn_cookies;
         let Some(listener) = self.sockets.listener(l) else {
             return;
         };
-        if listener.half_open >= self.config.syn_backlog {
-            if !self.evict_oldest_half_open(l) {
-                self.counters.drop_syn_queue_full += 1;
-                return;
-            }
-        } else if listener.queue.len() + listener.half_open >= listener.backlog {
+        let queued = listener.queue.len();
+        if queued >= listener.backlog {
+            // The accept queue itself is full: nothing to evict, and no
+            // room for a connection a cookie would bring back either.
             self.counters.drop_accept_queue_full += 1;
             return;
+        }
+        if cookies == SynCookies::Always {
+            self.send_syn_cookie(l, &key, seg, packet);
+            return;
+        }
+        // Room for half-open connections: the half-open limit, and what
+        // the accept queue leaves of the backlog. Either way, when it is
+        // full the oldest half-open connection may make room.
+        let room = self.config.syn_backlog.min(listener.backlog - queued);
+        let mut chosen_iss = None;
+        if listener.half_open >= room {
+            let syn_queue_full = listener.half_open >= self.config.syn_backlog;
+            // Whether the backlog has a place for a connection a cookie
+            // brings back (the half-open limit, not the backlog, is full),
+            // and whether the listener is under a flood.
+            let place = listener.half_open + queued < listener.backlog;
+            let flood = Listener::recent(listener.evicted_at, now);
+            if self.evict_oldest_half_open(l, false) {
+                // Under pressure: should this one be evicted in turn, a
+                // cookie for its ISN still lets its client in.
+                if cookies == SynCookies::Auto {
+                    chosen_iss = Some(self.syn_cookie(l, &key, seg, packet).0);
+                }
+            } else if cookies == SynCookies::Auto && (place || flood) {
+                self.send_syn_cookie(l, &key, seg, packet);
+                return;
+            } else {
+                if syn_queue_full {
+                    self.counters.drop_syn_queue_full += 1;
+                } else {
+                    self.counters.drop_accept_queue_full += 1;
+                }
+                return;
+            }
         }
         let (mut socket, chunk) = match self.new_tcp_socket() {
             Ok(s) => s,
@@ -210,8 +276,18 @@ impl Stack {
         self.table
             .insert(key, Owner::of(id))
             .expect("lookup found no flow for this 4-tuple");
-        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(isn));
+        let got = self.insert_conn((socket, chunk), key, Phase::HalfOpen(l), Some(seg.seq));
         debug_assert_eq!(got, id);
+        if let Some(c) = self.sockets.tcp_mut(id) {
+            c.seq.chosen_iss = chosen_iss;
+        }
+        self.note_half_open(l, id);
+        self.ingress(id, seg, packet);
+    }
+
+    /// Put a new half-open connection `id` in listener `l`'s eviction
+    /// order.
+    pub(super) fn note_half_open(&mut self, l: SocketId, id: SocketId) {
         let syn_backlog = self.config.syn_backlog;
         if let Some(listener) = self.sockets.listener_mut(l) {
             listener.half_open_order.push_back(id);
@@ -229,7 +305,6 @@ impl Stack {
                 }
             }
         }
-        self.ingress(id, packet);
     }
 
     /// SYN-flood defence: free the listener's oldest half-open connection
@@ -237,10 +312,12 @@ impl Stack {
     /// RST would be backscatter). A real client answers a SYN-ACK within
     /// one round trip, so it survives as long as fewer than `syn_backlog`
     /// SYNs arrive per round trip; this is the "SYN cache with oldest-first
-    /// eviction" of RFC 4987 §3.3/§3.4, chosen over SYN cookies (§3.6)
-    /// because smoltcp cannot build an established socket from a cookie.
-    /// Returns whether one was evicted.
-    fn evict_oldest_half_open(&mut self, l: SocketId) -> bool {
+    /// eviction" of RFC 4987 §3.3/§3.4. Beyond that rate SYN cookies (§3.6)
+    /// take over (`syn_cookies`). Only a connection older than the
+    /// listener's handshake time goes, unless `any_age` (to make room for
+    /// a client a valid cookie proved real). Returns whether one was
+    /// evicted.
+    pub(super) fn evict_oldest_half_open(&mut self, l: SocketId, any_age: bool) -> bool {
         let now = self.now;
         loop {
             let Some(listener) = self.sockets.listener(l) else {
@@ -251,13 +328,14 @@ impl Stack {
             };
             let threshold = listener
                 .handshake_rtt
-                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE));
+                .map_or(MIN_EVICTION_AGE, |r| r.max(MIN_EVICTION_AGE))
+                .min(MAX_EVICTION_AGE);
             let key = match self.sockets.tcp(id) {
                 Some(c) if c.phase == Phase::HalfOpen(l) => {
                     // Younger than a typical handshake: likely a burst of
                     // real clients, not a flood. Drop the new SYN instead
                     // (its sender retransmits) rather than reset one of them.
-                    if now - c.created < threshold {
+                    if now - c.created < threshold && !any_age {
                         return false;
                     }
                     c.registered.then_some(c.key)
@@ -278,22 +356,23 @@ impl Stack {
             self.free_tcp(id);
             if let Some(listener) = self.sockets.listener_mut(l) {
                 listener.half_open -= 1;
+                listener.evicted_at = Some(now);
             }
             self.counters.drop_half_open_evicted += 1;
             return true;
         }
     }
 
-    /// A half-open connection's handshake is over (`took`: since its SYN):
-    /// established, it moves to its listener's accept queue (or is reset
-    /// when the queue is full); failed, it is freed. Returns whether the
-    /// connection lives on.
+    /// A half-open connection's handshake is over (`took`: since its SYN,
+    /// unless a cookie brought it back): established, it moves to its
+    /// listener's accept queue (or is reset when the queue is full);
+    /// failed, it is freed. Returns whether the connection lives on.
     pub(super) fn settle_half_open(
         &mut self,
         id: SocketId,
         l: SocketId,
         outcome: Handshake,
-        took: Duration,
+        took: Option<Duration>,
     ) -> bool {
         let established = outcome == Handshake::Established;
         let queued = match self.sockets.listener_mut(l) {
@@ -302,10 +381,12 @@ impl Stack {
                 if established && listener.queue.len() < listener.backlog {
                     // Smoothed handshake time (RFC 6298 gain 1/8), for the
                     // eviction age threshold.
-                    listener.handshake_rtt = Some(match listener.handshake_rtt {
-                        Some(r) => (r * 7 + took) / 8,
-                        None => took,
-                    });
+                    if let Some(took) = took {
+                        listener.handshake_rtt = Some(match listener.handshake_rtt {
+                            Some(r) => (r * 7 + took) / 8,
+                            None => took,
+                        });
+                    }
                     listener.queue.push_back(id);
                     if !listener.event_queued {
                         listener.event_queued = true;
@@ -339,42 +420,21 @@ impl Stack {
 
 #[cfg(test)]
 mod tests {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
-
     use super::*;
+    use crate::wire::build::{tcp_options, Tcp, TcpOpt};
+    use crate::wire::TcpFlags;
     use crate::{Instant, StackConfig};
 
     /// A SYN from `from` to `to`.
     fn syn(from: SocketAddr, to: SocketAddr, isn: u32) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(isn as i32),
-            ack_number: None,
-            window_len: 65535,
-            window_scale: None,
-            max_seg_size: Some(1460),
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &[],
-        };
-        let ip = IpRepr::new(
-            from.ip().into(),
-            to.ip().into(),
-            IpProtocol::Tcp,
-            tcp.header_len(),
-            64,
-        );
-        let mut buf = vec![0u8; ip.header_len() + tcp.header_len()];
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut buf[..], &caps);
-        let hl = ip.header_len();
-        let mut packet = TcpPacket::new_unchecked(&mut buf[hl..]);
-        tcp.emit(&mut packet, &ip.src_addr(), &ip.dst_addr(), &caps);
-        buf
+        Tcp {
+            seq: isn,
+            flags: TcpFlags::SYN,
+            window: 65535,
+            options: &tcp_options(&[TcpOpt::Mss(1460)]),
+            ..Default::default()
+        }
+        .atomic_packet(from, to)
     }
 
     #[test]

@@ -35,23 +35,27 @@ use crate::port_table::{FlowKey, Lookup, PortTable, Protocol};
 use crate::rng::{Rng, SeededRng};
 use budget::Budget;
 use conn::{Cause, Ending, Limits, Phase, Reap, Rfc5961, Schedule, TimerVerdict};
-use link::{Addrs, Link};
-use segment::{with_seq, without_fin, without_payload};
+use isn::Secrets;
+use link::{Addrs, Fix, Link, Packet};
 use socket_set::{Owner, Slab, Socket, SocketId, TimerQueue};
 
 mod budget;
 mod config;
 mod conn;
+mod isn;
 mod link;
 mod listener;
 mod segment;
 mod socket_set;
+mod syn_cookies;
 mod tcp;
 mod time_wait;
 mod udp;
 
 pub use budget::BudgetUse;
-pub use config::{ConfigError, CongestionControl, StackConfig, UnknownCongestionControl};
+pub use config::{
+    ConfigError, CongestionControl, StackConfig, SynCookies, UnknownCongestionControl,
+};
 pub use listener::ListenerHandle;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use tcp::TcpHandle;
@@ -162,6 +166,8 @@ pub struct Stack {
     /// The memory budget and connection limit, and what they hold.
     budget: Budget,
     rng: SeededRng,
+    /// The keys behind our initial sequence numbers and SYN cookies.
+    secrets: Secrets,
     now: Instant,
     /// Declared after `sockets`, so it outlives every socket in it.
     buffers: BufferPool,
@@ -185,13 +191,13 @@ impl Stack {
         };
         let table = PortTable::new(config.ports.clone(), &mut rng).map_err(ConfigError::Ports)?;
 
-        let link = Link::new(
-            config.mtu,
-            config.tcp_checksum_offload,
-            &cidrs,
-            rng.next_u64(),
-            now,
-        );
+        let seed = rng.next_u64();
+        let link = Link::new(config.mtu, config.tcp_checksum_offload, &cidrs, seed, now);
+        // smoltcp's ISNs never reach the wire (the sequence offset hides
+        // them), so the draw that seeds its generator can seed the
+        // sequence-number keys too, through a generator of another kind;
+        // the stack's own stream, whose draws pick ports, stays as it was.
+        let secrets = Secrets::new(&mut SeededRng::new(seed ^ 0x6528_4987_6528_4987));
         // `validate` checked the sizes; the pool checks them again.
         let buffers =
             BufferPool::new(config.tcp_rx_buffer, config.tcp_tx_buffer).map_err(|_| {
@@ -214,6 +220,7 @@ impl Stack {
             budget: Budget::new(config.max_memory, config.max_connections),
             config,
             rng,
+            secrets,
             now,
             buffers,
         })
@@ -223,7 +230,7 @@ impl Stack {
 
     /// Take in one IP packet received at `now`.
     pub fn handle_packet(&mut self, now: Instant, packet: &[u8]) {
-        self.handle(now, packet, Checksums::Verify);
+        self.handle(now, Packet::Shared(packet), Checksums::Verify);
     }
 
     /// [`handle_packet`](Self::handle_packet) for a packet whose device
@@ -232,10 +239,28 @@ impl Stack {
     /// a kernel that built the packet or checked it (see
     /// docs/architecture.md). Give anything else to `handle_packet`.
     pub fn handle_vouched_packet(&mut self, now: Instant, packet: &[u8]) {
-        self.handle(now, packet, Checksums::Vouched);
+        self.handle(now, Packet::Shared(packet), Checksums::Vouched);
     }
 
-    fn handle(&mut self, now: Instant, packet: &[u8], checksums: Checksums) {
+    /// [`handle_packet`](Self::handle_packet) for a driver that owns its
+    /// receive buffer: the stack may change the packet in place (a TCP
+    /// segment's acknowledgment number moves into the sequence space its
+    /// connection has inside smoltcp, see `docs/architecture.md`), which
+    /// saves copying it. What the buffer holds afterwards is unspecified.
+    pub fn handle_packet_mut(&mut self, now: Instant, packet: &mut [u8]) {
+        self.handle(now, Packet::Mut(packet), Checksums::Verify);
+    }
+
+    /// [`handle_vouched_packet`](Self::handle_vouched_packet) for a driver
+    /// that owns its receive buffer, as
+    /// [`handle_packet_mut`](Self::handle_packet_mut) is for
+    /// `handle_packet`.
+    pub fn handle_vouched_packet_mut(&mut self, now: Instant, packet: &mut [u8]) {
+        self.handle(now, Packet::Mut(packet), Checksums::Vouched);
+    }
+
+    fn handle(&mut self, now: Instant, input: Packet<'_>, checksums: Checksums) {
+        let packet = input.bytes();
         self.now = now;
         self.counters.packets_in += 1;
         let class = match demux::classify_with(packet, &Addrs(&self.addrs), checksums) {
@@ -258,13 +283,13 @@ impl Stack {
                 Lookup::Flow(owner) => {
                     // The socket and ring lines load while the slot does.
                     owner.prefetch(seg.seq, self.config.tcp_rx_buffer);
-                    self.tcp_segment(owner.id, &key, &seg, packet);
+                    self.tcp_segment(owner.id, &key, &seg, input);
                 }
                 Lookup::TimeWait => self.time_wait_segment(&key, &seg, packet),
                 no_flow => self.tcp_without_flow(no_flow, &key, &seg, packet),
             },
             Class::Udp { key, len } => self.udp_datagram(&key, len, packet),
-            Class::IcmpError { key, error } => self.icmp_error(&key, error),
+            Class::IcmpError { key, error, seq } => self.icmp_error(&key, error, seq),
             Class::Icmp => {
                 self.counters.icmp_other += 1;
                 self.link.answer_unmatched(now, packet);
@@ -343,6 +368,17 @@ impl Stack {
     /// The time last passed in.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Draw new keys for our initial sequence numbers (RFC 6528) and SYN
+    /// cookies from the stack's RNG. Connections already open keep their
+    /// numbers; a 4-tuple opened again after the rotation starts from an
+    /// unrelated ISN, as after a restart. Cookies sent under the previous
+    /// key stay valid for their lifetime, those from before it do not. For
+    /// a long-running stack, now and then (Linux never rotates, OpenBSD
+    /// every few minutes).
+    pub fn rotate_sequence_keys(&mut self) {
+        self.secrets.rotate(&mut self.rng);
     }
 
     // ---- inspection ----------------------------------------------------
@@ -572,7 +608,7 @@ impl Stack {
     /// A segment for a live connection: the RFC 5961 checks, the sequence
     /// numbers the stack tracks, then smoltcp, then the pass.
     #[inline]
-    fn tcp_segment(&mut self, id: SocketId, key: &FlowKey, seg: &TcpSeg, packet: &[u8]) {
+    fn tcp_segment(&mut self, id: SocketId, key: &FlowKey, seg: &TcpSeg, packet: Packet<'_>) {
         let now = self.now;
         let Some(c) = self.sockets.tcp_mut(id) else {
             return;
@@ -625,7 +661,8 @@ impl Stack {
             &v,
             seg.seq,
             if strip_payload { 0 } else { seg.len },
-            seg.syn,
+            // smoltcp refuses a SYN with RST.
+            seg.syn && !seg.rst,
             seg.fin && !strip_fin && !strip_payload,
             seg.ack.then_some(seg.ack_number),
         );
@@ -643,22 +680,27 @@ impl Stack {
         // beyond the window is not processed).
         // A bare ACK from a peer whose SND.NXT went back is taken at
         // RCV.NXT, so that its ACK counts (`SeqTrack::rewound_ack_at`).
-        let rewritten;
-        let packet = if strip_payload {
-            rewritten = without_payload(packet, seg.header_offset);
-            &rewritten[..]
-        } else if strip_fin {
+        let rewind = if strip_fin {
             self.counters.tcp_fin_beyond_window += 1;
-            rewritten = without_fin(packet, seg.header_offset);
-            &rewritten[..]
-        } else if let Some(rcv_nxt) = rewound_at {
-            self.counters.tcp_rewound_acks += 1;
-            rewritten = with_seq(packet, seg.header_offset, rcv_nxt);
-            &rewritten[..]
+            None
         } else {
-            packet
+            rewound_at
         };
-        self.link.tcp_ingress(now, c, packet);
+        if rewind.is_some() {
+            self.counters.tcp_rewound_acks += 1;
+        }
+        self.link.tcp_ingress(
+            now,
+            c,
+            packet,
+            seg,
+            Fix {
+                strip_fin,
+                rewind,
+                strip_payload,
+            },
+            &self.secrets,
+        );
         c.mark_dirty(id, &mut self.dirty);
         self.after_io(id, Cause::Ingress);
         // This segment moved a closed connection into TIME-WAIT and its
@@ -671,12 +713,15 @@ impl Stack {
         }
     }
 
-    /// Hand a packet as it is to the TCP connection `id`, then run the pass.
-    fn ingress(&mut self, id: SocketId, packet: &[u8]) {
+    /// Hand a segment (`packet`, classified as `seg`) to the TCP
+    /// connection `id` without the stack's checks, then run the pass.
+    fn ingress(&mut self, id: SocketId, seg: &TcpSeg, packet: &[u8]) {
         let Some(c) = self.sockets.tcp_mut(id) else {
             return;
         };
-        self.link.tcp_ingress(self.now, c, packet);
+        let packet = Packet::Shared(packet);
+        self.link
+            .tcp_ingress(self.now, c, packet, seg, Fix::default(), &self.secrets);
         c.mark_dirty(id, &mut self.dirty);
         self.after_io(id, Cause::Ingress);
     }
@@ -687,7 +732,7 @@ impl Stack {
         match self.sockets.get_mut(id) {
             Some(Socket::Tcp(c)) => {
                 c.dirty = false;
-                self.link.tcp_egress(now, c);
+                self.link.tcp_egress(now, c, &self.secrets);
                 self.after_io(id, Cause::Egress);
             }
             Some(Socket::Udp(u)) => {
@@ -719,7 +764,7 @@ impl Stack {
         let c = match c.handshake(v.state) {
             None => c,
             Some((l, outcome)) => {
-                let took = now - c.created;
+                let took = (!c.from_cookie).then(|| now - c.created);
                 if !self.settle_half_open(id, l, outcome, took) {
                     return;
                 }
@@ -820,8 +865,11 @@ impl Stack {
     /// An ICMP error about one of our flows (RFC 1122 §4.2.3.9): a hard
     /// error aborts a connection still in SYN-SENT, or is reported by the
     /// next receive on a UDP socket; soft errors are only counted, as Linux
-    /// does for established connections.
-    fn icmp_error(&mut self, key: &FlowKey, error: IcmpError) {
+    /// does for established connections. A hard error about a connection
+    /// counts only if it quotes our SYN (`seq` = ISS: the only sequence
+    /// number in flight, RFC 5927 §4.1), which a blind attacker who knows
+    /// the 4-tuple must guess.
+    fn icmp_error(&mut self, key: &FlowKey, error: IcmpError, seq: Option<u32>) {
         self.counters.icmp_errors += 1;
         if error != IcmpError::Refused {
             return;
@@ -837,6 +885,10 @@ impl Stack {
             return;
         };
         if c.socket().state() == TcpState::SynSent {
+            if seq.is_none() || seq != c.seq.offset.iss() {
+                self.counters.drop_icmp_out_of_window += 1;
+                return;
+            }
             c.socket_mut().abort();
             c.error = Some(ConnError::Refused);
             self.counters.tcp_connect_refused += 1;

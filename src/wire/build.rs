@@ -1,6 +1,8 @@
-//! The one packet builder of the tests, the fuzz targets and the
-//! benchmarks: IPv4 and IPv6 (with extension headers) around TCP, UDP and
-//! ICMP, with correct checksums unless told otherwise.
+//! The one packet builder of ephemera: IPv4 and IPv6 (with extension
+//! headers) around TCP, UDP and ICMP, with correct checksums unless told
+//! otherwise. The stack builds the segments it sends itself with it
+//! ([`Tcp::atomic_packet`]), and so do the tests, the fuzz targets and the
+//! benchmarks.
 //!
 //! Written by hand rather than with a library builder, so that options,
 //! lengths, flags and checksums can be anything at all, including wrong:
@@ -165,6 +167,11 @@ impl Tcp<'_> {
     /// fields ([`ip`]).
     pub fn packet(&self, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
         ip(src.ip(), dst.ip(), protocol::TCP, &self.segment(src, dst))
+    }
+
+    /// The segment in an IP packet as a TCP stack sends it ([`atomic`]).
+    pub fn atomic_packet(&self, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+        atomic(src.ip(), dst.ip(), protocol::TCP, &self.segment(src, dst))
     }
 }
 
@@ -439,6 +446,26 @@ impl Ipv6 {
 pub fn ip(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     if src.is_ipv4() {
         Ipv4::default().packet(src, dst, protocol, payload)
+    } else {
+        Ipv6::default().packet(src, dst, protocol, payload)
+    }
+}
+
+/// `payload` (of protocol `protocol`) as smoltcp and ephemera's own
+/// segments carry it: IPv4 an atomic datagram (don't-fragment set,
+/// identification 0, RFC 6864, TTL 64), IPv6 without extension headers
+/// (hop limit 64).
+///
+/// # Panics
+/// If the addresses are of different families.
+pub fn atomic(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    if src.is_ipv4() {
+        Ipv4 {
+            id: 0,
+            dont_fragment: true,
+            ..Default::default()
+        }
+        .packet(src, dst, protocol, payload)
     } else {
         Ipv6::default().packet(src, dst, protocol, payload)
     }

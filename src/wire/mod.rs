@@ -13,9 +13,10 @@
 //!   segment can be rewritten in place at the stack's boundary.
 //! - [`checksum`]: the Internet checksum (RFC 1071), the pseudo-header
 //!   sums of TCP, UDP and ICMPv6, and the incremental update.
-//! - [`build`]: the one packet builder of the tests, fuzz targets and
-//!   benchmarks: IPv4/IPv6 (with extension headers) around TCP, UDP or
-//!   ICMP, with correct checksums unless told to get something wrong.
+//! - [`build`]: the one packet builder of the stack's own segments, the
+//!   tests, fuzz targets and benchmarks: IPv4/IPv6 (with extension
+//!   headers) around TCP, UDP or ICMP, with correct checksums unless told
+//!   to get something wrong.
 //! - [`dns`]: DNS messages (RFC 1035): a parser into views of the received
 //!   bytes that turns every malformed message into a typed error, a
 //!   builder, and the owned names and questions a resolver keeps.

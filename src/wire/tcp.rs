@@ -335,6 +335,7 @@ const CHECKSUM_AT: usize = 16;
 impl<T: AsRef<[u8]>> TcpView<T> {
     /// Find the TCP segment in the IP packet `buf`. Octets beyond the IP
     /// length (link padding) are allowed and ignored.
+    #[inline]
     pub fn parse(buf: T) -> Result<TcpView<T>, ParseError> {
         let p = buf.as_ref();
         let (v6, tcp_at, end) = match p.first().ok_or(ParseError::Truncated)? >> 4 {
@@ -359,6 +360,38 @@ impl<T: AsRef<[u8]>> TcpView<T> {
         })
     }
 
+    /// The TCP segment whose header starts at `tcp_at` of the IP packet
+    /// `buf`, for a packet whose IP header was checked already (by
+    /// demultiplexing, or one smoltcp wrote): the IP header is not walked
+    /// again, only its length field read, and the TCP header checked to
+    /// lie within it. The stack's per-segment rewrite uses it where
+    /// [`parse`](Self::parse) would repeat work.
+    #[inline]
+    pub fn at(buf: T, tcp_at: usize) -> Result<TcpView<T>, ParseError> {
+        let p = buf.as_ref();
+        let be16 = |at: usize| {
+            p.get(at..at + 2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        };
+        let v6 = p.first().ok_or(ParseError::Truncated)? >> 4 == 6;
+        let end = if v6 { be16(4).map(|l| 40 + l) } else { be16(2) };
+        let end = end.ok_or(ParseError::Truncated)?;
+        if end > p.len() || tcp_at + 20 > end {
+            return Err(ParseError::Truncated);
+        }
+        let header_len = usize::from(p[tcp_at + 12] >> 4) * 4;
+        if header_len < 20 || tcp_at + header_len > end {
+            return Err(ParseError::HeaderLength);
+        }
+        Ok(TcpView {
+            buf,
+            v6,
+            tcp_at,
+            header_len,
+            end,
+        })
+    }
+
     /// The whole buffer.
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.as_ref()
@@ -369,15 +402,18 @@ impl<T: AsRef<[u8]>> TcpView<T> {
         self.buf
     }
 
+    #[inline]
     fn tcp(&self) -> &[u8] {
         &self.buf.as_ref()[self.tcp_at..self.end]
     }
 
+    #[inline]
     fn u16_at(&self, at: usize) -> u16 {
         let t = self.tcp();
         u16::from_be_bytes([t[at], t[at + 1]])
     }
 
+    #[inline]
     fn u32_at(&self, at: usize) -> u32 {
         let t = self.tcp();
         u32::from_be_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]])
@@ -449,11 +485,13 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// SEG.SEQ.
+    #[inline]
     pub fn seq(&self) -> u32 {
         self.u32_at(4)
     }
 
     /// SEG.ACK (meaningful when ACK is set).
+    #[inline]
     pub fn ack(&self) -> u32 {
         self.u32_at(8)
     }
@@ -464,11 +502,13 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// TCP header length in octets, options included.
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
 
     /// The flags.
+    #[inline]
     pub fn flags(&self) -> TcpFlags {
         TcpFlags(self.tcp()[13])
     }
@@ -505,6 +545,7 @@ impl<T: AsRef<[u8]>> TcpView<T> {
     }
 
     /// The TCP segment: header, options and payload.
+    #[inline]
     pub fn segment(&self) -> &[u8] {
         self.tcp()
     }
@@ -608,14 +649,43 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpView<T> {
         seg[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
     }
 
+    /// Write the 32-bit field at `at` (even, from the start of the TCP
+    /// header), updating the checksum without a loop.
+    #[inline]
+    fn rewrite_u32(&mut self, at: usize, new: u32, summed: bool) {
+        // Both fields lie in the fixed header, which parsing checked.
+        let t = self.tcp_at;
+        let header: &mut [u8; 20] = (&mut self.buf.as_mut()[t..t + 20])
+            .try_into()
+            .expect("20 octets");
+        let field = [header[at], header[at + 1], header[at + 2], header[at + 3]];
+        let old = u32::from_be_bytes(field);
+        header[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        if !summed {
+            return;
+        }
+        let c = u16::from_be_bytes([header[CHECKSUM_AT], header[CHECKSUM_AT + 1]]);
+        let c = checksum::update_u32(c, old, new);
+        header[CHECKSUM_AT..CHECKSUM_AT + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// Set SEG.SEQ, keeping the checksum right.
+    #[inline]
     pub fn set_seq(&mut self, seq: u32) {
-        self.rewrite(4, &seq.to_be_bytes());
+        self.rewrite_u32(4, seq, true);
+    }
+
+    /// Set SEG.SEQ of a segment whose checksum the link completes (the
+    /// field holds no sum yet, and is left as it is).
+    #[inline]
+    pub fn set_seq_unsummed(&mut self, seq: u32) {
+        self.rewrite_u32(4, seq, false);
     }
 
     /// Set SEG.ACK, keeping the checksum right.
+    #[inline]
     pub fn set_ack(&mut self, ack: u32) {
-        self.rewrite(8, &ack.to_be_bytes());
+        self.rewrite_u32(8, ack, true);
     }
 
     /// Set the flags, keeping the checksum right.
@@ -670,6 +740,7 @@ fn is_sack_len(n: usize) -> bool {
 }
 
 /// IPv4: (false, TCP offset, end of packet).
+#[inline]
 fn ipv4(p: &[u8]) -> Result<(bool, usize, usize), ParseError> {
     if p.len() < 20 {
         return Err(ParseError::Truncated);

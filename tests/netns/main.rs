@@ -3,7 +3,8 @@
 //! [`hardening`] with hostile ones and other local users, [`budget`] holds
 //! its memory budget against 20,000 clients that never read,
 //! [`tun`] drives the library's TUN device directly, [`offload`] moves
-//! bulk data both ways with receive offload on and off. Nothing is configured
+//! bulk data both ways with receive offload on and off, [`syn_flood`]
+//! downloads with curl through a SYN flood. Nothing is configured
 //! in the host's namespace.
 //!
 //! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
@@ -16,4 +17,5 @@ mod hardening;
 mod harness;
 mod offload;
 mod socks_udp;
+mod syn_flood;
 mod tun;

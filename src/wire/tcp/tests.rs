@@ -426,6 +426,22 @@ fn a_wrong_checksum_stays_wrong_through_the_setters() {
 }
 
 #[test]
+fn set_seq_unsummed_leaves_a_checksum_the_link_completes_alone() {
+    let (src, dst) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+    let mut p = Tcp {
+        seq: 1,
+        checksum: build::Checksum::Value(0),
+        ..Default::default()
+    }
+    .packet(src, dst);
+    let mut v = TcpView::parse(&mut p[..]).unwrap();
+    v.set_seq_unsummed(0x8000_0002);
+    assert_eq!((v.seq(), v.checksum()), (0x8000_0002, 0));
+    v.fill_checksum();
+    assert!(v.verify_checksum());
+}
+
+#[test]
 fn flags_print_by_name() {
     assert_eq!(format!("{:?}", TcpFlags::SYN | TcpFlags::ACK), "SYN|ACK");
     assert_eq!(format!("{:?}", TcpFlags::NONE), "-");
@@ -485,4 +501,63 @@ fn every_sack_option_is_rewritten_and_nothing_else() {
     assert_eq!(edges, [(101, 102), (103, 104), (105, 106)]);
     assert_eq!(v.timestamp(), Some((7, 8)));
     assert!(v.verify_checksum());
+}
+
+#[test]
+fn a_view_at_a_known_offset_agrees_with_parsing() {
+    let opts = syn_options();
+    let mut rng = SeededRng::new(0x7c9);
+    for (src, dst) in [V4, V6] {
+        let (src, dst) = (sa(src), sa(dst));
+        let mut p = Tcp {
+            seq: 1,
+            ack: 2,
+            flags: TcpFlags::ACK,
+            options: &opts,
+            payload: b"data",
+            ..Default::default()
+        }
+        .packet(src, dst);
+        // Link padding beyond the IP length is not the segment's.
+        p.extend_from_slice(&[0; 6]);
+        let parsed = TcpView::parse(&p[..]).unwrap();
+        let at = TcpView::at(&p[..], parsed.ip_header_len()).unwrap();
+        assert_eq!(
+            (at.header_len(), at.payload(), at.mss(), at.is_ipv6()),
+            (parsed.header_len(), &b"data"[..], Some(1460), src.is_ipv6())
+        );
+        // Setters through either view write the same octets.
+        let mut a = p.clone();
+        let mut b = p.clone();
+        for _ in 0..50 {
+            let (seq, ack) = (rng.next_u64() as u32, rng.next_u64() as u32);
+            let mut v = TcpView::parse(&mut a[..]).unwrap();
+            v.set_seq(seq);
+            v.set_ack(ack);
+            let hl = v.ip_header_len();
+            let mut w = TcpView::at(&mut b[..], hl).unwrap();
+            w.set_seq(seq);
+            w.set_ack(ack);
+            assert_eq!(a, b);
+            assert!(TcpView::parse(&a[..]).unwrap().verify_checksum());
+        }
+        // A header that does not fit in the IP length is refused.
+        let hl = parsed.ip_header_len();
+        assert_eq!(
+            TcpView::at(&p[..hl + 19], hl).err(),
+            Some(ParseError::Truncated)
+        );
+        let mut bad = p.clone();
+        bad[hl + 12] = 0x40;
+        assert_eq!(
+            TcpView::at(&bad[..], hl).err(),
+            Some(ParseError::HeaderLength)
+        );
+        bad[hl + 12] = 0xf0;
+        assert_eq!(
+            TcpView::at(&bad[..], hl).err(),
+            Some(ParseError::HeaderLength)
+        );
+        assert_eq!(TcpView::at(&[][..], 0).err(), Some(ParseError::Truncated));
+    }
 }
