@@ -350,6 +350,16 @@ pub enum Ext {
         /// Identification.
         id: u32,
     },
+    /// A header numbered `number` whose length octet says `len` (8-octet
+    /// units after the first eight), all else zero: a header or a length
+    /// the variants above cannot state, such as AH, No Next Header or a
+    /// fragment header of the wrong size.
+    Zeroed {
+        /// The header's protocol number.
+        number: u8,
+        /// Its length octet.
+        len: u8,
+    },
 }
 
 impl Ext {
@@ -359,6 +369,7 @@ impl Ext {
             Ext::DestOpts(_) => protocol::DEST_OPTS,
             Ext::Routing { .. } => protocol::ROUTING,
             Ext::Fragment { .. } => protocol::FRAGMENT,
+            Ext::Zeroed { number, .. } => *number,
         }
     }
 
@@ -380,6 +391,10 @@ impl Ext {
                 out.extend_from_slice(&[next, 0]);
                 out.extend_from_slice(&f.to_be_bytes());
                 out.extend_from_slice(&id.to_be_bytes());
+            }
+            Ext::Zeroed { len, .. } => {
+                out.extend_from_slice(&[next, *len]);
+                out.resize(out.len() + (usize::from(*len) + 1) * 8 - 2, 0);
             }
         }
     }

@@ -254,3 +254,35 @@ fn options_encode_as_their_rfcs_say() {
     .segment(sa(FAMILIES[0].0), sa(FAMILIES[0].1));
     assert_eq!((s.len(), &s[20..24]), (24, &[1, 0, 0, 0][..]));
 }
+
+#[test]
+fn extension_headers_chain_and_zeroed_ones_take_the_length_they_say() {
+    let udp = Udp {
+        payload: b"x",
+        ..Default::default()
+    }
+    .datagram(sa("[fd00::1]:1"), sa("[fd00::2]:2"));
+    let p = Ipv6 {
+        exts: vec![
+            Ext::HopByHop(Vec::new()),
+            Ext::Zeroed {
+                number: protocol::AUTH,
+                len: 2,
+            },
+            Ext::Zeroed {
+                number: protocol::FRAGMENT,
+                len: 0,
+            },
+        ],
+        ..Default::default()
+    }
+    .packet(ip("fd00::1"), ip("fd00::2"), protocol::UDP, &udp);
+    // Next headers: IPv6 -> hop-by-hop -> AH -> fragment -> UDP.
+    assert_eq!(p[6], protocol::HOP_BY_HOP);
+    assert_eq!(&p[40..48], &[protocol::AUTH, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&p[48..50], &[protocol::FRAGMENT, 2]);
+    assert!(p[50..72].iter().all(|&b| b == 0));
+    assert_eq!(&p[72..80], &[protocol::UDP, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&p[80..], &udp[..]);
+    assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), p.len() - 40);
+}
