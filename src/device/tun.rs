@@ -712,6 +712,22 @@ pub fn set_up(name: &str) -> io::Result<()> {
     ifreq_ioctl(sock.as_fd(), IfIoctl::SetFlags, &mut req)
 }
 
+/// One queue of the multi-queue TUN `name` (`IFF_MULTI_QUEUE`, created with
+/// its first queue), non-blocking: for the steering tests, which attach a
+/// program to such a device.
+#[cfg(test)]
+pub(super) fn open_queue(name: &str) -> io::Result<File> {
+    let mut req = IfReq::named(name)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    req.set_short((libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short);
+    ifreq_ioctl(file.as_fd(), IfIoctl::TunSetIff, &mut req)?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
