@@ -18,7 +18,7 @@
 
 /// Size of `struct virtio_net_hdr`, which precedes every packet on a TUN
 /// opened with `IFF_VNET_HDR`.
-pub const VNET_HDR_LEN: usize = 10;
+pub(crate) const VNET_HDR_LEN: usize = 10;
 
 use std::ops::Range;
 
@@ -51,7 +51,7 @@ const TCP_FLAGS_AT: usize = 13;
 /// A `struct virtio_net_hdr` (in host byte order, which is what a TUN
 /// device without `TUNSETVNETLE`/`BE` expects).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VnetHdr {
+pub(crate) struct VnetHdr {
     /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` or 0.
     pub flags: u8,
     /// `VIRTIO_NET_HDR_GSO_*`.
@@ -68,7 +68,7 @@ pub struct VnetHdr {
 
 impl VnetHdr {
     /// The header as the kernel reads it.
-    pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
         let mut b = [0u8; VNET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
@@ -80,7 +80,7 @@ impl VnetHdr {
     }
 
     /// The header as the kernel wrote it in front of a packet it sent us.
-    pub fn from_bytes(b: [u8; VNET_HDR_LEN]) -> VnetHdr {
+    pub(crate) fn from_bytes(b: [u8; VNET_HDR_LEN]) -> VnetHdr {
         let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         VnetHdr {
             flags: b[0],
@@ -174,7 +174,7 @@ const HEAD_MAX: usize = 40 + 60;
 /// segment's payload where it lies in the batch, so that the payload is
 /// never copied on its way to the kernel (the write gathers it).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// The header to write first.
     pub hdr: VnetHdr,
     /// The batch's packets this frame carries, in order.
@@ -188,7 +188,7 @@ pub struct Frame {
 impl Frame {
     /// What follows the header, in order, borrowed from `batch` (the
     /// batch [`coalesce`] was given) and from the frame.
-    pub fn parts<'a>(&'a self, batch: &'a [Vec<u8>]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub(crate) fn parts<'a>(&'a self, batch: &'a [Vec<u8>]) -> impl Iterator<Item = &'a [u8]> + 'a {
         let (head, payloads): (&[u8], &[Vec<u8>]) = if self.head_len == 0 {
             (&batch[self.packets.start], &[])
         } else {
@@ -199,12 +199,14 @@ impl Frame {
     }
 
     /// The packet's length in octets (after the virtio-net header).
-    pub fn len(&self, batch: &[Vec<u8>]) -> usize {
+    pub(crate) fn len(&self, batch: &[Vec<u8>]) -> usize {
         self.parts(batch).map(<[u8]>::len).sum()
     }
 
-    /// The packet in one piece.
-    pub fn to_packet(&self, batch: &[Vec<u8>]) -> Vec<u8> {
+    /// The packet in one piece (the tests compare it; the TUN writes
+    /// [`Frame::parts`]).
+    #[cfg(test)]
+    pub(crate) fn to_packet(&self, batch: &[Vec<u8>]) -> Vec<u8> {
         self.parts(batch).flatten().copied().collect()
     }
 }
@@ -262,7 +264,7 @@ fn merge(batch: &[Vec<u8>], run: Range<usize>, fs: Seg, ls: Seg, payload: usize)
 /// a kernel that delivers the packet locally takes `CHECKSUM_PARTIAL`
 /// as good without summing anything, and one that forwards it completes
 /// the checksum (or has the NIC do it).
-pub fn coalesce(batch: &mut [Vec<u8>]) -> Vec<Frame> {
+pub(crate) fn coalesce(batch: &mut [Vec<u8>]) -> Vec<Frame> {
     let mut frames = runs(batch);
     for f in &mut frames {
         if f.head_len == 0 {

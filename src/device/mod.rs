@@ -6,7 +6,7 @@
 //! decides which address the kernel's end of the TUN gets, so that the stack
 //! and the kernel are two hosts on one subnet.
 
-pub mod gso;
+pub(crate) mod gso;
 pub mod pcap;
 pub(crate) mod split;
 pub mod steering;

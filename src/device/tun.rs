@@ -401,8 +401,9 @@ impl Tun {
     }
 
     /// Write a batch of IP packets, in order; with offload, runs of one TCP
-    /// flow's segments go as one packet and every TCP checksum is left to
-    /// the kernel ([`gso::coalesce`]). Each failed
+    /// flow's segments go as one packet whose virtio-net header asks the
+    /// kernel to cut it back into them (TCP segmentation offload), and every
+    /// TCP checksum is left to the kernel. Each failed
     /// write is reported to `failed` with the octets it carried; the rest
     /// go on (a full kernel queue drops packets, as a link would).
     pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
