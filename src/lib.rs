@@ -32,8 +32,9 @@ pub use port_table::{FlowKey, PortTableConfig, Protocol};
 pub use rng::{Rng, SeededRng};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{
-    BudgetUse, ConfigError, CongestionControl, Event, ListenerHandle, SocketInfo, SocketState,
-    Stack, StackConfig, SynCookies, TcpHandle, TcpState, UdpHandle, UnknownCongestionControl,
+    BudgetUse, ConfigError, CongestionControl, Event, ListenerHandle, Owner, SocketInfo,
+    SocketState, Stack, StackConfig, SynCookies, TcpHandle, TcpState, UdpHandle,
+    UnknownCongestionControl,
 };
 
 #[cfg(any(test, feature = "fuzzing"))]

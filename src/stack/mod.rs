@@ -37,7 +37,7 @@ use budget::Budget;
 use conn::{Cause, Ending, Limits, Phase, Reap, Rfc5961, Schedule, TimerVerdict};
 use isn::Secrets;
 use link::{Addrs, Fix, Link, Packet};
-use socket_set::{Owner, Slab, Socket, SocketId, TimerQueue};
+use socket_set::{Slab, Socket, SocketId, TimerQueue};
 
 mod budget;
 mod config;
@@ -58,6 +58,7 @@ pub use config::{
 };
 pub use listener::ListenerHandle;
 pub use smoltcp::socket::tcp::State as TcpState;
+pub use socket_set::Owner;
 pub use tcp::TcpHandle;
 pub use udp::UdpHandle;
 
@@ -360,7 +361,8 @@ impl Stack {
         &self.counters
     }
 
-    /// The port table (read-only), for inspection.
+    /// The port table, read-only, for inspection: binds, flows, TIME-WAIT
+    /// records, ports in use; each entry's [`Owner`] is one of our sockets.
     pub fn port_table(&self) -> &PortTable<Owner> {
         &self.table
     }

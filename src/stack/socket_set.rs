@@ -28,21 +28,26 @@ use super::udp::UdpSock;
 /// A socket's id: slab index plus a generation, so a stale id never reaches
 /// a socket that reused its slot.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketId {
+pub(crate) struct SocketId {
     index: u32,
     generation: u32,
 }
 
-/// What the port table holds for a socket: its id and, for a TCP
-/// connection, where the memory a segment will touch lies: its smoltcp
-/// socket and receive ring. The demux reads the owner with the flow, so it
-/// can start loading all of it at once, while the slab slot is still on
-/// its way from memory, instead of one after the other. The addresses are
-/// prefetch hints only, never dereferenced.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+/// What a [`Stack`](super::Stack)'s port table holds for each bind and
+/// flow: the socket (listener, connection or UDP socket) it belongs to.
+/// Opaque to users of [`Stack::port_table`](super::Stack::port_table),
+/// who see which entries exist and whether two belong to the same socket.
+///
+/// Inside, beside the socket's id, a TCP connection's owner records where
+/// the memory a segment will touch lies: its smoltcp socket and receive
+/// ring. The demux reads the owner with the flow, so it can start loading
+/// all of it at once, while the slab slot is still on its way from memory,
+/// instead of one after the other. The addresses are prefetch hints only,
+/// never dereferenced, and `Debug` leaves them out.
+#[derive(Copy, Clone, PartialEq, Eq)]
 pub struct Owner {
     /// The socket.
-    pub id: SocketId,
+    pub(crate) id: SocketId,
     socket: usize,
     rx: usize,
     /// The sequence number stored at the ring's offset 0: the peer's
@@ -50,10 +55,16 @@ pub struct Owner {
     rx_seq: u32,
 }
 
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Owner").field(&self.id).finish()
+    }
+}
+
 impl Owner {
     /// The owner `id`, with no hints (listeners, UDP sockets, and a
     /// connection until its socket exists).
-    pub fn of(id: SocketId) -> Owner {
+    pub(crate) fn of(id: SocketId) -> Owner {
         Owner {
             id,
             socket: 0,
@@ -80,7 +91,7 @@ impl Owner {
     /// at offset 0 and its read position advances by what the application
     /// reads, so in-order data lands at (seq − ISN − 1) mod ring size.
     #[inline]
-    pub fn prefetch(&self, seq: u32, rx_len: usize) {
+    pub(crate) fn prefetch(&self, seq: u32, rx_len: usize) {
         if self.socket != 0 {
             for off in (0..std::mem::size_of::<tcp::Socket<'static>>()).step_by(64) {
                 prefetch(self.socket + off);
@@ -113,7 +124,7 @@ impl<T> Default for Slab<T> {
 
 impl<T> Slab<T> {
     /// The id the next [`insert`](Self::insert) will return.
-    pub fn next_id(&self) -> SocketId {
+    pub(crate) fn next_id(&self) -> SocketId {
         match self.free.last() {
             Some(&index) => SocketId {
                 index,
@@ -127,7 +138,7 @@ impl<T> Slab<T> {
     }
 
     /// Store `value`, returning its id.
-    pub fn insert(&mut self, value: T) -> SocketId {
+    pub(crate) fn insert(&mut self, value: T) -> SocketId {
         let id = self.next_id();
         match self.free.pop() {
             Some(index) => self.slots[index as usize].1 = Some(value),
@@ -138,7 +149,7 @@ impl<T> Slab<T> {
     }
 
     /// The value at `id`, if it is still there.
-    pub fn get(&self, id: SocketId) -> Option<&T> {
+    pub(crate) fn get(&self, id: SocketId) -> Option<&T> {
         match self.slots.get(id.index as usize) {
             Some((generation, Some(v))) if *generation == id.generation => Some(v),
             _ => None,
@@ -146,7 +157,7 @@ impl<T> Slab<T> {
     }
 
     /// The value at `id`, mutably.
-    pub fn get_mut(&mut self, id: SocketId) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, id: SocketId) -> Option<&mut T> {
         match self.slots.get_mut(id.index as usize) {
             Some((generation, Some(v))) if *generation == id.generation => Some(v),
             _ => None,
@@ -154,7 +165,7 @@ impl<T> Slab<T> {
     }
 
     /// Take the value out; the slot's generation moves on so `id` goes stale.
-    pub fn remove(&mut self, id: SocketId) -> Option<T> {
+    pub(crate) fn remove(&mut self, id: SocketId) -> Option<T> {
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.0 != id.generation || slot.1.is_none() {
             return None;
@@ -167,12 +178,12 @@ impl<T> Slab<T> {
     }
 
     /// Number of values stored.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Every stored value with its id (O(capacity): for display only).
-    pub fn iter(&self) -> impl Iterator<Item = (SocketId, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SocketId, &T)> {
         self.slots
             .iter()
             .enumerate()
@@ -278,17 +289,17 @@ pub(crate) struct TimerQueue {
 
 impl TimerQueue {
     /// Queue `id` for `at`.
-    pub fn push(&mut self, at: Instant, id: SocketId) {
+    pub(crate) fn push(&mut self, at: Instant, id: SocketId) {
         self.heap.push(Reverse((at, id)));
     }
 
     /// The earliest deadline (possibly stale, so possibly early).
-    pub fn peek(&self) -> Option<Instant> {
+    pub(crate) fn peek(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Pop the earliest entry if it is due by `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, SocketId)> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, SocketId)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
