@@ -31,7 +31,7 @@ use std::ptr::NonNull;
 use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
 
 /// The page size the pool rounds chunks to and accounts in.
-pub const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 /// Chunks per mapping: few enough mappings for `vm.max_map_count` at
 /// 100 k connections, small enough not to reserve much unused space.
 const CHUNKS_PER_ARENA: usize = 256;
@@ -41,11 +41,11 @@ const MAX_ARENA: usize = 256 << 20;
 /// Largest receive or send buffer: 1 GiB, the largest window TCP can
 /// advertise (RFC 7323 §2.3, window scale 14); smoltcp refuses larger
 /// receive buffers.
-pub const MAX_BUFFER: usize = 1 << 30;
+pub(crate) const MAX_BUFFER: usize = 1 << 30;
 
 /// Buffer sizes a pool cannot be made for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// A buffer of zero octets.
     Empty,
     /// A buffer larger than [`MAX_BUFFER`].
@@ -54,13 +54,13 @@ pub enum PoolError {
 
 /// One connection's buffer memory: `rx` then `tx` octets, page aligned.
 #[derive(Debug)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     ptr: NonNull<u8>,
 }
 
 impl Chunk {
     /// The address of its first octet (the receive buffer's start).
-    pub fn addr(&self) -> usize {
+    pub(crate) fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
 }
@@ -85,7 +85,7 @@ impl Drop for Arena {
 }
 
 /// A pool of equally sized, lazily backed buffer chunks.
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     rx: usize,
     tx: usize,
     chunk: usize,
@@ -102,7 +102,7 @@ unsafe impl Send for BufferPool {}
 impl BufferPool {
     /// A pool whose chunks hold an `rx`-octet and a `tx`-octet buffer,
     /// each from 1 to [`MAX_BUFFER`] octets.
-    pub fn new(rx: usize, tx: usize) -> Result<BufferPool, PoolError> {
+    pub(crate) fn new(rx: usize, tx: usize) -> Result<BufferPool, PoolError> {
         for n in [rx, tx] {
             if n == 0 {
                 return Err(PoolError::Empty);
@@ -133,7 +133,7 @@ impl BufferPool {
     }
 
     /// Lease a chunk, reserving a new mapping if none is free.
-    pub fn lease(&mut self) -> io::Result<Chunk> {
+    pub(crate) fn lease(&mut self) -> io::Result<Chunk> {
         if self.free.is_empty() {
             self.grow()?;
         }
@@ -174,7 +174,7 @@ impl BufferPool {
     /// # Safety
     /// Call once per lease, and drop the socket holding the slices before
     /// the chunk goes back with [`release`](Self::release).
-    pub unsafe fn slices(
+    pub(crate) unsafe fn slices(
         &self,
         chunk: &Chunk,
         rx: usize,
@@ -195,27 +195,27 @@ impl BufferPool {
 
     /// Give the chunk's pages back to the kernel; it reads as zeros after.
     /// Only while both ring buffers in it are empty.
-    pub fn shrink(&self, chunk: &Chunk) {
+    pub(crate) fn shrink(&self, chunk: &Chunk) {
         // SAFETY: the range is the page-aligned chunk, inside our mapping;
         // the caller keeps its ring buffers empty, so no live data is lost.
         let _ = unsafe { madvise(chunk.ptr.cast(), self.chunk, MmapAdvise::MADV_DONTNEED) };
     }
 
     /// Take a chunk back once its socket is gone; its pages are released.
-    pub fn release(&mut self, chunk: Chunk) {
+    pub(crate) fn release(&mut self, chunk: Chunk) {
         self.shrink(&chunk);
         self.leased -= 1;
         self.free.push(chunk.ptr);
     }
 
     /// Chunks leased out now.
-    pub fn leased(&self) -> usize {
+    pub(crate) fn leased(&self) -> usize {
         self.leased
     }
 
     /// Bytes of buffer memory the kernel actually backs right now
     /// (`mincore(2)` over every mapping).
-    pub fn resident_bytes(&self) -> usize {
+    pub(crate) fn resident_bytes(&self) -> usize {
         let mut total = 0;
         for a in &self.arenas {
             let mut vec = vec![0u8; a.len / PAGE];

@@ -173,7 +173,7 @@ impl Counters {
     /// Packets demultiplexing rejected before any lookup: the `drop_*`
     /// counters from `drop_malformed` to `drop_port_zero` (the others count
     /// drops later on the path).
-    pub fn classify_drops(&self) -> u64 {
+    fn classify_drops(&self) -> u64 {
         self.drop_malformed
             + self.drop_bad_checksum
             + self.drop_fragment

@@ -18,7 +18,7 @@ use crate::wire::{checksum, protocol};
 
 /// The TCP fields demultiplexing and TIME-WAIT handling look at.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct TcpSeg {
+pub(crate) struct TcpSeg {
     /// SEG.SEQ.
     pub seq: u32,
     /// SEG.ACK (meaningful only with `ack` set).
@@ -39,14 +39,14 @@ pub struct TcpSeg {
 
 impl TcpSeg {
     /// A connection request: SYN without ACK, RST or FIN.
-    pub fn is_initial_syn(&self) -> bool {
+    pub(crate) fn is_initial_syn(&self) -> bool {
         self.syn && !self.ack && !self.rst && !self.fin
     }
 }
 
 /// An ICMP error's meaning for the connection it names.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum IcmpError {
+pub(crate) enum IcmpError {
     /// Port or protocol unreachable, or administratively prohibited: the
     /// peer refused (RFC 1122 §4.2.3.9 treats these as hard errors).
     Refused,
@@ -57,7 +57,7 @@ pub enum IcmpError {
 
 /// What a packet is, once checked.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// A TCP segment for `key` (local = destination of the packet).
     Tcp {
         /// The 4-tuple, seen from our side.
@@ -90,7 +90,7 @@ pub enum Class {
 
 /// Why a packet was dropped before reaching any socket; each has a counter.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// Truncated, or header fields that lie about lengths.
     Malformed,
     /// IPv4 header, TCP, UDP, ICMP or ICMPv6 checksum wrong.
@@ -110,7 +110,7 @@ pub enum DropReason {
 }
 
 /// Our addresses, as demultiplexing needs them.
-pub trait LocalAddrs {
+pub(crate) trait LocalAddrs {
     /// Whether `ip` is one of ours.
     fn is_local(&self, ip: IpAddr) -> bool;
     /// Whether `ip` is a broadcast address of one of our IPv4 subnets.
@@ -119,7 +119,7 @@ pub trait LocalAddrs {
 
 /// Whether [`classify_with`] checks TCP and UDP checksums.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Checksums {
+pub(crate) enum Checksums {
     /// Check them: the packet may have crossed a link.
     Verify,
     /// Take them as right: the device vouches for the packet (a TUN's
@@ -131,13 +131,13 @@ pub enum Checksums {
 /// Check and classify one IP packet, checksums included (the tests'
 /// shorthand for [`classify_with`]).
 #[cfg(test)]
-pub fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropReason> {
+pub(crate) fn classify(packet: &[u8], addrs: &impl LocalAddrs) -> Result<Class, DropReason> {
     classify_with(packet, addrs, Checksums::Verify)
 }
 
 /// Check and classify one IP packet, its TCP and UDP checksums checked
 /// or not.
-pub fn classify_with(
+pub(crate) fn classify_with(
     packet: &[u8],
     addrs: &impl LocalAddrs,
     checksums: Checksums,

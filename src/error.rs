@@ -5,37 +5,37 @@ use std::fmt;
 use std::io;
 
 /// Linux errno values used below (asm-generic/errno.h).
-pub mod errno {
+pub(crate) mod errno {
     /// Bad file descriptor (stale handle).
-    pub const EBADF: i32 = 9;
+    pub(crate) const EBADF: i32 = 9;
     /// Resource temporarily unavailable.
-    pub const EAGAIN: i32 = 11;
+    pub(crate) const EAGAIN: i32 = 11;
     /// Invalid argument.
-    pub const EINVAL: i32 = 22;
+    pub(crate) const EINVAL: i32 = 22;
     /// Destination address required.
-    pub const EDESTADDRREQ: i32 = 89;
+    pub(crate) const EDESTADDRREQ: i32 = 89;
     /// Broken pipe.
-    pub const EPIPE: i32 = 32;
+    pub(crate) const EPIPE: i32 = 32;
     /// Message too long.
-    pub const EMSGSIZE: i32 = 90;
+    pub(crate) const EMSGSIZE: i32 = 90;
     /// Address already in use.
-    pub const EADDRINUSE: i32 = 98;
+    pub(crate) const EADDRINUSE: i32 = 98;
     /// Cannot assign requested address.
-    pub const EADDRNOTAVAIL: i32 = 99;
+    pub(crate) const EADDRNOTAVAIL: i32 = 99;
     /// Network is unreachable.
-    pub const ENETUNREACH: i32 = 101;
+    pub(crate) const ENETUNREACH: i32 = 101;
     /// No buffer space available.
-    pub const ENOBUFS: i32 = 105;
+    pub(crate) const ENOBUFS: i32 = 105;
     /// Connection reset by peer.
-    pub const ECONNRESET: i32 = 104;
+    pub(crate) const ECONNRESET: i32 = 104;
     /// Transport endpoint is already connected.
-    pub const EISCONN: i32 = 106;
+    pub(crate) const EISCONN: i32 = 106;
     /// Transport endpoint is not connected.
-    pub const ENOTCONN: i32 = 107;
+    pub(crate) const ENOTCONN: i32 = 107;
     /// Connection timed out.
-    pub const ETIMEDOUT: i32 = 110;
+    pub(crate) const ETIMEDOUT: i32 = 110;
     /// Connection refused.
-    pub const ECONNREFUSED: i32 = 111;
+    pub(crate) const ECONNREFUSED: i32 = 111;
 }
 
 macro_rules! error_enum {

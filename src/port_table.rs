@@ -184,14 +184,14 @@ impl BindKey {
 /// injected RNG: peers choose the keys of our maps, so the hash must be
 /// keyed (no hash flooding), and tests must be reproducible.
 #[derive(Copy, Clone, Debug)]
-pub struct KeyedState {
+pub(crate) struct KeyedState {
     k0: u64,
     k1: u64,
 }
 
 impl KeyedState {
     /// A builder keyed by two words from `rng`.
-    pub fn new(rng: &mut dyn Rng) -> KeyedState {
+    pub(crate) fn new(rng: &mut dyn Rng) -> KeyedState {
         KeyedState {
             k0: rng.next_u64(),
             k1: rng.next_u64(),
