@@ -13,6 +13,10 @@
 //!   a stack on a real host;
 //! - [`wire`]: the TCP header view, the packet builder and DNS messages.
 #![deny(missing_docs)]
+// Every unsafe block and impl says why it is sound, and an unsafe fn's
+// body marks its own unsafe operations.
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod buffer_pool;
 mod counters;

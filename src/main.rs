@@ -2,6 +2,10 @@
 //! line on stderr and a non-zero exit. The daemon (`ephemera up`) and the
 //! command line are this binary's own modules; the stack is the library's.
 
+// The OS edge the daemon needs goes through nix, signal-hook and the
+// library; nothing here is unsafe.
+#![deny(unsafe_code)]
+
 mod cli;
 mod daemon;
 

@@ -239,7 +239,9 @@ struct TestRunAttr {
 /// pointer in it must be valid, for its stated length, for the call.
 unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     let size = mem::size_of::<T>() as libc::c_uint;
-    let r = libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size);
+    // SAFETY: the caller vouches for `attr` as this function's contract
+    // says; the kernel reads and writes at most `size` octets of it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
