@@ -9,8 +9,9 @@
 //! - [`port_table`]: binds, RFC 6056 ephemeral ports, the 4-tuple index
 //!   and TIME-WAIT, a pure module usable on its own;
 //! - [`device`]: the in-memory [`virtual_link`](device::virtual_link) for
-//!   tests and simulations, and the TUN device and pcap writer for driving
-//!   a stack on a real host;
+//!   tests and simulations, and the TUN device, the pcap writer and the
+//!   steering program of a multi-queue TUN for driving stacks on a real
+//!   host;
 //! - [`wire`]: the TCP header view, the packet builder and DNS messages.
 #![deny(missing_docs)]
 // Every unsafe block and impl says why it is sound, and an unsafe fn's

@@ -1,4 +1,6 @@
-//! The OS edge: the TUN device and a pcap writer.
+//! The OS edge: the TUN device, a pcap writer and the eBPF steering of a
+//! multi-queue TUN; and the in-memory virtual link that stands in for a
+//! device in tests.
 //!
 //! Everything here is thin and policy-free: functions return `io::Result`
 //! and the caller (the daemon) turns errors into messages. The one piece of

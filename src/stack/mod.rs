@@ -144,10 +144,10 @@ impl PartialEq<&str> for SocketState {
 /// The stack: packets and time in, packets and deadlines out.
 ///
 /// ```text
-///  bytes ─▶ handle_packet ─▶ demux::classify ─▶ PortTable::lookup ─┬─▶ connection's 1-socket set ─▶ smoltcp
-///                                                                  ├─▶ TIME-WAIT record: ACK a FIN
-///                                                                  ├─▶ listener: new half-open conn
-///                                                                  └─▶ nothing: smoltcp RST / ICMP unreachable
+///  bytes ─▶ handle_packet ─▶ demux::classify_with ─▶ PortTable::lookup ─┬─▶ connection's 1-socket set ─▶ smoltcp
+///                                                                       ├─▶ TIME-WAIT record: ACK a FIN
+///                                                                       ├─▶ listener: new half-open conn
+///                                                                       └─▶ nothing: smoltcp RST / ICMP unreachable
 ///  poll_transmit ◀─ tx queue ◀─ smoltcp egress ◀─ dirty list + timer queue
 /// ```
 ///
