@@ -1007,6 +1007,24 @@ mod tests {
         t.note_segment(&empty, 1001 + 500, 4000, false, false, None);
         assert_eq!(t.peer_next, 1001 + 1000, "cut to the window");
         assert!(!t.rx_drained(&empty));
+        // Without data, only a FIN at RCV.NXT is kept: a bare ACK or a FIN
+        // ahead of it (after a loss) stores nothing, so the data that fills
+        // the gap later still moves the mark and is charged (found by the
+        // stack_pair fuzzer: a bare ACK ahead left the data uncharged).
+        let mut u = SeqTrack::new(Some(1000));
+        u.note_segment(&empty, 1001 + 800, 0, false, false, Some(0));
+        u.note_segment(&empty, 1001 + 800, 0, false, true, Some(0));
+        assert_eq!(u.peer_next, 1001, "nothing stored ahead");
+        assert!(u.rx_drained(&empty));
+        assert_eq!(u.store_end(&empty, 1001, 500, false, false), Some(1501));
+        assert_eq!(u.store_end(&empty, 1001, 0, false, true), Some(1002));
+        u.peer_next = 1001 + 800;
+        assert_eq!(
+            u.store_end(&empty, 1001, 500, false, false),
+            Some(1501),
+            "what a segment stores, whatever came before it"
+        );
+        assert_eq!(u.stored_end(&empty, 1001, 500, false, false), None);
         // A FIN ending past the window is beyond it; within, it is not.
         assert!(s.fin_beyond_window(&v, 1001, 1001));
         assert!(!s.fin_beyond_window(&v, 1001, 1000));

@@ -643,7 +643,9 @@ impl Stack {
         let mut strip_payload = false;
         if seg.len > 0 {
             let fin = seg.fin && !strip_fin;
-            if let Some(end) = c.seq.stored_end(&v, seg.seq, seg.len, seg.syn, fin) {
+            // What this segment may store, whether or not an earlier one
+            // reached as far: the charge must cover it either way.
+            if let Some(end) = c.seq.store_end(&v, seg.seq, seg.len, seg.syn, fin) {
                 let rings = v.rings();
                 let m = &mut c.mem;
                 let want = m.charge_for(rings, c.seq.peer_isn, end, m.tx_written);

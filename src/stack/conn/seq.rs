@@ -92,14 +92,32 @@ impl SeqTrack {
 
     /// Where the highest sequence number seen moves to with a segment
     /// `seq..seq+len` (SYN and FIN counted), if it moves: the end of what
-    /// smoltcp may store of it. smoltcp keeps the part of a segment that
-    /// lies in the receive window, so a segment that starts in the window
-    /// and ends beyond it counts up to the window's end (never beyond
-    /// RCV.NXT + the free space, which the advertised window never
-    /// exceeds); one that does not reach into the window, or a control
-    /// segment beyond it, moves nothing.
+    /// smoltcp may store of it ([`store_end`](Self::store_end)), when that
+    /// lies beyond what earlier segments reached.
     #[inline]
     pub(crate) fn stored_end(
+        &self,
+        v: &SocketView,
+        seq: u32,
+        len: u32,
+        syn: bool,
+        fin: bool,
+    ) -> Option<u32> {
+        let end = self.store_end(v, seq, len, syn, fin)?;
+        (end.wrapping_sub(self.peer_next) as i32 > 0).then_some(end)
+    }
+
+    /// The end of what smoltcp may store of a segment `seq..seq+len` (SYN
+    /// and FIN counted), whatever came before it; `None` if it stores
+    /// nothing. smoltcp keeps the part of a segment that lies in the
+    /// receive window, so a segment that starts in the window and ends
+    /// beyond it counts up to the window's end (never beyond RCV.NXT + the
+    /// free space, which the advertised window never exceeds); one that
+    /// does not reach into the window stores nothing, and neither does a
+    /// segment without data unless it is a FIN at RCV.NXT (a bare ACK or a
+    /// FIN ahead of RCV.NXT, after a loss, is not kept).
+    #[inline]
+    pub(crate) fn store_end(
         &self,
         v: &SocketView,
         seq: u32,
@@ -110,22 +128,17 @@ impl SeqTrack {
         let rcv_nxt = self.rcv_nxt(v);
         let next = seq.wrapping_add(len + syn as u32 + fin as u32);
         let ahead = next.wrapping_sub(rcv_nxt) as i32;
-        if ahead <= 0 {
+        if ahead <= 0 || (len == 0 && !(fin && ahead == 1)) {
             return None;
         }
         let free = v.rx_free();
-        let end = if ahead as usize <= free + fin as usize {
-            next
-        } else {
-            // Only data octets in the window are stored: the first must
-            // lie before the window's end.
-            let start = seq.wrapping_add(syn as u32).wrapping_sub(rcv_nxt) as i32;
-            if len == 0 || start >= free as i32 {
-                return None;
-            }
-            rcv_nxt.wrapping_add(free as u32)
-        };
-        (end.wrapping_sub(self.peer_next) as i32 > 0).then_some(end)
+        if ahead as usize <= free + fin as usize {
+            return Some(next);
+        }
+        // Only data octets in the window are stored: the first must lie
+        // before the window's end.
+        let start = seq.wrapping_add(syn as u32).wrapping_sub(rcv_nxt) as i32;
+        (start < free as i32).then(|| rcv_nxt.wrapping_add(free as u32))
     }
 
     /// Take note of a segment from the peer before smoltcp sees it: its
