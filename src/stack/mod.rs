@@ -637,14 +637,12 @@ impl Stack {
         let rewound_at = bare_ack
             .then(|| c.seq.rewound_ack_at(&v, seg.seq, seg.ack_number))
             .flatten();
-        // The memory budget: octets that would touch ring pages the
-        // connection may not hold now (memory pressure) are dropped; the
-        // peer sends them again, as after a loss.
+        // The memory budget charges what this segment may store; octets on
+        // pages the connection may not hold now (memory pressure) are
+        // dropped, and the peer sends them again, as after a loss.
         let mut strip_payload = false;
         if seg.len > 0 {
             let fin = seg.fin && !strip_fin;
-            // What this segment may store, whether or not an earlier one
-            // reached as far: the charge must cover it either way.
             if let Some(end) = c.seq.store_end(&v, seg.seq, seg.len, seg.syn, fin) {
                 let rings = v.rings();
                 let m = &mut c.mem;
