@@ -21,7 +21,41 @@ use crate::port_table::{FlowKey, Protocol};
 #[must_use]
 pub struct TcpHandle(pub(crate) SocketId);
 
+/// Whether `remote` can be a peer: a unicast address and a port.
+pub(super) fn remote_ok(remote: SocketAddr) -> bool {
+    !(remote.ip().is_unspecified() || remote.port() == 0 || remote.ip().is_multicast())
+}
+
 impl Stack {
+    /// The checks every connected socket passes, TCP or UDP, and the
+    /// 4-tuple it takes in the port table for the next slot: `local`'s
+    /// port, or with port 0 one the table picks for `remote` (RFC 6056).
+    pub(super) fn claim_flow(
+        &mut self,
+        proto: Protocol,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<FlowKey, ConnectError> {
+        if !remote_ok(remote) {
+            return Err(ConnectError::InvalidAddress);
+        }
+        if !self.is_local(local.ip()) {
+            return Err(ConnectError::AddrNotAvailable);
+        }
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(ConnectError::NetworkUnreachable);
+        }
+        let owner = Owner::of(self.sockets.next_id());
+        if local.port() == 0 {
+            self.table
+                .allocate(proto, local.ip(), remote, owner, &mut self.rng)
+        } else {
+            let key = FlowKey::new(proto, local, remote);
+            self.table.insert(key, owner).map(|_| key)
+        }
+        .map_err(|_| ConnectError::AddrNotAvailable)
+    }
+
     /// Open a connection to `remote` from an ephemeral port that the port
     /// table assigns (RFC 6056).
     pub fn connect(&mut self, remote: SocketAddr) -> Result<TcpHandle, ConnectError> {
@@ -36,30 +70,8 @@ impl Stack {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<TcpHandle, ConnectError> {
-        if remote.ip().is_unspecified() || remote.port() == 0 || remote.ip().is_multicast() {
-            return Err(ConnectError::InvalidAddress);
-        }
-        if !self.is_local(local.ip()) {
-            return Err(ConnectError::AddrNotAvailable);
-        }
-        if local.is_ipv4() != remote.is_ipv4() {
-            return Err(ConnectError::NetworkUnreachable);
-        }
+        let key = self.claim_flow(Protocol::Tcp, local, remote)?;
         let id = self.sockets.next_id();
-        let key = if local.port() == 0 {
-            self.table.allocate(
-                Protocol::Tcp,
-                local.ip(),
-                remote,
-                Owner::of(id),
-                &mut self.rng,
-            )
-        } else {
-            let key = FlowKey::new(Protocol::Tcp, local, remote);
-            self.table.insert(key, Owner::of(id)).map(|_| key)
-        }
-        .map_err(|_| ConnectError::AddrNotAvailable)?;
-
         let (mut socket, chunk) = match self.new_tcp_socket() {
             Ok(s) => s,
             Err(e) => {

@@ -27,6 +27,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use super::socket_set::{Owner, Socket, SocketId};
+use super::tcp::remote_ok;
 use super::{Event, Stack};
 use crate::error::{BindError, ConnectError, RecvError, SendError};
 use crate::port_table::{FlowKey, Lookup, Protocol};
@@ -84,11 +85,6 @@ impl UdpSock {
     }
 }
 
-/// Why a UDP remote address cannot be connected to or sent to.
-fn check_remote(remote: SocketAddr) -> bool {
-    !(remote.ip().is_unspecified() || remote.port() == 0 || remote.ip().is_multicast())
-}
-
 impl Stack {
     /// Bind a UDP socket to `local` (port 0 picks an ephemeral port; the
     /// address may be the wildcard).
@@ -125,29 +121,8 @@ impl Stack {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<UdpHandle, ConnectError> {
-        if !check_remote(remote) {
-            return Err(ConnectError::InvalidAddress);
-        }
-        if !self.is_local(local.ip()) {
-            return Err(ConnectError::AddrNotAvailable);
-        }
-        if local.is_ipv4() != remote.is_ipv4() {
-            return Err(ConnectError::NetworkUnreachable);
-        }
+        let key = self.claim_flow(Protocol::Udp, local, remote)?;
         let id = self.sockets.next_id();
-        let key = if local.port() == 0 {
-            self.table.allocate(
-                Protocol::Udp,
-                local.ip(),
-                remote,
-                Owner::of(id),
-                &mut self.rng,
-            )
-        } else {
-            let key = FlowKey::new(Protocol::Udp, local, remote);
-            self.table.insert(key, Owner::of(id)).map(|_| key)
-        }
-        .map_err(|_| ConnectError::AddrNotAvailable)?;
         let got = self.insert_udp(key.local, None, Some(key));
         debug_assert_eq!(got, id);
         Ok(UdpHandle(id))
@@ -163,7 +138,7 @@ impl Stack {
         h: UdpHandle,
         remote: SocketAddr,
     ) -> Result<(), ConnectError> {
-        if !check_remote(remote) {
+        if !remote_ok(remote) {
             return Err(ConnectError::InvalidAddress);
         }
         let u = self.sockets.udp(h.0).ok_or(ConnectError::InvalidHandle)?;
