@@ -195,12 +195,27 @@ impl Pair {
         for l in self.listeners[s] {
             while let Ok(h) = self.net.stack(s).accept(l) {
                 let peer = self.net.stack(s).peer_addr(h);
-                match self.conns.iter_mut().find(|c| {
-                    c.initiator != s && Some(c.initiator_addr) == peer && c.ends[s].is_none()
-                }) {
-                    Some(c) => c.ends[s] = Some(h),
-                    None => panic!("accepted {peer:?}, which nobody opened"),
+                let ours = |c: &Conn| c.initiator != s && Some(c.initiator_addr) == peer;
+                if let Some(c) = self
+                    .conns
+                    .iter_mut()
+                    .find(|c| ours(c) && c.ends[s].is_none())
+                {
+                    c.ends[s] = Some(h);
+                    continue;
                 }
+                // A SYN cookie has no state to say its handshake is over: a
+                // late ACK (a FIN, say) of a connection whose ISS was a
+                // cookie, after this end let go of it, opens it again, as
+                // on Linux. Only then may a finished connection come back,
+                // and nothing is read from it.
+                let finished = self.conns.iter().any(|c| ours(c) && c.released[s]);
+                let cookies = self.net.stack_ref(s).counters().tcp_syn_cookies_ok;
+                assert!(
+                    finished && cookies > 0,
+                    "accepted {peer:?}, which nobody opened"
+                );
+                self.net.stack(s).abort(h);
             }
         }
     }
