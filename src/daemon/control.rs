@@ -654,28 +654,12 @@ pub fn explain_connect(path: &Path, err: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::files::tests::TempDir;
     use crate::daemon::table::tests::entry;
     use ephemera::Protocol;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::io::OwnedFd;
     use std::time::Instant;
-
-    /// A fresh directory under the temp dir, removed on drop.
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("eph-ctl-{}-{tag}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A socket file with no listener behind it, as a killed daemon leaves.
     /// Bound but never listening, so connects are refused even while a
@@ -750,7 +734,7 @@ mod tests {
 
     #[test]
     fn socket_is_private_and_serves_requests() {
-        let dir = TempDir::new("serve");
+        let dir = TempDir::new("ctl-serve");
         let path = dir.0.join("sub").join("c.sock");
         let mut server = ControlServer::bind(&path, rule(), euid()).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
@@ -875,7 +859,7 @@ mod tests {
 
     #[test]
     fn stale_sockets_are_replaced_and_other_files_kept() {
-        let dir = TempDir::new("stale");
+        let dir = TempDir::new("ctl-stale");
         let path = dir.0.join("c.sock");
         let _stale = stale_socket(&path);
         assert!(path.exists());
@@ -904,7 +888,7 @@ mod tests {
 
     #[test]
     fn oversized_request_closes_the_connection() {
-        let dir = TempDir::new("big");
+        let dir = TempDir::new("ctl-big");
         let path = dir.0.join("c.sock");
         let mut server = ControlServer::bind(&path, rule(), euid()).unwrap();
         let p = path.clone();
@@ -926,7 +910,7 @@ mod tests {
 
     #[test]
     fn connect_errors_are_explained() {
-        let dir = TempDir::new("conn");
+        let dir = TempDir::new("ctl-conn");
         let path = dir.0.join("none.sock");
         let err = ControlClient::connect(&path, Duration::from_secs(1)).unwrap_err();
         let m = explain_connect(&path, &err);
@@ -941,7 +925,7 @@ mod tests {
 
     #[test]
     fn a_root_client_trusts_a_daemon_only_in_its_own_closed_directory() {
-        let dir = TempDir::new("trust");
+        let dir = TempDir::new("ctl-trust");
         let sock = dir.0.join("c.sock");
         let me = euid();
         assert!(daemon_trusted(&sock, me, me));
@@ -994,7 +978,7 @@ mod tests {
             eprintln!("SKIP {name}: needs root to act as another user");
             return None;
         }
-        let dir = TempDir::new(name);
+        let dir = TempDir::new(&format!("ctl-{name}"));
         let path = dir.0.join("c.sock");
         let mut server = ControlServer::bind(&path, rule(), serve_uid).unwrap();
         // Test only: a daemon's socket is 0600 and its own user's.

@@ -197,7 +197,7 @@ pub(crate) mod tests {
     pub(crate) struct TempDir(pub(crate) PathBuf);
     impl TempDir {
         pub(crate) fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("eph-files-{}-{tag}", std::process::id()));
+            let p = std::env::temp_dir().join(format!("eph-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
