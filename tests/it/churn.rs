@@ -14,11 +14,11 @@ use crate::util::*;
 
 const CYCLES: u64 = 1_000_000;
 /// Connections in flight at once.
-const CONCURRENT: usize = 512;
-const MSG: usize = 32;
-const TIME_WAIT: Duration = Duration::from_millis(50);
+pub(crate) const CONCURRENT: usize = 512;
+pub(crate) const MSG: usize = 32;
+pub(crate) const TIME_WAIT: Duration = Duration::from_millis(50);
 
-fn churn_config(addr: &str, seed: u64) -> StackConfig {
+pub(crate) fn churn_config(addr: &str, seed: u64) -> StackConfig {
     StackConfig {
         tcp_rx_buffer: 512,
         tcp_tx_buffer: 512,
@@ -32,7 +32,7 @@ fn churn_config(addr: &str, seed: u64) -> StackConfig {
     }
 }
 
-fn message(cycle: u64) -> [u8; MSG] {
+pub(crate) fn message(cycle: u64) -> [u8; MSG] {
     let mut m = [0u8; MSG];
     for (i, b) in m.iter_mut().enumerate() {
         *b = (cycle.rotate_left(i as u32 * 3) ^ i as u64) as u8;

@@ -13,10 +13,11 @@ use std::rc::Rc;
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::port_table::{ShardId, Shards};
 use ephemera::{
-    Duration, Event, FlowKey, ListenerHandle, PortTableConfig, Protocol, RecvError, SeededRng,
-    StackConfig, TcpHandle, TcpState,
+    Duration, Event, FlowKey, ListenerHandle, Protocol, RecvError, SeededRng, StackConfig,
+    TcpHandle, TcpState,
 };
 
+use crate::churn::{churn_config, message, CONCURRENT, MSG, TIME_WAIT};
 use crate::util::*;
 
 /// The port every shard listens on.
@@ -512,31 +513,6 @@ fn shards_that_ignore_the_steering_are_caught_as_misdirected() {
 }
 
 const CYCLES: u64 = 200_000;
-const CONCURRENT: usize = 512;
-const MSG: usize = 32;
-const TIME_WAIT: Duration = Duration::from_millis(50);
-
-fn churn_config(addr: &str, seed: u64) -> StackConfig {
-    StackConfig {
-        tcp_rx_buffer: 512,
-        tcp_tx_buffer: 512,
-        backlog: 1024,
-        syn_backlog: 1024,
-        ports: PortTableConfig {
-            time_wait: std::time::Duration::from_micros(TIME_WAIT.total_micros()),
-            ..Default::default()
-        },
-        ..config(addr, seed)
-    }
-}
-
-fn message(cycle: u64) -> [u8; MSG] {
-    let mut m = [0u8; MSG];
-    for (i, b) in m.iter_mut().enumerate() {
-        *b = (cycle.rotate_left(i as u32 * 3) ^ i as u64) as u8;
-    }
-    m
-}
 
 /// Churn across four shards: 200,000 connect / 32-octet echo / close
 /// cycles, 512 in flight, opened by the shards in turn through one peer
