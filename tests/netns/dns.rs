@@ -8,7 +8,6 @@
 //! them each test prints `SKIP` and passes.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -261,16 +260,8 @@ while True:
 fn start_name_server(ns: &mut Netns, mode: &str) -> PathBuf {
     let log = ns.path("ns.log");
     let mut cmd = ns.command(&["python3", "-c", NAME_SERVER, mode]);
-    cmd.arg(&log).stdin(Stdio::null()).stdout(Stdio::piped());
-    let i = ns.spawn(cmd);
-    let stdout = ns.children[i].stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "the python3 name server did not start"
-    );
+    cmd.arg(&log);
+    ns.spawn_ready(cmd, "the python3 name server");
     log
 }
 
@@ -502,15 +493,8 @@ fn a_socks_udp_datagram_to_a_name_only_the_kernel_sides_dns_server_knows() {
     let log = start_dnsmasq(&mut ns);
     let echo_log = ns.path("echo.log");
     let mut cmd = ns.command(&["python3", "-c", crate::socks_udp::ECHO]);
-    cmd.arg(&echo_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let i = ns.spawn(cmd);
-    let mut line = String::new();
-    BufReader::new(ns.children[i].stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
+    cmd.arg(&echo_log);
+    ns.spawn_ready(cmd, "the UDP echo server");
 
     let out = ns.run(&["python3", "-c", SOCKS_UDP_TO_A_NAME]);
     let said = text(&out.stdout);

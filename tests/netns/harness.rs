@@ -139,6 +139,18 @@ impl Netns {
         self.children.len() - 1
     }
 
+    /// Start `cmd` in the namespace (see [`spawn`](Self::spawn)) and wait
+    /// until it prints `ready` on its standard output; `what` names it if
+    /// it does not.
+    pub(crate) fn spawn_ready(&mut self, mut cmd: Command, what: &str) {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let i = self.spawn(cmd);
+        let stdout = self.children[i].stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{what} did not start");
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -323,15 +335,8 @@ server.serve_forever()
 "#;
         let log = self.path("server.log");
         let mut cmd = self.command(&["python3", "-c", SERVER]);
-        cmd.arg(&self.dir)
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let i = self.spawn(cmd);
-        let stdout = self.children[i].stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "python3 http.server did not start");
+        cmd.arg(&self.dir).arg(&log);
+        self.spawn_ready(cmd, "python3 http.server");
         log
     }
 }

@@ -7,7 +7,6 @@
 //! the kernel's side, where every byte crosses the TUN four times.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use crate::harness::*;
 
@@ -77,16 +76,8 @@ fn uploads_and_downloads_are_byte_exact_with_receive_offload_on_and_off() {
     let Some(mut ns) = Netns::new(test) else {
         return;
     };
-    let mut cmd = ns.command(&["python3", "-c", ECHO_SERVER]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let i = ns.spawn(cmd);
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(ns.children[i].stdout.take().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "ready", "the echo server did not start");
+    let cmd = ns.command(&["python3", "-c", ECHO_SERVER]);
+    ns.spawn_ready(cmd, "the echo server");
 
     // Offload with payloads never summed (the daemon's default), offload
     // with every checksum completed (what --pcap asks for, so captures

@@ -2,9 +2,6 @@
 //! client relays datagrams through the daemon to a UDP echo server on the
 //! kernel side, over IPv4 and IPv6.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 use crate::harness::*;
 
 /// A UDP echo server on 10.7.0.1:7007 and [fd00:7::1]:7007 that logs
@@ -82,13 +79,8 @@ fn udp_associate_round_trips_to_a_kernel_side_echo_server_over_both_families() {
     }
     let log = ns.path("echo.log");
     let mut cmd = ns.command(&["python3", "-c", ECHO]);
-    cmd.arg(&log).stdin(Stdio::null()).stdout(Stdio::piped());
-    let i = ns.spawn(cmd);
-    let mut line = String::new();
-    BufReader::new(ns.children[i].stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
+    cmd.arg(&log);
+    ns.spawn_ready(cmd, "the UDP echo server");
 
     let out = ns.run(&["python3", "-c", CLIENT]);
     let said = text(&out.stdout);
