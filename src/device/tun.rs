@@ -16,8 +16,6 @@ use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use nix::net::if_::if_nametoindex;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
-use tun_tap::{Iface, Mode};
-
 use super::gso;
 use super::split;
 pub use super::split::{Cut, Fill, RxChecksum, RxDrop};
@@ -37,8 +35,8 @@ pub struct Tun {
 
 #[derive(Debug)]
 enum Kind {
-    /// Opened by `tun-tap`: one bare IP packet per read or write.
-    Plain(Iface),
+    /// One bare IP packet per read or write.
+    Plain { file: File, name: String },
     /// Opened with `IFF_VNET_HDR`: every packet behind a virtio-net header,
     /// so writes may carry TCP segmentation offload ([`gso`]) and reads
     /// super-packets and partial checksums ([`split`]) if `rx` says so.
@@ -175,12 +173,7 @@ impl Tun {
     /// `ResourceBusy` (`EBUSY`: another process has it open), `InvalidInput`
     /// (`EINVAL`: a TAP or packet-info interface has that name).
     pub fn open(name: &str) -> io::Result<Tun> {
-        check_name(name)?;
-        let iface = Iface::without_packet_info(name, Mode::Tun)?;
-        iface.set_non_blocking()?;
-        Ok(Tun {
-            kind: Kind::Plain(iface),
-        })
+        Tun::open_one(name, false, None)
     }
 
     /// [`open`](Self::open), but with a virtio-net header on every packet
@@ -193,17 +186,62 @@ impl Tun {
     /// took): it then sends TCP super-packets and partial checksums,
     /// which [`recv_segments`](Self::recv_segments) turns back into
     /// whole segments. Without, `TUNSETOFFLOAD` is 0: the kernel
-    /// segments and checksums what it sends. `tun-tap` cannot set the
-    /// flag, so this opens `/dev/net/tun` itself; same errors as `open`.
+    /// segments and checksums what it sends. Same errors as `open`.
     pub fn open_with_offload(name: &str, receive: bool) -> io::Result<Tun> {
+        Tun::open_one(name, false, Some(receive))
+    }
+
+    /// Open `queues` queues of the multi-queue TUN interface `name`
+    /// (`IFF_MULTI_QUEUE`; created with its first queue), each as
+    /// [`open`](Self::open) (`offload` `None`) or
+    /// [`open_with_offload`](Self::open_with_offload) (`Some(receive)`)
+    /// would open it. With `queues` 1 this is exactly `open` or
+    /// `open_with_offload`: a single-queue device.
+    ///
+    /// `drivers/net/tun.c` (`tun_set_iff`) attaches each further
+    /// `TUNSETIFF` with `IFF_MULTI_QUEUE` on the same name as a new queue;
+    /// the flags must agree with the device's (`EINVAL` for a device made
+    /// without `multi_queue`), and the virtio-net header size and the
+    /// offloads are the device's, so every queue is given the same. At
+    /// most 256 queues (`MAX_TAP_QUEUES`, else `E2BIG`). Dropping every
+    /// queue removes a non-persistent interface.
+    pub fn open_queues(name: &str, queues: u16, offload: Option<bool>) -> io::Result<Vec<Tun>> {
+        if queues == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TUN device needs at least one queue",
+            ));
+        }
+        (0..queues)
+            .map(|_| Tun::open_one(name, queues > 1, offload))
+            .collect()
+    }
+
+    /// Open `/dev/net/tun` non-blocking and attach it to `name` as a TUN
+    /// without packet info; with `offload` `Some(receive)`, with a
+    /// virtio-net header and the receive offload asked for.
+    fn open_one(name: &str, multi_queue: bool, offload: Option<bool>) -> io::Result<Tun> {
         let mut req = IfReq::named(name)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        req.set_short((libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short);
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        if offload.is_some() {
+            flags |= libc::IFF_VNET_HDR;
+        }
+        req.set_short(flags as libc::c_short);
         ifreq_ioctl(file.as_fd(), IfIoctl::TunSetIff, &mut req)?;
+        let name = req.name();
+        let Some(receive) = offload else {
+            return Ok(Tun {
+                kind: Kind::Plain { file, name },
+            });
+        };
         let hdr_len = gso::VNET_HDR_LEN as libc::c_int;
         let fd = file.as_raw_fd();
         // SAFETY: TUNSETVNETHDRSZ reads one `int` through its pointer, which
@@ -237,7 +275,6 @@ impl Tun {
                 return Err(err);
             }
         }
-        let name = req.name();
         Ok(Tun {
             kind: Kind::Offload {
                 file,
@@ -255,7 +292,7 @@ impl Tun {
     /// `receive`.
     pub fn receive_offload(&self) -> RxOffload {
         match &self.kind {
-            Kind::Plain(_) => RxOffload::NONE,
+            Kind::Plain { .. } => RxOffload::NONE,
             Kind::Offload { rx, .. } => *rx,
         }
     }
@@ -290,7 +327,7 @@ impl Tun {
     /// What the receive path has read, cut and dropped so far.
     pub fn rx_counters(&self) -> RxCounters {
         match &self.kind {
-            Kind::Plain(_) => RxCounters::default(),
+            Kind::Plain { .. } => RxCounters::default(),
             Kind::Offload { counters, .. } => counters.clone(),
         }
     }
@@ -298,7 +335,7 @@ impl Tun {
     /// The interface's name, as the kernel reports it.
     pub fn name(&self) -> &str {
         match &self.kind {
-            Kind::Plain(iface) => iface.name(),
+            Kind::Plain { name, .. } => name,
             Kind::Offload { name, .. } => name,
         }
     }
@@ -311,7 +348,7 @@ impl Tun {
     /// instead.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.kind {
-            Kind::Plain(iface) => iface.recv(buf),
+            Kind::Plain { file, .. } => (&*file).read(buf),
             Kind::Offload { file, .. } => {
                 let mut hdr = [0u8; gso::VNET_HDR_LEN];
                 let n = (&*file)
@@ -338,8 +375,8 @@ impl Tun {
         mut each: impl FnMut(&mut [u8], RxChecksum),
     ) -> io::Result<usize> {
         match &mut self.kind {
-            Kind::Plain(iface) => {
-                let n = iface.recv(buf)?;
+            Kind::Plain { file, .. } => {
+                let n = (&*file).read(buf)?;
                 match buf.get_mut(..n) {
                     Some(p) => {
                         each(p, RxChecksum::Unchecked);
@@ -395,7 +432,7 @@ impl Tun {
     /// Write one IP packet to the kernel.
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.kind {
-            Kind::Plain(iface) => iface.send(packet),
+            Kind::Plain { file, .. } => (&*file).write(packet),
             Kind::Offload { file, .. } => write_with(file, gso::VnetHdr::default(), packet),
         }
     }
@@ -408,9 +445,9 @@ impl Tun {
     /// go on (a full kernel queue drops packets, as a link would).
     pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
         match &self.kind {
-            Kind::Plain(iface) => {
+            Kind::Plain { file, .. } => {
                 for p in batch {
-                    if let Err(e) = iface.send(&p) {
+                    if let Err(e) = (&*file).write(&p) {
                         failed(p.len(), e);
                     }
                 }
@@ -437,8 +474,7 @@ impl Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         match &self.kind {
-            Kind::Plain(iface) => iface.as_raw_fd(),
-            Kind::Offload { file, .. } => file.as_raw_fd(),
+            Kind::Plain { file, .. } | Kind::Offload { file, .. } => file.as_raw_fd(),
         }
     }
 }
@@ -446,10 +482,7 @@ impl AsRawFd for Tun {
 impl AsFd for Tun {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.kind {
-            // SAFETY: `iface` owns this descriptor and keeps it open for
-            // as long as `self`, and so the borrow, lives.
-            Kind::Plain(iface) => unsafe { BorrowedFd::borrow_raw(iface.as_raw_fd()) },
-            Kind::Offload { file, .. } => file.as_fd(),
+            Kind::Plain { file, .. } | Kind::Offload { file, .. } => file.as_fd(),
         }
     }
 }
@@ -718,15 +751,9 @@ pub fn set_up(name: &str) -> io::Result<()> {
 /// program to such a device.
 #[cfg(test)]
 pub(super) fn open_queue(name: &str) -> io::Result<File> {
-    let mut req = IfReq::named(name)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
-    req.set_short((libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short);
-    ifreq_ioctl(file.as_fd(), IfIoctl::TunSetIff, &mut req)?;
-    Ok(file)
+    match Tun::open_one(name, true, None)?.kind {
+        Kind::Plain { file, .. } | Kind::Offload { file, .. } => Ok(file),
+    }
 }
 
 #[cfg(test)]
@@ -754,6 +781,11 @@ mod tests {
             Tun::open("bad/name").unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+        // Zero queues, or a bad name: refused before any device is opened.
+        for (name, queues) in [("tun0", 0), ("bad/name", 2)] {
+            let err = Tun::open_queues(name, queues, None).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name} {queues}");
+        }
     }
 
     #[test]
