@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use ephemera::device::kernel_peer_addr;
 use ephemera::device::tun::{MAX_MTU, MAX_NAME_LEN};
+use ephemera::port_table::MAX_SHARDS;
 use ephemera::CongestionControl;
 
 use crate::daemon::host::Host;
@@ -142,6 +143,16 @@ pub struct UpArgs {
     /// its request (then closed).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = parse_head_timeout)]
     pub head_timeout: u64,
+    /// TUN queues, each read by its own thread driving its own stack shard: 1 to 256, or
+    /// auto (one per CPU). Ephemeral ports are split among the shards so that replies come
+    /// back to the shard that opened the connection.
+    #[arg(long, value_name = "N|auto", default_value = "1", value_parser = parse_queues)]
+    pub queues: Queues,
+    /// How the kernel puts each packet on its shard's queue with --queues above 1: ebpf (a
+    /// steering program; without the privilege to load it, flow learning) or flow-learning
+    /// (the kernel's own choice, and shards hand misdirected packets to their owner).
+    #[arg(long, value_name = "HOW", default_value = "ebpf", value_parser = parse_steering)]
+    pub steering: Steering,
     /// Drop privileges to this user once the interface is open and configured.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     pub user: Option<String>,
@@ -385,6 +396,62 @@ pub fn parse_backlog(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n),
         _ => Err(format!("{s:?} is not a backlog (1-65535)")),
+    }
+}
+
+/// `--queues`: a count, or one per CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queues {
+    /// This many queues, 1 to [`MAX_SHARDS`].
+    Count(u16),
+    /// As many as `available_parallelism` says, at most [`MAX_SHARDS`].
+    Auto,
+}
+
+impl Queues {
+    /// The number of queues, `cpus` being what `auto` means on this
+    /// machine (`None` if unknown: then 1).
+    pub fn resolve(self, cpus: Option<usize>) -> u16 {
+        match self {
+            Queues::Count(n) => n,
+            Queues::Auto => {
+                let n = cpus.unwrap_or(1).clamp(1, usize::from(MAX_SHARDS));
+                // Clamped to 1..=256 just above.
+                n as u16
+            }
+        }
+    }
+}
+
+/// `--queues`: `auto`, or 1 to [`MAX_SHARDS`] (the kernel's limit on a
+/// TUN's queues).
+pub fn parse_queues(s: &str) -> Result<Queues, String> {
+    if s == "auto" {
+        return Ok(Queues::Auto);
+    }
+    match s.parse::<u16>() {
+        Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(Queues::Count(n)),
+        _ => Err(format!(
+            "{s:?} is not a number of queues (1-{MAX_SHARDS}, or auto for one per CPU)"
+        )),
+    }
+}
+
+/// `--steering`: how packets reach their shard's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// An eBPF steering program, falling back to flow learning.
+    Ebpf,
+    /// The kernel's flow learning, and hand-offs between shards.
+    FlowLearning,
+}
+
+/// `--steering`: `ebpf` or `flow-learning`.
+pub fn parse_steering(s: &str) -> Result<Steering, String> {
+    match s {
+        "ebpf" => Ok(Steering::Ebpf),
+        "flow-learning" => Ok(Steering::FlowLearning),
+        _ => Err(format!("{s:?} is not ebpf or flow-learning")),
     }
 }
 
@@ -722,6 +789,33 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn queues_default_to_one_and_take_a_count_or_auto() {
+        let base = ["--tun", "tun0", "--addr", "10.7.0.2/24"];
+        let a = up(&base).unwrap();
+        assert_eq!(a.queues, Queues::Count(1));
+        assert_eq!(a.steering, Steering::Ebpf);
+        let a =
+            up(&[&base[..], &["--queues", "4", "--steering", "flow-learning"]].concat()).unwrap();
+        assert_eq!(a.queues, Queues::Count(4));
+        assert_eq!(a.steering, Steering::FlowLearning);
+        assert_eq!(a.queues.resolve(Some(2)), 4);
+        let a = up(&[&base[..], &["--queues", "auto"]].concat()).unwrap();
+        assert_eq!(a.queues, Queues::Auto);
+        // auto: the CPUs, at most the kernel's 256 queues, 1 if unknown.
+        assert_eq!(Queues::Auto.resolve(Some(2)), 2);
+        assert_eq!(Queues::Auto.resolve(Some(1000)), MAX_SHARDS);
+        assert_eq!(Queues::Auto.resolve(None), 1);
+        assert_eq!(parse_queues("256"), Ok(Queues::Count(256)));
+        for bad in ["0", "257", "-1", "", "Auto", "two"] {
+            let arg = format!("--queues={bad}");
+            let e = up(&[&base[..], &[arg.as_str()]].concat()).unwrap_err();
+            assert!(e.contains("1-256") || bad.is_empty(), "{bad:?}: {e}");
+            assert!(parse_queues(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_steering("none").is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use clap::Parser;
 
 use cli::{control_path, Cli, Command, FetchArgs, PortsArgs};
 use daemon::control;
-use daemon::table::{format_budget, format_counters, format_ports_table, PortEntry};
+use daemon::table::{format_budget, format_counters, format_ports_table, format_shards, PortEntry};
 
 /// How long a client waits for each reply from the daemon.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,6 +81,10 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
             text.push('\n');
             if let Some(budget) = format_budget(stats) {
                 text.push_str(&budget);
+                text.push('\n');
+            }
+            if let Some(shards) = format_shards(stats) {
+                text.push_str(&shards);
                 text.push('\n');
             }
             text.push_str(&format_counters(stats));

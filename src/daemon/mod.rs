@@ -21,6 +21,7 @@ pub mod poll;
 pub mod privileges;
 pub mod resolver;
 pub mod services;
+pub mod shard;
 pub mod signals;
 pub mod socks;
 pub mod table;
@@ -30,19 +31,21 @@ use std::io::{self, BufWriter};
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::cli::{control_path, UpArgs};
-use control::Request;
+use std::sync::{Arc, Mutex};
+
+use crate::cli::{control_path, Steering, UpArgs};
 use credentials::Credentials;
-use ephemera::device::tun::{Fill, RxChecksum};
+use ephemera::device::steering::{Attached, SteeringProgram};
+use ephemera::device::tun::Fill;
 use ephemera::device::{tun, PcapWriter, Tun};
-use ephemera::Instant;
-use ephemera::PortTableConfig;
+use ephemera::port_table::Shards;
+use ephemera::{Instant, PortTableConfig, SeededRng};
 use ephemera::{Stack, StackConfig};
 use files::{DirRule, Owner};
 use policy::{deny_list, Destinations, Net, NetList};
 use services::{DaemonServices as Services, DnsForwardConfig, ServicesConfig};
+use shard::{Inbox, Lead, Shard, Shared};
 use std::os::unix::io::AsFd;
-use table::{counter_map, port_entries};
 
 /// Which setup step an OS error came from, for [`explain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +84,7 @@ pub fn explain(step: Step<'_>, tun_name: &str, err: &io::Error) -> String {
                 format!("TUN interface {tun_name} is busy: another process has it open; stop that process or choose another --tun")
             }
             Some(libc::EINVAL) => format!(
-                "interface {tun_name} exists but is not a TUN device without packet info (a TAP, or made with `pi`?); choose another --tun or remove it with `ip link del {tun_name}`"
+                "interface {tun_name} exists but is not a TUN device without packet info (a TAP, made with `pi`, or with --queues: not made with `multi_queue`, or with it and --queues 1?); choose another --tun or remove it with `ip link del {tun_name}`"
             ),
             _ => format!("cannot open TUN interface {tun_name}: {err}"),
         },
@@ -140,8 +143,13 @@ fn configure(args: &UpArgs) -> Result<(), String> {
 /// The OS resources the daemon runs on, opened and ready.
 #[derive(Debug)]
 pub struct Edge {
-    /// The TUN device.
-    pub tun: Tun,
+    /// The TUN device's queues, one per shard: queue *i* feeds shard *i*.
+    pub queues: Vec<Tun>,
+    /// How flows are split among the shards, with more than one queue.
+    pub split: Option<Shards>,
+    /// The steering program, attached to the device; `None` with one
+    /// queue, and where the kernel's flow learning steers instead.
+    pub steering: Option<Attached>,
     /// The MTU the stack must use (the interface's, with --no-configure).
     pub mtu: u32,
     /// The pcap writer, with `--pcap`.
@@ -152,27 +160,72 @@ pub struct Edge {
     pub signals: signals::SignalPipe,
 }
 
-/// Open the TUN, with TCP segmentation offload towards the kernel and
-/// whatever receive offload it grants when `offload` is asked for and
-/// the kernel takes `IFF_VNET_HDR` (`EINVAL` otherwise: then without, as
-/// `tun-tap` opens it).
-fn open_tun(name: &str, offload: bool) -> io::Result<Tun> {
+/// Open the TUN's `queues` queues, with TCP segmentation offload towards
+/// the kernel and whatever receive offload it grants when `offload` is
+/// asked for and the kernel takes `IFF_VNET_HDR` (`EINVAL` otherwise:
+/// then without).
+fn open_tun(name: &str, offload: bool, queues: u16) -> io::Result<Vec<Tun>> {
     if offload {
-        match Tun::open_with_offload(name, true) {
-            Ok(tun) => {
+        match Tun::open_queues(name, queues, Some(true)) {
+            Ok(tuns) => {
                 log::info!("{name}: TCP segmentation offload towards the kernel");
-                log::info!("{name}: receive offload: {}", tun.receive_offload());
-                return Ok(tun);
+                log::info!("{name}: receive offload: {}", tuns[0].receive_offload());
+                return Ok(tuns);
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                 log::warn!(
                     "{name}: no virtio-net header support ({e}); writing packets one by one"
                 );
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
-    Tun::open(name)
+    Tun::open_queues(name, queues, None)
+}
+
+/// The split among `queues` shards of `args`' ephemeral range, with a
+/// fresh secret key; `None` for one queue.
+fn split(args: &UpArgs, queues: u16) -> Result<Option<Shards>, String> {
+    if queues == 1 {
+        return Ok(None);
+    }
+    let mut rng = SeededRng::from_entropy();
+    Shards::new(queues, args.ephemeral_range.into(), &mut rng)
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "--queues {queues}, --ephemeral-range {}: {e}",
+                args.ephemeral_range
+            )
+        })
+}
+
+/// Load the steering program for `split` and attach it to the device
+/// `queue` belongs to; on failure, a warning naming why, and `None`: the
+/// kernel's flow learning then picks queues and shards hand packets on.
+fn steer(name: &str, split: &Shards, how: Steering, queue: &Tun) -> Option<Attached> {
+    if how == Steering::FlowLearning {
+        log::info!("{name}: steering by the kernel's flow learning (--steering flow-learning)");
+        return None;
+    }
+    let attached = SteeringProgram::load(split).and_then(|program| {
+        let attached = program.attach(queue.as_fd())?;
+        log::info!(
+            "{name}: {} queues steered by an eBPF program of {} instructions",
+            split.count(),
+            program.instructions()
+        );
+        Ok(attached)
+    });
+    match attached {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log::warn!(
+                "{name}: cannot steer packets to their shard's queue ({e}); the kernel's flow learning picks queues, and shards hand packets on to their owner"
+            );
+            None
+        }
+    }
 }
 
 /// Validate `args`, then open and configure everything `up` needs, in
@@ -193,7 +246,12 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         None => None,
     };
 
-    let tun = open_tun(name, !args.no_offload).map_err(|e| explain(Step::OpenTun, name, &e))?;
+    let queues = args
+        .queues
+        .resolve(std::thread::available_parallelism().ok().map(usize::from));
+    let split = split(args, queues)?;
+    let queues =
+        open_tun(name, !args.no_offload, queues).map_err(|e| explain(Step::OpenTun, name, &e))?;
     let mtu = if args.no_configure {
         let actual =
             tun::mtu(name).map_err(|e| explain(Step::Configure("reading MTU"), name, &e))?;
@@ -228,6 +286,10 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         .kernel_peer()
         .map_or_else(String::new, |a| a.to_string());
     log::info!("{name}: stack {}, kernel {kernel}, MTU {mtu}", args.addr);
+    // Loading needs privilege (CAP_BPF), so before the drop.
+    let steering = split
+        .as_ref()
+        .and_then(|split| steer(name, split, args.steering, &queues[0]));
 
     // Files and the control socket belong to the user the daemon runs as.
     let runs_as = owner.map_or_else(
@@ -279,7 +341,9 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
     let signals = signals::SignalPipe::install()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     Ok(Edge {
-        tun,
+        queues,
+        split,
+        steering,
         mtu,
         pcap,
         control,
@@ -337,7 +401,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         // Through a virtio-net header every TCP checksum is left to the
         // kernel (device::gso), so smoltcp need not sum payloads; a
         // capture shows them complete.
-        tcp_checksum_offload: edge.tun.transmit_offload() && edge.pcap.is_none(),
+        tcp_checksum_offload: edge.queues[0].transmit_offload() && edge.pcap.is_none(),
         congestion_control: args.congestion,
         max_memory,
         max_connections: args
@@ -395,7 +459,146 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         head_timeout: Some(ephemera::Duration::from_secs(args.head_timeout)),
         ..ServicesConfig::default()
     };
-    EventLoop::new(edge, config, services)?.run()
+    serve(edge, config, services)
+}
+
+/// `config` for shard `index` of `split`: its share of the ephemeral
+/// ports, and of the memory budget, the connection limit and the
+/// TIME-WAIT cap (each shard enforces its share alone, with no lock
+/// between them).
+fn shard_config(config: &StackConfig, split: Option<&Shards>, index: u16) -> StackConfig {
+    let Some(split) = split else {
+        return config.clone();
+    };
+    let n = usize::from(split.count());
+    let mut c = config.clone();
+    c.ports.shard = split.id(index).unwrap_or_default();
+    c.max_memory = (config.max_memory / n).max(1);
+    c.max_connections = (config.max_connections / n).max(1);
+    c.ports.max_time_wait = (config.ports.max_time_wait / n).max(1);
+    c
+}
+
+/// Stops every other shard when a shard ends by an error or a panic.
+struct StopOthers<'a> {
+    shared: &'a Shared,
+    index: u16,
+    armed: bool,
+}
+
+impl Drop for StopOthers<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.stop_all(self.index);
+        }
+    }
+}
+
+/// Build shard `index`'s stack and services and serve until told to stop;
+/// on failure, tell the other shards to stop.
+fn run_shard(
+    index: u16,
+    tun: Tun,
+    config: StackConfig,
+    services: ServicesConfig,
+    shared: Shared,
+    lead: Option<Lead>,
+) -> Result<(), String> {
+    let mut guard = StopOthers {
+        shared: &shared,
+        index,
+        armed: true,
+    };
+    let r = (|| {
+        let mut stack = Stack::new(config, Instant::from_micros(0))
+            .map_err(|e| format!("stack configuration: {e}"))?;
+        let services = Services::start(&mut stack, services).map_err(|e| e.to_string())?;
+        Shard::new(index, tun, stack, services, shared.clone(), lead).run()
+    })();
+    guard.armed = r.is_err();
+    r
+}
+
+/// Run one shard per queue, shard 0 on this thread, the others on their
+/// own; return once all have stopped, with the first error.
+fn serve(mut edge: Edge, config: StackConfig, services: ServicesConfig) -> Result<(), String> {
+    // What the kernel vouches for goes to the stack unchecked, so its
+    // checksums need not be summed, unless a capture is to show them
+    // (docs/architecture.md).
+    let fill = if edge.pcap.is_some() {
+        Fill::Complete
+    } else {
+        Fill::Partial
+    };
+    for q in &mut edge.queues {
+        q.set_fill_checksums(fill);
+    }
+    let n = edge.queues.len();
+    let inboxes = (0..n)
+        .map(|_| Inbox::new())
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| format!("cannot create the shards' inboxes: {e}"))?;
+    let shared = Shared {
+        start: std::time::Instant::now(),
+        split: edge.split,
+        inboxes: Arc::new(inboxes),
+        pcap: edge.pcap.take().map(|w| Arc::new(Mutex::new(Some(w)))),
+        ebpf: edge.steering.is_some(),
+    };
+    if n > 1 {
+        let per = shard_config(&config, edge.split.as_ref(), 0);
+        log::info!(
+            "{n} shards, each with memory budget {} MiB, at most {} connections, {} TIME-WAIT records; steering: {}",
+            per.max_memory >> 20,
+            per.max_connections,
+            per.ports.max_time_wait,
+            if shared.ebpf { "ebpf" } else { "flow learning" }
+        );
+    }
+    let mut queues = std::mem::take(&mut edge.queues).into_iter();
+    let first = queues.next().ok_or("no TUN queue")?;
+    let mut threads = Vec::new();
+    for (i, tun) in (1u16..).zip(queues) {
+        let (config, services, mine) = (
+            shard_config(&config, edge.split.as_ref(), i),
+            services.clone(),
+            shared.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || run_shard(i, tun, config, services, mine, None));
+        match spawned {
+            Ok(t) => threads.push((i, t)),
+            Err(e) => {
+                shared.stop_all(u16::MAX);
+                for (_, t) in threads {
+                    let _ = t.join();
+                }
+                return Err(format!("cannot start shard {i}: {e}"));
+            }
+        }
+    }
+    let lead = Lead::new(edge.control, edge.signals);
+    let config0 = shard_config(&config, edge.split.as_ref(), 0);
+    let mut result = run_shard(0, first, config0, services, shared, Some(lead)).map_err(|e| {
+        if n > 1 {
+            format!("shard 0: {e}")
+        } else {
+            e
+        }
+    });
+    for (i, t) in threads {
+        let r = match t.join() {
+            Ok(r) => r.map_err(|e| format!("shard {i}: {e}")),
+            Err(_) => Err(format!("shard {i}: panicked")),
+        };
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    // Detach the program last: it holds a queue of the device open.
+    drop(edge.steering.take());
+    result
 }
 
 /// Each TCP connection's receive and send buffer, octets: the most it
@@ -406,24 +609,6 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
 /// rate follows the scheduler (docs/performance-notes.md). Linux lets a
 /// socket's buffers grow to 4 MiB (send) and 6 MiB (receive).
 const TCP_BUFFER: usize = 1 << 20;
-
-/// Stack time: time since `start`.
-fn since(start: std::time::Instant) -> Instant {
-    Instant::from_micros(start.elapsed().as_micros().min(i64::MAX as u128) as i64)
-}
-
-/// Write `packet` to the pcap file, if capturing; stop capturing on error.
-fn capture(pcap: &mut Option<PcapWriter<BufWriter<File>>>, packet: &[u8]) {
-    if let Some(w) = pcap {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        if let Err(e) = w.write_packet(wall, packet) {
-            log::warn!("pcap: {e}; no longer capturing");
-            *pcap = None;
-        }
-    }
-}
 
 /// The default memory budget: 3/32 of the machine's memory (`MemTotal`
 /// in `meminfo`), Linux's default `tcp_mem` hard limit (a sixteenth of
@@ -449,222 +634,6 @@ fn default_max_connections(max_memory: usize) -> usize {
     (max_memory / (16 << 10)).clamp(1024, 1 << 20)
 }
 
-/// How long a graceful shutdown waits for connections to close.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// Packets read from the TUN per loop turn, so timers and the control
-/// socket are served under a flood too.
-const READ_BATCH: usize = 256;
-
-/// The daemon's event loop: TUN, stack, services, control socket, signals.
-struct EventLoop {
-    edge: Edge,
-    stack: Stack,
-    services: Services,
-    /// The clock's origin: stack time is time since this.
-    start: std::time::Instant,
-    buf: Vec<u8>,
-}
-
-impl EventLoop {
-    fn new(
-        mut edge: Edge,
-        config: StackConfig,
-        services: ServicesConfig,
-    ) -> Result<EventLoop, String> {
-        // What the kernel vouches for goes to the stack unchecked, so its
-        // checksums need not be summed, unless a capture is to show them
-        // (docs/architecture.md).
-        edge.tun.set_fill_checksums(if edge.pcap.is_some() {
-            Fill::Complete
-        } else {
-            Fill::Partial
-        });
-        let start = std::time::Instant::now();
-        let mut stack = Stack::new(config, Instant::from_micros(0))
-            .map_err(|e| format!("stack configuration: {e}"))?;
-        let services = Services::start(&mut stack, services).map_err(|e| e.to_string())?;
-        Ok(EventLoop {
-            edge,
-            stack,
-            services,
-            start,
-            buf: vec![0u8; tun::MAX_PACKET],
-        })
-    }
-
-    fn now(&self) -> Instant {
-        since(self.start)
-    }
-
-    /// Read every queued packet (up to a batch) into the stack; a
-    /// super-packet from the kernel arrives as the segments it carries.
-    fn read_tun(&mut self) -> Result<(), String> {
-        let EventLoop {
-            edge,
-            stack,
-            start,
-            buf,
-            ..
-        } = self;
-        for _ in 0..READ_BATCH {
-            let now = since(*start);
-            let pcap = &mut edge.pcap;
-            let r = edge.tun.recv_segments(buf, |packet, checksum| {
-                capture(pcap, packet);
-                match checksum {
-                    RxChecksum::Vouched => stack.handle_vouched_packet_mut(now, packet),
-                    RxChecksum::Unchecked => stack.handle_packet_mut(now, packet),
-                }
-            });
-            match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading {}: {e}", edge.tun.name())),
-            }
-        }
-        Ok(())
-    }
-
-    /// Hand application events to the services; true if there were any.
-    fn dispatch_events(&mut self) -> bool {
-        let mut any = false;
-        while let Some(ev) = self.stack.poll_event() {
-            any = true;
-            self.services
-                .handle_event(&mut self.stack, ev, &mut self.edge.control);
-        }
-        any
-    }
-
-    fn serve_control(&mut self) {
-        self.edge.control.handle_io();
-        while let Some((id, req)) = self.edge.control.poll_request() {
-            match req {
-                Request::Ports => {
-                    let ports = port_entries(&self.stack);
-                    self.edge
-                        .control
-                        .reply(id, &control::Response::Ports { ports });
-                }
-                Request::Stats => {
-                    let mut counters = counter_map(&self.stack);
-                    let lookups = self.services.lookup_counters();
-                    counters.extend(lookups.iter().map(|(k, v)| (k.to_string(), v)));
-                    let refused = self.services.counters();
-                    counters.extend(refused.iter().map(|(k, v)| (k.to_string(), v)));
-                    let rx = self.edge.tun.rx_counters();
-                    counters.extend(rx.iter().map(|(k, v)| (k.to_string(), v)));
-                    counters.extend(self.services.dns_counters());
-                    self.edge
-                        .control
-                        .reply(id, &control::Response::Stats { counters });
-                }
-                Request::Fetch { url } => {
-                    self.services
-                        .start_fetch(&mut self.stack, id, &url, &mut self.edge.control);
-                }
-            }
-        }
-        // Also takes the answers of name lookups, which the resolver's
-        // wake-up descriptor in the poll set woke us for.
-        self.services
-            .resume(&mut self.stack, &mut self.edge.control);
-    }
-
-    fn transmit(&mut self) {
-        let now = self.now();
-        let mut batch = Vec::new();
-        while let Some(p) = self.stack.poll_transmit(now) {
-            capture(&mut self.edge.pcap, &p);
-            batch.push(p);
-        }
-        // The kernel queue is full or a packet was refused: dropped, as a
-        // link would; TCP retransmits.
-        self.edge.tun.send_all(batch, |len, e| {
-            log::debug!("tun write of {len} bytes failed: {e}");
-        });
-    }
-
-    fn run(mut self) -> Result<(), String> {
-        let mut deadline: Option<std::time::Instant> = None;
-        log::info!("serving on {}", self.edge.tun.name());
-        loop {
-            self.services.begin_turn();
-            // Run due timers first: this also brings the stack's clock to
-            // now, which the services read for their idle timeouts.
-            self.transmit();
-            self.read_tun()?;
-            self.dispatch_events();
-            self.serve_control();
-            self.transmit();
-            // Sending may have produced events (timers, state changes).
-            if self.dispatch_events() {
-                self.transmit();
-            }
-
-            if let Some(sig) = self.edge.signals.take() {
-                if deadline.is_some() {
-                    log::info!("{sig:?} again: exiting now");
-                    break;
-                }
-                log::info!("{sig:?}: closing connections");
-                self.services
-                    .shutdown(&mut self.stack, &mut self.edge.control);
-                deadline = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
-                self.transmit();
-            }
-            if let Some(d) = deadline {
-                if self.stack.socket_count() == 0 {
-                    break;
-                }
-                if std::time::Instant::now() >= d {
-                    // Reset what is left, so no peer waits on a stack
-                    // that is gone.
-                    let reset = self.stack.abort_released();
-                    self.transmit();
-                    log::warn!(
-                        "{reset} connections still open after {SHUTDOWN_GRACE:?}; reset them and exiting"
-                    );
-                    break;
-                }
-            }
-
-            let now = self.now();
-            let wake = match (self.stack.poll_at(), self.services.poll_at()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let mut timeout = wake.map(|at| {
-                let micros = (at - now).total_micros();
-                std::time::Duration::from_micros(if at > now { micros } else { 0 })
-            });
-            if let Some(d) = deadline {
-                let left = d
-                    .saturating_duration_since(std::time::Instant::now())
-                    .max(std::time::Duration::from_millis(10));
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
-            }
-            let mut fds = vec![
-                poll::interest(self.edge.tun.as_fd(), false),
-                poll::interest(self.edge.signals.fd(), false),
-            ];
-            if let Some(fd) = self.services.wake_fd() {
-                fds.push(poll::interest(fd, false));
-            }
-            self.edge.control.poll_fds(&mut fds);
-            poll::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
-        }
-        if let Some(pcap) = &mut self.edge.pcap {
-            if let Err(e) = pcap.flush() {
-                log::warn!("pcap: {e}");
-            }
-        }
-        log::info!("stopped");
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,6 +657,34 @@ mod tests {
         assert_eq!(default_max_connections(1 << 20), 1024);
         assert_eq!(default_max_memory(""), None);
         assert_eq!(default_max_memory("MemTotal: lots"), None);
+    }
+
+    #[test]
+    fn each_shard_gets_its_share_of_ports_budget_and_limits() {
+        let config = StackConfig {
+            addrs: vec![("10.7.0.2".parse().unwrap(), 24)],
+            max_memory: 1 << 30,
+            max_connections: 1000,
+            ..StackConfig::default()
+        };
+        let one = shard_config(&config, None, 0);
+        assert_eq!(one.max_memory, 1 << 30);
+        assert_eq!(one.ports.shard, ephemera::port_table::ShardId::SOLE);
+        let split = Shards::with_key(3, 40000..=40999, (1, 2)).unwrap();
+        for i in 0..3 {
+            let c = shard_config(&config, Some(&split), i);
+            assert_eq!(c.ports.shard, split.id(i).unwrap());
+            assert_eq!(c.max_memory, (1 << 30) / 3);
+            assert_eq!(c.max_connections, 333);
+            assert_eq!(
+                c.ports.max_time_wait,
+                config.ports.max_time_wait / 3,
+                "TIME-WAIT cap"
+            );
+            if let Err(e) = Stack::new(c, Instant::from_micros(0)) {
+                panic!("shard {i}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -216,26 +216,30 @@ fn work(
 
 /// A non-blocking eventfd(2): readable from `signal` until `clear`.
 #[derive(Debug)]
-struct EventFd(nix::sys::eventfd::EventFd);
+pub(crate) struct EventFd(nix::sys::eventfd::EventFd);
 
 impl EventFd {
-    fn new() -> io::Result<EventFd> {
+    /// A new eventfd, clear.
+    pub(crate) fn new() -> io::Result<EventFd> {
         use nix::sys::eventfd::EfdFlags;
         let flags = EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC;
         Ok(EventFd(nix::sys::eventfd::EventFd::from_flags(flags)?))
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
+    /// The descriptor, to poll for readability.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
 
-    fn signal(&self) {
+    /// Make it readable.
+    pub(crate) fn signal(&self) {
         // Only EAGAIN (the counter at its maximum) can fail, and then the
         // fd is readable anyway.
         let _ = self.0.write(1);
     }
 
-    fn clear(&self) {
+    /// Make it unreadable until the next `signal`.
+    pub(crate) fn clear(&self) {
         // EAGAIN means it was clear already.
         let _ = self.0.read();
     }

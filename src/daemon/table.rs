@@ -30,6 +30,10 @@ pub struct PortEntry {
     pub send_q: usize,
     /// Milliseconds since the socket was created.
     pub age_ms: u64,
+    /// The stack shard that holds the socket, when `ephemera up --queues`
+    /// runs more than one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u16>,
 }
 
 /// [`Protocol`] as `tcp` / `udp`, the names `ss` uses.
@@ -67,6 +71,7 @@ pub fn port_entry(info: &SocketInfo) -> PortEntry {
         recv_q: info.recv_queue,
         send_q: info.send_queue,
         age_ms: u64::try_from(info.age.as_millis()).unwrap_or(u64::MAX),
+        shard: None,
     }
 }
 
@@ -141,6 +146,25 @@ pub fn format_budget(stats: &BTreeMap<String, u64>) -> Option<String> {
         conns?, max_conns?, tw?, max_tw?
     );
     Some(out)
+}
+
+/// The shards' line of `ephemera ports --stats`, when `up --queues` runs
+/// more than one: `queues: 2, steering: ebpf; misdirected 0, handed off
+/// 0, dropped 0`; `None` for a single stack (no `queues` key).
+pub fn format_shards(stats: &BTreeMap<String, u64>) -> Option<String> {
+    let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+    let queues = stats.get("queues")?;
+    let steering = if get("steering_ebpf") == 1 {
+        "ebpf"
+    } else {
+        "flow-learning"
+    };
+    Some(format!(
+        "queues: {queues}, steering: {steering}; misdirected {}, handed off {}, dropped {}\n",
+        get("misdirected"),
+        get("handoffs"),
+        get("handoff_drops")
+    ))
 }
 
 /// Octets in the largest binary unit that keeps a digit before the point.
@@ -299,6 +323,7 @@ pub(crate) mod tests {
             recv_q: 0,
             send_q: 12,
             age_ms,
+            shard: None,
         }
     }
 
@@ -310,6 +335,15 @@ pub(crate) mod tests {
         assert_eq!(serde_json::from_str::<PortEntry>(&s).unwrap(), row);
         let bad = s.replace(r#""udp""#, r#""sctp""#);
         assert!(serde_json::from_str::<PortEntry>(&bad).is_err());
+        // One queue: no shard field at all, as before there were shards.
+        assert!(!s.contains("shard"), "{s}");
+        let sharded = PortEntry {
+            shard: Some(3),
+            ..row
+        };
+        let s = serde_json::to_string(&sharded).unwrap();
+        assert!(s.contains(r#""shard":3"#), "{s}");
+        assert_eq!(serde_json::from_str::<PortEntry>(&s).unwrap(), sharded);
     }
 
     #[test]
@@ -367,6 +401,16 @@ pub(crate) mod tests {
         c.insert(BUDGET_KEYS[2].to_string(), 2 << 30);
         assert!(format_budget(&c).unwrap().contains("(under pressure)"));
         assert_eq!(size(1000), "1000 B");
+        assert_eq!(format_shards(&c), None, "one queue");
+        for (k, v) in [("queues", 4), ("steering_ebpf", 0), ("handoffs", 7)] {
+            c.insert(k.to_string(), v);
+        }
+        assert_eq!(
+            format_shards(&c).unwrap(),
+            "queues: 4, steering: flow-learning; misdirected 0, handed off 7, dropped 0\n"
+        );
+        c.insert("steering_ebpf".to_string(), 1);
+        assert!(format_shards(&c).unwrap().contains("steering: ebpf;"));
     }
 
     #[test]
