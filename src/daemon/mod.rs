@@ -252,6 +252,11 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
     let split = split(args, queues)?;
     let queues =
         open_tun(name, !args.no_offload, queues).map_err(|e| explain(Step::OpenTun, name, &e))?;
+    // Loading needs privilege (CAP_BPF), so before the drop; and before
+    // the link is up, so that no packet is steered by the kernel's guess.
+    let steering = split
+        .as_ref()
+        .and_then(|split| steer(name, split, args.steering, &queues[0]));
     let mtu = if args.no_configure {
         let actual =
             tun::mtu(name).map_err(|e| explain(Step::Configure("reading MTU"), name, &e))?;
@@ -286,10 +291,6 @@ pub fn open_edge(args: &UpArgs) -> Result<Edge, String> {
         .kernel_peer()
         .map_or_else(String::new, |a| a.to_string());
     log::info!("{name}: stack {}, kernel {kernel}, MTU {mtu}", args.addr);
-    // Loading needs privilege (CAP_BPF), so before the drop.
-    let steering = split
-        .as_ref()
-        .and_then(|split| steer(name, split, args.steering, &queues[0]));
 
     // Files and the control socket belong to the user the daemon runs as.
     let runs_as = owner.map_or_else(
@@ -685,6 +686,55 @@ mod tests {
                 panic!("shard {i}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn a_shard_that_fails_tells_every_other_shard_to_stop() {
+        let shared = Shared {
+            start: std::time::Instant::now(),
+            split: None,
+            inboxes: Arc::new((0..3).map(|_| Inbox::new().unwrap()).collect()),
+            pcap: None,
+            ebpf: false,
+        };
+        let stops = |shared: &Shared| -> Vec<usize> {
+            shared
+                .inboxes
+                .iter()
+                .map(|i| {
+                    i.take()
+                        .messages
+                        .iter()
+                        .filter(|m| matches!(m, shard::Message::Stop))
+                        .count()
+                })
+                .collect()
+        };
+        // A shard that returns an error: the others are told.
+        drop(StopOthers {
+            shared: &shared,
+            index: 1,
+            armed: true,
+        });
+        assert_eq!(stops(&shared), [1, 0, 1]);
+        // One that ends well tells no one.
+        drop(StopOthers {
+            shared: &shared,
+            index: 0,
+            armed: false,
+        });
+        assert_eq!(stops(&shared), [0, 0, 0]);
+        // A panic unwinds through the guard.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = StopOthers {
+                shared: &shared,
+                index: 2,
+                armed: true,
+            };
+            panic!("shard 2 failed");
+        }));
+        assert!(r.is_err());
+        assert_eq!(stops(&shared), [1, 1, 0]);
     }
 
     #[test]

@@ -94,10 +94,13 @@ pub enum Message {
     Stop,
 }
 
+/// What waits in an [`Inbox`].
 #[derive(Debug, Default)]
-struct Queued {
-    packets: VecDeque<(Vec<u8>, RxChecksum)>,
-    messages: VecDeque<Message>,
+pub(crate) struct Queued {
+    /// Packets handed on, with what their checksum is worth.
+    pub(crate) packets: VecDeque<(Vec<u8>, RxChecksum)>,
+    /// Messages, in order.
+    pub(crate) messages: VecDeque<Message>,
 }
 
 /// A shard's inbox: packets other shards read for it, and messages;
@@ -147,7 +150,7 @@ impl Inbox {
     }
 
     /// Take everything queued; the eventfd is clear until the next push.
-    fn take(&self) -> Queued {
+    pub(crate) fn take(&self) -> Queued {
         // Cleared before taking: a push after the take signals again.
         self.wake.clear();
         std::mem::take(&mut *self.lock())
