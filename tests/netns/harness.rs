@@ -385,6 +385,9 @@ pub(crate) struct Row {
     pub(crate) state: String,
     pub(crate) local: SocketAddr,
     pub(crate) remote: Option<SocketAddr>,
+    /// The stack shard holding it, with `up --queues` above 1.
+    #[serde(default)]
+    pub(crate) shard: Option<u16>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -4,7 +4,8 @@
 //! its memory budget against 20,000 clients that never read,
 //! [`tun`] drives the library's TUN device directly, [`offload`] moves
 //! bulk data both ways with receive offload on and off, [`syn_flood`]
-//! downloads with curl through a SYN flood. Nothing is configured
+//! downloads with curl through a SYN flood, [`queues`] runs one stack
+//! shard per queue of a multi-queue TUN (`--queues`). Nothing is configured
 //! in the host's namespace.
 //!
 //! Needs root, `ip` (iproute2) and `/dev/net/tun`; without them each test
@@ -16,6 +17,7 @@ mod dns;
 mod hardening;
 mod harness;
 mod offload;
+mod queues;
 mod socks_udp;
 mod syn_flood;
 mod tun;
