@@ -247,6 +247,16 @@ fn flow_learning_hands_misdirected_packets_to_their_owner() {
 }
 
 #[test]
+fn queues_without_offload_read_and_write_bare_packets() {
+    thousand_of_each(
+        "queues_without_offload_read_and_write_bare_packets",
+        2,
+        200,
+        &["--no-offload"],
+    );
+}
+
+#[test]
 fn one_queue_is_a_single_stack_without_shards() {
     let Some(mut ns) = Netns::new("one_queue_is_a_single_stack_without_shards") else {
         return;
