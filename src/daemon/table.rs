@@ -207,7 +207,7 @@ pub fn format_ports_table(ports: &[PortEntry]) -> String {
         "Age",
     ];
     let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
-    for p in rows {
+    for p in &rows {
         table.push([
             proto_name::name(p.proto).to_string(),
             p.state.clone(),
@@ -218,6 +218,20 @@ pub fn format_ports_table(ports: &[PortEntry]) -> String {
             format_age(p.age_ms),
         ]);
     }
+    // With several stack shards (`up --queues`), which one holds each
+    // socket: a listener appears once per shard.
+    if !rows.iter().any(|p| p.shard.is_some()) {
+        return columns(&table);
+    }
+    let shards = std::iter::once("Shard".to_string()).chain(
+        rows.iter()
+            .map(|p| p.shard.map_or_else(String::new, |s| s.to_string())),
+    );
+    let table: Vec<[String; 8]> = table
+        .into_iter()
+        .zip(shards)
+        .map(|([a, b, c, d, e, f, g], shard)| [a, b, c, d, e, f, g, shard])
+        .collect();
     columns(&table)
 }
 
@@ -459,5 +473,16 @@ pub(crate) mod tests {
         for cell in ["udp", "10.0.0.2:40123", "10.0.0.1:53", "7ms"] {
             assert!(conn.contains(cell), "{conn:?} lacks {cell}");
         }
+        assert!(!t.contains("Shard"), "one stack: no shard column\n{t}");
+        // Several shards: a last column names each row's.
+        let mut entries: Vec<PortEntry> = rows.iter().map(port_entry).collect();
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.shard = Some(i as u16);
+        }
+        let t = format_ports_table(&entries);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("Age    Shard"), "{t}");
+        let est = lines.iter().find(|l| l.contains("ESTABLISHED")).unwrap();
+        assert!(est.ends_with("12.3s  0"), "{est:?}");
     }
 }
