@@ -489,6 +489,9 @@ struct StopOthers<'a> {
 
 impl Drop for StopOthers<'_> {
     fn drop(&mut self) {
+        self.shared
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if self.armed {
             self.shared.stop_all(self.index);
         }
@@ -545,6 +548,7 @@ fn serve(mut edge: Edge, config: StackConfig, services: ServicesConfig) -> Resul
         inboxes: Arc::new(inboxes),
         pcap: edge.pcap.take().map(|w| Arc::new(Mutex::new(Some(w)))),
         ebpf: edge.steering.is_some(),
+        running: Arc::new(std::sync::atomic::AtomicUsize::new(n)),
     };
     if n > 1 {
         let per = shard_config(&config, edge.split.as_ref(), 0);
@@ -696,6 +700,7 @@ mod tests {
             inboxes: Arc::new((0..3).map(|_| Inbox::new().unwrap()).collect()),
             pcap: None,
             ebpf: false,
+            running: Arc::new(std::sync::atomic::AtomicUsize::new(3)),
         };
         let stops = |shared: &Shared| -> Vec<usize> {
             shared
@@ -735,6 +740,8 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(stops(&shared), [1, 1, 0]);
+        // Each counted itself out.
+        assert_eq!(shared.running.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::os::unix::io::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ephemera::device::steering::packet_owner;
@@ -193,6 +194,9 @@ pub struct Shared {
     pub pcap: Option<SharedPcap>,
     /// Whether a steering program steers the queues (for `--stats`).
     pub ebpf: bool,
+    /// Shards whose loop has not ended: shard 0 stays, serving the
+    /// signals and the control socket, until it is the last.
+    pub running: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -555,6 +559,7 @@ impl Shard {
     /// a failing shard.
     pub fn run(mut self) -> Result<(), String> {
         let mut deadline: Option<std::time::Instant> = None;
+        let mut reset = false;
         if self.index == 0 {
             log::info!("serving on {}", self.tun.name());
         }
@@ -588,18 +593,25 @@ impl Shard {
                 self.begin_shutdown(&mut deadline);
             }
             if let Some(d) = deadline {
-                if self.stack.socket_count() == 0 {
-                    break;
-                }
-                if std::time::Instant::now() >= d {
+                // Shard 0 leaves last, so that a second signal still finds
+                // it and the control socket answers until the end.
+                let last = self.lead.is_none() || self.shared.running.load(Ordering::Acquire) <= 1;
+                if self.stack.socket_count() == 0 || reset {
+                    if last {
+                        break;
+                    }
+                } else if std::time::Instant::now() >= d {
                     // Reset what is left, so no peer waits on a stack
                     // that is gone.
-                    let reset = self.stack.abort_released();
+                    let n = self.stack.abort_released();
                     self.transmit();
                     log::warn!(
-                        "{reset} connections still open after {SHUTDOWN_GRACE:?}; reset them and exiting"
+                        "{n} connections still open after {SHUTDOWN_GRACE:?}; reset them and exiting"
                     );
-                    break;
+                    reset = true;
+                    if last {
+                        break;
+                    }
                 }
             }
 

@@ -320,3 +320,63 @@ fn shards_write_one_pcap_file_whole_records_every_flow_in_it() {
     assert_eq!(at, bytes.len(), "a cut record at the end");
     assert_eq!(syns.len(), N, "SYNs of {} connections captured", syns.len());
 }
+
+#[test]
+fn sigterm_closes_every_shard_and_resets_what_is_left_within_the_grace() {
+    let test = "sigterm_closes_every_shard_and_resets_what_is_left_within_the_grace";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    let daemon = ns.start_daemon(&["--queues", "2", "--http", "80"]);
+    // Slow readers that will not finish, spread over the shards.
+    for _ in 0..8 {
+        let mut cmd = ns.command(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "--limit-rate",
+            "20k",
+            "http://10.7.0.2/bytes/100000000",
+        ]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        ns.spawn(cmd);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = daemon.ports();
+        let open: Vec<_> = connections(&rows)
+            .into_iter()
+            .filter(|r| r.state == "ESTABLISHED")
+            .collect();
+        let shards: BTreeSet<u16> = open.iter().filter_map(|r| r.shard).collect();
+        if open.len() == 8 && shards.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let status = ns.stop(daemon.index, libc::SIGTERM);
+    let log = daemon.log();
+    assert!(status.success(), "daemon exited with {status}:\n{log}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{log}");
+    assert!(log.contains("closing connections"), "{log}");
+    assert_eq!(ns.links(), ["lo"], "{log}");
+    // Every shard reset its own: no kernel socket is left established.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ns.run(&["ss", "-Htn", "state", "established"]);
+        let established = text(&out.stdout);
+        if established.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still established after the daemon exited:\n{established}\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
