@@ -16,6 +16,8 @@ use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use nix::net::if_::if_nametoindex;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
+use tun_tap::{Iface, Mode};
+
 use super::gso;
 use super::split;
 pub use super::split::{Cut, Fill, RxChecksum, RxDrop};
@@ -36,7 +38,7 @@ pub struct Tun {
 #[derive(Debug)]
 enum Kind {
     /// One bare IP packet per read or write.
-    Plain { file: File, name: String },
+    Plain { dev: Plain, name: String },
     /// Opened with `IFF_VNET_HDR`: every packet behind a virtio-net header,
     /// so writes may carry TCP segmentation offload ([`gso`]) and reads
     /// super-packets and partial checksums ([`split`]) if `rx` says so.
@@ -50,6 +52,40 @@ enum Kind {
         fill: Fill,
         counters: RxCounters,
     },
+}
+
+/// A TUN descriptor without a virtio-net header: opened by `tun-tap` for a
+/// single-queue device, or by our own `TUNSETIFF` for one queue of a
+/// multi-queue device (which `tun-tap` cannot ask for).
+#[derive(Debug)]
+enum Plain {
+    Iface(Iface),
+    Queue(File),
+}
+
+impl Plain {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Plain::Iface(iface) => iface.recv(buf),
+            Plain::Queue(file) => (&*file).read(buf),
+        }
+    }
+
+    fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Plain::Iface(iface) => iface.send(packet),
+            Plain::Queue(file) => (&*file).write(packet),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            // SAFETY: `iface` owns this descriptor and keeps it open for
+            // as long as `self`, and so the borrow, lives.
+            Plain::Iface(iface) => unsafe { BorrowedFd::borrow_raw(iface.as_raw_fd()) },
+            Plain::Queue(file) => file.as_fd(),
+        }
+    }
 }
 
 /// The offloads the kernel agreed to use towards a TUN
@@ -173,7 +209,16 @@ impl Tun {
     /// `ResourceBusy` (`EBUSY`: another process has it open), `InvalidInput`
     /// (`EINVAL`: a TAP or packet-info interface has that name).
     pub fn open(name: &str) -> io::Result<Tun> {
-        Tun::open_one(name, false, None)
+        check_name(name)?;
+        let iface = Iface::without_packet_info(name, Mode::Tun)?;
+        iface.set_non_blocking()?;
+        let name = iface.name().to_string();
+        Ok(Tun {
+            kind: Kind::Plain {
+                dev: Plain::Iface(iface),
+                name,
+            },
+        })
     }
 
     /// [`open`](Self::open), but with a virtio-net header on every packet
@@ -213,7 +258,10 @@ impl Tun {
             ));
         }
         (0..queues)
-            .map(|_| Tun::open_one(name, queues > 1, offload))
+            .map(|_| match (queues, offload) {
+                (1, None) => Tun::open(name),
+                _ => Tun::open_one(name, queues > 1, offload),
+            })
             .collect()
     }
 
@@ -239,7 +287,10 @@ impl Tun {
         let name = req.name();
         let Some(receive) = offload else {
             return Ok(Tun {
-                kind: Kind::Plain { file, name },
+                kind: Kind::Plain {
+                    dev: Plain::Queue(file),
+                    name,
+                },
             });
         };
         let hdr_len = gso::VNET_HDR_LEN as libc::c_int;
@@ -348,7 +399,7 @@ impl Tun {
     /// instead.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.kind {
-            Kind::Plain { file, .. } => (&*file).read(buf),
+            Kind::Plain { dev, .. } => dev.read(buf),
             Kind::Offload { file, .. } => {
                 let mut hdr = [0u8; gso::VNET_HDR_LEN];
                 let n = (&*file)
@@ -375,8 +426,8 @@ impl Tun {
         mut each: impl FnMut(&mut [u8], RxChecksum),
     ) -> io::Result<usize> {
         match &mut self.kind {
-            Kind::Plain { file, .. } => {
-                let n = (&*file).read(buf)?;
+            Kind::Plain { dev, .. } => {
+                let n = dev.read(buf)?;
                 match buf.get_mut(..n) {
                     Some(p) => {
                         each(p, RxChecksum::Unchecked);
@@ -432,7 +483,7 @@ impl Tun {
     /// Write one IP packet to the kernel.
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         match &self.kind {
-            Kind::Plain { file, .. } => (&*file).write(packet),
+            Kind::Plain { dev, .. } => dev.write(packet),
             Kind::Offload { file, .. } => write_with(file, gso::VnetHdr::default(), packet),
         }
     }
@@ -445,9 +496,9 @@ impl Tun {
     /// go on (a full kernel queue drops packets, as a link would).
     pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
         match &self.kind {
-            Kind::Plain { file, .. } => {
+            Kind::Plain { dev, .. } => {
                 for p in batch {
-                    if let Err(e) = (&*file).write(&p) {
+                    if let Err(e) = dev.write(&p) {
                         failed(p.len(), e);
                     }
                 }
@@ -474,7 +525,8 @@ impl Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         match &self.kind {
-            Kind::Plain { file, .. } | Kind::Offload { file, .. } => file.as_raw_fd(),
+            Kind::Plain { dev, .. } => dev.fd().as_raw_fd(),
+            Kind::Offload { file, .. } => file.as_raw_fd(),
         }
     }
 }
@@ -482,7 +534,8 @@ impl AsRawFd for Tun {
 impl AsFd for Tun {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.kind {
-            Kind::Plain { file, .. } | Kind::Offload { file, .. } => file.as_fd(),
+            Kind::Plain { dev, .. } => dev.fd(),
+            Kind::Offload { file, .. } => file.as_fd(),
         }
     }
 }
@@ -752,7 +805,12 @@ pub fn set_up(name: &str) -> io::Result<()> {
 #[cfg(test)]
 pub(super) fn open_queue(name: &str) -> io::Result<File> {
     match Tun::open_one(name, true, None)?.kind {
-        Kind::Plain { file, .. } | Kind::Offload { file, .. } => Ok(file),
+        Kind::Plain {
+            dev: Plain::Queue(file),
+            ..
+        }
+        | Kind::Offload { file, .. } => Ok(file),
+        Kind::Plain { .. } => Err(io::Error::other("not a multi-queue descriptor")),
     }
 }
 
