@@ -26,6 +26,11 @@ counters! {
     packets_in,
     /// IP packets the stack emitted.
     packets_out,
+    /// Of those, TCP segments larger than the MTU, left to the device to
+    /// cut (`StackConfig::tcp_segmentation_offload`).
+    tso_packets_out,
+    /// The segments the device cuts those into.
+    tso_segments_out,
     /// TCP segments that passed the checks and were demultiplexed.
     tcp_segments_in,
     /// UDP datagrams that passed the checks and were demultiplexed.

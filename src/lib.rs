@@ -38,7 +38,7 @@ pub use rng::{Rng, SeededRng};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{
     BudgetUse, ConfigError, CongestionControl, Event, ListenerHandle, Owner, SocketInfo,
-    SocketState, Stack, StackConfig, SynCookies, TcpHandle, TcpState, UdpHandle,
+    SocketState, Stack, StackConfig, SynCookies, TcpHandle, TcpState, Transmit, UdpHandle,
     UnknownCongestionControl,
 };
 

@@ -20,6 +20,7 @@
 /// opened with `IFF_VNET_HDR`.
 pub(crate) const VNET_HDR_LEN: usize = 10;
 
+use std::num::NonZeroU16;
 use std::ops::Range;
 
 use crate::wire::checksum::{self, fold};
@@ -274,6 +275,62 @@ pub(crate) fn coalesce(batch: &mut [Vec<u8>]) -> Vec<Frame> {
         }
     }
     frames
+}
+
+/// The header for a TCP segment the stack handed out with a segment
+/// size ([`Transmit::gso_size`](crate::Transmit::gso_size)), larger than
+/// the MTU: its checksum field set to the pseudo-header sum over its
+/// whole length, in place, as the kernel's `tcp_gso_segment` expects
+/// (it adjusts that sum to each segment's length), and a header asking
+/// the kernel to cut it at `gso_size`. `None` (and `p` unchanged) if
+/// `p` is not such a segment: the stack only sets a size on one, so
+/// that would be a bug, which the caller answers by sending the packet
+/// as it is.
+pub(crate) fn segmentation_header(p: &mut [u8], gso_size: NonZeroU16) -> Option<VnetHdr> {
+    let view = TcpView::parse(&*p).ok()?;
+    if view.flags() & (TcpFlags::SYN | TcpFlags::RST) != TcpFlags::NONE
+        || view.payload().len() <= usize::from(gso_size.get())
+    {
+        return None;
+    }
+    let v6 = view.is_ipv6();
+    let hdr = leave_checksum(p)?;
+    Some(VnetHdr {
+        gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+        gso_size: gso_size.get(),
+        ..hdr
+    })
+}
+
+/// What a NIC does with a packet the stack sent (`t`), when the stack
+/// leaves TCP checksums to it (`checksum_offload`) and maybe TCP
+/// segmentation: every segment handed to `each` as the wire carries it,
+/// with its checksum complete; a segment left to the device to cut
+/// ([`Transmit::gso_size`](crate::Transmit::gso_size)) cut as Linux's
+/// `tcp_gso_segment` cuts (`split::deliver` does exactly that, for the
+/// receive path). The in-memory link uses it, so stacks with the
+/// offloads on can be tested there.
+pub(crate) fn cut_like_a_nic(
+    t: crate::Transmit,
+    checksum_offload: bool,
+    each: &mut dyn FnMut(Vec<u8>),
+) {
+    use super::split::{deliver, Cut, Fill};
+    let mut p = t.packet;
+    let hdr = match t.gso_size {
+        Some(size) => segmentation_header(&mut p, size),
+        None if checksum_offload => leave_checksum(&mut p),
+        None => None,
+    };
+    let Some(hdr) = hdr else {
+        each(p);
+        return;
+    };
+    let cut = deliver(hdr, &mut p, Cut::Kernel, Fill::Complete, &mut |seg, _| {
+        each(seg.to_vec())
+    });
+    // The headers are ours: only a bug makes the cut refuse them.
+    debug_assert!(cut.is_ok(), "{cut:?}");
 }
 
 /// If `p` is a TCP segment, put its pseudo-header sum in its checksum

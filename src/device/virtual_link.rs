@@ -28,7 +28,7 @@ use std::num::NonZeroU64;
 
 use smoltcp::time::{Duration, Instant};
 
-use super::steering;
+use super::{gso, steering};
 use crate::port_table::{Lookup, Shards};
 use crate::rng::{Rng, SeededRng};
 use crate::stack::Stack;
@@ -392,8 +392,19 @@ impl Network {
     fn step_bounded(&mut self, limit: Option<Instant>) -> bool {
         let now = self.now;
         for i in 0..self.stacks.len() {
-            while let Some(p) = self.stacks[i].poll_transmit(now) {
-                self.send(i, p);
+            // Each stack's device completes the checksums and cuts the
+            // segments it was left, as a NIC would.
+            let offload = self.stacks[i].tcp_checksum_offload();
+            while let Some(t) = self.stacks[i].poll_transmit_offload(now) {
+                if offload {
+                    let mut cut = Vec::new();
+                    gso::cut_like_a_nic(t, true, &mut |p| cut.push(p));
+                    for p in cut {
+                        self.send(i, p);
+                    }
+                } else {
+                    self.send(i, t.packet);
+                }
             }
         }
         let mut delivered = false;

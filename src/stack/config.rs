@@ -80,6 +80,18 @@ pub struct StackConfig {
     /// a device that does it, like a TUN with a virtio-net header, whose
     /// writes ask the kernel to (`device::gso`). Off by default.
     pub tcp_checksum_offload: bool,
+    /// The link cuts TCP segments larger than the MSS (TCP segmentation
+    /// offload): smoltcp sends what the window and the congestion window
+    /// allow, up to 64 KiB, in one packet (IPv4 only: smoltcp 0.14 cannot
+    /// for IPv6), which
+    /// [`Stack::poll_transmit_offload`](super::Stack::poll_transmit_offload)
+    /// hands out with the segment size to cut it at. The segments the
+    /// link makes are those the stack would have sent without it. Implies
+    /// `tcp_checksum_offload` (every segment's checksum changes in the
+    /// cut). Only for a device that cuts, like a TUN with a virtio-net
+    /// header; a capture of what the stack sends would show the uncut
+    /// packets. Off by default.
+    pub tcp_segmentation_offload: bool,
 }
 
 /// A TCP sender's congestion control: how it limits the data in flight
@@ -216,6 +228,7 @@ impl Default for StackConfig {
             max_memory: 1 << 30,
             seed: None,
             tcp_checksum_offload: false,
+            tcp_segmentation_offload: false,
         }
     }
 }

@@ -5,15 +5,20 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::num::{NonZeroU16, NonZeroUsize};
 
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketSet};
-use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::phy::{
+    self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta,
+    SegmentationCapabilities,
+};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use super::conn::TcpConn;
 use super::isn::Secrets;
 use super::segment::{clear_fin, set_seq, strip_payload, Segment, SeqOffset};
+use super::Transmit;
 use crate::demux::{LocalAddrs, TcpSeg};
 use crate::port_table::FlowKey;
 
@@ -21,14 +26,24 @@ use crate::port_table::FlowKey;
 /// ingress or egress call.
 struct OneShot<'a> {
     rx: Option<&'a [u8]>,
-    tx: &'a mut VecDeque<Vec<u8>>,
+    tx: &'a mut VecDeque<Transmit>,
     mtu: usize,
     /// What smoltcp does about TCP checksums (it never checks them).
     tcp_sum: Checksum,
+    /// The largest TCP packets smoltcp may hand over for the device to
+    /// cut, IPv4 and IPv6; `None` without segmentation offload.
+    tso: Option<Tso>,
 }
 
 struct RxOne<'a>(&'a [u8]);
-struct TxOne<'a>(&'a mut VecDeque<Vec<u8>>);
+
+/// Where a packet smoltcp sends goes, and the segment size it asked the
+/// device to cut it at (`PacketMeta::segmentation_offload_size`), which
+/// smoltcp sets before it fills the packet.
+struct TxOne<'a> {
+    queue: &'a mut VecDeque<Transmit>,
+    gso_size: Option<NonZeroU16>,
+}
 
 impl phy::RxToken for RxOne<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -38,10 +53,56 @@ impl phy::RxToken for RxOne<'_> {
 
 impl phy::TxToken for TxOne<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0; len];
-        let r = f(&mut buf);
-        self.0.push_back(buf);
+        let mut packet = vec![0; len];
+        let r = f(&mut packet);
+        self.queue.push_back(Transmit {
+            packet,
+            gso_size: self.gso_size,
+        });
         r
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.gso_size = meta.segmentation_offload_size;
+    }
+}
+
+impl<'a> TxOne<'a> {
+    fn new(queue: &'a mut VecDeque<Transmit>) -> TxOne<'a> {
+        TxOne {
+            queue,
+            gso_size: None,
+        }
+    }
+}
+
+/// The size smoltcp may fill with an IPv4 TCP segment for the device
+/// to cut (IP header included): the largest whole number of full
+/// segments of the link's MSS that fits an IP packet of 64 KiB, plus the
+/// headers. A whole number, so that every segment the device cuts is
+/// full but the last of what the window and congestion window allow, as
+/// Linux sizes its TSO packets (`tcp_tso_autosize`); otherwise each
+/// packet would end in a runt. smoltcp sends no TCP options with data
+/// (no timestamps), so its MSS is the MTU less the IP and TCP headers; a
+/// peer's smaller MSS only makes the last segment of a packet shorter.
+///
+/// IPv4 only: smoltcp 0.14 drops an IPv6 packet larger than the MTU
+/// even when it set a segment size for it (its IPv6 dispatch has no
+/// segmentation branch, only "fragmentation unimplemented"), so IPv6
+/// segments stay MTU-sized and the TUN merges them (`device::gso`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Tso {
+    v4: NonZeroUsize,
+}
+
+impl Tso {
+    /// The size for an IP link of `mtu` octets (576..=65535).
+    pub(super) fn for_mtu(mtu: usize) -> Tso {
+        let headers = 20 + 20;
+        let mss = mtu.saturating_sub(headers).max(1);
+        let max = 0xffff - headers;
+        let v4 = NonZeroUsize::new(headers + max / mss * mss).unwrap_or(NonZeroUsize::MIN);
+        Tso { v4 }
     }
 }
 
@@ -57,11 +118,11 @@ impl phy::Device for OneShot<'_> {
 
     fn receive(&mut self, _: Instant) -> Option<(RxOne<'_>, TxOne<'_>)> {
         let p = self.rx.take()?;
-        Some((RxOne(p), TxOne(self.tx)))
+        Some((RxOne(p), TxOne::new(self.tx)))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxOne<'_>> {
-        Some(TxOne(self.tx))
+        Some(TxOne::new(self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -76,6 +137,11 @@ impl phy::Device for OneShot<'_> {
         sums.tcp = self.tcp_sum;
         sums.udp = Checksum::Tx;
         caps.checksum = sums;
+        if let Some(tso) = self.tso {
+            let mut seg = SegmentationCapabilities::default();
+            seg.tcpv4 = Some(tso.v4);
+            caps.segmentation = seg;
+        }
         caps
     }
 }
@@ -136,11 +202,14 @@ impl LocalAddrs for Addrs<'_> {
 /// it (and the stack) put on the wire.
 pub(super) struct Link {
     pub iface: Interface,
-    pub tx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Transmit>,
     pub mtu: usize,
     /// [`Checksum::None`] if the link completes TCP checksums, else
     /// [`Checksum::Tx`].
     tcp_sum: Checksum,
+    /// What smoltcp may leave the link to cut, with TCP segmentation
+    /// offload.
+    tso: Option<Tso>,
     /// The empty set smoltcp answers unmatched packets with.
     pub empty: SocketSet<'static>,
     /// A copy of the segment being handed in, when it must be changed.
@@ -149,16 +218,21 @@ pub(super) struct Link {
 
 impl Link {
     /// The link of a stack with addresses `cidrs` on an IP link of `mtu`
-    /// octets, which completes TCP checksums if `tcp_checksum_offload`;
+    /// octets, which completes TCP checksums if `tcp_checksum_offload`,
+    /// and cuts TCP segments larger than the MSS if
+    /// `tcp_segmentation_offload` (which needs the checksums left to it
+    /// too: smoltcp insists, and a cut changes every segment's sum);
     /// `seed` seeds smoltcp's own random choices (ISNs).
     pub(super) fn new(
         mtu: usize,
         tcp_checksum_offload: bool,
+        tcp_segmentation_offload: bool,
         cidrs: &[IpCidr],
         seed: u64,
         now: Instant,
     ) -> Link {
-        let tcp_sum = if tcp_checksum_offload {
+        let tso = tcp_segmentation_offload.then(|| Tso::for_mtu(mtu));
+        let tcp_sum = if tcp_checksum_offload || tso.is_some() {
             Checksum::None
         } else {
             Checksum::Tx
@@ -169,6 +243,7 @@ impl Link {
             tx: &mut tx,
             mtu,
             tcp_sum,
+            tso,
         };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
@@ -196,6 +271,7 @@ impl Link {
             tx,
             mtu,
             tcp_sum,
+            tso,
             empty: SocketSet::new(Vec::new()),
             scratch: Vec::new(),
         }
@@ -214,6 +290,7 @@ impl Link {
             tx: &mut self.tx,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
+            tso: self.tso,
         };
         self.iface.poll_ingress_single(now, &mut dev, set)
     }
@@ -225,8 +302,9 @@ impl Link {
             tx: &mut self.tx,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
+            tso: self.tso,
         };
-        // Each call sends at most one segment; the window bounds the loop,
+        // Each call sends at most one packet; the window bounds the loop,
         // the cap guards against a socket that never says it is done.
         for _ in 0..4096 {
             if self.iface.poll_egress(now, &mut dev, set) == PollResult::None {
@@ -322,8 +400,9 @@ impl Link {
         let (key, seq) = (&c.key, &mut c.seq);
         let chosen = seq.chosen_iss;
         let summed = !matches!(self.tcp_sum, Checksum::None);
-        for p in self.tx.range_mut(from..) {
+        for t in self.tx.range_mut(from..) {
             let isn = || chosen.unwrap_or_else(|| secrets.isn(now, key));
+            let p = &mut t.packet;
             if let Some(ack) = seq.offset.outbound(p, isn, answering_unacked, summed) {
                 seq.ack_sent = Some(ack);
             }
@@ -338,6 +417,7 @@ impl Link {
             tx: &mut self.tx,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
+            tso: self.tso,
         };
         let _ = self
             .iface
@@ -346,6 +426,6 @@ impl Link {
 
     /// Put a segment the stack built itself on the wire.
     pub(super) fn emit(&mut self, key: &FlowKey, seg: &Segment) {
-        self.tx.push_back(seg.build(key));
+        self.tx.push_back(Transmit::whole(seg.build(key)));
     }
 }

@@ -21,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
 use std::time::Duration as StdDuration;
 
 use log::debug;
@@ -50,6 +51,8 @@ mod socket_set;
 mod syn_cookies;
 mod tcp;
 mod time_wait;
+#[cfg(test)]
+mod tso_tests;
 mod udp;
 
 pub use budget::BudgetUse;
@@ -182,6 +185,42 @@ fn from_std(d: StdDuration) -> Instant {
     Instant::from_micros(d.as_micros() as i64)
 }
 
+/// A packet for the wire, from
+/// [`Stack::poll_transmit_offload`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The IP packet.
+    pub packet: Vec<u8>,
+    /// With [`StackConfig::tcp_segmentation_offload`], set on a TCP
+    /// segment that carries more than one MSS of payload: the device is
+    /// to cut it into segments of this many payload octets (the last may
+    /// be shorter) as Linux's `tcp_gso_segment` does: headers copied to
+    /// each, SEG.SEQ advanced, FIN and PSH only on the last, each
+    /// segment's IP length, IPv4 identification (counting up) and header
+    /// checksum, and each TCP checksum computed (the packet's is left to
+    /// the device). A TUN takes it as it is behind a virtio-net header
+    /// with `VIRTIO_NET_HDR_GSO_TCPV4`/`TCPV6` and this `gso_size`.
+    pub gso_size: Option<NonZeroU16>,
+}
+
+impl Transmit {
+    /// A packet to send as it is.
+    pub(crate) fn whole(packet: Vec<u8>) -> Transmit {
+        Transmit {
+            packet,
+            gso_size: None,
+        }
+    }
+
+    /// How many segments cutting at `size` makes: the TCP payload over
+    /// `size`, rounded up (at least one).
+    fn segments(&self, size: NonZeroU16) -> usize {
+        let payload =
+            crate::wire::TcpView::parse(&self.packet[..]).map_or(0, |v| v.payload().len());
+        payload.div_ceil(usize::from(size.get())).max(1)
+    }
+}
+
 impl Stack {
     /// A stack with the given addresses and limits, starting at time `now`.
     pub fn new(config: StackConfig, now: Instant) -> Result<Stack, ConfigError> {
@@ -193,7 +232,14 @@ impl Stack {
         let table = PortTable::new(config.ports.clone(), &mut rng).map_err(ConfigError::Ports)?;
 
         let seed = rng.next_u64();
-        let link = Link::new(config.mtu, config.tcp_checksum_offload, &cidrs, seed, now);
+        let link = Link::new(
+            config.mtu,
+            config.tcp_checksum_offload,
+            config.tcp_segmentation_offload,
+            &cidrs,
+            seed,
+            now,
+        );
         // smoltcp's ISNs never reach the wire (the sequence offset hides
         // them), so the draw that seeds its generator can seed the
         // sequence-number keys too, through a generator of another kind;
@@ -304,7 +350,20 @@ impl Stack {
 
     /// The next packet to put on the wire at `now`, if any. Runs due timers
     /// and flushes sockets with pending output first.
+    ///
+    /// With [`StackConfig::tcp_segmentation_offload`] a TCP segment may be
+    /// larger than the MTU, for the device to cut: a driver that does
+    /// takes packets with
+    /// [`poll_transmit_offload`](Self::poll_transmit_offload), which says
+    /// at what size.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.poll_transmit_offload(now).map(|t| t.packet)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit), with the segment size at
+    /// which the device is to cut a TCP segment larger than the MTU
+    /// ([`Transmit::gso_size`]).
+    pub fn poll_transmit_offload(&mut self, now: Instant) -> Option<Transmit> {
         self.now = now;
         if self.link.tx.is_empty() {
             self.table.expire(since_epoch(now));
@@ -321,9 +380,20 @@ impl Stack {
                 self.egress(id);
             }
         }
-        let p = self.link.tx.pop_front()?;
+        let t = self.link.tx.pop_front()?;
         self.counters.packets_out += 1;
-        Some(p)
+        if let Some(size) = t.gso_size {
+            self.counters.tso_packets_out += 1;
+            self.counters.tso_segments_out += t.segments(size) as u64;
+        }
+        Some(t)
+    }
+
+    /// Whether the device is left the TCP checksums of what the stack
+    /// sends ([`StackConfig::tcp_checksum_offload`], or segmentation
+    /// offload, which implies it).
+    pub(crate) fn tcp_checksum_offload(&self) -> bool {
+        self.config.tcp_checksum_offload || self.config.tcp_segmentation_offload
     }
 
     /// When [`poll_transmit`](Self::poll_transmit) next has work, if ever.

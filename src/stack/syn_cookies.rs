@@ -96,7 +96,7 @@ impl Stack {
     ) {
         let (cookie, opts) = self.syn_cookie(l, key, seg, packet);
         let syn_ack = self.cookie_syn_ack(key, cookie, seg.seq, &opts);
-        self.link.tx.push_back(syn_ack);
+        self.link.tx.push_back(super::Transmit::whole(syn_ack));
     }
 
     /// The SYN-ACK smoltcp sends for a connection on `key` whose SYN had
