@@ -403,6 +403,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         // kernel (device::gso), so smoltcp need not sum payloads; a
         // capture shows them complete.
         tcp_checksum_offload: edge.queues[0].transmit_offload() && edge.pcap.is_none(),
+        tcp_segmentation_offload: edge.queues[0].transmit_offload() && edge.pcap.is_none(),
         congestion_control: args.congestion,
         max_memory,
         max_connections: args

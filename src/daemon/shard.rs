@@ -544,9 +544,9 @@ impl Shard {
     fn transmit(&mut self) {
         let now = self.now();
         let mut batch = Vec::new();
-        while let Some(p) = self.stack.poll_transmit(now) {
-            capture(&self.shared.pcap, &p);
-            batch.push(p);
+        while let Some(t) = self.stack.poll_transmit_offload(now) {
+            capture(&self.shared.pcap, &t.packet);
+            batch.push(t);
         }
         // The kernel queue is full or a packet was refused: dropped, as a
         // link would; TCP retransmits.

@@ -21,6 +21,7 @@ use tun_tap::{Iface, Mode};
 use super::gso;
 use super::split;
 pub use super::split::{Cut, Fill, RxChecksum, RxDrop};
+use crate::Transmit;
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` less the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -490,35 +491,65 @@ impl Tun {
 
     /// Write a batch of IP packets, in order; with offload, runs of one TCP
     /// flow's segments go as one packet whose virtio-net header asks the
-    /// kernel to cut it back into them (TCP segmentation offload), and every
-    /// TCP checksum is left to the kernel. Each failed
-    /// write is reported to `failed` with the octets it carried; the rest
-    /// go on (a full kernel queue drops packets, as a link would).
-    pub fn send_all(&self, batch: Vec<Vec<u8>>, mut failed: impl FnMut(usize, io::Error)) {
+    /// kernel to cut it back into them (TCP segmentation offload), a
+    /// segment the stack left to the device to cut
+    /// ([`Transmit::gso_size`]) goes as it is behind such a header, and
+    /// every TCP checksum is left to the kernel. Each failed write is
+    /// reported to `failed` with the octets it carried; the rest go on (a
+    /// full kernel queue drops packets, as a link would). Without
+    /// offload, a segment left to the device to cut cannot be written
+    /// and fails with `EMSGSIZE`.
+    pub fn send_all(&self, batch: Vec<Transmit>, mut failed: impl FnMut(usize, io::Error)) {
         match &self.kind {
             Kind::Plain { dev, .. } => {
-                for p in batch {
-                    if let Err(e) = dev.write(&p) {
-                        failed(p.len(), e);
+                for t in batch {
+                    let sent = match t.gso_size {
+                        Some(_) => Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                        None => dev.write(&t.packet),
+                    };
+                    if let Err(e) = sent {
+                        failed(t.packet.len(), e);
                     }
                 }
             }
             Kind::Offload { file, .. } => {
-                let mut batch = batch;
-                for frame in gso::coalesce(&mut batch) {
-                    let hdr = frame.hdr.to_bytes();
-                    let mut iov = Vec::with_capacity(2 + frame.packets.len());
-                    iov.push(IoSlice::new(&hdr));
-                    iov.extend(frame.parts(&batch).map(IoSlice::new));
-                    // A TUN takes one packet per write, whole, from all
-                    // the pieces: no partial writes.
-                    if let Err(e) = (&*file).write_vectored(&iov) {
-                        failed(frame.len(&batch), e);
+                let mut run = Vec::with_capacity(batch.len());
+                for t in batch {
+                    let mut packet = t.packet;
+                    let hdr = t
+                        .gso_size
+                        .and_then(|size| gso::segmentation_header(&mut packet, size));
+                    match hdr {
+                        Some(hdr) => {
+                            write_coalesced(file, &mut run, &mut failed);
+                            if let Err(e) = write_with(file, hdr, &packet) {
+                                failed(packet.len(), e);
+                            }
+                        }
+                        None => run.push(packet),
                     }
                 }
+                write_coalesced(file, &mut run, &mut failed);
             }
         }
     }
+}
+
+/// Write `run`, packets the stack sent MTU-sized, in order, merging
+/// runs of one TCP flow's segments ([`gso::coalesce`]); empty it.
+fn write_coalesced(file: &File, run: &mut Vec<Vec<u8>>, failed: &mut impl FnMut(usize, io::Error)) {
+    for frame in gso::coalesce(run) {
+        let hdr = frame.hdr.to_bytes();
+        let mut iov = Vec::with_capacity(2 + frame.packets.len());
+        iov.push(IoSlice::new(&hdr));
+        iov.extend(frame.parts(run).map(IoSlice::new));
+        // A TUN takes one packet per write, whole, from all the pieces: no
+        // partial writes.
+        if let Err(e) = (&*file).write_vectored(&iov) {
+            failed(frame.len(run), e);
+        }
+    }
+    run.clear();
 }
 
 /// The device's descriptor, to wait on with `poll(2)`.

@@ -1,7 +1,8 @@
 //! Bulk transfers through `ephemera up` with receive offload on (the
 //! kernel sends TCP super-packets and partial checksums, which the daemon
-//! cuts, and hands the stack unsummed, or completes with `--pcap`) and
-//! off (`--no-offload`), over IPv4 and IPv6,
+//! cuts, and hands the stack unsummed, or completes with `--pcap`; and
+//! the stack sends TCP segments of up to 64 KiB for the kernel to cut,
+//! but not with `--pcap`) and off (`--no-offload`), over IPv4 and IPv6,
 //! compared byte for byte: downloads from `--http`, uploads echoed back
 //! by `--echo`, and both through a `--forward` relay to an echo server on
 //! the kernel's side, where every byte crosses the TUN four times.
@@ -162,6 +163,21 @@ fn uploads_and_downloads_are_byte_exact_with_receive_offload_on_and_off() {
             "drop_malformed",
         ] {
             assert_eq!(counter(&stats, drop), 0, "{mode}: {drop}");
+        }
+        // Transmit: with the TUN's offload and no capture, smoltcp itself
+        // sends segments of up to 64 KiB and the daemon writes them as
+        // they are, for the kernel to cut.
+        let tso_packets = counter(&stats, "tso_packets_out");
+        let tso_segments = counter(&stats, "tso_segments_out");
+        if mode == "offload" {
+            // The downloads alone are 12 MB.
+            assert!(tso_packets >= 100, "{mode}: {tso_packets} TSO packets");
+            assert!(
+                tso_segments >= 20 * tso_packets,
+                "{mode}: {tso_segments} segments in {tso_packets} TSO packets"
+            );
+        } else {
+            assert_eq!((tso_packets, tso_segments), (0, 0), "{mode}: TSO");
         }
         let supers = counter(&stats, "tun_rx_super_packets");
         let completed = counter(&stats, "tun_rx_checksums_completed");
