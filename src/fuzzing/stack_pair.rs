@@ -156,6 +156,9 @@ fn config(i: usize, seed: u64) -> StackConfig {
         tcp_tx_buffer: 4096,
         user_timeout: Some(Duration::from_secs(20)),
         seed: Some(seed),
+        // One side leaves segmenting to its device (the link cuts as a
+        // NIC would), the other does not.
+        tcp_segmentation_offload: i == 0,
         ..Default::default()
     }
 }
