@@ -555,6 +555,56 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_left_to_the_device_goes_as_it_is_with_its_gso_size() {
+        let size = NonZeroU16::new(MSS as u16).unwrap();
+        for v6 in [false, true] {
+            let payload = data(10 * MSS + 333, 9);
+            let whole = seg(v6, 0, 5000, true, 1000, &payload);
+            let mut p = whole.clone();
+            let h = segmentation_header(&mut p, size).unwrap();
+            let ip = if v6 { 40 } else { 20 };
+            let gso = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            assert_eq!(
+                (h.gso_type, h.gso_size as usize, h.flags),
+                (gso, MSS, F_NEEDS_CSUM)
+            );
+            assert_eq!(
+                (h.hdr_len as usize, h.csum_start as usize, h.csum_offset),
+                (ip + 20, ip, 16)
+            );
+            // Only the checksum field changed, to the pseudo-header sum
+            // over the whole length: completed, it is the packet's own.
+            let at = ip + TCP_CSUM_AT;
+            assert_eq!((&p[..at], &p[at + 2..]), (&whole[..at], &whole[at + 2..]));
+            let c = !fold(sum(0, &p[ip..]));
+            assert_eq!(c.to_be_bytes(), [whole[at], whole[at + 1]], "v6={v6}");
+            // Cut as the kernel cuts it: the segments a stack without the
+            // offload sends, PSH only on the last.
+            let expect: Vec<Vec<u8>> = payload
+                .chunks(MSS)
+                .enumerate()
+                .map(|(i, c)| seg(v6, 0, 5000 + (i * MSS) as u32, i == 10, 1000, c))
+                .collect();
+            assert_eq!(without_ids(segment(h, &p)), without_ids(expect.clone()));
+            // The in-memory link's NIC cuts the same.
+            let mut cut = Vec::new();
+            let t = crate::Transmit {
+                packet: whole,
+                gso_size: Some(size),
+            };
+            cut_like_a_nic(t, true, &mut |s| cut.push(s));
+            assert_eq!(without_ids(cut), without_ids(expect), "v6={v6}");
+        }
+        // Not more than one segment, or a SYN: nothing to cut.
+        let mut one = seg(false, 0, 1, false, 1000, &data(MSS, 1));
+        assert_eq!(segmentation_header(&mut one, size), None);
+        let mut syn = seg(false, 0, 1, false, 1000, &data(3 * MSS, 1));
+        let mut v = TcpView::parse(&mut syn[..]).unwrap();
+        v.set_flags(TcpFlags::SYN);
+        assert_eq!(segmentation_header(&mut syn, size), None);
+    }
+
+    #[test]
     fn the_partial_checksum_completes_to_the_full_one() {
         let batch: Vec<Vec<u8>> = (0..3)
             .map(|i| seg(false, i, 1 + i as u32 * 100, false, 1000, &data(100, 7)))
