@@ -429,3 +429,26 @@ impl Link {
         self.tx.push_back(Transmit::whole(seg.build(key)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Tso;
+
+    #[test]
+    fn the_offload_size_is_whole_segments_of_the_mss() {
+        let v4 = |mtu| Tso::for_mtu(mtu).v4.get();
+        // MTU 1500: 44 segments of 1460 and the headers.
+        assert_eq!(v4(1500), 40 + 44 * 1460);
+        assert_eq!(v4(9000), 40 + 7 * 8960);
+        assert_eq!(v4(576), 40 + 122 * 536);
+        // At the largest MTU one segment fills the packet: nothing to cut.
+        assert_eq!(v4(65535), 65535);
+        for mtu in 576..=65535 {
+            let (size, mss) = (v4(mtu), mtu - 40);
+            assert!(
+                size <= 65535 && size >= mtu && (size - 40) % mss == 0,
+                "{mtu}"
+            );
+        }
+    }
+}
