@@ -46,6 +46,7 @@ use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use crate::port_table::{FlowKey, Protocol, Shards};
 
@@ -369,6 +370,19 @@ impl SteeringProgram {
     /// and return what it returns: the queue it would pick. For tests and a
     /// start-up self-check against [`packet_owner`].
     pub fn test_run(&self, packet: &[u8]) -> io::Result<u32> {
+        self.run(packet, 1).map(|(queue, _)| queue)
+    }
+
+    /// Run the program `repeat` times over `packet` in the kernel and
+    /// return the kernel's average time per run (its `duration`, whole
+    /// nanoseconds): what steering costs a packet, for the benchmarks.
+    pub fn time_run(&self, packet: &[u8], repeat: u32) -> io::Result<Duration> {
+        self.run(packet, repeat.max(1))
+            .map(|(_, ns)| Duration::from_nanos(u64::from(ns)))
+    }
+
+    /// `BPF_PROG_TEST_RUN`: the return value and the average nanoseconds.
+    fn run(&self, packet: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
         // The kernel builds the test skb from an Ethernet frame and strips
         // the 14-byte header, so the program sees `packet` at offset 0.
         let mut frame = Vec::with_capacity(14 + packet.len());
@@ -382,13 +396,13 @@ impl SteeringProgram {
             data_size_out: out.len() as u32,
             data_in: frame.as_ptr() as u64,
             data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
+            repeat,
             ..Default::default()
         };
         // SAFETY: a BPF_PROG_TEST_RUN attribute whose input and output
         // buffers live through the call with the sizes given.
         unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr)? };
-        Ok(attr.retval)
+        Ok((attr.retval, attr.duration))
     }
 }
 
