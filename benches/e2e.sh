@@ -21,6 +21,8 @@
 #   E2E_REQUESTS=10000  requests per ab run
 #   E2E_CONCURRENCY=16  ab -c
 #   E2E_SMOLTCP=1       build and run smoltcp's example (0 in the short mode)
+#   E2E_QUEUES=2        the shard count the scaling rows compare with --queues 1
+#   E2E_WRK_SECONDS=5   length of each wrk run (1 in the short mode)
 #
 # Topology. ephemera: one namespace with `ephemera up` on tun0 (stack
 # 10.7.0.2, kernel end 10.7.0.1); every client and every kernel-side server
@@ -51,6 +53,13 @@
 #       curl PUT of E2E_BYTES to nginx's /sink (return 204; nginx reads and
 #       discards the body), through ephemera --socks (--socks5-hostname) or
 #       through the same socat relay as above
+#   scale.q{1,Q}.{par,iperf3,wrk,one}  ephemera --queues 1 against --queues Q
+#       (E2E_QUEUES), daemon restarted for each, the two alternating within
+#       a run: par = 8 concurrent curl GETs of E2E_BYTES/8 each from --http,
+#       aggregate MB/s over the wall time of all 8; iperf3 = iperf3 -P 8 -n
+#       E2E_BYTES through --forward, the receiver's sum; wrk = wrk -t2 -c16
+#       -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS (requests/s,
+#       so connections/s); one = a single curl GET of E2E_BYTES (one flow)
 #   rate.{eph,kernel} (connections/s), p50.*, p99.* (ms)
 #                                       ab -n E2E_REQUESTS -c E2E_CONCURRENCY on
 #       /bytes/100, a new connection per request, against ephemera's --http
@@ -75,15 +84,18 @@ if [ "${E2E_QUICK:-0}" = 1 ]; then
     N=${E2E_BYTES:-20000000}
     REQS=${E2E_REQUESTS:-1000}
     SMOLTCP=${E2E_SMOLTCP:-0}
+    WRK_SECS=${E2E_WRK_SECONDS:-1}
 else
     MODE=full
     RUNS=${E2E_RUNS:-5}
     N=${E2E_BYTES:-200000000}
     REQS=${E2E_REQUESTS:-10000}
     SMOLTCP=${E2E_SMOLTCP:-1}
+    WRK_SECS=${E2E_WRK_SECONDS:-5}
 fi
+QUEUES=${E2E_QUEUES:-2}
 CONC=${E2E_CONCURRENCY:-16}
-for v in RUNS N REQS CONC; do
+for v in RUNS N REQS CONC QUEUES WRK_SECS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "e2e: $v must be a positive integer, not '${!v}'" >&2; exit 2; }
 done
 
@@ -93,7 +105,7 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
 fi
 [ -x "$BIN" ] || { echo "e2e: no ephemera binary at $BIN (cargo build --release)" >&2; exit 1; }
 missing=()
-for t in curl:curl nginx:nginx iperf3:iperf3 socat:socat ab:apache2-utils python3:python3; do
+for t in curl:curl nginx:nginx iperf3:iperf3 socat:socat ab:apache2-utils wrk:wrk python3:python3; do
     command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -277,6 +289,49 @@ ab_run() { # id ns url: connections/s, p50 and p99 in ms
     record "rate.$id" "$r"
     record "p50.$id" "$p50"
     record "p99.$id" "$p99"
+}
+
+par_get() { # id ns url count: count concurrent curl GETs of url, each N/count bytes; aggregate MB/s
+    local id=$1 ns=$2 url=$3 count=$4 each t0 t1 i code size pids=()
+    each=$((N / count))
+    t0=$(date +%s%N)
+    for i in $(seq "$count"); do
+        ip netns exec "$ns" curl -sS -o /dev/null --max-time 300 -w '%{http_code} %{size_download}' \
+            "$url/$each" >"$TMP/par.$i" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || fail "$id: curl $url/$each (client $((i + 1)) of $count) exited $?"
+    done
+    t1=$(date +%s%N)
+    for i in $(seq "$count"); do
+        read -r code size <"$TMP/par.$i"
+        [ "$code" = 200 ] && [ "$size" = "$each" ] ||
+            fail "$id: curl $url/$each (client $i of $count): HTTP $code, $size of $each bytes"
+    done
+    record "$id" "$(mbps $((each * count)) $((t1 - t0)))"
+}
+
+wrk_run() { # id ns url: wrk -t2 -c16 with a new connection per request; requests/s
+    local id=$1 ns=$2 url=$3 rc=0 out
+    ip netns exec "$ns" timeout 120 wrk -t2 -c16 -d"${WRK_SECS}s" -H 'Connection: close' "$url" \
+        >"$TMP/wrk.txt" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || { tail -n 5 "$TMP/wrk.txt" >&2; fail "$id: wrk on $url exited $rc"; }
+    # Every request must have been answered with a 2xx: no socket errors
+    # (connect, read, write, timeout) and no other status.
+    out=$(awk '
+        /Socket errors:/ {errors = $0}
+        /Non-2xx or 3xx responses:/ {non2xx = $NF}
+        /^Requests\/sec:/ {r = $2}
+        / requests in / {n = $1}
+        END {
+            if (errors != "" || non2xx != "" || r == "" || n == 0) {
+                printf "%s requests, %s non-2xx, %s", n, non2xx + 0, errors
+                exit 1
+            }
+            printf "%.0f", r
+        }' "$TMP/wrk.txt") || fail "$id: wrk on $url: $out"
+    record "$id" "$out"
 }
 
 # ---- servers ----
@@ -471,6 +526,24 @@ for r in $(seq "$RUNS"); do
 done
 stop_ephemera
 
+# ---- scaling across queues: --queues 1 against --queues QUEUES, each
+# run restarting the daemon for both, so a change in load lands on both ----
+echo "ephemera --queues 1 against --queues $QUEUES, MTU 1500..." >&2
+for r in $(seq "$RUNS"); do
+    for q in 1 "$QUEUES"; do
+        run_ephemera 1500 --queues "$q" --forward 5202=10.7.0.1:5201
+        start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
+        NS_IPERF3=$!
+        par_get "scale.q$q.par" "$NS" http://10.7.0.2/bytes 8
+        iperf3_run "scale.q$q.iperf3" "$NS" 10.7.0.2 5202 -P 8
+        wrk_run "scale.q$q.wrk" "$NS" http://10.7.0.2/bytes/100
+        curl_get "scale.q$q.one" "$NS" "http://10.7.0.2/bytes/$N"
+        show "scale.q$q.par" "scale.q$q.iperf3" "scale.q$q.wrk" "scale.q$q.one"
+        stop_pid "$NS_IPERF3"
+        stop_ephemera
+    done
+done
+
 echo "MTU 65535..." >&2
 ip -n "$KA" link set "$VA" mtu 65535
 ip -n "$KB" link set "$VB" mtu 65535
@@ -547,6 +620,9 @@ printf 'meta\truns\t%s\n' "$RUNS"
 printf 'meta\tbytes\t%s\n' "$N"
 printf 'meta\trequests\t%s\n' "$REQS"
 printf 'meta\tconcurrency\t%s\n' "$CONC"
+printf 'meta\tqueues\t%s\n' "$QUEUES"
+printf 'meta\twrk_seconds\t%s\n' "$WRK_SECS"
+printf 'meta\twrk\t%s\n' "$(wrk --version 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p')"
 printf 'meta\tnginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
 printf 'meta\tiperf3\t%s\n' "$(iperf3 --version | sed -n '1s/^iperf \([^ ]*\).*/\1/p')"
 printf 'meta\tsocat\t%s\n' "$(socat -V | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
@@ -555,7 +631,7 @@ printf 'meta\tsocat\t%s\n' "$(socat -V | sed -n 's/^socat version \([^ ]*\).*/\1
 for f in "$TMP"/samples/*; do
     id=${f##*/}
     case $id in
-    rate.*) unit=conn/s ;;
+    rate.* | scale.*.wrk) unit=conn/s ;;
     p50.* | p99.*) unit=ms ;;
     *) unit=MB/s ;;
     esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark of issues 6 and 14 and regenerates docs/performance.md and
+# Runs every benchmark of issues 6, 14 and 16 and regenerates docs/performance.md and
 # docs/perf-segment.svg:
 #
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
@@ -26,6 +26,7 @@ probe before > "$OUT/probe.tsv"
 cargo bench --bench segment --bench port_table
 cargo bench --bench memory > "$OUT/memory.tsv"
 cargo bench --bench outbound | sed -n '/^## Outbound scale/,$p' > "$OUT/outbound.md"
+cargo bench --bench steering | sed -n "/^
 probe after >> "$OUT/probe.tsv"
 if [ "${E2E:-0}" = 1 ]; then
     cargo build --release --bin ephemera
@@ -39,5 +40,6 @@ REPORT_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') REPORT_COMMAND="$cmd" \
     cargo run --release --example perf_report -- \
     "$CARGO_TARGET_DIR/criterion" "$OUT/memory.tsv" "$OUT/e2e.tsv" \
     docs/performance.md docs/perf-segment.svg "$OUT/probe.tsv"
-# The outbound-scale section prints its own markdown.
+# The outbound-scale and steering sections print their own markdown.
 cat "$OUT/outbound.md" >> docs/performance.md
+cat "$OUT/steering.md" >> docs/performance.md

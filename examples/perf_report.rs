@@ -540,6 +540,100 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
     );
 }
 
+/// The rows of the scaling section: label, series suffix, whether many
+/// flows (target ≥ 1.4×) or one (no regression).
+const SCALE_ROWS: [(&str, &str, bool); 4] = [
+    (
+        "8 concurrent downloads (curl, E2E_BYTES/8 each), aggregate",
+        "par",
+        true,
+    ),
+    (
+        "relay: iperf3 -P 8 through --forward, receiver's sum",
+        "iperf3",
+        true,
+    ),
+    (
+        "connections/s: wrk -t2 -c16, `Connection: close`, GET /bytes/100",
+        "wrk",
+        true,
+    ),
+    ("one download (curl, one flow)", "one", false),
+];
+
+/// Many-flow scaling target, `--queues Q` over `--queues 1`.
+const SCALE_TARGET: f64 = 1.4;
+/// One flow is "not regressed" while `--queues Q` keeps this share of
+/// `--queues 1`'s median: the rows' own run-to-run spread is wider.
+const ONE_FLOW_FLOOR: f64 = 0.9;
+
+/// `--queues Q` against `--queues 1`, from the `scale.*` series.
+fn scale_section(w: &mut String, e2e: Option<&E2e>) {
+    let Some(e) = e2e else { return };
+    if !e.series.keys().any(|k| k.starts_with("scale.")) {
+        return;
+    }
+    let q = e.meta("queues");
+    let _ = writeln!(w, "\n## Scaling across queues\n");
+    let _ = writeln!(
+        w,
+        "`benches/e2e.sh`, same run as above: `ephemera up --queues 1` against `--queues {q}` \
+         on this machine's {cpus} CPUs, the daemon restarted for each and the two alternating \
+         within each of the {runs}; clients in the daemon's namespace on the kernel end of the \
+         TUN, as above. wrk {wrk}, {secs} s per run. The ratio divides the medians. Many-flow \
+         rows aim at ≥ {SCALE_TARGET}×, the one-flow row at no regression (≥ {:.0} % of \
+         `--queues 1`).\n",
+        ONE_FLOW_FLOOR * 100.0,
+        cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        runs = runs(e.runs()),
+        wrk = e.meta("wrk"),
+        secs = e.meta("wrk_seconds"),
+    );
+    let _ = writeln!(
+        w,
+        "| workload | --queues 1 | --queues {q} | ratio |\n|---|---:|---:|---:|"
+    );
+    for (label, id, _) in SCALE_ROWS {
+        let (one, many) = (format!("scale.q1.{id}"), format!("scale.q{q}.{id}"));
+        let ratio = match (e.median(&many), e.median(&one)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            w,
+            "| {label} | {} | {} | {ratio} |",
+            e.cell(Some(&one)),
+            e.cell(Some(&many))
+        );
+    }
+}
+
+/// The scaling targets of issue 16, one row per workload.
+fn scale_targets(w: &mut String, e: &E2e) {
+    let q = e.meta("queues");
+    for (label, id, many) in SCALE_ROWS {
+        let (Some(a), Some(b)) = (
+            e.median(&format!("scale.q{q}.{id}")),
+            e.median(&format!("scale.q1.{id}")),
+        ) else {
+            continue;
+        };
+        let r = if b > 0.0 { a / b } else { 0.0 };
+        let (t, ok) = if many {
+            (
+                format!("--queues {q} ≥ {SCALE_TARGET}× --queues 1: {label}"),
+                r >= SCALE_TARGET,
+            )
+        } else {
+            (
+                format!("--queues {q} no regression for {label}"),
+                r >= ONE_FLOW_FLOOR,
+            )
+        };
+        let _ = writeln!(w, "| {t} | {r:.2}× | {} |", e2e_verdict(e, ok));
+    }
+}
+
 /// "1 run", "5 runs".
 fn runs(n: usize) -> String {
     if n == 1 {
@@ -672,6 +766,7 @@ fn e2e_targets(w: &mut String, e2e: Option<&E2e>) {
         _ => not("latency"),
     };
     row(targets[6], t, v);
+    scale_targets(w, e);
 }
 
 fn main() {
@@ -846,9 +941,10 @@ fn main() {
     // ---- end to end ----
     let e2e = E2e::read(e2e);
     e2e_section(w, e2e.as_ref());
+    scale_section(w, e2e.as_ref());
 
     // ---- targets ----
-    let _ = writeln!(w, "\n## Targets of issues 6 and 14\n");
+    let _ = writeln!(w, "\n## Targets of issues 6, 14 and 16\n");
     let _ = writeln!(w, "| target | measured | verdict |\n|---|---|---|");
     if let (Some(a), Some(b)) = (&eph[2], &stock[2]) {
         let r = b.median / a.median;
