@@ -5,7 +5,7 @@
 #
 #   benches/e2e.sh [path/to/ephemera] > e2e.tsv
 #
-# Needs root, iproute2, curl, nginx, iperf3, socat, ab (apache2-utils),
+# Needs root, iproute2, curl, nginx, iperf3, socat, ab (apache2-utils), wrk,
 # python3 (to read iperf3's and cargo's JSON), and cargo for smoltcp's own
 # example. Progress goes to stderr; stdout is the table perf_report reads:
 #
