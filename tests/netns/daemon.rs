@@ -608,21 +608,7 @@ fn sigterm_with_open_connections_exits_zero_and_resets_what_is_left() {
     let daemon = ns.start_daemon(&["--http", "80"]);
     // Slow readers that will not finish: the daemon must not wait for them
     // forever, and must not leave them hanging when it goes.
-    for _ in 0..5 {
-        let mut cmd = ns.command(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "60",
-            "-o",
-            "/dev/null",
-            "--limit-rate",
-            "20k",
-            "http://10.7.0.2/bytes/100000000",
-        ]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        ns.spawn(cmd);
-    }
+    ns.spawn_slow_downloads(5);
     let deadline = Instant::now() + Duration::from_secs(10);
     while connections(&daemon.ports())
         .iter()
@@ -650,20 +636,7 @@ fn sigterm_with_open_connections_exits_zero_and_resets_what_is_left() {
     // socket was reset or got a FIN, none is still ESTABLISHED. (A curl
     // that got a FIN may still be reading what its kernel buffered, at
     // 20 kB/s, so its exit is not awaited.)
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = ns.run(&["ss", "-Htn", "state", "established"]);
-        assert!(out.status.success(), "ss: {}", text(&out.stderr));
-        let established = text(&out.stdout);
-        if established.trim().is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still established after the daemon exited:\n{established}\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ns.assert_none_established(&log);
 }
 
 /// The lines of an error exit: non-zero status, and exactly one line of

@@ -151,6 +151,46 @@ impl Netns {
         assert_eq!(line.trim(), "ready", "{what} did not start");
     }
 
+    /// Start `n` downloads of 100 MB from the daemon's `--http` at
+    /// 20 kB/s: clients that hold their connections open past any test.
+    pub(crate) fn spawn_slow_downloads(&mut self, n: usize) {
+        for _ in 0..n {
+            let mut cmd = self.command(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "60",
+                "-o",
+                "/dev/null",
+                "--limit-rate",
+                "20k",
+                "http://10.7.0.2/bytes/100000000",
+            ]);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            self.spawn(cmd);
+        }
+    }
+
+    /// Wait up to 5 s until no kernel socket in the namespace is
+    /// ESTABLISHED: after the daemon has gone, none may be left waiting on
+    /// it. `log` is the daemon's, for the failure message.
+    pub(crate) fn assert_none_established(&self, log: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.run(&["ss", "-Htn", "state", "established"]);
+            assert!(out.status.success(), "ss: {}", text(&out.stderr));
+            let established = text(&out.stdout);
+            if established.trim().is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still established after the daemon exited:\n{established}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

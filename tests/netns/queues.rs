@@ -329,21 +329,7 @@ fn sigterm_closes_every_shard_and_resets_what_is_left_within_the_grace() {
     };
     let daemon = ns.start_daemon(&["--queues", "2", "--http", "80"]);
     // Slow readers that will not finish, spread over the shards.
-    for _ in 0..8 {
-        let mut cmd = ns.command(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "60",
-            "-o",
-            "/dev/null",
-            "--limit-rate",
-            "20k",
-            "http://10.7.0.2/bytes/100000000",
-        ]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        ns.spawn(cmd);
-    }
+    ns.spawn_slow_downloads(8);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = daemon.ports();
@@ -366,17 +352,5 @@ fn sigterm_closes_every_shard_and_resets_what_is_left_within_the_grace() {
     assert!(log.contains("closing connections"), "{log}");
     assert_eq!(ns.links(), ["lo"], "{log}");
     // Every shard reset its own: no kernel socket is left established.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = ns.run(&["ss", "-Htn", "state", "established"]);
-        let established = text(&out.stdout);
-        if established.trim().is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still established after the daemon exited:\n{established}\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ns.assert_none_established(&log);
 }
