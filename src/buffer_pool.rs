@@ -18,6 +18,23 @@
 //! - the pool outlives every socket (it is declared after the socket slab
 //!   in `Stack`, so it is dropped after it).
 //!
+//! **The warm cache.** Handing a chunk's pages back costs more than the
+//! connection that used them when connections are short: `madvise` walks
+//! and unmaps the range, and in a process with threads on other CPUs it
+//! sends each of them a TLB-shootdown interrupt; the next connection then
+//! faults fresh pages in. So a released chunk whose connection touched
+//! only a few pages ([`WARM_PAGES`], with what it carried before) is kept
+//! *warm*: on a LIFO list of at most [`WARM_CHUNKS`] chunks, pages still
+//! backed, and leased again before any clean chunk. Each chunk carries its
+//! [`Residual`], the pages earlier leases may have left backed, and the
+//! pool counts them ([`BufferPool::residual_pages`]) so that the stack's
+//! budget stays an upper bound of what is resident: while the chunk is
+//! warm, and after it is leased again until it is shrunk or released. A
+//! reused chunk holds stale octets of an earlier connection; smoltcp's
+//! ring buffers never read an octet they did not write since they were
+//! made (`RingBuffer` reads only its allocated run, which grows only by
+//! what was enqueued), so none of them reaches the new connection.
+//!
 //! Sizes come from the configuration, so every size is checked when the
 //! pool is made ([`BufferPool::new`]): each buffer at most
 //! [`MAX_BUFFER`], and every product of sizes computed with checked
@@ -38,6 +55,14 @@ const CHUNKS_PER_ARENA: usize = 256;
 /// Largest mapping reserved at once: chunks of large buffers come fewer
 /// to a mapping (at least one).
 const MAX_ARENA: usize = 256 << 20;
+/// Most chunks kept warm: 128 chunks of at most [`WARM_PAGES`] pages hold
+/// at most 2 MiB.
+pub(crate) const WARM_CHUNKS: usize = 128;
+/// Most pages a chunk may carry and still be kept warm: a short
+/// request/response connection touches one or two each way.
+pub(crate) const WARM_PAGES: u32 = 4;
+/// Page runs a [`Residual`] can hold.
+const RUNS: usize = 4;
 /// Largest receive or send buffer: 1 GiB, the largest window TCP can
 /// advertise (RFC 7323 §2.3, window scale 14); smoltcp refuses larger
 /// receive buffers.
@@ -52,16 +77,93 @@ pub(crate) enum PoolError {
     TooLarge(usize),
 }
 
+/// Pages of a chunk that may be backed: a few runs of page indices from
+/// the chunk's start, an upper bound of what was written since its pages
+/// were last handed back.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Residual {
+    /// `[start, end)` page runs, sorted, disjoint and not adjacent; the
+    /// first `len` are used.
+    runs: [(u32, u32); RUNS],
+    len: u8,
+}
+
+impl Residual {
+    /// No page.
+    pub(crate) const EMPTY: Residual = Residual {
+        runs: [(0, 0); RUNS],
+        len: 0,
+    };
+
+    /// Pages `[start, end)`.
+    pub(crate) fn run(start: u32, end: u32) -> Residual {
+        let mut r = Residual::EMPTY;
+        if start < end {
+            r.runs[0] = (start, end);
+            r.len = 1;
+        }
+        r
+    }
+
+    /// Pages it holds.
+    pub(crate) fn pages(&self) -> u32 {
+        self.runs[..self.len as usize]
+            .iter()
+            .map(|(a, b)| b - a)
+            .sum()
+    }
+
+    /// Whether it holds no page.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pages in either; `None` if that takes more runs than it can hold.
+    pub(crate) fn union(&self, other: &Residual) -> Option<Residual> {
+        let mut all = [(0u32, 0u32); 2 * RUNS];
+        let n = self.len as usize + other.len as usize;
+        all[..self.len as usize].copy_from_slice(&self.runs[..self.len as usize]);
+        all[self.len as usize..n].copy_from_slice(&other.runs[..other.len as usize]);
+        let all = &mut all[..n];
+        all.sort_unstable();
+        let mut out = Residual::EMPTY;
+        for &(a, b) in all.iter() {
+            match out.len.checked_sub(1) {
+                Some(last) if a <= out.runs[last as usize].1 => {
+                    let end = &mut out.runs[last as usize].1;
+                    *end = (*end).max(b);
+                }
+                _ => {
+                    if out.len as usize == RUNS {
+                        return None;
+                    }
+                    out.runs[out.len as usize] = (a, b);
+                    out.len += 1;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 /// One connection's buffer memory: `rx` then `tx` octets, page aligned.
 #[derive(Debug)]
 pub(crate) struct Chunk {
     ptr: NonNull<u8>,
+    /// Pages earlier leases may have left backed (counted by the pool).
+    residual: Residual,
 }
 
 impl Chunk {
     /// The address of its first octet (the receive buffer's start).
     pub(crate) fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
+    }
+
+    /// Pages earlier leases may have left backed: nonzero for a chunk
+    /// taken from the warm cache, until it is shrunk.
+    pub(crate) fn residual_pages(&self) -> u32 {
+        self.residual.pages()
     }
 }
 
@@ -92,7 +194,14 @@ pub(crate) struct BufferPool {
     /// Chunks in each mapping.
     per_arena: usize,
     arenas: Vec<Arena>,
+    /// Clean chunks: no page backed.
     free: Vec<NonNull<u8>>,
+    /// Warm chunks, the last released on top; at most [`WARM_CHUNKS`].
+    warm: Vec<(NonNull<u8>, Residual)>,
+    /// Pages the warm chunks carry.
+    warm_pages: usize,
+    /// Pages the leased chunks carry from earlier leases.
+    leased_residual: usize,
     leased: usize,
 }
 
@@ -128,18 +237,32 @@ impl BufferPool {
             per_arena,
             arenas: Vec::new(),
             free: Vec::new(),
+            warm: Vec::with_capacity(WARM_CHUNKS),
+            warm_pages: 0,
+            leased_residual: 0,
             leased: 0,
         })
     }
 
-    /// Lease a chunk, reserving a new mapping if none is free.
+    /// Lease a chunk: the warm one released last, else a clean one,
+    /// reserving a new mapping if none is free.
     pub(crate) fn lease(&mut self) -> io::Result<Chunk> {
+        if let Some((ptr, residual)) = self.warm.pop() {
+            let pages = residual.pages() as usize;
+            self.warm_pages -= pages;
+            self.leased_residual += pages;
+            self.leased += 1;
+            return Ok(Chunk { ptr, residual });
+        }
         if self.free.is_empty() {
             self.grow()?;
         }
         let ptr = self.free.pop().expect("grow added chunks");
         self.leased += 1;
-        Ok(Chunk { ptr })
+        Ok(Chunk {
+            ptr,
+            residual: Residual::EMPTY,
+        })
     }
 
     fn grow(&mut self) -> io::Result<()> {
@@ -193,19 +316,110 @@ impl BufferPool {
         }
     }
 
-    /// Give the chunk's pages back to the kernel; it reads as zeros after.
-    /// Only while both ring buffers in it are empty.
-    pub(crate) fn shrink(&self, chunk: &Chunk) {
-        // SAFETY: the range is the page-aligned chunk, inside our mapping;
-        // the caller keeps its ring buffers empty, so no live data is lost.
-        let _ = unsafe { madvise(chunk.ptr.cast(), self.chunk, MmapAdvise::MADV_DONTNEED) };
+    /// Give the chunk's pages back to the kernel; it reads as zeros after,
+    /// and carries no residual. Only while both ring buffers in it are
+    /// empty.
+    pub(crate) fn shrink(&mut self, chunk: &mut Chunk) {
+        self.dontneed(chunk.ptr);
+        self.leased_residual -= chunk.residual.pages() as usize;
+        chunk.residual = Residual::EMPTY;
     }
 
-    /// Take a chunk back once its socket is gone; its pages are released.
-    pub(crate) fn release(&mut self, chunk: Chunk) {
-        self.shrink(&chunk);
+    fn dontneed(&self, ptr: NonNull<u8>) {
+        // SAFETY: the range is one page-aligned chunk, inside our mapping;
+        // its ring buffers are empty or gone, so no live data is lost.
+        let _ = unsafe { madvise(ptr.cast(), self.chunk, MmapAdvise::MADV_DONTNEED) };
+    }
+
+    /// Take a chunk back once its socket is gone. `touched` is what its
+    /// connection may have written since the chunk was leased or shrunk
+    /// (`None`: unknown). The chunk is kept warm if what it then carries is
+    /// at most [`WARM_PAGES`] pages, the cache has room and `room` allows
+    /// the pages it adds to what the pool holds (`None`: keep nothing
+    /// warm); else its pages go back to the kernel, unless none is backed.
+    /// Returns whether it was kept warm.
+    pub(crate) fn release(
+        &mut self,
+        chunk: Chunk,
+        touched: Option<Residual>,
+        room: Option<usize>,
+    ) -> bool {
         self.leased -= 1;
+        let old = chunk.residual.pages() as usize;
+        self.leased_residual -= old;
+        let carried = touched.and_then(|t| t.union(&chunk.residual));
+        if let (Some(carried), Some(room)) = (carried, room) {
+            let pages = carried.pages() as usize;
+            if !carried.is_empty()
+                && pages <= WARM_PAGES as usize
+                && pages.saturating_sub(old) <= room
+                && self.warm.len() < WARM_CHUNKS
+            {
+                self.warm_pages += pages;
+                self.warm.push((chunk.ptr, carried));
+                return true;
+            }
+        }
+        if carried.is_none_or(|c| !c.is_empty()) {
+            self.dontneed(chunk.ptr);
+        }
         self.free.push(chunk.ptr);
+        false
+    }
+
+    /// Hand every warm chunk's pages back (memory pressure); returns how
+    /// many there were.
+    pub(crate) fn drain_warm(&mut self) -> usize {
+        let n = self.warm.len();
+        while let Some((ptr, _)) = self.warm.pop() {
+            self.dontneed(ptr);
+            self.free.push(ptr);
+        }
+        self.warm_pages = 0;
+        n
+    }
+
+    /// Chunks kept warm now.
+    pub(crate) fn warm_chunks(&self) -> usize {
+        self.warm.len()
+    }
+
+    /// Pages the warm chunks carry.
+    pub(crate) fn warm_pages(&self) -> usize {
+        self.warm_pages
+    }
+
+    /// Pages all chunks carry from earlier leases, warm or leased again:
+    /// what the pool holds beyond its connections' own charges.
+    pub(crate) fn residual_pages(&self) -> usize {
+        self.warm_pages + self.leased_residual
+    }
+
+    /// Check the pool's counts against its chunks: `leased` gives the
+    /// residual of every chunk leased out.
+    pub(crate) fn check(&self, leased: impl Iterator<Item = u32>) -> Result<(), String> {
+        let warm: usize = self.warm.iter().map(|(_, r)| r.pages() as usize).sum();
+        let (mut n, mut residual) = (0, 0);
+        for pages in leased {
+            n += 1;
+            residual += pages as usize;
+        }
+        if (warm, residual, n) != (self.warm_pages, self.leased_residual, self.leased) {
+            return Err(format!(
+                "buffer pool counts {} warm pages, {} residual pages in {} leased chunks; \
+                 they hold {warm}, {residual} in {n}",
+                self.warm_pages, self.leased_residual, self.leased
+            ));
+        }
+        if self.warm.len() > WARM_CHUNKS
+            || self
+                .warm
+                .iter()
+                .any(|(_, r)| r.pages() > WARM_PAGES || r.is_empty())
+        {
+            return Err(format!("{} warm chunks out of bounds", self.warm.len()));
+        }
+        Ok(())
     }
 
     /// Chunks leased out now.
@@ -246,14 +460,15 @@ mod tests {
         tx[tx.len() - 1] = 2;
         assert_eq!(pool.resident_bytes(), 2 * PAGE);
         assert_eq!((rx[0], tx[tx.len() - 1]), (1, 2));
-        pool.shrink(&chunks[3]);
+        let mut chunks = chunks;
+        pool.shrink(&mut chunks[3]);
         assert_eq!(pool.resident_bytes(), 0);
         // Reads as zeros afterwards, and is writable again.
         assert_eq!((rx[0], tx[tx.len() - 1]), (0, 0));
         rx[5] = 9;
         assert_eq!(rx[5], 9);
         for c in chunks {
-            pool.release(c);
+            pool.release(c, None, None);
         }
         assert_eq!(pool.leased(), 0);
         assert_eq!(pool.resident_bytes(), 0);
@@ -276,7 +491,7 @@ mod tests {
         br.fill(3);
         assert!(ar.iter().all(|&x| x == 1) && at.iter().all(|&x| x == 2));
         let pa = a.ptr;
-        pool.release(a);
+        pool.release(a, None, None);
         let c = pool.lease().unwrap();
         assert_eq!(c.ptr, pa, "a released chunk is leased again first");
         let many: Vec<Chunk> = (0..CHUNKS_PER_ARENA * 2)
@@ -312,7 +527,108 @@ mod tests {
         rx[MAX_BUFFER - 1] = 1;
         tx[MAX_BUFFER - 1] = 2;
         assert_eq!(pool.resident_bytes(), 2 * PAGE);
-        pool.release(c);
+        pool.release(c, None, None);
         assert_eq!(pool.resident_bytes(), 0);
+    }
+
+    fn touch(pool: &BufferPool, c: &Chunk, rx_octets: usize, tx_octets: usize, v: u8) {
+        // SAFETY: the tests take one set of slices per lease at a time and
+        // drop them (last use here) before the chunk goes back.
+        let (rx, tx) = unsafe { pool.slices(c, usize::MAX, usize::MAX) };
+        rx[..rx_octets].fill(v);
+        tx[..tx_octets].fill(v);
+    }
+
+    #[test]
+    fn residual_runs_merge_and_overflow() {
+        let a = Residual::run(0, 2).union(&Residual::run(16, 17)).unwrap();
+        assert_eq!(a.pages(), 3);
+        assert_eq!(a.union(&a), Some(a), "the same pages again: no growth");
+        let b = a.union(&Residual::run(1, 5)).unwrap();
+        assert_eq!((b.pages(), b.len), (6, 2), "overlapping runs merge");
+        let c = b.union(&Residual::run(5, 6)).unwrap();
+        assert_eq!((c.pages(), c.len), (7, 2), "adjacent runs merge");
+        let d = c
+            .union(&Residual::run(8, 9))
+            .unwrap()
+            .union(&Residual::run(10, 11))
+            .unwrap();
+        assert_eq!(d.len as usize, RUNS);
+        assert_eq!(d.union(&Residual::run(12, 13)), None, "too many runs");
+        assert!(Residual::run(3, 3).is_empty());
+    }
+
+    #[test]
+    fn warm_chunks_are_reused_last_in_first_out_and_counted() {
+        let mut pool = BufferPool::new(64 * 1024, 64 * 1024).unwrap();
+        let (a, b) = (pool.lease().unwrap(), pool.lease().unwrap());
+        let (pa, pb) = (a.ptr, b.ptr);
+        touch(&pool, &a, 100, 100, 7);
+        touch(&pool, &b, 100, 100, 8);
+        assert_eq!(pool.resident_bytes(), 4 * PAGE);
+        let pages = Residual::run(0, 1).union(&Residual::run(16, 17));
+        assert!(pool.release(a, pages, Some(100)));
+        assert!(pool.release(b, pages, Some(100)));
+        assert_eq!((pool.warm_chunks(), pool.warm_pages()), (2, 4));
+        assert_eq!(pool.resident_bytes(), 4 * PAGE, "no madvise");
+        assert!(pool.resident_bytes() <= pool.residual_pages() * PAGE);
+        pool.check(std::iter::empty()).unwrap();
+
+        // The last released comes back first, its pages still backed, and
+        // still counted while leased.
+        let c = pool.lease().unwrap();
+        assert_eq!((c.ptr, c.residual_pages()), (pb, 2));
+        assert_eq!((pool.warm_pages(), pool.residual_pages()), (2, 4));
+        pool.check([2].into_iter()).unwrap();
+        // Used again on the same pages: it carries no more than before.
+        touch(&pool, &c, 50, 50, 9);
+        assert!(pool.release(c, pages, Some(0)));
+        assert_eq!(pool.warm_pages(), 4);
+        // A leased warm chunk that is shrunk carries nothing.
+        let mut c = pool.lease().unwrap();
+        pool.shrink(&mut c);
+        assert_eq!((c.residual_pages(), pool.residual_pages()), (0, 2));
+        assert_eq!(pool.resident_bytes(), 2 * PAGE);
+        pool.check([0].into_iter()).unwrap();
+        // Clean and untouched: back without a page.
+        assert!(!pool.release(c, Some(Residual::EMPTY), Some(100)));
+        let d = pool.lease().unwrap();
+        assert_eq!(d.ptr, pa);
+        // A chunk that touched too many pages, or more than the room, or
+        // unknown pages, or with no room at all, goes back clean.
+        touch(&pool, &d, 3 * PAGE, PAGE, 1);
+        assert!(!pool.release(d, Some(Residual::run(0, 5)), Some(100)));
+        for (touched, room) in [(pages, Some(1)), (None, Some(100)), (pages, None)] {
+            let e = pool.lease().unwrap();
+            touch(&pool, &e, 1, 1, 2);
+            assert!(!pool.release(e, touched, room));
+            assert_eq!(pool.resident_bytes(), 0);
+            assert_eq!(pool.residual_pages(), 0);
+        }
+        pool.check(std::iter::empty()).unwrap();
+    }
+
+    #[test]
+    fn the_warm_cache_is_bounded_and_drains() {
+        let mut pool = BufferPool::new(4096, 4096).unwrap();
+        let chunks: Vec<Chunk> = (0..WARM_CHUNKS + 10)
+            .map(|_| pool.lease().unwrap())
+            .collect();
+        let mut kept = 0;
+        for c in chunks {
+            touch(&pool, &c, 1, 1, 3);
+            kept += usize::from(pool.release(c, Some(Residual::run(0, 2)), Some(usize::MAX)));
+        }
+        assert_eq!(kept, WARM_CHUNKS, "full: the rest go back clean");
+        assert_eq!(pool.warm_chunks(), WARM_CHUNKS);
+        assert_eq!(pool.warm_pages(), 2 * WARM_CHUNKS);
+        assert_eq!(pool.resident_bytes(), 2 * WARM_CHUNKS * PAGE);
+        pool.check(std::iter::empty()).unwrap();
+        assert_eq!(pool.drain_warm(), WARM_CHUNKS);
+        assert_eq!((pool.warm_chunks(), pool.residual_pages()), (0, 0));
+        assert_eq!(pool.resident_bytes(), 0);
+        pool.check(std::iter::empty()).unwrap();
+        let c = pool.lease().unwrap();
+        assert_eq!(c.residual_pages(), 0, "drained chunks are clean");
     }
 }

@@ -89,6 +89,12 @@ counters! {
     tcp_send_memory_pressure,
     /// Connections opened under memory pressure, with one-page buffers.
     tcp_opened_under_pressure,
+    /// Connections given buffers a closed connection left warm (still
+    /// backed: no `madvise` on close, no page faults on first use).
+    tcp_buffers_warm_reused,
+    /// Warm buffers handed back to the kernel because the stack came
+    /// under memory pressure.
+    tcp_buffers_warm_drained,
     /// TCP connections we opened (`connect`).
     tcp_active_opens,
     /// TCP connections a peer opened and that reached the accept queue.

@@ -17,6 +17,15 @@
 //! records (bounded by `PortTableConfig::max_time_wait`), UDP buffers,
 //! packets queued for the driver, and the heap's own overhead.
 //!
+//! **The buffer pool's pages.** Chunks the pool keeps warm, and chunks
+//! leased again from its warm cache until they are shrunk, carry pages
+//! earlier connections left backed (`buffer_pool`'s residual). The
+//! budget counts them as the pool's, in committed and charged memory both,
+//! beside the connections' own charges (a page counted twice is allowed:
+//! the figures are upper bounds). The pool keeps a chunk warm only while
+//! that stays below the soft mark, and gives every warm chunk back once
+//! the stack is under pressure.
+//!
 //! **The marks.** `limit` is `max_memory`; `pressure` is two thirds of
 //! it (Linux's `tcp_mem[1]` to `tcp_mem[2]`).
 //! - Below `pressure` a connection grows as its traffic needs.
@@ -35,7 +44,7 @@
 //! served until `(limit − pressure) / 8 KiB` connections have opened under
 //! pressure.
 
-use crate::buffer_pool::PAGE;
+use crate::buffer_pool::{Residual, PAGE};
 
 /// Pages every connection may always hold: one each way.
 const RESERVE_PAGES: u32 = 2;
@@ -176,6 +185,42 @@ impl MemUse {
             .saturating_sub(self.tx_written as usize)
     }
 
+    /// Pages of the chunk (in chunk pages: the receive ring from 0, the
+    /// send ring after it) that the connection may have written since its
+    /// pages were last handed back, on the same reasoning as
+    /// [`charge_for`](Self::charge_for): the receive ring filled up to
+    /// `rx_end` from the run that starts at `rx_base`, wrapping, and the
+    /// send ring's first `tx_written` octets. `isn` is the peer's ISN, if
+    /// known. A receive ring whose offsets are not known exactly (its size
+    /// not a power of two of at least a page) counts whole.
+    pub(crate) fn touched(&self, rings: Rings, isn: Option<u32>, rx_end: u32) -> Residual {
+        if self.charge == 0 {
+            return Residual::EMPTY;
+        }
+        let tx = if self.tx_written == 0 {
+            Residual::EMPTY
+        } else {
+            let first = (rings.rx / PAGE) as u32;
+            Residual::run(first, first + rings.tx_pages(self.tx_written as usize))
+        };
+        let rx = match isn {
+            None => Residual::EMPTY,
+            Some(isn) if rings.rx.is_power_of_two() && rings.rx >= PAGE => {
+                let ring = (rings.rx / PAGE) as u32;
+                let offset =
+                    self.rx_base.wrapping_sub(isn).wrapping_sub(1) as usize & (rings.rx - 1);
+                let len = (rx_end.wrapping_sub(self.rx_base) as i32).max(0) as usize;
+                let start = (offset / PAGE) as u32;
+                let end = start + rings.rx_pages(Some(offset), len);
+                let head = Residual::run(start, end.min(ring));
+                let wrapped = Residual::run(0, end.saturating_sub(ring));
+                head.union(&wrapped).expect("two runs fit")
+            }
+            Some(_) => Residual::run(0, pages(rings.rx)),
+        };
+        rx.union(&tx).expect("three runs fit")
+    }
+
     /// The pages were handed back: nothing is charged, and the touched
     /// runs start again at `rcv_nxt` and the send ring's start.
     pub(crate) fn shrunk(&mut self, rcv_nxt: u32) {
@@ -205,6 +250,11 @@ pub(crate) struct Budget {
     committed: usize,
     /// Pages: every connection's charge.
     charged: usize,
+    /// Pages: what the buffer pool holds beyond the connections' charges
+    /// (warm chunks, and the residual of chunks leased from them).
+    pool: usize,
+    /// Pages: of `pool`, the warm chunks'.
+    warm: usize,
     /// TCP connections.
     connections: usize,
     max_connections: usize,
@@ -228,6 +278,10 @@ pub struct BudgetUse {
     /// of the TCP buffer memory resident (connection structures, TIME-WAIT
     /// records and UDP buffers are not included).
     pub charged: usize,
+    /// Of committed and charged memory, what the buffer pool keeps warm:
+    /// buffers of closed connections, still backed, for the next ones
+    /// (at most 2 MiB, and none under pressure).
+    pub warm: usize,
     /// TCP connections open (half-open and closing ones too).
     pub connections: usize,
     /// `StackConfig::max_connections`.
@@ -251,6 +305,8 @@ impl Budget {
             pressure: limit / 3 * 2 + limit % 3 * 2 / 3,
             committed: 0,
             charged: 0,
+            pool: 0,
+            warm: 0,
             connections: 0,
             max_connections,
         }
@@ -259,7 +315,22 @@ impl Budget {
     /// Whether committed memory has reached the soft mark.
     #[inline]
     pub(crate) fn under_pressure(&self) -> bool {
-        self.committed >= self.pressure
+        self.committed + self.pool >= self.pressure
+    }
+
+    /// Pages the buffer pool may add to what it holds and stay below the
+    /// soft mark; `None` under pressure, when it keeps nothing warm.
+    pub(crate) fn pool_room(&self) -> Option<usize> {
+        // Below the soft mark, `pressure - 1 - held` cannot underflow.
+        (!self.under_pressure()).then(|| self.pressure - 1 - (self.committed + self.pool))
+    }
+
+    /// The buffer pool now holds `pool` pages beyond the connections'
+    /// charges, `warm` of them in warm chunks.
+    #[inline]
+    pub(crate) fn set_pool(&mut self, pool: usize, warm: usize) {
+        self.pool = pool;
+        self.warm = warm;
     }
 
     /// The rings a new connection gets: the `configured` ones, or under
@@ -280,7 +351,7 @@ impl Budget {
         if self.connections >= self.max_connections {
             return Err(Refusal::Connections);
         }
-        if self.committed + rings.reserve() as usize > self.limit {
+        if self.committed + self.pool + rings.reserve() as usize > self.limit {
             return Err(Refusal::Memory);
         }
         Ok(())
@@ -305,7 +376,7 @@ impl Budget {
     #[inline]
     pub(crate) fn allows(&self, rings: Rings, old: u32, new: u32) -> bool {
         let held = old.max(rings.reserve());
-        new <= held || self.committed + (new - held) as usize <= self.pressure
+        new <= held || self.committed + self.pool + (new - held) as usize <= self.pressure
     }
 
     /// A connection's charge moved from `old` to `new` pages.
@@ -321,16 +392,29 @@ impl Budget {
         BudgetUse {
             limit: self.limit * PAGE,
             pressure: self.pressure * PAGE,
-            committed: self.committed * PAGE,
-            charged: self.charged * PAGE,
+            committed: (self.committed + self.pool) * PAGE,
+            charged: (self.charged + self.pool) * PAGE,
+            warm: self.warm * PAGE,
             connections: self.connections,
             max_connections: self.max_connections,
         }
     }
 
-    /// Check the totals against the connections' own figures: `conns`
-    /// gives each connection's rings and charge.
-    pub(crate) fn check(&self, conns: impl Iterator<Item = (Rings, u32)>) -> Result<(), String> {
+    /// Check the totals against the connections' own figures and the
+    /// pool's: `conns` gives each connection's rings and charge, `pool`
+    /// and `warm` the pages the buffer pool holds beyond them.
+    pub(crate) fn check(
+        &self,
+        conns: impl Iterator<Item = (Rings, u32)>,
+        pool: usize,
+        warm: usize,
+    ) -> Result<(), String> {
+        if (pool, warm) != (self.pool, self.warm) {
+            return Err(format!(
+                "budget counts {} pool pages, {} warm; the pool holds {pool}, {warm}",
+                self.pool, self.warm
+            ));
+        }
         let (mut n, mut committed, mut charged) = (0, 0, 0);
         for (rings, charge) in conns {
             n += 1;
@@ -346,10 +430,11 @@ impl Budget {
                 self.connections, self.committed, self.charged
             ));
         }
-        if self.committed > self.limit {
+        if self.committed + self.pool > self.limit {
             return Err(format!(
                 "{} pages committed over the limit of {}",
-                self.committed, self.limit
+                self.committed + self.pool,
+                self.limit
             ));
         }
         Ok(())
@@ -433,6 +518,82 @@ mod tests {
     }
 
     #[test]
+    fn touched_pages_name_the_runs_the_charge_counts() {
+        let pages = |m: &MemUse, isn, rx_end| m.touched(FULL, isn, rx_end);
+        // Nothing charged: nothing touched.
+        assert!(pages(&MemUse::default(), Some(0), 5000).is_empty());
+        // 100 octets received from offset 0, 5000 queued to send: the
+        // receive ring's first page, the send ring's (page 16) first two.
+        let m = MemUse {
+            rx_base: 1,
+            tx_written: 5000,
+            charge: 3,
+        };
+        let t = pages(&m, Some(0), 101);
+        assert_eq!(t.pages(), 3);
+        assert_eq!(
+            Some(t),
+            Residual::run(0, 1).union(&Residual::run(16, 18)),
+            "{t:?}"
+        );
+        // A run near the ring's end wraps to its head.
+        let m = MemUse {
+            rx_base: 1 + 65_000,
+            tx_written: 0,
+            charge: 2,
+        };
+        let t = pages(&m, Some(0), 1 + 65_000 + 1000);
+        assert_eq!(
+            Some(t),
+            Residual::run(15, 16).union(&Residual::run(0, 1)),
+            "{t:?}"
+        );
+        // No ISN: nothing received; an odd ring: all of its pages.
+        let m = MemUse {
+            rx_base: 1,
+            tx_written: 1,
+            charge: 1,
+        };
+        assert_eq!(m.touched(FULL, None, 9999), Residual::run(16, 17));
+        let odd = Rings {
+            rx: 10_000,
+            tx: 10_000,
+        };
+        // The send ring starts in the receive ring's last page.
+        assert_eq!(m.touched(odd, Some(0), 10), Residual::run(0, 3));
+    }
+
+    #[test]
+    fn the_pools_pages_count_toward_the_marks() {
+        // 96 pages: pressure at 64.
+        let mut b = Budget::new(96 * PAGE, 40);
+        assert_eq!(b.pool_room(), Some(63));
+        b.open(FULL);
+        b.recharge(FULL, 0, 20);
+        b.set_pool(40, 30);
+        assert_eq!(b.pool_room(), Some(3));
+        let u = b.usage();
+        assert_eq!(
+            (u.committed, u.charged, u.warm),
+            (60 * PAGE, 60 * PAGE, 30 * PAGE)
+        );
+        assert!(!b.allows(FULL, 20, 25));
+        b.set_pool(44, 34);
+        assert!(b.under_pressure());
+        assert_eq!(b.pool_room(), None);
+        b.check([(FULL, 20)].into_iter(), 44, 34).unwrap();
+        assert!(b.check([(FULL, 20)].into_iter(), 44, 0).is_err());
+        b.set_pool(76, 76);
+        assert_eq!(b.admit(FULL), Err(Refusal::Memory));
+        b.check([(FULL, 20)].into_iter(), 76, 76).unwrap();
+        b.set_pool(77, 77);
+        assert!(
+            b.check([(FULL, 20)].into_iter(), 77, 77).is_err(),
+            "over the limit"
+        );
+    }
+
+    #[test]
     fn send_room_stops_at_the_allowed_pages() {
         let m = MemUse {
             rx_base: 1,
@@ -489,13 +650,13 @@ mod tests {
         assert_eq!(opened, 16);
         assert_eq!(b.admit(small), Err(Refusal::Memory));
         assert_eq!(b.usage().committed, b.usage().limit);
-        b.check(held.iter().copied()).unwrap();
+        b.check(held.iter().copied(), 0, 0).unwrap();
         // Handing pages back makes room again.
         let (rings, charge) = held.remove(0);
         b.recharge(rings, charge, 0);
         held.insert(0, (rings, 0));
         assert!(b.admit(small).is_ok());
-        b.check(held.iter().copied()).unwrap();
+        b.check(held.iter().copied(), 0, 0).unwrap();
         // The connection limit.
         let mut b = Budget::new(1 << 30, 1);
         b.open(FULL);

@@ -262,7 +262,7 @@ impl Stack {
         };
         let Some(listener) = self.sockets.listener_mut(l) else {
             drop(socket);
-            self.buffers.release(chunk);
+            self.release_chunk(chunk, Some(crate::buffer_pool::Residual::EMPTY));
             return;
         };
         listener.half_open += 1;

@@ -623,11 +623,21 @@ impl Stack {
                 self.buffers.leased()
             ));
         }
-        self.budget
-            .check(self.sockets.iter().filter_map(|(_, s)| match s {
+        let chunks = || {
+            self.sockets.iter().filter_map(|(_, s)| match s {
+                Socket::Tcp(c) => Some(c.chunk.as_ref().map_or(0, |ch| ch.residual_pages())),
+                _ => None,
+            })
+        };
+        self.buffers.check(chunks())?;
+        self.budget.check(
+            self.sockets.iter().filter_map(|(_, s)| match s {
                 Socket::Tcp(c) => Some((c.view().rings(), c.mem.charge)),
                 _ => None,
-            }))?;
+            }),
+            self.buffers.residual_pages(),
+            self.buffers.warm_pages(),
+        )?;
         // The charge is an upper bound of what the kernel backs.
         let resident = self.buffers.resident_bytes();
         if resident > self.budget.usage().charged {
@@ -881,8 +891,16 @@ impl Stack {
         // Under memory pressure idle buffers go back as soon as they are
         // empty.
         let mut limits = self.limits;
-        if self.budget.under_pressure() && limits.shrink_idle_after.is_some() {
-            limits.shrink_idle_after = Some(smoltcp::time::Duration::ZERO);
+        if self.budget.under_pressure() {
+            if self.buffers.warm_chunks() > 0 {
+                let n = self.buffers.drain_warm();
+                self.counters.tcp_buffers_warm_drained += n as u64;
+                self.budget
+                    .set_pool(self.buffers.residual_pages(), self.buffers.warm_pages());
+            }
+            if limits.shrink_idle_after.is_some() {
+                limits.shrink_idle_after = Some(smoltcp::time::Duration::ZERO);
+            }
         }
         let ours = match c.timers.check(now, &limits, &v, prev, released, rx_drained) {
             TimerVerdict::UserTimeout => {
@@ -910,8 +928,10 @@ impl Stack {
                     self.counters.tcp_fin_resent += 1;
                     self.link.emit(&c.key, &c.seq.segment(&v, TcpControl::Fin));
                 }
-                if let (true, Some(chunk)) = (shrink, &c.chunk) {
+                if let (true, Some(chunk)) = (shrink, &mut c.chunk) {
                     self.buffers.shrink(chunk);
+                    self.budget
+                        .set_pool(self.buffers.residual_pages(), self.buffers.warm_pages());
                     self.budget.recharge(v.rings(), c.mem.charge, 0);
                     c.mem.shrunk(c.seq.rcv_nxt(&v));
                     // A send the budget cut short may go on now.

@@ -12,7 +12,7 @@ use super::budget::{Refusal, Rings};
 use super::conn::{Cause, Phase, TcpConn};
 use super::socket_set::{Owner, Slab, Socket, SocketId};
 use super::{Stack, TcpState};
-use crate::buffer_pool::Chunk;
+use crate::buffer_pool::{Chunk, Residual};
 use crate::error::{ConnError, ConnectError, RecvError, SendError};
 use crate::port_table::{FlowKey, Protocol};
 
@@ -96,7 +96,7 @@ impl Stack {
         );
         if r.is_err() {
             drop(socket);
-            self.buffers.release(chunk);
+            self.release_chunk(chunk, Some(Residual::EMPTY));
             self.table.release(&key);
             return Err(ConnectError::AddrNotAvailable);
         }
@@ -300,8 +300,20 @@ impl Stack {
             tx: self.config.tcp_tx_buffer,
         });
         self.budget.admit(rings).map_err(NoSocket::Refused)?;
+        if self.budget.under_pressure() {
+            self.drain_warm_buffers();
+        }
         let chunk = match self.buffers.lease() {
-            Ok(c) => c,
+            Ok(c) => {
+                if c.residual_pages() > 0 {
+                    self.counters.tcp_buffers_warm_reused += 1;
+                    // Its pages move from the warm list to the leased
+                    // chunks: the pool holds as many as before.
+                    self.budget
+                        .set_pool(self.buffers.residual_pages(), self.buffers.warm_pages());
+                }
+                c
+            }
             Err(e) => {
                 debug!("no buffer memory: {e}");
                 self.counters.drop_no_buffers += 1;
@@ -354,12 +366,37 @@ impl Stack {
     /// Free a TCP connection's slot and give its buffer memory back.
     pub(super) fn free_tcp(&mut self, id: SocketId) {
         if let Some(Socket::Tcp(mut c)) = self.sockets.remove(id) {
-            self.budget.close(c.view().rings(), c.mem.charge);
+            let rings = c.view().rings();
+            self.budget.close(rings, c.mem.charge);
+            let touched = c.mem.touched(rings, c.seq.peer_isn, c.seq.peer_next);
             let chunk = c.chunk.take();
             drop(c);
             if let Some(chunk) = chunk {
-                self.buffers.release(chunk);
+                self.release_chunk(chunk, Some(touched));
             }
+        }
+    }
+
+    /// Give a chunk whose socket is gone back to the pool: kept warm if
+    /// the budget has room below the soft mark (see `buffer_pool`);
+    /// `touched` as [`BufferPool::release`](crate::buffer_pool::BufferPool::release) takes it.
+    pub(super) fn release_chunk(&mut self, chunk: Chunk, touched: Option<Residual>) {
+        let room = self.budget.pool_room();
+        if room.is_none() {
+            self.drain_warm_buffers();
+        }
+        self.buffers.release(chunk, touched, room);
+        self.budget
+            .set_pool(self.buffers.residual_pages(), self.buffers.warm_pages());
+    }
+
+    /// Under memory pressure: hand the warm chunks' pages back.
+    pub(super) fn drain_warm_buffers(&mut self) {
+        if self.buffers.warm_chunks() > 0 {
+            let n = self.buffers.drain_warm();
+            self.counters.tcp_buffers_warm_drained += n as u64;
+            self.budget
+                .set_pool(self.buffers.residual_pages(), self.buffers.warm_pages());
         }
     }
 

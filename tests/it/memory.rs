@@ -489,3 +489,160 @@ fn under_the_soft_mark_drained_megabyte_buffers_go_back_at_once() {
     assert!(resident_after <= after.charged);
     net.server().check_invariants().unwrap();
 }
+
+/// One short request/response connection: the client sends `req`, the
+/// server answers `resp` and both close; returns what each side read.
+fn short_exchange(
+    net: &mut Network,
+    l: ephemera::ListenerHandle,
+    req: &[u8],
+    resp: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let (c, s) = establish(net, l);
+    assert_eq!(net.client().send(c, req), Ok(req.len()));
+    let mut got_req = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    net.run_until(100_000, |n| {
+        while let Ok(k) = n.server().recv(s, &mut buf) {
+            got_req.extend_from_slice(&buf[..k]);
+        }
+        got_req.len() >= req.len()
+    })
+    .unwrap();
+    assert_eq!(net.server().send(s, resp), Ok(resp.len()));
+    net.server().close(s);
+    let mut got_resp = Vec::new();
+    net.run_until(100_000, |n| loop {
+        match n.client().recv(c, &mut buf) {
+            Ok(0) => return true,
+            Ok(k) => got_resp.extend_from_slice(&buf[..k]),
+            Err(RecvError::WouldBlock) => return false,
+            Err(e) => panic!("recv: {e}"),
+        }
+    })
+    .unwrap();
+    net.client().close(c);
+    net.run_for(Duration::from_millis(20), 10_000).unwrap();
+    (got_req, got_resp)
+}
+
+/// Short connections with the daemon's 1 MiB buffers reuse the buffers of
+/// closed ones while they are still backed (no `madvise` on close), the
+/// budget keeps counting those pages as an upper bound of what is
+/// resident, and every connection reads exactly its own octets, never a
+/// stale one from a connection that used the chunk before (each
+/// connection's request and response are shorter than the one before, in
+/// a new octet).
+#[test]
+fn short_connections_reuse_warm_buffers_and_read_only_their_own_data() {
+    let seed = 0x3a4e;
+    let _guard = SeedGuard("warm buffers", seed);
+    let big = |addr, seed| StackConfig {
+        tcp_rx_buffer: DAEMON_BUFFER,
+        tcp_tx_buffer: DAEMON_BUFFER,
+        ..config(addr, seed)
+    };
+    let mut net = pair(
+        LinkConfig::default(),
+        big(CLIENT, seed),
+        big(SERVER, seed + 1),
+    );
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    for i in 0..200usize {
+        let fill = (i % 250) as u8 + 1;
+        let req = vec![fill; 6000 - i * 20];
+        let resp = vec![fill.wrapping_add(1).max(1); 7000 - i * 20];
+        let (got_req, got_resp) = short_exchange(&mut net, l, &req, &resp);
+        assert!(got_req == req, "connection {i}: the request differs");
+        assert!(got_resp == resp, "connection {i}: the response differs");
+        for st in [net.node_ref(Server), net.node_ref(Client)] {
+            st.check_invariants().unwrap();
+            let b = st.budget();
+            assert!(st.buffer_resident_bytes() <= b.charged, "{b:?}");
+        }
+    }
+    for st in [net.node_ref(Server), net.node_ref(Client)] {
+        let c = st.counters();
+        assert!(c.tcp_buffers_warm_reused >= 190, "{c:?}");
+        assert_eq!(c.tcp_buffers_warm_drained, 0);
+        let b = st.budget();
+        // One warm chunk per connection open at once at most, each with
+        // the few pages a short exchange touches.
+        assert!(b.warm > 0 && b.warm <= 4 * 4096 * 4, "{b:?}");
+        assert!(
+            st.buffer_resident_bytes() >= b.warm,
+            "warm pages stay backed"
+        );
+    }
+}
+
+/// Under memory pressure the warm buffers go back to the kernel, and none
+/// is kept until the stack is below the soft mark again.
+#[test]
+fn memory_pressure_drains_the_warm_buffers() {
+    let seed = 0xd4a1;
+    let _guard = SeedGuard("warm buffers drained", seed);
+    // 320 pages: pressure from 213.
+    let server = StackConfig {
+        tcp_rx_buffer: DAEMON_BUFFER,
+        tcp_tx_buffer: DAEMON_BUFFER,
+        max_memory: 320 * 4096,
+        ..config(SERVER, seed + 1)
+    };
+    let mut net = pair(LinkConfig::default(), config(CLIENT, seed), server);
+    let l = net.server().listen(sa("0.0.0.0:80"), None).unwrap();
+    // Eight short connections open at once, then closed: eight warm chunks.
+    let open: Vec<_> = (0..8).map(|_| establish(&mut net, l)).collect();
+    for &(c, s) in &open {
+        net.client().send(c, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        net.run_for(Duration::from_millis(5), 10_000).unwrap();
+        let _ = read_all(net.server(), s);
+        net.server().send(s, &[7u8; 3000]).unwrap();
+        net.server().close(s);
+    }
+    net.run_for(Duration::from_millis(20), 10_000).unwrap();
+    for &(c, _) in &open {
+        let _ = read_all(net.client(), c);
+        net.client().close(c);
+    }
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    let warm = net.server().budget().warm;
+    assert!(warm >= 8 * 2 * 4096, "{:?}", net.server().budget());
+    net.server().check_invariants().unwrap();
+
+    // One connection fills its send buffer up to the soft mark: the warm
+    // chunks go back, and it fills the room they leave.
+    let (c, s) = establish(&mut net, l);
+    let reused = net.server().counters().tcp_buffers_warm_reused;
+    assert_eq!(reused, 1, "the new connection took a warm chunk");
+    for _ in 0..2 {
+        loop {
+            match net.server().send(s, &[9u8; 4096]) {
+                Ok(_) => {}
+                Err(SendError::WouldBlock) => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        net.run_for(Duration::from_millis(20), 10_000).unwrap();
+    }
+    let st = net.server();
+    let b = st.budget();
+    assert!(b.under_pressure(), "{b:?}");
+    assert_eq!(b.warm, 0, "drained: {b:?}");
+    assert_eq!(st.counters().tcp_buffers_warm_drained, 7);
+    assert!(st.buffer_resident_bytes() <= b.charged);
+    st.check_invariants().unwrap();
+    // Under pressure a closing connection's chunk is not kept warm.
+    let (c2, s2) = establish(&mut net, l);
+    net.client().send(c2, b"x").unwrap();
+    net.run_for(Duration::from_millis(5), 10_000).unwrap();
+    assert_eq!(read_all(net.server(), s2), b"x");
+    assert!(net.server().budget().under_pressure());
+    net.server().close(s2);
+    net.client().close(c2);
+    net.run_for(Duration::from_millis(50), 10_000).unwrap();
+    assert_eq!(net.server().budget().warm, 0);
+    assert_eq!(net.server().budget().connections, 1, "its chunk went back");
+    net.server().check_invariants().unwrap();
+    let _ = c;
+}
