@@ -99,6 +99,7 @@ pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
         b.max_connections,
         table.time_wait_flows(),
         table.config().max_time_wait,
+        b.warm,
     ];
     for (key, v) in BUDGET_KEYS.iter().zip(gauges) {
         map.insert(key.to_string(), u64::try_from(v).unwrap_or(u64::MAX));
@@ -108,8 +109,9 @@ pub fn counter_map(stack: &Stack) -> BTreeMap<String, u64> {
 
 /// The names of the limit gauges in the stats map: the memory budget's
 /// hard and soft marks, committed and charged memory (octets), open TCP
-/// connections and their limit, TIME-WAIT records and their cap.
-pub const BUDGET_KEYS: [&str; 8] = [
+/// connections and their limit, TIME-WAIT records and their cap, and the
+/// part of committed memory kept warm for the next connections.
+pub const BUDGET_KEYS: [&str; 9] = [
     "budget_memory_limit",
     "budget_memory_pressure",
     "budget_memory_committed",
@@ -118,6 +120,7 @@ pub const BUDGET_KEYS: [&str; 8] = [
     "budget_max_connections",
     "budget_time_wait",
     "budget_max_time_wait",
+    "budget_memory_warm",
 ];
 
 /// The limits and their use, as `ephemera ports --stats` heads its
@@ -125,14 +128,19 @@ pub const BUDGET_KEYS: [&str; 8] = [
 /// daemon).
 pub fn format_budget(stats: &BTreeMap<String, u64>) -> Option<String> {
     let get = |i: usize| stats.get(BUDGET_KEYS[i]).copied();
-    let [limit, pressure, committed, charged, conns, max_conns, tw, max_tw] =
+    let [limit, pressure, committed, charged, conns, max_conns, tw, max_tw, warm] =
         std::array::from_fn(get);
     let mut out = format!(
-        "memory: {} committed of {} ({}%), {} buffers charged; pressure above {}{}\n",
+        "memory: {} committed of {} ({}%), {} buffers charged{}; pressure above {}{}\n",
         size(committed?),
         size(limit?),
         committed? * 100 / limit?.max(1),
         size(charged?),
+        // An older daemon keeps nothing warm.
+        match warm {
+            Some(w) if w > 0 => format!(" ({} warm)", size(w)),
+            _ => String::new(),
+        },
         size(pressure?),
         if committed? >= pressure? {
             " (under pressure)"
@@ -403,6 +411,7 @@ pub(crate) mod tests {
             147_456,
             3,
             65_536,
+            0,
         ];
         for (k, v) in BUDGET_KEYS.iter().zip(gauges) {
             c.insert(k.to_string(), v);
@@ -411,6 +420,15 @@ pub(crate) mod tests {
             format_budget(&c).unwrap(),
             "memory: 1.5 GiB committed of 3.0 GiB (50%), 1.0 MiB buffers charged; pressure above 2.0 GiB\n\
              connections: 12 of 147456; TIME-WAIT: 3 of 65536\n"
+        );
+        c.insert(BUDGET_KEYS[8].to_string(), 24 << 10);
+        assert!(format_budget(&c)
+            .unwrap()
+            .contains("1.0 MiB buffers charged (24.0 KiB warm); pressure"));
+        c.remove(BUDGET_KEYS[8]);
+        assert!(
+            format_budget(&c).is_some(),
+            "an older daemon keeps none warm"
         );
         c.insert(BUDGET_KEYS[2].to_string(), 2 << 30);
         assert!(format_budget(&c).unwrap().contains("(under pressure)"));
