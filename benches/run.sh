@@ -26,7 +26,7 @@ probe before > "$OUT/probe.tsv"
 cargo bench --bench segment --bench port_table
 cargo bench --bench memory > "$OUT/memory.tsv"
 cargo bench --bench outbound | sed -n '/^## Outbound scale/,$p' > "$OUT/outbound.md"
-cargo bench --bench steering | sed -n "/^
+cargo bench --bench steering | sed -n '/^## Steering cost/,$p' > "$OUT/steering.md"
 probe after >> "$OUT/probe.tsv"
 if [ "${E2E:-0}" = 1 ]; then
     cargo build --release --bin ephemera
