@@ -38,8 +38,14 @@ pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usi
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     let mut fds = [interest(fd, false)];
     poll(&mut fds, timeout)?;
+    Ok(readable(&fds[0]))
+}
+
+/// Whether the last [`poll`] found `fd` readable (or hung up, or in
+/// error: a read will then say what happened).
+pub fn readable(fd: &PollFd<'_>) -> bool {
     let ready = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-    Ok(fds[0].revents().is_some_and(|r| r.intersects(ready)))
+    fd.revents().is_some_and(|r| r.intersects(ready))
 }
 
 /// `poll(2)`'s timeout: none for `None`, whole milliseconds rounded up,

@@ -293,6 +293,10 @@ pub struct Shard {
     buf: Vec<u8>,
     counters: HandoffCounters,
     lead: Option<Lead>,
+    /// Whether the inbox's eventfd may be readable: true until a poll
+    /// found it not, so the loop reads and locks the inbox only when
+    /// another shard has pushed (the eventfd stays readable until taken).
+    inbox_ready: bool,
 }
 
 impl Shard {
@@ -314,6 +318,7 @@ impl Shard {
             buf: vec![0u8; tun::MAX_PACKET],
             counters: HandoffCounters::default(),
             lead,
+            inbox_ready: true,
         }
     }
 
@@ -569,7 +574,7 @@ impl Shard {
             // now, which the services read for their idle timeouts.
             self.transmit();
             self.read_tun()?;
-            if self.serve_inbox(&mut deadline) {
+            if std::mem::take(&mut self.inbox_ready) && self.serve_inbox(&mut deadline) {
                 break;
             }
             self.dispatch_events();
@@ -648,6 +653,8 @@ impl Shard {
                 lead.control.poll_fds(&mut fds);
             }
             poll::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
+            // fds[1] is the inbox.
+            self.inbox_ready = poll::readable(&fds[1]);
         }
         if self.index == 0 {
             if let Some(pcap) = &self.shared.pcap {
