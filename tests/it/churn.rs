@@ -111,46 +111,7 @@ fn a_million_cycles_leave_nothing_behind() {
         }
         net.step();
 
-        let server = net.server();
-        while let Some(ev) = server.poll_event() {
-            match ev {
-                Event::Incoming(_) => {
-                    while let Ok(s) = server.accept(l) {
-                        servers.insert(s, 0);
-                    }
-                }
-                Event::Tcp(s) => {
-                    let Some(got) = servers.get_mut(&s) else {
-                        continue;
-                    };
-                    loop {
-                        match server.recv(s, &mut buf) {
-                            Ok(0) => {
-                                assert_eq!(*got, MSG, "server saw EOF early");
-                                server.close(s);
-                                servers.remove(&s);
-                                break;
-                            }
-                            Ok(n) => {
-                                // Echo it back as it comes.
-                                assert_eq!(
-                                    server.send(s, &buf[..n]),
-                                    Ok(n),
-                                    "now {} state {:?} {:?}",
-                                    server.now(),
-                                    server.tcp_state(s),
-                                    server.counters()
-                                );
-                                *got += n;
-                            }
-                            Err(RecvError::WouldBlock) => break,
-                            Err(e) => panic!("server recv: {e}"),
-                        }
-                    }
-                }
-                Event::Udp(_) => {}
-            }
-        }
+        echo_server_turn(net.server(), l, &mut servers, &mut buf, MSG);
 
         let client = net.client();
         while let Some(ev) = client.poll_event() {

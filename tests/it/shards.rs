@@ -570,38 +570,7 @@ fn churn_across_four_shards_leaves_nothing_behind() {
         }
         h.net.step();
 
-        let server = h.net.stack(peer);
-        while let Some(ev) = server.poll_event() {
-            match ev {
-                Event::Incoming(_) => {
-                    while let Ok(s) = server.accept(l) {
-                        servers.insert(s, 0);
-                    }
-                }
-                Event::Tcp(s) => {
-                    let Some(got) = servers.get_mut(&s) else {
-                        continue;
-                    };
-                    loop {
-                        match server.recv(s, &mut buf) {
-                            Ok(0) => {
-                                assert_eq!(*got, MSG, "server saw EOF early");
-                                server.close(s);
-                                servers.remove(&s);
-                                break;
-                            }
-                            Ok(k) => {
-                                assert_eq!(server.send(s, &buf[..k]), Ok(k));
-                                *got += k;
-                            }
-                            Err(RecvError::WouldBlock) => break,
-                            Err(e) => panic!("server recv: {e}"),
-                        }
-                    }
-                }
-                Event::Udp(_) => {}
-            }
-        }
+        echo_server_turn(h.net.stack(peer), l, &mut servers, &mut buf, MSG);
 
         for &at in &h.ids {
             let client = h.net.stack(at);

@@ -4,8 +4,9 @@
 //! [`accept_until`]), segments built and read with `ephemera::wire`
 //! ([`tcp`], [`Seg`], [`tap_segments`]), one stack driven by hand-built
 //! segments ([`drain_until`], [`handshake`]), the stream hash ([`Fnv`]),
-//! the seed printed on failure ([`SeedGuard`]), and the checks that
-//! ephemeral ports are unpredictable ([`assert_ports_unpredictable`]).
+//! the seed printed on failure ([`SeedGuard`]), the checks that
+//! ephemeral ports are unpredictable ([`assert_ports_unpredictable`]), and
+//! an echo server's turn ([`echo_server_turn`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use ephemera::device::virtual_link::{LinkConfig, Network};
 use ephemera::wire::build::{Ipv4, Ipv6, Tcp};
 use ephemera::wire::{protocol, TcpFlags, TcpView};
-use ephemera::{Duration, Instant, ListenerHandle, Stack, StackConfig, TcpHandle, TcpState};
+use ephemera::{
+    Duration, Event, Instant, ListenerHandle, RecvError, Stack, StackConfig, TcpHandle, TcpState,
+};
 
 /// The client's address.
 pub const CLIENT: &str = "10.0.0.1";
@@ -419,4 +422,55 @@ pub fn assert_ports_unpredictable(what: &str, dests: &[SocketAddr], seqs: &[Vec<
         r.abs() < limit,
         "{what}: correlation of steps {r:.4} (limit {limit:.4})"
     );
+}
+
+/// One turn of an echo server on `server`: accept what `l` has queued,
+/// echo back whatever each connection in `servers` received (its count of
+/// bytes so far), and close a connection at its client's EOF, which must
+/// come after exactly `msg` bytes. `buf` is scratch space.
+pub fn echo_server_turn(
+    server: &mut Stack,
+    l: ListenerHandle,
+    servers: &mut HashMap<TcpHandle, usize>,
+    buf: &mut [u8],
+    msg: usize,
+) {
+    while let Some(ev) = server.poll_event() {
+        match ev {
+            Event::Incoming(_) => {
+                while let Ok(s) = server.accept(l) {
+                    servers.insert(s, 0);
+                }
+            }
+            Event::Tcp(s) => {
+                let Some(got) = servers.get_mut(&s) else {
+                    continue;
+                };
+                loop {
+                    match server.recv(s, buf) {
+                        Ok(0) => {
+                            assert_eq!(*got, msg, "server saw EOF early");
+                            server.close(s);
+                            servers.remove(&s);
+                            break;
+                        }
+                        Ok(n) => {
+                            assert_eq!(
+                                server.send(s, &buf[..n]),
+                                Ok(n),
+                                "now {} state {:?} {:?}",
+                                server.now(),
+                                server.tcp_state(s),
+                                server.counters()
+                            );
+                            *got += n;
+                        }
+                        Err(RecvError::WouldBlock) => break,
+                        Err(e) => panic!("server recv: {e}"),
+                    }
+                }
+            }
+            Event::Udp(_) => {}
+        }
+    }
 }

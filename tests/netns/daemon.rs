@@ -585,18 +585,12 @@ print(socks[:4].hex())
     assert_eq!(lines[0], "HTTP/1.1 400 Bad Request");
     // Method reply 05 00, then reply 05 07: command not supported.
     assert_eq!(lines[1], "05000507");
-    let out = ns.run(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://10.7.0.2/",
-    ]);
-    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+    assert_eq!(
+        ns.http_status("http://10.7.0.2/"),
+        "200",
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -746,18 +740,12 @@ fn bad_input_fails_in_one_line_and_leaves_no_interface_behind() {
     assert!(e.contains("in use") && e.contains("--control"), "{e}");
     assert_eq!(ns.links(), ["lo", "eph0"]);
     // And the first daemon serves on.
-    let out = ns.run(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://10.7.0.2/",
-    ]);
-    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+    assert_eq!(
+        ns.http_status("http://10.7.0.2/"),
+        "200",
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]

@@ -226,6 +226,23 @@ impl Netns {
         std::fs::read(&got).unwrap()
     }
 
+    /// `curl`'s HTTP status for a GET of `url` in the namespace, the body
+    /// thrown away ("000" when no response came within ten seconds).
+    pub(crate) fn http_status(&self, url: &str) -> String {
+        let out = self.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ]);
+        text(&out.stdout)
+    }
+
     /// Give what `ip netns exec` runs here its own `/etc/FILE`:
     /// `ip netns exec` bind-mounts `/etc/netns/NS/FILE` over it (the host's
     /// file is untouched, and ours is removed on drop). Returns whether the
