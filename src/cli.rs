@@ -130,6 +130,11 @@ pub struct UpArgs {
     /// 4-tuple (2*MSL, RFC 9293 section 3.6.1); 0 skips TIME-WAIT.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = parse_time_wait)]
     pub time_wait: u64,
+    /// Most connections in TIME-WAIT at once (Linux's tcp_max_tw_buckets); one that
+    /// closes at the cap skips TIME-WAIT, its 4-tuple freed at once and counted
+    /// (tcp_time_wait_overflow). With --queues N each queue keeps N-th of it.
+    #[arg(long, value_name = "N", default_value_t = ephemera::port_table::DEFAULT_MAX_TIME_WAIT, value_parser = parse_max_time_wait)]
+    pub max_time_wait: usize,
     /// When a listener answers a SYN with a SYN cookie instead of keeping a half-open
     /// connection (RFC 4987 section 3.6): auto (under a SYN flood, when the half-open
     /// queue is full), always, or never [default: auto].
@@ -464,6 +469,16 @@ pub fn parse_max_connections(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(n),
         _ => Err(format!(
             "{s:?} is not a connection limit (1-{MAX_CONNECTIONS})"
+        )),
+    }
+}
+
+/// A cap on TIME-WAIT records, 1 to [`MAX_CONNECTIONS`].
+pub fn parse_max_time_wait(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a TIME-WAIT cap (1-{MAX_CONNECTIONS}; --time-wait 0 skips TIME-WAIT)"
         )),
     }
 }
@@ -1027,6 +1042,11 @@ mod tests {
         }
         assert_eq!(parse_max_connections("20000"), Ok(20_000));
         assert!(parse_max_connections("0").is_err() && parse_max_connections("99999999").is_err());
+        assert_eq!(parse_max_time_wait("3"), Ok(3));
+        assert_eq!(parse_max_time_wait("16777216"), Ok(MAX_CONNECTIONS));
+        for bad in ["0", "-1", "16777217", "lots", ""] {
+            assert!(parse_max_time_wait(bad).is_err(), "{bad:?}");
+        }
         assert!(parse_backlog("0").is_err() && parse_backlog("-1").is_err());
         assert_eq!(parse_ifname("tun0"), Ok("tun0".into()));
         assert!(
@@ -1104,6 +1124,8 @@ mod tests {
             "256M",
             "--max-connections",
             "5000",
+            "--max-time-wait",
+            "100",
         ])
         .unwrap();
         assert!(a.validate().is_ok());
@@ -1116,6 +1138,7 @@ mod tests {
         assert!(a.no_configure);
         assert!(a.no_offload);
         assert_eq!(a.syn_cookies, Some(ephemera::SynCookies::Always));
+        assert_eq!(a.max_time_wait, 100);
 
         let a = up(&[
             "--tun",

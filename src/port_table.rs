@@ -234,6 +234,9 @@ pub struct PortTableConfig {
     pub max_time_wait: usize,
 }
 
+/// [`PortTableConfig::max_time_wait`]'s default.
+pub const DEFAULT_MAX_TIME_WAIT: usize = 65_536;
+
 impl Default for PortTableConfig {
     fn default() -> Self {
         PortTableConfig {
@@ -241,7 +244,7 @@ impl Default for PortTableConfig {
             time_wait: Duration::from_secs(60),
             max_step: 500,
             shard: ShardId::SOLE,
-            max_time_wait: 65_536,
+            max_time_wait: DEFAULT_MAX_TIME_WAIT,
         }
     }
 }

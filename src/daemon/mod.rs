@@ -385,6 +385,7 @@ pub fn run(args: &UpArgs) -> Result<(), String> {
         ports: PortTableConfig {
             ephemeral: args.ephemeral_range.into(),
             time_wait: std::time::Duration::from_secs(args.time_wait),
+            max_time_wait: args.max_time_wait,
             ..PortTableConfig::default()
         },
         backlog: args.backlog.unwrap_or(StackConfig::default().backlog),

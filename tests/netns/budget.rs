@@ -1,5 +1,6 @@
-//! `ephemera up` under slow clients: the memory budget holds for the real
-//! daemon, measured from its `/proc` status.
+//! `ephemera up` at its limits: the memory budget holds for the real
+//! daemon under slow clients, measured from its `/proc` status, and the
+//! TIME-WAIT cap frees what closes beyond it.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -130,4 +131,51 @@ fn twenty_thousand_clients_that_never_read_stay_under_the_budget() {
     let s = daemon.stats();
     assert!(s["budget_memory_committed"] as usize <= BUDGET);
     assert!(ns.children[daemon.index].try_wait().unwrap().is_none());
+}
+
+#[test]
+fn time_wait_cap_frees_what_closes_beyond_it_and_counts_it() {
+    let test = "time_wait_cap_frees_what_closes_beyond_it_and_counts_it";
+    let Some(mut ns) = Netns::new(test) else {
+        return;
+    };
+    const CAP: u64 = 3;
+    const N: u64 = 8;
+    let daemon = ns.start_daemon(&["--http", "80", "--max-time-wait", &CAP.to_string()]);
+    for i in 0..N {
+        // Asked to close, the server closes first, so its side of each
+        // connection ends in TIME-WAIT.
+        let out = ns.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Connection: close",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.7.0.2/",
+        ]);
+        assert_eq!(text(&out.stdout), "200", "request {i}: {}", daemon.log());
+    }
+    // The clients' last ACKs may still be on their way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = daemon.stats();
+        if s["budget_time_wait"] + s["tcp_time_wait_overflow"] >= N || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    say(&format!(
+        "{test}: {N} closes, {} in TIME-WAIT of at most {}, {} over the cap",
+        s["budget_time_wait"], s["budget_max_time_wait"], s["tcp_time_wait_overflow"]
+    ));
+    assert_eq!(s["budget_max_time_wait"], CAP, "{s:?}");
+    assert_eq!(s["budget_time_wait"], CAP, "{s:?}");
+    assert_eq!(s["tcp_time_wait_overflow"], N - CAP, "{s:?}");
+    // Those beyond the cap were freed at once, not left open.
+    assert_eq!(s["budget_connections"], 0, "{s:?}");
 }
