@@ -166,11 +166,44 @@ impl Stack {
     /// Read received data into `buf`. `Ok(0)` is end of stream (the peer
     /// sent FIN and everything before it has been read).
     pub fn recv(&mut self, h: TcpHandle, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let wanted = !buf.is_empty();
+        self.recv_with(h, wanted, |s| s.recv_slice(buf))
+    }
+
+    /// Consume up to `max` received octets without copying them anywhere,
+    /// as `recv(2)` with `MSG_TRUNC` does on a TCP socket: for a reader
+    /// that drops what it reads (discard). Everything else is `recv`'s:
+    /// the octets count as read, the window reopens, `Ok(0)` is end of
+    /// stream and the errors are the same.
+    pub fn recv_discard(&mut self, h: TcpHandle, max: usize) -> Result<usize, RecvError> {
+        self.recv_with(h, max > 0, |s| {
+            // The ring's octets lie in at most two runs (it wraps).
+            let mut left = max;
+            let mut take = |run: &mut [u8]| {
+                let n = run.len().min(left);
+                left -= n;
+                (n, n)
+            };
+            let first = s.recv(&mut take)?;
+            let second = s.recv(&mut take).unwrap_or(0);
+            Ok(first + second)
+        })
+    }
+
+    /// What `recv` and `recv_discard` share: `dequeue` takes octets out of
+    /// the socket's ring and says how many; `wanted` is whether the caller
+    /// asked for any (a zero-length read is not "no data yet").
+    fn recv_with(
+        &mut self,
+        h: TcpHandle,
+        wanted: bool,
+        dequeue: impl FnOnce(&mut tcp::Socket<'static>) -> Result<usize, tcp::RecvError>,
+    ) -> Result<usize, RecvError> {
         let c = self.sockets.owned_mut(h).ok_or(RecvError::InvalidHandle)?;
         let state = c.socket().state();
         let error = c.error;
-        match c.socket_mut().recv_slice(buf) {
-            Ok(0) if !buf.is_empty() => match error {
+        match dequeue(c.socket_mut()) {
+            Ok(0) if wanted => match error {
                 Some(e) => Err(e.into()),
                 None if matches!(state, TcpState::Closed) => Err(RecvError::NotConnected),
                 None => Err(RecvError::WouldBlock),
@@ -445,7 +478,7 @@ mod tests {
 
     use super::*;
     use crate::device::virtual_link::{LinkConfig, Network};
-    use crate::{CongestionControl, Instant, StackConfig};
+    use crate::{CongestionControl, Duration, Instant, StackConfig};
 
     /// The configured controller is on both ends of a connection: the one
     /// `connect` opened and the one a listener accepted.
@@ -487,5 +520,183 @@ mod tests {
                 "{cc}"
             );
         }
+    }
+
+    /// How the reading side takes its data in the tests below.
+    #[derive(Copy, Clone, Debug)]
+    enum Read {
+        /// `recv` into a buffer of this size.
+        Copy(usize),
+        /// `recv_discard` of at most this many.
+        Discard(usize),
+    }
+
+    impl Read {
+        fn call(self, st: &mut Stack, h: TcpHandle) -> Result<usize, RecvError> {
+            match self {
+                Read::Copy(n) => st.recv(h, &mut vec![0; n]),
+                Read::Discard(n) => st.recv_discard(h, n),
+            }
+        }
+    }
+
+    /// Two stacks on a 1 ms link, the server (1) with a small receive
+    /// ring so that a transfer wraps it and closes its window; an
+    /// established connection from 0 to 1 and its accepted end.
+    fn connected(rx_ring: usize) -> (Network, TcpHandle, TcpHandle) {
+        let mut net = Network::new(LinkConfig::default());
+        let t0 = Instant::from_millis(0);
+        for (i, addr) in ["10.0.0.1", "10.0.0.2"].into_iter().enumerate() {
+            let ip: IpAddr = addr.parse().unwrap();
+            let config = StackConfig {
+                addrs: vec![(ip, 24)],
+                tcp_rx_buffer: rx_ring,
+                seed: Some(i as u64),
+                ..StackConfig::default()
+            };
+            net.add(Stack::new(config, t0).unwrap(), &[ip]);
+        }
+        let at: SocketAddr = "10.0.0.2:9".parse().unwrap();
+        let l = net.stack(1).listen(at, None).unwrap();
+        let client = net.stack(0).connect(at).unwrap();
+        let mut server = None;
+        net.run_until(1000, |n| {
+            server = server.or_else(|| n.stack(1).accept(l).ok());
+            server.is_some() && n.stack(0).tcp_state(client) == Some(TcpState::Established)
+        })
+        .unwrap();
+        (net, client, server.unwrap())
+    }
+
+    /// Send `total` octets from 0 to 1 and close, the server reading with
+    /// `read` after every step; every result the server saw, in order.
+    fn transfer(read: Read, total: usize) -> Vec<Result<usize, RecvError>> {
+        let (mut net, client, server) = connected(4096);
+        let data: Vec<u8> = (0..total).map(|i| i as u8).collect();
+        let (mut sent, mut closed) = (0, false);
+        let mut seen = Vec::new();
+        net.run_until(100_000, |n| {
+            if sent < total {
+                sent += n.stack(0).send(client, &data[sent..]).unwrap_or(0);
+            } else if !closed {
+                n.stack(0).close(client);
+                closed = true;
+            }
+            loop {
+                let r = read.call(n.stack(1), server);
+                seen.push(r);
+                if !matches!(r, Ok(k) if k > 0) {
+                    break;
+                }
+            }
+            seen.last() == Some(&Ok(0))
+        })
+        .unwrap();
+        // End of stream stays end of stream.
+        seen.push(read.call(net.stack(1), server));
+        seen
+    }
+
+    /// Consumed without a copy, the data arrives as `recv` reads it: the
+    /// same amounts, call for call, across wraps of the ring and windows
+    /// closed and reopened, then end of stream, twice.
+    #[test]
+    fn recv_discard_reads_what_recv_reads() {
+        let total = 50_000;
+        for max in [1000, 3000, 4096, 1 << 20] {
+            let copied = transfer(Read::Copy(max), total);
+            let dropped = transfer(Read::Discard(max), total);
+            assert_eq!(copied, dropped, "reads of at most {max}");
+            let got: usize = dropped.iter().map(|r| r.unwrap_or(0)).sum();
+            assert_eq!(got, total, "reads of at most {max}");
+            assert!(dropped.iter().all(|r| match r {
+                Ok(k) => *k <= max,
+                Err(e) => *e == RecvError::WouldBlock,
+            }));
+            assert_eq!(dropped[dropped.len() - 2..], [Ok(0), Ok(0)]);
+        }
+        // No limit empties the ring in one call, wrapped or not.
+        let dropped = transfer(Read::Discard(usize::MAX), total);
+        assert!(dropped.contains(&Ok(4096)));
+    }
+
+    /// A window closed by a full ring reopens when the ring is consumed:
+    /// the window update leaves at once, not after a persist probe, and
+    /// the data behind it arrives one round trip later.
+    #[test]
+    fn recv_discard_reopens_a_closed_window() {
+        for read in [Read::Copy(1 << 20), Read::Discard(usize::MAX)] {
+            let (mut net, client, server) = connected(4096);
+            let data = vec![7u8; 20_000];
+            let mut sent = net.stack(0).send(client, &data).unwrap();
+            // Fill the ring; the client holds the rest.
+            net.run_for(Duration::from_millis(50), 100_000).unwrap();
+            assert!(net.stack(0).send_queue(client) > 0, "{read:?}");
+            assert_eq!(read.call(net.stack(1), server), Ok(4096), "{read:?}");
+            assert_eq!(
+                read.call(net.stack(1), server),
+                Err(RecvError::WouldBlock),
+                "{read:?}"
+            );
+            let t = net.now();
+            let mut more = 0;
+            net.run_until(100_000, |n| {
+                sent += n.stack(0).send(client, &data[sent..]).unwrap_or(0);
+                more += read.call(n.stack(1), server).unwrap_or(0);
+                more > 0
+            })
+            .unwrap();
+            // One round trip on a 1 ms link, plus the stacks' turns.
+            let waited = net.now() - t;
+            assert!(waited <= Duration::from_millis(3), "{read:?}: {waited}");
+        }
+    }
+
+    /// The errors are `recv`'s: no data yet, not yet connected, a reset,
+    /// a stale handle; and a read of nothing is `Ok(0)` for both.
+    #[test]
+    fn recv_discard_fails_as_recv_fails() {
+        for read in [Read::Copy(100), Read::Discard(100)] {
+            let (mut net, client, server) = connected(4096);
+            assert_eq!(read.call(net.stack(1), server), Err(RecvError::WouldBlock));
+            // Opening: smoltcp is in SYN-SENT.
+            let at: SocketAddr = "10.0.0.2:10".parse().unwrap();
+            let opening = net.stack(0).connect(at).unwrap();
+            assert_eq!(read.call(net.stack(0), opening), Err(RecvError::WouldBlock));
+            // Refused: nobody listens on port 10.
+            net.run_for(Duration::from_millis(20), 10_000).unwrap();
+            assert_eq!(
+                read.call(net.stack(0), opening),
+                Err(RecvError::ConnectionRefused),
+                "{read:?}"
+            );
+            // Reset by the peer with data still unread: the data, then
+            // the error.
+            net.stack(0).send(client, b"unread").unwrap();
+            net.run_for(Duration::from_millis(5), 10_000).unwrap();
+            net.stack(0).abort(client);
+            net.run_for(Duration::from_millis(5), 10_000).unwrap();
+            assert_eq!(read.call(net.stack(1), server), Ok(6), "{read:?}");
+            assert_eq!(
+                read.call(net.stack(1), server),
+                Err(RecvError::ConnectionReset),
+                "{read:?}"
+            );
+            net.stack(1).close(server);
+            assert_eq!(
+                read.call(net.stack(1), server),
+                Err(RecvError::InvalidHandle),
+                "{read:?}"
+            );
+        }
+        let (mut net, client, server) = connected(4096);
+        net.stack(0).send(client, b"abc").unwrap();
+        net.run_for(Duration::from_millis(5), 10_000).unwrap();
+        assert_eq!(net.stack(1).recv(server, &mut []), Ok(0));
+        assert_eq!(net.stack(1).recv_discard(server, 0), Ok(0));
+        assert_eq!(net.stack(1).recv_discard(server, 2), Ok(2));
+        let mut rest = [0; 8];
+        assert_eq!(net.stack(1).recv(server, &mut rest), Ok(1));
+        assert_eq!(rest[0], b'c');
     }
 }

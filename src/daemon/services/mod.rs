@@ -532,7 +532,7 @@ impl Services {
                 s.pump(stack, scratch, &mut page)
             }
             Session::Echo(s) => s.pump(stack, scratch),
-            Session::Discard(h) => discard::pump(stack, *h, scratch),
+            Session::Discard(h) => discard::pump(stack, *h),
             Session::Resolving(f) => f.pump(stack),
             Session::Socks(s) => {
                 let mut ctx = socks::Ctx {
