@@ -6,8 +6,9 @@
 #   benches/e2e.sh [path/to/ephemera] > e2e.tsv
 #
 # Needs root, iproute2, curl, nginx, iperf3, socat, ab (apache2-utils), wrk,
-# python3 (to read iperf3's and cargo's JSON), and cargo for smoltcp's own
-# example. Progress goes to stderr; stdout is the table perf_report reads:
+# python3 (the upload client; it also reads iperf3's and cargo's JSON), and
+# cargo for smoltcp's own example. Progress goes to stderr; stdout is the
+# table perf_report reads:
 #
 #   meta<TAB>KEY<TAB>VALUE
 #   series<TAB>ID<TAB>UNIT<TAB>MEDIAN<TAB>MIN<TAB>MAX<TAB>SAMPLE SAMPLE ...
@@ -43,9 +44,11 @@
 #                                       iperf3 single stream over veth, -n
 #                                       E2E_BYTES; "up" is client to server,
 #                                       "down" is -R; the receiver's rate
-#   upload.{eph,kernel}                 socat sends E2E_BYTES to ephemera's
-#       --discard, or to a socat sink over veth, then waits for the sink to
-#       close (which it does after the last byte); timed around the client
+#   upload.{eph,kernel}                 a client sends E2E_BYTES with
+#       sendfile(2) (python3's os.sendfile, from the page cache, no copy in
+#       the client) to ephemera's --discard, or to a socat sink over veth,
+#       then waits for the sink to close (which it does after the last
+#       byte); timed in the client, from before connect to the close
 #   relay.{eph,kernel}.{up,down}        iperf3 through ephemera --forward, or
 #       through a socat relay (TCP-LISTEN,fork -> TCP) in KA with client and
 #       server in KB
@@ -172,9 +175,6 @@ trap 'exit 129' HUP
 record() { # id value: one sample of a series
     echo "$2" >> "$TMP/samples/$1"
 }
-mbps() { # bytes nanoseconds -> MB/s
-    awk -v b="$1" -v ns="$2" 'BEGIN {printf "%.0f", b * 1e3 / ns}'
-}
 
 wait_listen() { # ns addr port [log]: until something listens there
     for _ in $(seq 100); do
@@ -255,22 +255,13 @@ EOF
     record "$id" "$out"
 }
 
-upload() { # id ns host port: socat sends N bytes, then waits for the sink's FIN; MB/s
-    local id=$1 ns=$2 host=$3 port=$4 t0 t1 rc=0
-    t0=$(date +%s%N)
-    # File to the socket, socket to /dev/null. After the file's EOF socat
-    # shuts down its sending side and reads until the sink closes; the
-    # sink closes after reading the last byte, so the clock stops when
-    # everything has arrived, not when it has been queued.
-    ip netns exec "$ns" timeout 300 socat -d -d -b 1048576 -t 60 \
-        "OPEN:$FILE,rdonly!!OPEN:/dev/null,wronly" "TCP:$host:$port" 2>"$TMP/socat.log" || rc=$?
-    t1=$(date +%s%N)
-    [ "$rc" = 0 ] || { tail -n 3 "$TMP/socat.log" >&2; fail "$id: socat to $host:$port exited $rc"; }
-    # Without the sink's close socat gives up after -t and exits 0 all
-    # the same; only its log tells.
-    grep -q 'socket 2 (fd [0-9]*) is at EOF' "$TMP/socat.log" ||
-        fail "$id: $host:$port did not close after the upload; it may not have taken all $N bytes"
-    record "$id" "$(mbps "$N" $((t1 - t0)))"
+upload() { # id ns host port: a sendfile(2) client sends N bytes, then waits for the sink's FIN; MB/s
+    local id=$1 ns=$2 host=$3 port=$4 rc=0 out
+    out=$(ip netns exec "$ns" timeout 300 python3 "$TMP/sendfile.py" "$host" "$port" "$FILE" 2>&1) ||
+        rc=$?
+    [ "$rc" = 0 ] || fail "$id: upload to $host:$port: ${out:-exit $rc}"
+    [[ $out =~ ^[0-9]+$ ]] || fail "$id: upload to $host:$port: the client printed '$out'"
+    record "$id" "$out"
 }
 
 ab_run() { # id ns url: connections/s, p50 and p99 in ms
@@ -394,7 +385,10 @@ stop_pid() { # pid [signal]: stop a process this script started, and forget it
 run_ephemera() { # mtu [extra flags...]
     local mtu=$1
     shift
-    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" "$@" \
+    # Its own control socket: the default path is per TUN name, and a
+    # daemon on another namespace's tun0 (a test) would hold it.
+    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" \
+        --control "$TMP/control.sock" "$@" \
         >"$TMP/ephemera-$mtu.log" 2>&1 &
     EPID=$!
     PIDS+=($EPID)
@@ -458,6 +452,39 @@ FILE=$TMP/www/bytes/$N
 head -c "$N" /dev/zero >"$FILE"
 head -c 100 /dev/zero >"$TMP/www/bytes/100"
 chmod -R a+rX "$TMP/www"
+# The upload client: the file goes from the page cache to the socket with
+# sendfile(2), as nginx sends (`sendfile on`), so the client never copies
+# a byte and the receiving stack is what is measured. Its clock starts
+# before connect and stops when the sink's close arrives, which comes only
+# after the sink has read the last byte: delivery, not queueing. Prints
+# MB/s; any error (refused, reset, a short send, 60 s without progress)
+# exits non-zero with the reason.
+cat >"$TMP/sendfile.py" <<'EOF'
+import os, socket, struct, sys, time
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+size = os.path.getsize(path)
+with open(path, "rb") as f:
+    t0 = time.monotonic_ns()
+    s = socket.create_connection((host, port), timeout=60)
+    # Blocking from here (Python's own timeout makes the socket
+    # non-blocking, and os.sendfile would stop at EAGAIN); the kernel
+    # gives up after 60 s without progress instead.
+    s.settimeout(None)
+    limit = struct.pack("ll", 60, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sent = 0
+    while sent < size:
+        n = os.sendfile(s.fileno(), f.fileno(), sent, size - sent)
+        if n == 0:
+            sys.exit("the file ended after %d of %d bytes" % (sent, size))
+        sent += n
+    s.shutdown(socket.SHUT_WR)
+    if s.recv(1):
+        sys.exit("the sink sent data")
+    t1 = time.monotonic_ns()
+print("%.0f" % (size * 1e3 / (t1 - t0)))
+EOF
 
 # ---- kernel: KA <-veth-> KB, and its servers ----
 ip netns add "$KA"
@@ -634,6 +661,7 @@ printf 'meta\twrk\t%s\n' "$(wrk --version 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/
 printf 'meta\tnginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
 printf 'meta\tiperf3\t%s\n' "$(iperf3 --version | sed -n '1s/^iperf \([^ ]*\).*/\1/p')"
 printf 'meta\tsocat\t%s\n' "$(socat -V | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
+printf 'meta\tpython3\t%s\n' "$(python3 -c 'import platform; print(platform.python_version())')"
 [ -n "$SMOL_VER" ] && printf 'meta\tsmoltcp\t%s\n' "$SMOL_VER"
 [ -n "$SMOL_AMOUNT" ] && printf 'meta\tsmoltcp_amount\t%s\n' "$SMOL_AMOUNT"
 for f in "$TMP"/samples/*; do

@@ -344,7 +344,10 @@ fn e2e_rows(e: &E2e) -> Vec<Row> {
             Ceiling::Other("download.kernel.1500", "nginx at MTU 1500"),
         ),
         row(
-            format!("upload: socat sends {n} bytes to --discard (kernel: to a socat sink)"),
+            format!(
+                "upload: a sendfile(2) client sends {n} bytes to --discard \
+                 (kernel: to a socat sink)"
+            ),
             "upload.eph",
             None,
             Some("upload.kernel"),
@@ -478,7 +481,8 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
          alternate within each run. The kernel runs real servers over a veth pair \
          between two namespaces: {nginx} with one worker, `sendfile on` and no access \
          log; iperf3 {iperf3}, one stream; socat {socat} (1 MiB buffers) as the discard \
-         sink and as the relay. ephemera's rows use the same client programs, run on the \
+         sink and as the relay. The upload client sends with `sendfile(2)` (python3 \
+         {python3}, `os.sendfile`). ephemera's rows use the same client programs, run on the \
          kernel end of its TUN, and its relays reach the same servers there. The smoltcp \
          column is smoltcp's own `examples/benchmark.rs`, built by the script from the \
          crate source of the smoltcp version ephemera's `Cargo.lock` resolves to: its \
@@ -490,6 +494,7 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
         nginx = e.meta("nginx"),
         iperf3 = e.meta("iperf3"),
         socat = e.meta("socat"),
+        python3 = e.meta("python3"),
     );
     let _ = writeln!(
         w,
@@ -520,10 +525,13 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
            page cache to the kernel with `sendfile` and never touches the bytes, while \
            ephemera's HTTP service writes every body byte into its send buffer. The \
            iperf3 column is memory to memory with no HTTP, the receiver's rate.\n\
-         - *Upload*: timed around the client, from its start until the sink's close \
-           reaches it, so setup and the closing handshake are inside; socat reads the \
-           file from the page cache. ephemera's discard service and the socat sink both \
-           read every byte and drop it. Ratio against the faster kernel measurement.\n\
+         - *Upload*: timed in the client, from before its connect until the sink's close \
+           reaches it, so setup and the closing handshake are inside. The client \
+           (python3's `os.sendfile`) hands the page cache to the kernel and copies \
+           nothing, so the receiving side is what is measured. The socat sink reads \
+           every byte into user space (1 MiB reads) and drops it; ephemera's discard \
+           service drops the bytes in its receive buffer without reading them out. \
+           Ratio against the faster kernel measurement.\n\
          - *Relay*: client and server are kernel sockets on the same side of the link, so \
            every byte crosses it twice, and the relay both receives and sends it. The \
            target is an address: no name lookup. Connection setup through the relay is \
