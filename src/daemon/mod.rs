@@ -528,6 +528,11 @@ fn run_shard(
 /// Run one shard per queue, shard 0 on this thread, the others on their
 /// own; return once all have stopped, with the first error.
 fn serve(mut edge: Edge, config: StackConfig, services: ServicesConfig) -> Result<(), String> {
+    // The packets each turn sends are allocated and freed in that turn;
+    // without this the heap shrank and grew again every turn.
+    if !ephemera::device::keep_heap_top(HEAP_TOP_KEPT) {
+        log::debug!("the allocator keeps its default heap trimming");
+    }
     // What the kernel vouches for goes to the stack unchecked, so its
     // checksums need not be summed, unless a capture is to show them
     // (docs/architecture.md).
@@ -616,6 +621,11 @@ fn serve(mut edge: Edge, config: StackConfig, services: ServicesConfig) -> Resul
 /// rate follows the scheduler (docs/performance-notes.md). Linux lets a
 /// socket's buffers grow to 4 MiB (send) and 6 MiB (receive).
 const TCP_BUFFER: usize = 1 << 20;
+
+/// Free memory the allocator may keep at the top of its heap
+/// ([`ephemera::device::keep_heap_top`]): several windows' worth of
+/// 64 KiB packets.
+const HEAP_TOP_KEPT: usize = 16 << 20;
 
 /// The default memory budget: 3/32 of the machine's memory (`MemTotal`
 /// in `meminfo`), Linux's default `tcp_mem` hard limit (a sixteenth of
