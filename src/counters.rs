@@ -31,6 +31,9 @@ counters! {
     tso_packets_out,
     /// The segments the device cuts those into.
     tso_segments_out,
+    /// Sent packets' buffers given back (`Stack::recycle`) and freed,
+    /// because the stack kept `SPARE_TX_BUFFERS` already.
+    tx_buffers_freed,
     /// TCP segments that passed the checks and were demultiplexed.
     tcp_segments_in,
     /// UDP datagrams that passed the checks and were demultiplexed.

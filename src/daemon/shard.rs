@@ -555,9 +555,12 @@ impl Shard {
         }
         // The kernel queue is full or a packet was refused: dropped, as a
         // link would; TCP retransmits.
-        self.tun.send_all(batch, |len, e| {
-            log::debug!("tun write of {len} bytes failed: {e}");
-        });
+        let stack = &mut self.stack;
+        self.tun.send_all(
+            batch,
+            |len, e| log::debug!("tun write of {len} bytes failed: {e}"),
+            |packet| stack.recycle(packet),
+        );
     }
 
     /// Serve until told to stop: by a signal (shard 0), by shard 0, or by

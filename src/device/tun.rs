@@ -498,8 +498,15 @@ impl Tun {
     /// reported to `failed` with the octets it carried; the rest go on (a
     /// full kernel queue drops packets, as a link would). Without
     /// offload, a segment left to the device to cut cannot be written
-    /// and fails with `EMSGSIZE`.
-    pub fn send_all(&self, batch: Vec<Transmit>, mut failed: impl FnMut(usize, io::Error)) {
+    /// and fails with `EMSGSIZE`. Every packet's buffer, written or not,
+    /// is handed to `spent` afterwards, to be reused
+    /// ([`Stack::recycle`](crate::Stack::recycle)) or dropped.
+    pub fn send_all(
+        &self,
+        batch: Vec<Transmit>,
+        mut failed: impl FnMut(usize, io::Error),
+        mut spent: impl FnMut(Vec<u8>),
+    ) {
         match &self.kind {
             Kind::Plain { dev, .. } => {
                 for t in batch {
@@ -510,6 +517,7 @@ impl Tun {
                     if let Err(e) = sent {
                         failed(t.packet.len(), e);
                     }
+                    spent(t.packet);
                 }
             }
             Kind::Offload { file, .. } => {
@@ -521,23 +529,30 @@ impl Tun {
                         .and_then(|size| gso::segmentation_header(&mut packet, size));
                     match hdr {
                         Some(hdr) => {
-                            write_coalesced(file, &mut run, &mut failed);
+                            write_coalesced(file, &mut run, &mut failed, &mut spent);
                             if let Err(e) = write_with(file, hdr, &packet) {
                                 failed(packet.len(), e);
                             }
+                            spent(packet);
                         }
                         None => run.push(packet),
                     }
                 }
-                write_coalesced(file, &mut run, &mut failed);
+                write_coalesced(file, &mut run, &mut failed, &mut spent);
             }
         }
     }
 }
 
 /// Write `run`, packets the stack sent MTU-sized, in order, merging
-/// runs of one TCP flow's segments ([`gso::coalesce`]); empty it.
-fn write_coalesced(file: &File, run: &mut Vec<Vec<u8>>, failed: &mut impl FnMut(usize, io::Error)) {
+/// runs of one TCP flow's segments ([`gso::coalesce`]); empty it into
+/// `spent`.
+fn write_coalesced(
+    file: &File,
+    run: &mut Vec<Vec<u8>>,
+    failed: &mut impl FnMut(usize, io::Error),
+    spent: &mut impl FnMut(Vec<u8>),
+) {
     for frame in gso::coalesce(run) {
         let hdr = frame.hdr.to_bytes();
         let mut iov = Vec::with_capacity(2 + frame.packets.len());
@@ -549,7 +564,7 @@ fn write_coalesced(file: &File, run: &mut Vec<Vec<u8>>, failed: &mut impl FnMut(
             failed(frame.len(run), e);
         }
     }
-    run.clear();
+    run.drain(..).for_each(spent);
 }
 
 /// The device's descriptor, to wait on with `poll(2)`.

@@ -27,6 +27,8 @@ use crate::port_table::FlowKey;
 struct OneShot<'a> {
     rx: Option<&'a [u8]>,
     tx: &'a mut VecDeque<Transmit>,
+    /// Buffers of packets already sent, filled again before new ones.
+    spare: &'a mut Spares,
     mtu: usize,
     /// What smoltcp does about TCP checksums (it never checks them).
     tcp_sum: Checksum,
@@ -42,6 +44,7 @@ struct RxOne<'a>(&'a [u8]);
 /// smoltcp sets before it fills the packet.
 struct TxOne<'a> {
     queue: &'a mut VecDeque<Transmit>,
+    spare: &'a mut Spares,
     gso_size: Option<NonZeroU16>,
 }
 
@@ -53,7 +56,7 @@ impl phy::RxToken for RxOne<'_> {
 
 impl phy::TxToken for TxOne<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
+        let mut packet = self.spare.take(len);
         let r = f(&mut packet);
         self.queue.push_back(Transmit {
             packet,
@@ -68,11 +71,67 @@ impl phy::TxToken for TxOne<'_> {
 }
 
 impl<'a> TxOne<'a> {
-    fn new(queue: &'a mut VecDeque<Transmit>) -> TxOne<'a> {
+    fn new(queue: &'a mut VecDeque<Transmit>, spare: &'a mut Spares) -> TxOne<'a> {
         TxOne {
             queue,
+            spare,
             gso_size: None,
         }
+    }
+}
+
+/// How many sent packets' buffers a stack keeps to fill again
+/// ([`Spares`]): a turn's worth of TCP super-packets for a fast download.
+pub const SPARE_TX_BUFFERS: usize = 32;
+
+/// The largest buffer kept: a 64 KiB IP packet and change. Larger ones
+/// (a driver's own) are freed, so the list holds at most
+/// [`SPARE_TX_BUFFERS`] of these (2 MiB).
+const SPARE_MAX_CAPACITY: usize = 64 * 1024 + 64;
+
+/// Buffers of packets the driver has written and given back
+/// ([`Stack::recycle`](super::Stack::recycle)), filled again for the next
+/// packets smoltcp sends. Without them every packet is a fresh
+/// allocation; a TCP super-packet (up to 64 KiB) freed at the top of the
+/// heap lets the allocator hand the pages back to the kernel (glibc trims
+/// a free top over 128 KiB, in a thread's own arena with `madvise`), so
+/// the next one faults them in again: one page fault per 4 KiB sent, and
+/// with other threads in the process, TLB flushes on their CPUs too.
+#[derive(Debug, Default)]
+pub(super) struct Spares {
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Spares {
+    /// A zeroed buffer of `len` octets, reusing a spare if there is one
+    /// (zeroed all the same: what smoltcp leaves unwritten must not carry
+    /// an earlier packet's bytes).
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        match self.buffers.pop() {
+            Some(mut b) => {
+                b.clear();
+                b.resize(len, 0);
+                b
+            }
+            None => vec![0; len],
+        }
+    }
+
+    /// Keep `buffer` for a later packet; false (and it is freed) if
+    /// [`SPARE_TX_BUFFERS`] are kept already or it is larger than any
+    /// packet.
+    pub(super) fn give(&mut self, buffer: Vec<u8>) -> bool {
+        if self.buffers.len() >= SPARE_TX_BUFFERS || buffer.capacity() > SPARE_MAX_CAPACITY {
+            return false;
+        }
+        self.buffers.push(buffer);
+        true
+    }
+
+    /// How many are kept.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.buffers.len()
     }
 }
 
@@ -118,11 +177,11 @@ impl phy::Device for OneShot<'_> {
 
     fn receive(&mut self, _: Instant) -> Option<(RxOne<'_>, TxOne<'_>)> {
         let p = self.rx.take()?;
-        Some((RxOne(p), TxOne::new(self.tx)))
+        Some((RxOne(p), TxOne::new(self.tx, self.spare)))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxOne<'_>> {
-        Some(TxOne::new(self.tx))
+        Some(TxOne::new(self.tx, self.spare))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -203,6 +262,8 @@ impl LocalAddrs for Addrs<'_> {
 pub(super) struct Link {
     pub iface: Interface,
     pub tx: VecDeque<Transmit>,
+    /// Sent packets' buffers, to fill again.
+    pub spare: Spares,
     pub mtu: usize,
     /// [`Checksum::None`] if the link completes TCP checksums, else
     /// [`Checksum::Tx`].
@@ -238,9 +299,11 @@ impl Link {
             Checksum::Tx
         };
         let mut tx = VecDeque::new();
+        let mut spare = Spares::default();
         let mut dev = OneShot {
             rx: None,
             tx: &mut tx,
+            spare: &mut spare,
             mtu,
             tcp_sum,
             tso,
@@ -269,6 +332,7 @@ impl Link {
         Link {
             iface,
             tx,
+            spare,
             mtu,
             tcp_sum,
             tso,
@@ -288,6 +352,7 @@ impl Link {
         let mut dev = OneShot {
             rx: Some(packet),
             tx: &mut self.tx,
+            spare: &mut self.spare,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
             tso: self.tso,
@@ -300,6 +365,7 @@ impl Link {
         let mut dev = OneShot {
             rx: None,
             tx: &mut self.tx,
+            spare: &mut self.spare,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
             tso: self.tso,
@@ -415,6 +481,7 @@ impl Link {
         let mut dev = OneShot {
             rx: Some(packet),
             tx: &mut self.tx,
+            spare: &mut self.spare,
             mtu: self.mtu,
             tcp_sum: self.tcp_sum,
             tso: self.tso,
@@ -432,7 +499,37 @@ impl Link {
 
 #[cfg(test)]
 mod tests {
-    use super::Tso;
+    use super::{Spares, Tso, SPARE_MAX_CAPACITY, SPARE_TX_BUFFERS};
+
+    #[test]
+    fn spares_hold_their_bound_and_come_back_zeroed() {
+        let mut spare = Spares::default();
+        // Too large for any packet: not kept.
+        assert!(!spare.give(Vec::with_capacity(SPARE_MAX_CAPACITY + 1)));
+        for _ in 0..SPARE_TX_BUFFERS {
+            assert!(spare.give(vec![0xa5; 1500]));
+        }
+        assert!(!spare.give(vec![0xa5; 1500]), "full");
+        assert_eq!(spare.len(), SPARE_TX_BUFFERS);
+        // Taken last in, first out, in the same allocation, zeroed, at
+        // any length.
+        let mut last = vec![0xa5; 64 * 1024];
+        let at = last.as_ptr();
+        last.truncate(10);
+        spare.take(1);
+        assert!(spare.give(last));
+        let again = spare.take(64 * 1024);
+        assert_eq!(again.as_ptr(), at);
+        assert!(again.len() == 64 * 1024 && again.iter().all(|&b| b == 0));
+        let short = spare.take(40);
+        assert_eq!(short, [0; 40]);
+        assert_eq!(spare.len(), SPARE_TX_BUFFERS - 2);
+        // Empty: fresh buffers.
+        while spare.len() > 0 {
+            spare.take(1);
+        }
+        assert_eq!(spare.take(3), [0; 3]);
+    }
 
     #[test]
     fn the_offload_size_is_whole_segments_of_the_mss() {

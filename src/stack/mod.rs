@@ -59,6 +59,7 @@ pub use budget::BudgetUse;
 pub use config::{
     ConfigError, CongestionControl, StackConfig, SynCookies, UnknownCongestionControl,
 };
+pub use link::SPARE_TX_BUFFERS;
 pub use listener::ListenerHandle;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use socket_set::Owner;
@@ -387,6 +388,21 @@ impl Stack {
             self.counters.tso_segments_out += t.segments(size) as u64;
         }
         Some(t)
+    }
+
+    /// Give back the buffer of a packet from
+    /// [`poll_transmit_offload`](Self::poll_transmit_offload) (or
+    /// [`poll_transmit`](Self::poll_transmit)) once it is written, so that a
+    /// later packet is built in it: a driver that does saves an allocation
+    /// per packet and, for large TCP packets, the page faults of memory the
+    /// allocator returned to the kernel in between. Optional. The stack
+    /// keeps at most [`SPARE_TX_BUFFERS`] (of at most 64 KiB each) and frees
+    /// the rest (counted as `tx_buffers_freed`); a reused buffer is zeroed
+    /// before it is filled.
+    pub fn recycle(&mut self, packet: Vec<u8>) {
+        if !self.link.spare.give(packet) {
+            self.counters.tx_buffers_freed += 1;
+        }
     }
 
     /// Whether the device is left the TCP checksums of what the stack

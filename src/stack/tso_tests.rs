@@ -28,6 +28,12 @@ fn payload_len(p: &[u8]) -> usize {
 }
 
 fn download(v6: bool, tso: bool, cc: CongestionControl) -> Run {
+    download_recycling(v6, tso, cc, false)
+}
+
+/// [`download`], and with `recycle` every packet's buffer given back to
+/// the server (`Stack::recycle`) filled with junk once its copy is sent.
+fn download_recycling(v6: bool, tso: bool, cc: CongestionControl, recycle: bool) -> Run {
     let (client_ip, server_ip, prefix): (IpAddr, IpAddr, u8) = if v6 {
         ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap(), 64)
     } else {
@@ -75,7 +81,13 @@ fn download(v6: bool, tso: bool, cc: CongestionControl) -> Run {
             }
         }
         let mut flight = 0;
-        while let Some(t) = server.poll_transmit_offload(now) {
+        while let Some(mut t) = server.poll_transmit_offload(now) {
+            if recycle {
+                let copy = t.packet.clone();
+                let mut spent = std::mem::replace(&mut t.packet, copy);
+                spent.fill(0xa5);
+                server.recycle(spent);
+            }
             let Transmit {
                 ref packet,
                 gso_size,
@@ -177,4 +189,30 @@ fn segments_cut_from_offloaded_packets_are_those_sent_without_offload() {
             }
         }
     }
+}
+
+#[test]
+fn packets_built_in_recycled_buffers_are_those_built_in_fresh_ones() {
+    for (v6, tso) in [(false, true), (true, false)] {
+        let fresh = download(v6, tso, CongestionControl::Cubic);
+        let reused = download_recycling(v6, tso, CongestionControl::Cubic, true);
+        assert_eq!(reused.handed, fresh.handed, "v6={v6} tso={tso}");
+        assert!(reused.wire == fresh.wire, "v6={v6} tso={tso}");
+    }
+}
+
+#[test]
+fn a_stack_keeps_a_bounded_number_of_buffers_and_counts_the_rest() {
+    let config = StackConfig {
+        addrs: vec![("10.0.0.1".parse().unwrap(), 24)],
+        seed: Some(1),
+        ..StackConfig::default()
+    };
+    let mut stack = Stack::new(config, Instant::ZERO).unwrap();
+    for _ in 0..crate::SPARE_TX_BUFFERS + 5 {
+        stack.recycle(vec![0xa5; 100]);
+    }
+    stack.recycle(vec![0; 1 << 20]);
+    assert_eq!(stack.counters().tx_buffers_freed, 6);
+    assert!(stack.counters().check_accounting().is_ok());
 }
