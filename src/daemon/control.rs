@@ -278,8 +278,10 @@ impl ControlServer {
 
     /// Accept, read and write whatever is ready without blocking; parse
     /// complete request lines (answering bad ones with an error), and drop
-    /// finished or broken connections. Call after `poll` says any control
-    /// fd is ready, or on every loop turn: it is cheap.
+    /// finished or broken connections. Call after `poll` says one of
+    /// [`poll_fds`](Self::poll_fds) is ready: a client with output waiting
+    /// is polled for writing too, so queued replies go out on the next
+    /// turn.
     pub fn handle_io(&mut self) {
         self.accept_all();
         for i in 0..self.clients.len() {

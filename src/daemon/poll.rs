@@ -48,6 +48,12 @@ pub fn readable(fd: &PollFd<'_>) -> bool {
     fd.revents().is_some_and(|r| r.intersects(ready))
 }
 
+/// Whether the last [`poll`] found `fd` ready for anything it was asked
+/// about (or hung up, or in error).
+pub fn ready(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|r| !r.is_empty())
+}
+
 /// `poll(2)`'s timeout: none for `None`, whole milliseconds rounded up,
 /// capped at `i32::MAX`.
 fn timeout_ms(timeout: Option<Duration>) -> PollTimeout {
@@ -83,12 +89,16 @@ mod tests {
     fn wait_readable_on_a_pipe() {
         let (r, w) = nix::unistd::pipe().unwrap();
         assert!(!wait_readable(r.as_fd(), Some(Duration::from_millis(1))).unwrap());
+        let mut quiet = [interest(r.as_fd(), false)];
+        assert_eq!(poll(&mut quiet, Some(Duration::ZERO)).unwrap(), 0);
+        assert!(!ready(&quiet[0]));
         assert_eq!(nix::unistd::write(&w, b"x").unwrap(), 1);
         assert!(wait_readable(r.as_fd(), None).unwrap());
         let mut set = [interest(r.as_fd(), false), interest(w.as_fd(), true)];
         assert_eq!(poll(&mut set, Some(Duration::ZERO)).unwrap(), 2);
         let has = |p: &PollFd<'_>, f: PollFlags| p.revents().is_some_and(|r| r.contains(f));
         assert!(has(&set[0], PollFlags::POLLIN));
+        assert!(ready(&set[0]) && ready(&set[1]));
         assert!(has(&set[1], PollFlags::POLLOUT) && !has(&set[1], PollFlags::POLLIN));
     }
 }

@@ -297,6 +297,11 @@ pub struct Shard {
     /// found it not, so the loop reads and locks the inbox only when
     /// another shard has pushed (the eventfd stays readable until taken).
     inbox_ready: bool,
+    /// Whether a descriptor of shard 0's lead (the signal pipe, the
+    /// control socket and its clients) may be ready: true until a poll
+    /// found none, so a turn tries `accept` and drains the signal pipe
+    /// only when there is something to take.
+    lead_ready: bool,
 }
 
 impl Shard {
@@ -319,6 +324,7 @@ impl Shard {
             counters: HandoffCounters::default(),
             lead,
             inbox_ready: true,
+            lead_ready: true,
         }
     }
 
@@ -442,15 +448,17 @@ impl Shard {
         self.transmit();
     }
 
-    /// Shard 0: the control socket's requests, and the resumption of
-    /// name lookups.
-    fn serve_control(&mut self) {
+    /// Shard 0: the control socket's requests (its descriptors' I/O if
+    /// `ready`), and the resumption of name lookups.
+    fn serve_control(&mut self, ready: bool) {
         let Some(lead) = self.lead.as_mut() else {
             let mut none = NoControl;
             self.services.resume(&mut self.stack, &mut none);
             return;
         };
-        lead.control.handle_io();
+        if ready {
+            lead.control.handle_io();
+        }
         while let Some((id, req)) = lead.control.poll_request() {
             match req {
                 Request::Ports | Request::Stats => {
@@ -581,14 +589,19 @@ impl Shard {
                 break;
             }
             self.dispatch_events();
-            self.serve_control();
+            let lead_ready = std::mem::take(&mut self.lead_ready);
+            self.serve_control(lead_ready);
             self.transmit();
             // Sending may have produced events (timers, state changes).
             if self.dispatch_events() {
                 self.transmit();
             }
 
-            if let Some(sig) = self.lead.as_mut().and_then(|l| l.signals.take()) {
+            let signal = match &self.lead {
+                Some(lead) if lead_ready => lead.signals.take(),
+                _ => None,
+            };
+            if let Some(sig) = signal {
                 if deadline.is_some() {
                     log::info!("{sig:?} again: exiting now");
                     self.shared.stop_all(self.index);
@@ -651,6 +664,7 @@ impl Shard {
             if let Some(fd) = self.services.wake_fd() {
                 fds.push(poll::interest(fd, false));
             }
+            let lead_fds = fds.len();
             if let Some(lead) = &self.lead {
                 fds.push(poll::interest(lead.signals.fd(), false));
                 lead.control.poll_fds(&mut fds);
@@ -658,6 +672,7 @@ impl Shard {
             poll::poll(&mut fds, timeout).map_err(|e| format!("poll: {e}"))?;
             // fds[1] is the inbox.
             self.inbox_ready = poll::readable(&fds[1]);
+            self.lead_ready = fds[lead_fds..].iter().any(poll::ready);
         }
         if self.index == 0 {
             if let Some(pcap) = &self.shared.pcap {
