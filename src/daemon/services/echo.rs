@@ -35,7 +35,7 @@ impl EchoSession {
             // Read only once the last read has been handed to the stack,
             // so a client that does not read its echo is slowed down by
             // its own window.
-            let mut moved = match self.out.flush(stack, self.conn, |_| 0) {
+            let mut moved = match self.out.flush(stack, self.conn, scratch, |_| 0) {
                 Ok(m) => m,
                 Err(_) => {
                     stack.abort(self.conn);

@@ -190,12 +190,15 @@ impl HttpSession {
     }
 
     /// The request head took too long: hand the stack a 408 for the
-    /// client (the caller then closes the connection).
-    pub(super) fn head_timeout(&mut self, stack: &mut Stack) {
+    /// client (the caller then closes the connection); `scratch` to build
+    /// it in.
+    pub(super) fn head_timeout(&mut self, stack: &mut Stack, scratch: &mut [u8]) {
         self.server.handle_head_timeout();
         let server = &mut self.server;
         // What the stack does not take now is lost with the connection.
-        let _ = self.out.flush(stack, self.conn, |b| server.poll_output(b));
+        let _ = self
+            .out
+            .flush(stack, self.conn, scratch, |b| server.poll_output(b));
     }
 
     /// Answer what arrived, send what the stack takes; `/` pages from
@@ -209,7 +212,10 @@ impl HttpSession {
         let mut any = false;
         loop {
             let server = &mut self.server;
-            let mut moved = match self.out.flush(stack, self.conn, |b| server.poll_output(b)) {
+            let mut moved = match self
+                .out
+                .flush(stack, self.conn, scratch, |b| server.poll_output(b))
+            {
                 Ok(m) => m,
                 Err(_) => {
                     stack.abort(self.conn);

@@ -427,7 +427,7 @@ impl Services {
             (Expiry::Head, Session::Http(s)) => {
                 debug!("HTTP request head timed out");
                 self.counters.http_head_timeouts += 1;
-                s.head_timeout(stack);
+                s.head_timeout(stack, &mut self.scratch);
             }
             (Expiry::Head, _) => {
                 debug!("SOCKS handshake timed out");

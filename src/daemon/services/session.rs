@@ -274,7 +274,8 @@ impl Sessions {
 }
 
 /// Bytes taken from a protocol state machine and not yet accepted by
-/// `send`.
+/// `send`: only what the stack refused of a fill, so a short answer that
+/// the stack takes whole never allocates here.
 #[derive(Debug, Default)]
 pub(super) struct OutBuf {
     pub(super) buf: Vec<u8>,
@@ -286,32 +287,45 @@ impl OutBuf {
         self.pos == self.buf.len()
     }
 
-    /// Send pending bytes, refilling from `fill` while the stack takes
-    /// them. Returns whether anything moved.
+    /// Send pending bytes, then fill `scratch` (up to [`CHUNK`]) from
+    /// `fill` and send that while the stack takes it all; keep what it
+    /// refuses of the last fill. Returns whether anything moved.
     pub(super) fn flush(
         &mut self,
         stack: &mut Stack,
         h: TcpHandle,
+        scratch: &mut [u8],
         mut fill: impl FnMut(&mut [u8]) -> usize,
     ) -> Result<bool, SendError> {
         let mut progress = false;
-        loop {
-            if self.is_empty() {
-                self.buf.resize(CHUNK, 0);
-                let n = fill(&mut self.buf);
-                self.buf.truncate(n);
-                self.pos = 0;
-                if n == 0 {
-                    return Ok(progress);
-                }
-            }
+        while !self.is_empty() {
             match stack.send(h, &self.buf[self.pos..]) {
+                Ok(0) | Err(SendError::WouldBlock) => return Ok(progress),
                 Ok(n) => {
                     self.pos += n;
                     progress = true;
                 }
-                Err(SendError::WouldBlock) => return Ok(progress),
                 Err(e) => return Err(e),
+            }
+        }
+        let len = CHUNK.min(scratch.len());
+        let chunk = &mut scratch[..len];
+        loop {
+            let n = fill(chunk);
+            if n == 0 {
+                return Ok(progress);
+            }
+            let sent = match stack.send(h, &chunk[..n]) {
+                Ok(k) => k,
+                Err(SendError::WouldBlock) => 0,
+                Err(e) => return Err(e),
+            };
+            progress |= sent > 0;
+            if sent < n {
+                self.buf.clear();
+                self.buf.extend_from_slice(&chunk[sent..n]);
+                self.pos = 0;
+                return Ok(progress);
             }
         }
     }

@@ -260,7 +260,10 @@ impl SocksSession {
         };
         loop {
             let socks = &mut self.socks;
-            let mut moved = match self.out.flush(stack, self.client, |b| socks.poll_output(b)) {
+            let mut moved = match self
+                .out
+                .flush(stack, self.client, scratch, |b| socks.poll_output(b))
+            {
                 Ok(m) => m,
                 Err(_) => return end(stack, self),
             };

@@ -67,6 +67,44 @@ fn http_bytes_streams_a_megabyte_exactly() {
 }
 
 #[test]
+fn http_bytes_to_a_slow_reader_arrive_exactly() {
+    // The client takes at most 700 bytes a step, so the server's send
+    // buffer fills and the service keeps what the stack refuses of each
+    // chunk for later.
+    let mut t = trio(
+        13,
+        ServicesConfig {
+            http: Some(80),
+            ..Default::default()
+        },
+    );
+    let mut c = Client::connect(t.net.stack(0), "10.0.0.2:80");
+    c.write(&http_get("/bytes/300000", true));
+    let mut buf = [0u8; 700];
+    t.run(|n, _| {
+        let stack = n.stack(0);
+        while c.sent < c.out.len() {
+            match stack.send(c.h, &c.out[c.sent..]) {
+                Ok(k) => c.sent += k,
+                Err(_) => break,
+            }
+        }
+        match stack.recv(c.h, &mut buf) {
+            Ok(0) => c.eof = true,
+            Ok(k) => c.got.extend_from_slice(&buf[..k]),
+            Err(_) => {}
+        }
+        c.eof
+    });
+    let (status, body) = parse_response(&c.got);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 300_000);
+    for (i, &b) in body.iter().enumerate() {
+        assert_eq!(b, pattern_byte(i as u64), "byte {i}");
+    }
+}
+
+#[test]
 fn http_keep_alive_serves_two_requests_on_one_connection_and_404s() {
     let mut t = trio(
         12,
