@@ -381,7 +381,16 @@ impl Stack {
                 self.egress(id);
             }
         }
-        let t = self.link.tx.pop_front()?;
+        let Some(t) = self.link.tx.pop_front() else {
+            // Nothing left to send: drop the stale deadlines of sockets
+            // freed or rescheduled, so that `poll_at` does not wake the
+            // driver for them (after a burst of short connections, one
+            // wake-up a millisecond for seconds).
+            let sockets = &self.sockets;
+            self.timers
+                .prune(|at, id| sockets.tcp(id).is_some_and(|c| c.scheduled == Some(at)));
+            return None;
+        };
         self.counters.packets_out += 1;
         if let Some(size) = t.gso_size {
             self.counters.tso_packets_out += 1;

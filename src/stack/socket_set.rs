@@ -298,6 +298,27 @@ impl TimerQueue {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Drop the entries in front for which `live` is false (stale ones),
+    /// so that [`peek`](Self::peek) names a deadline someone waits for;
+    /// how many were dropped.
+    pub(crate) fn prune(&mut self, mut live: impl FnMut(Instant, SocketId) -> bool) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((at, id))) = self.heap.peek() {
+            if live(at, id) {
+                break;
+            }
+            self.heap.pop();
+            n += 1;
+        }
+        n
+    }
+
+    /// How many entries are queued, stale ones included.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Pop the earliest entry if it is due by `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, SocketId)> {
         match self.heap.peek() {
@@ -310,6 +331,28 @@ impl TimerQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_drops_stale_deadlines_in_front_only() {
+        let mut q = TimerQueue::default();
+        let mut s: Slab<()> = Slab::default();
+        let (a, b, c) = (s.insert(()), s.insert(()), s.insert(()));
+        let at = Instant::from_millis;
+        q.push(at(1), a);
+        q.push(at(2), b);
+        q.push(at(3), c);
+        q.push(at(4), a);
+        // `a` now waits for 4 and `b` is gone: 1 and 2 are stale, 3 is
+        // live and stops the pruning before 4.
+        let live = |t: Instant, id| id == c || (id == a && t == at(4));
+        assert_eq!(q.prune(live), 2);
+        assert_eq!(q.peek(), Some(at(3)));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.prune(live), 0);
+        assert_eq!(q.pop_due(at(3)), Some((at(3), c)));
+        assert_eq!(q.prune(|_, _| false), 1);
+        assert_eq!(q.peek(), None);
+    }
 
     #[test]
     fn slab_ids_go_stale_after_remove() {

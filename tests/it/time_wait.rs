@@ -139,3 +139,21 @@ fn reopening_one_four_tuple_many_times_leaves_no_expiry_entries_behind() {
     assert_eq!(st.port_table().time_wait_flows(), 0);
     assert_eq!(st.port_table().time_wait_queue_len(), 0);
 }
+
+#[test]
+fn closed_connections_leave_no_deadline_before_their_time_wait_ends() {
+    // Deadlines of sockets that are gone must not wake the driver: with
+    // no connection left, the next one is the first record's 2·MSL.
+    let (mut st, l, mut now) = server(16);
+    let first_close = now;
+    for port in 0..10u16 {
+        let peer = SocketAddr::new(ip(CLIENT), 40_000 + port);
+        closed_by_server(&mut st, &mut now, l, peer, 1000 * u32::from(port));
+    }
+    assert_eq!(st.socket_count(), 1, "only the listener");
+    while st.poll_transmit(now).is_some() {}
+    let two_msl = Duration::from_secs(60);
+    let at = st.poll_at().expect("the TIME-WAIT records' expiry");
+    assert!(at >= first_close + two_msl, "woken at {at}, now {now}");
+    st.check_invariants().unwrap();
+}
