@@ -1017,6 +1017,29 @@ mod tests {
     }
 
     #[test]
+    fn expiry_drops_stale_entries_before_the_next_live_record() {
+        let (mut t, _) = table(49152..=65535, 60);
+        let key = |port| FlowKey::new(Protocol::Tcp, sa("10.0.0.2:80"), sa(port));
+        let (a, b) = (key("10.0.0.1:40000"), key("10.0.0.1:40001"));
+        let t0 = Duration::from_secs(10);
+        for (k, at) in [(a, t0), (b, t0 + Duration::from_secs(5))] {
+            t.insert(k, 1).unwrap();
+            t.enter_time_wait(&k, at, 1_000);
+        }
+        // `a` reopened: its entry is stale, and the next expiry is `b`'s
+        // once the table has looked (not a wake-up for nothing at t0+60).
+        assert!(t.reopen_time_wait(&a, 2_000));
+        assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(t.expire(t0), 0);
+        assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(65)));
+        assert_eq!(t.lookup(&b), Lookup::TimeWait);
+        t.check_invariants().unwrap();
+        assert_eq!(t.expire(t0 + Duration::from_secs(65)), 1);
+        assert_eq!(t.next_expiry(), None);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
     fn zero_time_wait_releases_at_once() {
         let (mut t, mut rng) = table(50000..=50000, 0);
         let a = t

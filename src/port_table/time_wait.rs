@@ -125,17 +125,20 @@ impl<H: Copy + Eq + fmt::Debug> PortTable<H> {
         true
     }
 
-    /// End every TIME-WAIT whose 2·MSL has passed by `now`. Returns how
-    /// many were freed.
+    /// End every TIME-WAIT whose 2·MSL has passed by `now`, and drop the
+    /// stale expiry entries in front of the next live one, so that
+    /// [`next_expiry`](Self::next_expiry) names a record's time, not an
+    /// entry nobody waits for. Returns how many were freed.
     pub fn expire(&mut self, now: Duration) -> usize {
         let mut freed = 0;
         while let Some(&(until, key)) = self.time_wait.front() {
-            if until > now {
+            // A record whose flow was reopened or restarted is stale.
+            let live = self.time_wait_until(&key) == Some(until);
+            if live && until > now {
                 break;
             }
             self.time_wait.pop_front();
-            // A record whose flow was reopened or restarted is stale: skip it.
-            if self.time_wait_until(&key) == Some(until) {
+            if live {
                 self.forget(&key);
                 self.tw_count -= 1;
                 freed += 1;
