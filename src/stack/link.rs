@@ -110,6 +110,10 @@ impl Spares {
         match self.buffers.pop() {
             Some(mut b) => {
                 b.clear();
+                // Grown to `len` exactly, not doubled, so a buffer reused
+                // for a 64 KiB packet stays within SPARE_MAX_CAPACITY and
+                // is kept again.
+                b.reserve_exact(len);
                 b.resize(len, 0);
                 b
             }
@@ -523,6 +527,14 @@ mod tests {
         assert!(again.len() == 64 * 1024 && again.iter().all(|&b| b == 0));
         let short = spare.take(40);
         assert_eq!(short, [0; 40]);
+        // A buffer over half the largest packet, grown for it, is still
+        // kept (grown exactly, not doubled).
+        let mut small = spare.take(40_000);
+        small.truncate(0);
+        assert!(spare.give(small));
+        let large = spare.take(SPARE_MAX_CAPACITY - 64);
+        assert!(large.capacity() <= SPARE_MAX_CAPACITY);
+        assert!(spare.give(large));
         assert_eq!(spare.len(), SPARE_TX_BUFFERS - 2);
         // Empty: fresh buffers.
         while spare.len() > 0 {
