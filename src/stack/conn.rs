@@ -450,12 +450,16 @@ pub(crate) enum Reap {
     Keep,
     /// Our side closed first and it reached TIME-WAIT (RFC 9293 §3.6.1):
     /// send the ACK still owed to the peer, if any; keep a TIME-WAIT
-    /// record remembering RCV.NXT (if its 4-tuple is registered); free it.
+    /// record remembering RCV.NXT (if its 4-tuple is registered); free it
+    /// if the application let go of it (`free`), else detach it
+    /// ([`TcpConn::detach`]).
     TimeWait {
         /// The ACK of the peer's FIN, if smoltcp has not sent it.
         owed_ack: Option<Segment>,
         /// RCV.NXT for the record, if the 4-tuple is registered.
         record: Option<u32>,
+        /// Free the slot.
+        free: bool,
     },
     /// It reached CLOSED: give its 4-tuple back (`release`), and free it
     /// if the application let go of it (`free`).
@@ -493,6 +497,10 @@ pub(crate) struct TcpConn {
     pub key: FlowKey,
     /// Whether `key` is still live in the port table.
     pub registered: bool,
+    /// In TIME-WAIT while the application still holds it: its 4-tuple
+    /// went to a TIME-WAIT record, and the socket stays only so that the
+    /// application can read what arrived; it is never polled again.
+    pub detached: bool,
     /// Ownership phase.
     pub phase: Phase,
     /// Why it failed, if it did.
@@ -548,6 +556,7 @@ impl TcpConn {
             rx_addr: chunk.as_ref().map_or(0, Chunk::addr),
             key,
             registered: true,
+            detached: false,
             phase,
             error: None,
             last_state,
@@ -635,8 +644,18 @@ impl TcpConn {
     /// what brought it here).
     pub(crate) fn reap(&mut self, v: &SocketView, cause: Cause) -> Reap {
         let released = self.phase == Phase::Released;
+        if self.detached {
+            // Over on the wire already: only the handle is left.
+            return match released {
+                true => Reap::Closed {
+                    release: false,
+                    free: true,
+                },
+                false => Reap::Keep,
+            };
+        }
         match v.state {
-            TcpState::TimeWait if released => {
+            TcpState::TimeWait => {
                 let rcv_nxt = self.seq.rcv_nxt(v);
                 // Freed later than the segment that brought it here (the
                 // application closed a handle already in TIME-WAIT): the
@@ -648,6 +667,7 @@ impl TcpConn {
                 Reap::TimeWait {
                     owed_ack: owed.then(|| self.seq.segment(v, TcpControl::None)),
                     record: self.registered.then_some(rcv_nxt),
+                    free: released,
                 }
             }
             TcpState::Closed | TcpState::Listen => Reap::Closed {
@@ -656,6 +676,18 @@ impl TcpConn {
             },
             _ => Reap::Keep,
         }
+    }
+
+    /// Reached TIME-WAIT while the application holds it, with its 4-tuple
+    /// handed to a TIME-WAIT record: keep the socket only as what is left
+    /// to read. smoltcp would end its own TIME-WAIT after 10 s and clear
+    /// the receive ring with it, unread data and all; Linux keeps that
+    /// data readable until the application reads it or closes, and so
+    /// does this, by never polling the socket again.
+    pub(crate) fn detach(&mut self) {
+        self.registered = false;
+        self.detached = true;
+        self.scheduled = None;
     }
 
     /// Whether to queue an event for the application: it holds the
@@ -1184,7 +1216,8 @@ mod tests {
             c.reap(&v, Cause::App),
             Reap::TimeWait {
                 owed_ack: Some(ack),
-                record: Some(101)
+                record: Some(101),
+                free: true,
             }
         );
         c.seq.ack_sent = Some(101);
@@ -1192,7 +1225,8 @@ mod tests {
             c.reap(&v, Cause::Egress),
             Reap::TimeWait {
                 owed_ack: None,
-                record: Some(101)
+                record: Some(101),
+                free: true,
             }
         );
         // Brought here by the peer's segment: its ACK goes from the record.
@@ -1201,8 +1235,28 @@ mod tests {
             c.reap(&v, Cause::Ingress),
             Reap::TimeWait { owed_ack: None, .. }
         ));
-        // The application's connection in TIME-WAIT stays its own.
-        assert_eq!(conn(Phase::Owned).reap(&v, Cause::Egress), Reap::Keep);
+        // The application's connection in TIME-WAIT gets a record too, but
+        // stays its own, detached, until it lets go.
+        let mut c = conn(Phase::Owned);
+        assert!(matches!(
+            c.reap(&v, Cause::Ingress),
+            Reap::TimeWait {
+                free: false,
+                record: Some(101),
+                ..
+            }
+        ));
+        c.detach();
+        assert!(!c.registered);
+        assert_eq!(c.reap(&v, Cause::Egress), Reap::Keep);
+        c.phase = Phase::Released;
+        assert_eq!(
+            c.reap(&v, Cause::App),
+            Reap::Closed {
+                release: false,
+                free: true
+            }
+        );
         // CLOSED gives the 4-tuple back once, and frees a released one.
         let mut c = conn(Phase::Owned);
         let closed = view(Closed, 0);

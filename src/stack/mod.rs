@@ -486,6 +486,10 @@ impl Stack {
         let age = |t: Instant| since_epoch(self.now).saturating_sub(since_epoch(t));
         let mut rows = Vec::new();
         for (_, s) in self.sockets.iter() {
+            if matches!(s, Socket::Tcp(c) if c.detached) {
+                // Its 4-tuple is listed once, as the TIME-WAIT record.
+                continue;
+            }
             rows.push(match s {
                 Socket::Listener(l) => SocketInfo {
                     proto: Protocol::Tcp,
@@ -810,12 +814,12 @@ impl Stack {
         );
         c.mark_dirty(id, &mut self.dirty);
         self.after_io(id, Cause::Ingress);
-        // This segment moved a closed connection into TIME-WAIT and its
-        // socket is gone, with smoltcp's (delayed) ACK of it unsent: send
-        // that ACK from the record. (While the socket lives there is no
-        // record to look for.)
-        if !seg.rst && self.sockets.get(id).is_none() && self.table.lookup(key) == Lookup::TimeWait
-        {
+        // This segment moved a connection into TIME-WAIT and its socket is
+        // gone (or detached, the application still reading), with
+        // smoltcp's (delayed) ACK of it unsent: send that ACK from the
+        // record. (While the socket lives there is no record to look for.)
+        let gone = self.sockets.tcp(id).is_none_or(|c| c.detached);
+        if !seg.rst && gone && self.table.lookup(key) == Lookup::TimeWait {
             self.time_wait_ack(key, seg);
         }
     }
@@ -839,7 +843,9 @@ impl Stack {
         match self.sockets.get_mut(id) {
             Some(Socket::Tcp(c)) => {
                 c.dirty = false;
-                self.link.tcp_egress(now, c, &self.secrets);
+                if !c.detached {
+                    self.link.tcp_egress(now, c, &self.secrets);
+                }
                 self.after_io(id, Cause::Egress);
             }
             Some(Socket::Udp(u)) => {
@@ -883,14 +889,24 @@ impl Stack {
         };
         match c.reap(&v, cause) {
             Reap::Keep => {}
-            Reap::TimeWait { owed_ack, record } => {
+            Reap::TimeWait {
+                owed_ack,
+                record,
+                free,
+            } => {
                 let key = c.key;
                 // Brought here by the peer's segment, its ACK goes from
                 // the record once the segment is through; if no record is
                 // kept (TIME-WAIT skipped), it goes from here.
                 let unrecorded = (cause == Cause::Ingress && owed_ack.is_none())
                     .then(|| c.seq.segment(&v, TcpControl::None));
-                self.enter_time_wait(id, &key, owed_ack, record, unrecorded);
+                if !free {
+                    c.detach();
+                    if c.wants_event(v.state, prev, cause) {
+                        self.events.push_back(Event::Tcp(TcpHandle(id)));
+                    }
+                }
+                self.enter_time_wait(id, &key, owed_ack, record, unrecorded, free);
                 return;
             }
             Reap::Closed { release, free } => {
@@ -904,8 +920,8 @@ impl Stack {
             }
         }
         // An application call only reaps: its deadlines are left to the
-        // egress pass it scheduled.
-        if cause == Cause::App {
+        // egress pass it scheduled. A detached connection has none.
+        if cause == Cause::App || c.detached {
             return;
         }
         if c.wants_event(v.state, prev, cause) {

@@ -250,6 +250,12 @@ impl Stack {
         let Some(c) = self.sockets.owned_mut(h) else {
             return;
         };
+        if c.detached {
+            // Over on the wire: nothing to reset, only the handle to free.
+            c.phase = Phase::Released;
+            self.after_io(h.0, Cause::App);
+            return;
+        }
         let was_open = c.socket().is_open();
         c.socket_mut().abort();
         c.phase = Phase::Released;

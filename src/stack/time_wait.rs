@@ -18,9 +18,10 @@ use crate::port_table::{FlowKey, TimeWaitEntry};
 impl Stack {
     /// A connection our side closed first reached TIME-WAIT: send the ACK
     /// it still owes (if any), keep a record with RCV.NXT (`record`, if
-    /// its 4-tuple is registered), and free its socket. `unrecorded` is
-    /// the ACK to send if no record is kept (TIME-WAIT off, or the records
-    /// at their cap), when the record would have sent it.
+    /// its 4-tuple is registered), and free its socket if `free` (else
+    /// the application still holds it, detached). `unrecorded` is the
+    /// ACK to send if no record is kept (TIME-WAIT off, or the records at
+    /// their cap), when the record would have sent it.
     pub(super) fn enter_time_wait(
         &mut self,
         id: SocketId,
@@ -28,6 +29,7 @@ impl Stack {
         owed_ack: Option<Segment>,
         record: Option<u32>,
         unrecorded: Option<Segment>,
+        free: bool,
     ) {
         if let Some(ack) = owed_ack {
             self.link.emit(key, &ack);
@@ -46,7 +48,9 @@ impl Stack {
             }
         }
         self.counters.tcp_closed += 1;
-        self.free_tcp(id);
+        if free {
+            self.free_tcp(id);
+        }
     }
 
     /// A segment for a 4-tuple in TIME-WAIT. A retransmitted FIN means our

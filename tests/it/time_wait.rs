@@ -1,6 +1,7 @@
 //! TIME-WAIT kept by one stack, played against by hand: its records are
-//! capped, a retransmitted FIN restarts 2·MSL, and reopening one 4-tuple
-//! over and over leaves nothing behind.
+//! capped, a retransmitted FIN restarts 2·MSL, reopening one 4-tuple
+//! over and over leaves nothing behind, and data the application has not
+//! read yet outlives TIME-WAIT.
 
 use std::net::SocketAddr;
 
@@ -156,4 +157,62 @@ fn closed_connections_leave_no_deadline_before_their_time_wait_ends() {
     let at = st.poll_at().expect("the TIME-WAIT records' expiry");
     assert!(at >= first_close + two_msl, "woken at {at}, now {now}");
     st.check_invariants().unwrap();
+}
+
+#[test]
+fn data_unread_in_time_wait_stays_readable_until_the_application_reads_it() {
+    // Our side shut down its half first, the peer sent data and its FIN,
+    // and the application has not read yet: the connection is in
+    // TIME-WAIT, but what arrived is the application's until it reads it
+    // (as on Linux), however long it takes. Then it closes the handle, or
+    // aborts it (no RST: the connection is over on the wire).
+    for abort in [false, true] {
+        let (mut st, l, mut now) = server(16);
+        let peer = sa("10.0.0.1:40000");
+        let ends = (peer, sa(SERVER_AT));
+        let isn = 7000u32;
+        let (h, snd) = handshake(&mut st, &mut now, l, ends, isn, 65535);
+        st.shutdown(h).unwrap();
+        let t = now;
+        let out = drain_until(&mut st, &mut now, t + Duration::from_millis(5));
+        assert!(
+            out.iter().any(|(_, s)| s.flags.fin() && s.seq == snd),
+            "{out:?}"
+        );
+        let data = b"the last words before the peer's FIN";
+        let fin = TcpFlags::FIN | TcpFlags::ACK;
+        st.handle_packet(
+            now,
+            &tcp(peer, ends.1, isn.wrapping_add(1), snd + 1, fin, 65535, data),
+        );
+        let t = now;
+        let out = drain_until(&mut st, &mut now, t + Duration::from_millis(300));
+        let rcv_nxt = isn.wrapping_add(2 + data.len() as u32);
+        assert!(out.iter().any(|(_, s)| s.ack == rcv_nxt), "{out:?}");
+        assert_eq!(st.tcp_state(h), Some(ephemera::TcpState::TimeWait));
+        // On the wire the connection is over: its 4-tuple is a TIME-WAIT
+        // record like any other, listed once.
+        assert_eq!(st.port_table().time_wait_flows(), 1);
+        assert_eq!(st.port_table().live_flows(), 0);
+        let rows = st.snapshot();
+        assert_eq!(rows.iter().filter(|r| r.remote == Some(peer)).count(), 1);
+
+        // Long past smoltcp's own TIME-WAIT (10 s) and 2·MSL (60 s).
+        let t = now;
+        drain_until(&mut st, &mut now, t + Duration::from_secs(90));
+        let mut buf = [0u8; 128];
+        assert_eq!(st.recv(h, &mut buf), Ok(data.len()));
+        assert_eq!(&buf[..data.len()], data);
+        assert_eq!(st.recv(h, &mut buf), Ok(0), "then end of stream");
+        match abort {
+            true => st.abort(h),
+            false => st.close(h),
+        }
+        let t = now;
+        let out = drain_until(&mut st, &mut now, t + Duration::from_secs(1));
+        assert!(out.is_empty(), "nothing more on the wire: {out:?}");
+        assert_eq!(st.socket_count(), 1, "only the listener");
+        assert_eq!(st.counters().tcp_closed, 1);
+        st.check_invariants().unwrap();
+    }
 }
