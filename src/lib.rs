@@ -39,7 +39,7 @@ pub use smoltcp::time::{Duration, Instant};
 pub use stack::{
     BudgetUse, ConfigError, CongestionControl, Event, ListenerHandle, Owner, SocketInfo,
     SocketState, Stack, StackConfig, SynCookies, TcpHandle, TcpState, Transmit, UdpHandle,
-    UnknownCongestionControl, SPARE_TX_BUFFERS,
+    UnknownCongestionControl, SPARE_TX_BUFFERS, TIME_WAIT_BATCH,
 };
 
 #[cfg(any(test, feature = "fuzzing"))]

@@ -186,6 +186,12 @@ fn from_std(d: StdDuration) -> Instant {
     Instant::from_micros(d.as_micros() as i64)
 }
 
+/// How late past its 2·MSL a TIME-WAIT record may end ([`Stack::poll_at`]):
+/// records that end within this span of each other go in one wake-up.
+/// 2·MSL is a lower bound (RFC 9293 §3.6.1); Linux reaps its TIME-WAIT
+/// sockets in timer-wheel slots too.
+pub const TIME_WAIT_BATCH: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(100);
+
 /// A packet for the wire, from
 /// [`Stack::poll_transmit_offload`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -422,13 +428,19 @@ impl Stack {
     }
 
     /// When [`poll_transmit`](Self::poll_transmit) next has work, if ever.
-    /// May be early (harmless), never late.
+    /// May be early (harmless), never late. TIME-WAIT records end in
+    /// batches, up to [`TIME_WAIT_BATCH`] after their 2·MSL: after a burst
+    /// of closes the driver wakes ten times a second for them, not once
+    /// per record.
     #[must_use]
     pub fn poll_at(&self) -> Option<Instant> {
         if !self.link.tx.is_empty() || !self.dirty.is_empty() {
             return Some(self.now);
         }
-        let tw = self.table.next_expiry().map(from_std);
+        let tw = self
+            .table
+            .next_expiry()
+            .map(|t| from_std(t) + TIME_WAIT_BATCH);
         match (self.timers.peek(), tw) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

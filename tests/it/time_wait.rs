@@ -216,3 +216,47 @@ fn data_unread_in_time_wait_stays_readable_until_the_application_reads_it() {
         st.check_invariants().unwrap();
     }
 }
+
+#[test]
+fn time_wait_records_end_in_batches_not_one_wake_up_each() {
+    // A hundred connections closed 10 ms apart: their records end over
+    // one second, 60 s later, in about ten wake-ups, each record at least
+    // 2·MSL after its close and at most TIME_WAIT_BATCH later than that.
+    let (mut st, l, mut now) = server(1000);
+    let mut closed = Vec::new();
+    for port in 0..100u16 {
+        let peer = SocketAddr::new(ip(CLIENT), 40_000 + port);
+        closed_by_server(&mut st, &mut now, l, peer, 1000 * u32::from(port));
+        // TIME-WAIT began with the peer's FIN, 5 ms before the end of
+        // closed_by_server's last drain.
+        closed.push(now - Duration::from_millis(5));
+    }
+    let span = now - closed[0];
+    assert!(span >= Duration::from_millis(900), "{span}");
+    let two_msl = Duration::from_secs(60);
+    let batch = ephemera::TIME_WAIT_BATCH;
+    let mut wake_ups = 0;
+    let mut ended = 0;
+    while let Some(at) = st.poll_at() {
+        now = at.max(now);
+        while st.poll_transmit(now).is_some() {}
+        wake_ups += 1;
+        let left = st.port_table().time_wait_flows();
+        for t in &closed[ended..100 - left] {
+            assert!(now >= *t + two_msl, "ended early: closed {t}, now {now}");
+            assert!(
+                now <= *t + two_msl + batch,
+                "ended late: closed {t}, now {now}"
+            );
+        }
+        ended = 100 - left;
+        assert!(wake_ups < 1000, "no end to the wake-ups");
+    }
+    assert_eq!(ended, 100);
+    let most = (span.total_millis() / batch.total_millis() + 2) as usize;
+    assert!(
+        wake_ups <= most,
+        "{wake_ups} wake-ups for 100 records over {span}"
+    );
+    st.check_invariants().unwrap();
+}
