@@ -495,36 +495,15 @@ mod tests {
             CongestionControl::Reno,
             CongestionControl::None,
         ] {
-            let mut net = Network::new(LinkConfig::default());
-            let t0 = Instant::from_millis(0);
-            for (i, addr) in ["10.0.0.1", "10.0.0.2"].into_iter().enumerate() {
-                let ip: IpAddr = addr.parse().unwrap();
-                let config = StackConfig {
-                    addrs: vec![(ip, 24)],
-                    congestion_control: cc,
-                    seed: Some(i as u64),
-                    ..StackConfig::default()
-                };
-                net.add(Stack::new(config, t0).unwrap(), &[ip]);
-            }
-            let at: SocketAddr = "10.0.0.2:80".parse().unwrap();
-            let l = net.stack(1).listen(at, None).unwrap();
-            let client = net.stack(0).connect(at).unwrap();
-            let mut server = None;
-            net.run_until(1000, |n| {
-                server = server.or_else(|| n.stack(1).accept(l).ok());
-                server.is_some()
-            })
-            .unwrap();
+            let (net, client, server) = connected(|c| StackConfig {
+                congestion_control: cc,
+                ..c
+            });
             let of = |st: &Stack, h: TcpHandle| {
                 st.sockets.tcp(h.0).unwrap().socket().congestion_control()
             };
             assert_eq!(of(net.stack_ref(0), client), cc.to_smoltcp(), "{cc}");
-            assert_eq!(
-                of(net.stack_ref(1), server.unwrap()),
-                cc.to_smoltcp(),
-                "{cc}"
-            );
+            assert_eq!(of(net.stack_ref(1), server), cc.to_smoltcp(), "{cc}");
         }
     }
 
@@ -546,20 +525,27 @@ mod tests {
         }
     }
 
-    /// Two stacks on a 1 ms link, the server (1) with a small receive
-    /// ring so that a transfer wraps it and closes its window; an
+    /// A small receive ring, so that a transfer wraps it and closes its
+    /// window.
+    fn small_ring(c: StackConfig) -> StackConfig {
+        StackConfig {
+            tcp_rx_buffer: 4096,
+            ..c
+        }
+    }
+
+    /// Two stacks on a 1 ms link, both configured through `tweak`; an
     /// established connection from 0 to 1 and its accepted end.
-    fn connected(rx_ring: usize) -> (Network, TcpHandle, TcpHandle) {
+    fn connected(tweak: impl Fn(StackConfig) -> StackConfig) -> (Network, TcpHandle, TcpHandle) {
         let mut net = Network::new(LinkConfig::default());
         let t0 = Instant::from_millis(0);
         for (i, addr) in ["10.0.0.1", "10.0.0.2"].into_iter().enumerate() {
             let ip: IpAddr = addr.parse().unwrap();
-            let config = StackConfig {
+            let config = tweak(StackConfig {
                 addrs: vec![(ip, 24)],
-                tcp_rx_buffer: rx_ring,
                 seed: Some(i as u64),
                 ..StackConfig::default()
-            };
+            });
             net.add(Stack::new(config, t0).unwrap(), &[ip]);
         }
         let at: SocketAddr = "10.0.0.2:9".parse().unwrap();
@@ -577,7 +563,7 @@ mod tests {
     /// Send `total` octets from 0 to 1 and close, the server reading with
     /// `read` after every step; every result the server saw, in order.
     fn transfer(read: Read, total: usize) -> Vec<Result<usize, RecvError>> {
-        let (mut net, client, server) = connected(4096);
+        let (mut net, client, server) = connected(small_ring);
         let data: Vec<u8> = (0..total).map(|i| i as u8).collect();
         let (mut sent, mut closed) = (0, false);
         let mut seen = Vec::new();
@@ -632,7 +618,7 @@ mod tests {
     #[test]
     fn recv_discard_reopens_a_closed_window() {
         for read in [Read::Copy(1 << 20), Read::Discard(usize::MAX)] {
-            let (mut net, client, server) = connected(4096);
+            let (mut net, client, server) = connected(small_ring);
             let data = vec![7u8; 20_000];
             let mut sent = net.stack(0).send(client, &data).unwrap();
             // Fill the ring; the client holds the rest.
@@ -663,7 +649,7 @@ mod tests {
     #[test]
     fn recv_discard_fails_as_recv_fails() {
         for read in [Read::Copy(100), Read::Discard(100)] {
-            let (mut net, client, server) = connected(4096);
+            let (mut net, client, server) = connected(small_ring);
             assert_eq!(read.call(net.stack(1), server), Err(RecvError::WouldBlock));
             // Opening: smoltcp is in SYN-SENT.
             let at: SocketAddr = "10.0.0.2:10".parse().unwrap();
@@ -695,7 +681,7 @@ mod tests {
                 "{read:?}"
             );
         }
-        let (mut net, client, server) = connected(4096);
+        let (mut net, client, server) = connected(small_ring);
         net.stack(0).send(client, b"abc").unwrap();
         net.run_for(Duration::from_millis(5), 10_000).unwrap();
         assert_eq!(net.stack(1).recv(server, &mut []), Ok(0));
