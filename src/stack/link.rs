@@ -81,7 +81,8 @@ impl<'a> TxOne<'a> {
 }
 
 /// How many sent packets' buffers a stack keeps to fill again
-/// ([`Spares`]): a turn's worth of TCP super-packets for a fast download.
+/// ([`Stack::recycle`](super::Stack::recycle)): a turn's worth of TCP
+/// super-packets for a fast download.
 pub const SPARE_TX_BUFFERS: usize = 32;
 
 /// The largest buffer kept: a 64 KiB IP packet and change. Larger ones
