@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::device::virtual_link::{LinkConfig, Network};
-use crate::{Duration, Instant, ListenerHandle, RecvError, Stack, StackConfig, TcpHandle};
+use crate::{
+    Duration, Instant, ListenerHandle, RecvError, Stack, StackConfig, TcpHandle, TcpState,
+};
 
 const ADDRS: [[&str; 2]; 2] = [["10.0.0.1", "fd00::1"], ["10.0.0.2", "fd00::2"]];
 const PORT: u16 = 7;
@@ -209,10 +211,19 @@ impl Pair {
                 }
                 // A SYN cookie has no state to say its handshake is over: a
                 // late ACK (a FIN, say) of a connection whose ISS was a
-                // cookie, after this end let go of it, opens it again, as
-                // on Linux. Only then may a finished connection come back,
-                // and nothing is read from it.
-                let finished = self.conns.iter().any(|c| ours(c) && c.released[s]);
+                // cookie, after this end let go of it or gave up on it (a
+                // user timeout's RST the peer never got), opens it again,
+                // as on Linux within the cookie's lifetime. Only then may a
+                // finished connection come back, and nothing is read from
+                // it.
+                let st = self.net.stack_ref(s);
+                let over = |c: &Conn| {
+                    c.released[s]
+                        || c.ends[s].is_some_and(|h| {
+                            matches!(st.tcp_state(h), None | Some(TcpState::Closed))
+                        })
+                };
+                let finished = self.conns.iter().any(|c| ours(c) && over(c));
                 let cookies = self.net.stack_ref(s).counters().tcp_syn_cookies_ok;
                 assert!(
                     finished && cookies > 0,
