@@ -317,10 +317,9 @@ mod tests {
                 let _ = cl.shutdown(c);
                 shut = true;
             }
-            // Everything that arrived, each step: a reader that leaves
-            // data behind can find its connection gone when the clock
-            // jumps to the next deadline (smoltcp ends TIME-WAIT, and
-            // drops what was not read, after 10 s).
+            // Everything that arrived, each step. (What a slower reader
+            // leaves behind would wait for it, in TIME-WAIT too: the stack
+            // keeps a held connection's unread data past smoltcp's 10 s.)
             let mut buf = [0u8; 4096];
             let mut eof = false;
             while let Ok(n) = cl.recv(c, &mut buf) {
