@@ -64,6 +64,13 @@
 #       --forward, the receiver's sum; wrk = wrk -t2 -c16
 #       -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS (requests/s,
 #       so connections/s); one = a single curl GET of E2E_BYTES (one flow)
+#   scale.nginx{1,Q}.{par,wrk}         the kernel's own scaling with the same
+#       clients: nginx over veth (KA -> KB) with 1 worker against Q workers,
+#       alternating with the ephemera rows above
+#   cpu.machine.scale.*, cpu.daemon.scale.q*.*  (%, 100 = one CPU busy for
+#       the whole row) during each scaling row: every CPU's busy time from
+#       /proc/stat (all processes, the kernel's softirqs included), and the
+#       daemon's own (user + system) from /proc/PID/stat
 #   rate.{eph,kernel} (connections/s), p50.*, p99.* (ms)
 #                                       ab -n E2E_REQUESTS -c E2E_CONCURRENCY on
 #       /bytes/100, a new connection per request, against ephemera's --http
@@ -174,6 +181,38 @@ trap 'exit 129' HUP
 
 record() { # id value: one sample of a series
     echo "$2" >> "$TMP/samples/$1"
+}
+
+# CPU time as "busy_ticks all_ticks": every CPU's, from /proc/stat
+# (user nice system idle iowait irq softirq steal), or, given a pid, that
+# process's user + system time (its threads included) and 0.
+ticks() {
+    if [ -z "${1:-}" ]; then
+        awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
+    else
+        # Fields after the ")" that ends the name: utime is the 12th, stime the 13th.
+        sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13, 0}'
+    fi
+}
+with_cpu() { # id [pid] -- command...: runs the command (a client that records id), and
+    # records cpu.machine.id, and with a pid cpu.daemon.id, in % of one CPU
+    local id=$1 pid= m0 m1 p0=0 p1=0 t0 t1 hz
+    shift
+    [ "$1" != -- ] && { pid=$1; shift; }
+    shift
+    hz=$(getconf CLK_TCK)
+    read -r m0 _ < <(ticks)
+    [ -n "$pid" ] && read -r p0 _ < <(ticks "$pid")
+    t0=$(date +%s.%N)
+    "$@"
+    t1=$(date +%s.%N)
+    read -r m1 _ < <(ticks)
+    [ -n "$pid" ] && read -r p1 _ < <(ticks "$pid")
+    record "cpu.machine.$id" "$(awk -v a="$m0" -v b="$m1" -v hz="$hz" -v s="$t0" -v e="$t1" \
+        'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}')"
+    [ -n "$pid" ] && record "cpu.daemon.$id" "$(awk -v a="$p0" -v b="$p1" -v hz="$hz" -v s="$t0" -v e="$t1" \
+        'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}')"
+    return 0
 }
 
 wait_listen() { # ns addr port [log]: until something listens there
@@ -333,11 +372,11 @@ wrk_run() { # id ns url: wrk -t2 -c16 with a new connection per request; request
 
 # ---- servers ----
 
-start_nginx() { # ns name addr:port: one worker, sendfile, serving $TMP/www, /sink discards
+start_nginx() { # ns name addr:port [workers]: one worker unless given, sendfile, serving $TMP/www, /sink discards
     local dir=$TMP/nginx-$2
     mkdir -p "$dir"
     cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes ${4:-1};
 pid $dir/nginx.pid;
 error_log $dir/error.log;
 events { worker_connections 1024; }
@@ -451,6 +490,8 @@ mkdir -p "$TMP/www/bytes"
 FILE=$TMP/www/bytes/$N
 head -c "$N" /dev/zero >"$FILE"
 head -c 100 /dev/zero >"$TMP/www/bytes/100"
+# The 8 concurrent downloads of the scaling rows, from nginx.
+head -c $((N / 8)) /dev/zero >"$TMP/www/bytes/$((N / 8))"
 chmod -R a+rX "$TMP/www"
 # The upload client: the file goes from the page cache to the socket with
 # sendfile(2), as nginx sends (`sendfile on`), so the client never copies
@@ -496,6 +537,7 @@ for n in "$KA" "$KB"; do ip -n "$n" link set lo up; done
 ip -n "$KA" link set "$VA" up
 ip -n "$KB" link set "$VB" up
 start_nginx "$KB" kernel 10.8.0.2:80
+[ "$QUEUES" = 1 ] || start_nginx "$KB" kernel-workers 10.8.0.2:8082 "$QUEUES"
 start_bg "$KB" 10.8.0.2 5201 iperf3 -s -B 10.8.0.2 -p 5201
 start_bg "$KB" 10.8.0.2 9 socat -b 1048576 -u TCP-LISTEN:9,bind=10.8.0.2,reuseaddr,fork OPEN:/dev/null,wronly
 # The kernel's relays, in KA between a client and a server in KB, as
@@ -567,15 +609,25 @@ for r in $(seq "$RUNS"); do
         run_ephemera 1500 --queues "$q" --forward 5202=10.7.0.1:5201
         start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
         NS_IPERF3=$!
-        par_get "scale.q$q.par" "$NS" http://10.7.0.2/bytes 8
+        with_cpu "scale.q$q.par" "$EPID" -- par_get "scale.q$q.par" "$NS" http://10.7.0.2/bytes 8
         # For a time, not -n: with 8 streams the relay holds up to 16 MiB
         # that the receiver stops counting at the end (see iperf3_run).
-        IPERF3_SECONDS=$WRK_SECS iperf3_run "scale.q$q.iperf3" "$NS" 10.7.0.2 5202 -P 8
-        wrk_run "scale.q$q.wrk" "$NS" http://10.7.0.2/bytes/100
-        curl_get "scale.q$q.one" "$NS" "http://10.7.0.2/bytes/$N"
+        IPERF3_SECONDS=$WRK_SECS with_cpu "scale.q$q.iperf3" "$EPID" -- \
+            iperf3_run "scale.q$q.iperf3" "$NS" 10.7.0.2 5202 -P 8
+        with_cpu "scale.q$q.wrk" "$EPID" -- wrk_run "scale.q$q.wrk" "$NS" http://10.7.0.2/bytes/100
+        with_cpu "scale.q$q.one" "$EPID" -- curl_get "scale.q$q.one" "$NS" "http://10.7.0.2/bytes/$N"
         show "scale.q$q.par" "scale.q$q.iperf3" "scale.q$q.wrk" "scale.q$q.one"
         stop_pid "$NS_IPERF3"
         stop_ephemera
+    done
+    # The kernel's own scaling with the same clients: nginx with 1 worker
+    # (port 80, as above) against QUEUES workers (port 8082).
+    for w in 1 "$QUEUES"; do
+        port=80
+        [ "$w" = 1 ] || port=8082
+        with_cpu "scale.nginx$w.par" -- par_get "scale.nginx$w.par" "$KA" "http://10.8.0.2:$port/bytes" 8
+        with_cpu "scale.nginx$w.wrk" -- wrk_run "scale.nginx$w.wrk" "$KA" "http://10.8.0.2:$port/bytes/100"
+        show "scale.nginx$w.par" "scale.nginx$w.wrk"
     done
 done
 
@@ -669,6 +721,7 @@ for f in "$TMP"/samples/*; do
     case $id in
     rate.* | scale.*.wrk) unit=conn/s ;;
     p50.* | p99.*) unit=ms ;;
+    cpu.*) unit=% ;;
     *) unit=MB/s ;;
     esac
     # Samples in the order they were taken; median, min and max from a sorted copy.

@@ -9,7 +9,8 @@
 # three more: every end-to-end series five times (E2E_RUNS), against the
 # kernel's real servers (nginx, iperf3, socat, and ab and wrk as the load
 # generators: apt-get install --no-install-recommends nginx iperf3 socat
-# apache2-utils wrk), the scaling rows (--queues 1 against 2), and a few minutes the first time, when it builds
+# apache2-utils wrk), the scaling rows (--queues 1 against 2, nginx with 1
+# worker against 2), and a few minutes the first time, when it builds
 # smoltcp's own benchmark example. The E2E_* settings of benches/e2e.sh
 # pass through; its short mode (E2E_QUICK=1) is for CI, not for this
 # report.

@@ -575,13 +575,15 @@ const SCALE_TARGET: f64 = 1.4;
 /// `--queues 1`'s median: the rows' own run-to-run spread is wider.
 const ONE_FLOW_FLOOR: f64 = 0.9;
 
-/// `--queues Q` against `--queues 1`, from the `scale.*` series.
+/// `--queues Q` against `--queues 1`, from the `scale.*` series, with
+/// the CPU they kept busy (`cpu.*`) and nginx's own scaling beside them.
 fn scale_section(w: &mut String, e2e: Option<&E2e>) {
     let Some(e) = e2e else { return };
     if !e.series.keys().any(|k| k.starts_with("scale.")) {
         return;
     }
     let q = e.meta("queues");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(w, "\n## Scaling across queues\n");
     let _ = writeln!(
         w,
@@ -590,29 +592,93 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
          within each of the {runs}; clients in the daemon's namespace on the kernel end of the \
          TUN, as above. wrk {wrk}, {secs} s per run. The ratio divides the medians. Many-flow \
          rows aim at ≥ {SCALE_TARGET}×, the one-flow row at no regression (≥ {:.0} % of \
-         `--queues 1`).\n",
+         `--queues 1`). *CPU busy* is every CPU's busy time over the row (/proc/stat: the \
+         clients, the kernel's share of their packets and the daemon; 100 % is one CPU), \
+         *daemon* the daemon's own; medians, `--queues 1` → `--queues {q}`. *Ceiling* is \
+         what a second shard could give at most if every request or byte kept costing the \
+         machine what it cost with one queue: the {cpus} CPUs over the CPU `--queues 1` kept \
+         busy.\n",
         ONE_FLOW_FLOOR * 100.0,
-        cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs = runs(e.runs()),
         wrk = e.meta("wrk"),
         secs = e.meta("wrk_seconds"),
     );
     let _ = writeln!(
         w,
-        "| workload | --queues 1 | --queues {q} | ratio |\n|---|---:|---:|---:|"
+        "| workload | --queues 1 | --queues {q} | ratio | CPU busy | daemon | ceiling |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
     );
     for (label, id, _) in SCALE_ROWS {
         let (one, many) = (format!("scale.q1.{id}"), format!("scale.q{q}.{id}"));
-        let ratio = match (e.median(&many), e.median(&one)) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-            _ => "–".into(),
-        };
         let _ = writeln!(
             w,
-            "| {label} | {} | {} | {ratio} |",
+            "| {label} | {} | {} | {} | {} | {} | {} |",
             e.cell(Some(&one)),
-            e.cell(Some(&many))
+            e.cell(Some(&many)),
+            ratio(e.median(&many), e.median(&one)),
+            cpu_pair(e, "machine", &one, &many),
+            cpu_pair(e, "daemon", &one, &many),
+            ceiling(e, cpus, &one),
         );
+    }
+    if !e.series.keys().any(|k| k.starts_with("scale.nginx")) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nThe kernel's own scaling with the same clients, in the same runs: {nginx} over \
+         the veth pair with `worker_processes 1` against `{q}` (`sendfile on`, as above). \
+         nginx's two workers share one listening socket, and veth has one queue, so the \
+         kernel spreads the packets by the CPU that sends them.\n",
+        nginx = e.meta("nginx"),
+    );
+    let _ = writeln!(
+        w,
+        "| workload | nginx, 1 worker | nginx, {q} workers | ratio | CPU busy | ceiling |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for (label, id, _) in SCALE_ROWS {
+        let (one, many) = (format!("scale.nginx1.{id}"), format!("scale.nginx{q}.{id}"));
+        if e.median(&one).is_none() {
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "| {label} | {} | {} | {} | {} | {} |",
+            e.cell(Some(&one)),
+            e.cell(Some(&many)),
+            ratio(e.median(&many), e.median(&one)),
+            cpu_pair(e, "machine", &one, &many),
+            ceiling(e, cpus, &one),
+        );
+    }
+}
+
+/// "1.34×", or "–" unless both were measured.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// "97 % → 196 %": the median CPU (`cpu.WHAT.ID`) of two rows.
+fn cpu_pair(e: &E2e, what: &str, one: &str, many: &str) -> String {
+    match (
+        e.median(&format!("cpu.{what}.{one}")),
+        e.median(&format!("cpu.{what}.{many}")),
+    ) {
+        (Some(a), Some(b)) => format!("{a:.0} % → {b:.0} %"),
+        _ => "–".into(),
+    }
+}
+
+/// The CPUs' capacity over the CPU the one-queue (one-worker) row kept
+/// busy: the most more shards could give at that row's cost per unit.
+fn ceiling(e: &E2e, cpus: usize, one: &str) -> String {
+    match e.median(&format!("cpu.machine.{one}")) {
+        Some(busy) if busy > 0.0 => format!("{:.2}×", cpus as f64 * 100.0 / busy),
+        _ => "–".into(),
     }
 }
 
