@@ -704,7 +704,26 @@ fn scale_targets(w: &mut String, e: &E2e) {
                 r >= ONE_FLOW_FLOOR,
             )
         };
-        let _ = writeln!(w, "| {t} | {r:.2}× | {} |", e2e_verdict(e, ok));
+        // What the machine allowed: the ceiling, and nginx's own ratio.
+        let mut context = Vec::new();
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let one = format!("scale.q1.{id}");
+        if e.median(&format!("cpu.machine.{one}")).is_some() {
+            context.push(format!("ceiling {}", ceiling(e, cpus, &one)));
+        }
+        let nginx = ratio(
+            e.median(&format!("scale.nginx{q}.{id}")),
+            e.median(&format!("scale.nginx1.{id}")),
+        );
+        if nginx != "–" {
+            context.push(format!("nginx {q} workers over 1: {nginx}"));
+        }
+        let context = if context.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", context.join("; "))
+        };
+        let _ = writeln!(w, "| {t} | {r:.2}×{context} | {} |", e2e_verdict(e, ok));
     }
 }
 
