@@ -24,6 +24,7 @@
 #   E2E_SMOLTCP=1       build and run smoltcp's example (0 in the short mode)
 #   E2E_QUEUES=2        the shard count the scaling rows compare with --queues 1
 #   E2E_WRK_SECONDS=5   length of each wrk run (1 in the short mode)
+#   E2E_NICE=-10        the daemon's niceness in the scaling rows' second pass
 #
 # Topology. ephemera: one namespace with `ephemera up` on tun0 (stack
 # 10.7.0.2, kernel end 10.7.0.1); every client and every kernel-side server
@@ -64,6 +65,8 @@
 #       --forward, the receiver's sum; wrk = wrk -t2 -c16
 #       -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS (requests/s,
 #       so connections/s); one = a single curl GET of E2E_BYTES (one flow)
+#   scale.nice.q{1,Q}.*                the same rows with the daemon under
+#       nice -n E2E_NICE, so that its threads win the CPU from the clients
 #   scale.nginx{1,Q}.{par,wrk}         the kernel's own scaling with the same
 #       clients: nginx over veth (KA -> KB) with 1 worker against Q workers,
 #       alternating with the ephemera rows above
@@ -105,10 +108,13 @@ else
     WRK_SECS=${E2E_WRK_SECONDS:-5}
 fi
 QUEUES=${E2E_QUEUES:-2}
+NICE=${E2E_NICE:--10}
 CONC=${E2E_CONCURRENCY:-16}
 for v in RUNS N REQS CONC QUEUES WRK_SECS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "e2e: $v must be a positive integer, not '${!v}'" >&2; exit 2; }
 done
+[[ $NICE =~ ^-?[0-9]+$ ]] && [ "$NICE" -ge -20 ] && [ "$NICE" -le 19 ] ||
+    { echo "e2e: NICE must be a niceness from -20 to 19, not '$NICE'" >&2; exit 2; }
 
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
     echo "SKIP: e2e needs root and iproute2" >&2
@@ -426,7 +432,8 @@ run_ephemera() { # mtu [extra flags...]
     shift
     # Its own control socket: the default path is per TUN name, and a
     # daemon on another namespace's tun0 (a test) would hold it.
-    ip netns exec "$NS" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" \
+    # EPH_NICE: its priority (nice(1)); nice execs the daemon, so $EPID is its pid.
+    ip netns exec "$NS" nice -n "${EPH_NICE:-0}" "$BIN" up --tun tun0 --addr 10.7.0.2/24 --http 80 --mtu "$mtu" \
         --control "$TMP/control.sock" "$@" \
         >"$TMP/ephemera-$mtu.log" 2>&1 &
     EPID=$!
@@ -606,19 +613,25 @@ stop_ephemera
 echo "ephemera --queues 1 against --queues $QUEUES, MTU 1500..." >&2
 for r in $(seq "$RUNS"); do
     for q in 1 "$QUEUES"; do
-        run_ephemera 1500 --queues "$q" --forward 5202=10.7.0.1:5201
-        start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
-        NS_IPERF3=$!
-        with_cpu "scale.q$q.par" "$EPID" -- par_get "scale.q$q.par" "$NS" http://10.7.0.2/bytes 8
-        # For a time, not -n: with 8 streams the relay holds up to 16 MiB
-        # that the receiver stops counting at the end (see iperf3_run).
-        IPERF3_SECONDS=$WRK_SECS with_cpu "scale.q$q.iperf3" "$EPID" -- \
-            iperf3_run "scale.q$q.iperf3" "$NS" 10.7.0.2 5202 -P 8
-        with_cpu "scale.q$q.wrk" "$EPID" -- wrk_run "scale.q$q.wrk" "$NS" http://10.7.0.2/bytes/100
-        with_cpu "scale.q$q.one" "$EPID" -- curl_get "scale.q$q.one" "$NS" "http://10.7.0.2/bytes/$N"
-        show "scale.q$q.par" "scale.q$q.iperf3" "scale.q$q.wrk" "scale.q$q.one"
-        stop_pid "$NS_IPERF3"
-        stop_ephemera
+        # Each at the default priority, then under `nice -n NICE`.
+        for pass in scale scale.nice; do
+            nice=0
+            [ "$pass" = scale ] || nice=$NICE
+            EPH_NICE=$nice run_ephemera 1500 --queues "$q" --forward 5202=10.7.0.1:5201
+            start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
+            NS_IPERF3=$!
+            id=$pass.q$q
+            with_cpu "$id.par" "$EPID" -- par_get "$id.par" "$NS" http://10.7.0.2/bytes 8
+            # For a time, not -n: with 8 streams the relay holds up to 16 MiB
+            # that the receiver stops counting at the end (see iperf3_run).
+            IPERF3_SECONDS=$WRK_SECS with_cpu "$id.iperf3" "$EPID" -- \
+                iperf3_run "$id.iperf3" "$NS" 10.7.0.2 5202 -P 8
+            with_cpu "$id.wrk" "$EPID" -- wrk_run "$id.wrk" "$NS" http://10.7.0.2/bytes/100
+            with_cpu "$id.one" "$EPID" -- curl_get "$id.one" "$NS" "http://10.7.0.2/bytes/$N"
+            show "$id.par" "$id.iperf3" "$id.wrk" "$id.one"
+            stop_pid "$NS_IPERF3"
+            stop_ephemera
+        done
     done
     # The kernel's own scaling with the same clients: nginx with 1 worker
     # (port 80, as above) against QUEUES workers (port 8082).
@@ -708,6 +721,7 @@ printf 'meta\tbytes\t%s\n' "$N"
 printf 'meta\trequests\t%s\n' "$REQS"
 printf 'meta\tconcurrency\t%s\n' "$CONC"
 printf 'meta\tqueues\t%s\n' "$QUEUES"
+printf 'meta\tnice\t%s\n' "$NICE"
 printf 'meta\twrk_seconds\t%s\n' "$WRK_SECS"
 printf 'meta\twrk\t%s\n' "$(wrk --version 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p')"
 printf 'meta\tnginx\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')"

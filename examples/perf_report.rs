@@ -576,14 +576,14 @@ const SCALE_TARGET: f64 = 1.4;
 const ONE_FLOW_FLOOR: f64 = 0.9;
 
 /// `--queues Q` against `--queues 1`, from the `scale.*` series, with
-/// the CPU they kept busy (`cpu.*`) and nginx's own scaling beside them.
+/// the CPU they kept busy (`cpu.*`), the same with the daemon at a higher
+/// priority (`scale.nice.*`), and nginx's own scaling beside them.
 fn scale_section(w: &mut String, e2e: Option<&E2e>) {
     let Some(e) = e2e else { return };
     if !e.series.keys().any(|k| k.starts_with("scale.")) {
         return;
     }
     let q = e.meta("queues");
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(w, "\n## Scaling across queues\n");
     let _ = writeln!(
         w,
@@ -594,63 +594,81 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
          rows aim at ≥ {SCALE_TARGET}×, the one-flow row at no regression (≥ {:.0} % of \
          `--queues 1`). *CPU busy* is every CPU's busy time over the row (/proc/stat: the \
          clients, the kernel's share of their packets and the daemon; 100 % is one CPU), \
-         *daemon* the daemon's own; medians, `--queues 1` → `--queues {q}`. *Ceiling* is \
-         what a second shard could give at most if every request or byte kept costing the \
-         machine what it cost with one queue: the {cpus} CPUs over the CPU `--queues 1` kept \
-         busy.\n",
+         *daemon* the daemon's own (/proc/PID/stat); medians, `--queues 1` → `--queues {q}`.\n",
         ONE_FLOW_FLOOR * 100.0,
+        cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs = runs(e.runs()),
         wrk = e.meta("wrk"),
         secs = e.meta("wrk_seconds"),
     );
-    let _ = writeln!(
-        w,
-        "| workload | --queues 1 | --queues {q} | ratio | CPU busy | daemon | ceiling |\n\
-         |---|---:|---:|---:|---:|---:|---:|"
-    );
-    for (label, id, _) in SCALE_ROWS {
-        let (one, many) = (format!("scale.q1.{id}"), format!("scale.q{q}.{id}"));
+    scale_table(w, e, "scale", "--queues 1", &format!("--queues {q}"), true);
+    if e.series.keys().any(|k| k.starts_with("scale.nice.")) {
         let _ = writeln!(
             w,
-            "| {label} | {} | {} | {} | {} | {} | {} |",
-            e.cell(Some(&one)),
-            e.cell(Some(&many)),
-            ratio(e.median(&many), e.median(&one)),
-            cpu_pair(e, "machine", &one, &many),
-            cpu_pair(e, "daemon", &one, &many),
-            ceiling(e, cpus, &one),
+            "\nThe same rows, in the same runs, with the daemon started under `nice -n {nice}`: \
+             its threads then win the CPU from the clients, as the kernel's own TCP work \
+             (softirq) does.\n",
+            nice = e.meta("nice"),
+        );
+        scale_table(
+            w,
+            e,
+            "scale.nice",
+            "--queues 1",
+            &format!("--queues {q}"),
+            true,
         );
     }
-    if !e.series.keys().any(|k| k.starts_with("scale.nginx")) {
-        return;
+    if e.series.keys().any(|k| k.starts_with("scale.nginx")) {
+        let _ = writeln!(
+            w,
+            "\nThe kernel's own scaling with the same clients, in the same runs: {nginx} over \
+             the veth pair with `worker_processes 1` against `{q}` (`sendfile on`, as above). \
+             nginx's workers share one listening socket, and veth has one queue, so the \
+             kernel spreads the packets by the CPU that sends them.\n",
+            nginx = e.meta("nginx"),
+        );
+        scale_table(
+            w,
+            e,
+            "scale.nginx",
+            "nginx, 1 worker",
+            &format!("nginx, {q} workers"),
+            false,
+        );
     }
+}
+
+/// One scaling table: the rows of `SCALE_ROWS` measured as
+/// `{prefix}.q1.{id}` and `{prefix}.q{Q}.{id}` (nginx: `{prefix}1.{id}`
+/// and `{prefix}{Q}.{id}`), with the machine's CPU and, for the daemon,
+/// its own.
+fn scale_table(w: &mut String, e: &E2e, prefix: &str, one: &str, many: &str, daemon: bool) {
+    let q = e.meta("queues");
+    let sep = if prefix.ends_with("nginx") { "" } else { ".q" };
     let _ = writeln!(
         w,
-        "\nThe kernel's own scaling with the same clients, in the same runs: {nginx} over \
-         the veth pair with `worker_processes 1` against `{q}` (`sendfile on`, as above). \
-         nginx's two workers share one listening socket, and veth has one queue, so the \
-         kernel spreads the packets by the CPU that sends them.\n",
-        nginx = e.meta("nginx"),
-    );
-    let _ = writeln!(
-        w,
-        "| workload | nginx, 1 worker | nginx, {q} workers | ratio | CPU busy | ceiling |\n\
-         |---|---:|---:|---:|---:|---:|"
+        "| workload | {one} | {many} | ratio | CPU busy |{}\n|---|---:|---:|---:|---:|{}",
+        if daemon { " daemon |" } else { "" },
+        if daemon { "---:|" } else { "" },
     );
     for (label, id, _) in SCALE_ROWS {
-        let (one, many) = (format!("scale.nginx1.{id}"), format!("scale.nginx{q}.{id}"));
-        if e.median(&one).is_none() {
+        let a = format!("{prefix}{sep}1.{id}");
+        let b = format!("{prefix}{sep}{q}.{id}");
+        if e.median(&a).is_none() {
             continue;
         }
-        let _ = writeln!(
-            w,
-            "| {label} | {} | {} | {} | {} | {} |",
-            e.cell(Some(&one)),
-            e.cell(Some(&many)),
-            ratio(e.median(&many), e.median(&one)),
-            cpu_pair(e, "machine", &one, &many),
-            ceiling(e, cpus, &one),
+        let mut row = format!(
+            "| {label} | {} | {} | {} | {} |",
+            e.cell(Some(&a)),
+            e.cell(Some(&b)),
+            ratio(e.median(&b), e.median(&a)),
+            cpu_pair(e, "machine", &a, &b),
         );
+        if daemon {
+            let _ = write!(row, " {} |", cpu_pair(e, "daemon", &a, &b));
+        }
+        let _ = writeln!(w, "{row}");
     }
 }
 
@@ -669,15 +687,6 @@ fn cpu_pair(e: &E2e, what: &str, one: &str, many: &str) -> String {
         e.median(&format!("cpu.{what}.{many}")),
     ) {
         (Some(a), Some(b)) => format!("{a:.0} % → {b:.0} %"),
-        _ => "–".into(),
-    }
-}
-
-/// The CPUs' capacity over the CPU the one-queue (one-worker) row kept
-/// busy: the most more shards could give at that row's cost per unit.
-fn ceiling(e: &E2e, cpus: usize, one: &str) -> String {
-    match e.median(&format!("cpu.machine.{one}")) {
-        Some(busy) if busy > 0.0 => format!("{:.2}×", cpus as f64 * 100.0 / busy),
         _ => "–".into(),
     }
 }
@@ -704,12 +713,14 @@ fn scale_targets(w: &mut String, e: &E2e) {
                 r >= ONE_FLOW_FLOOR,
             )
         };
-        // What the machine allowed: the ceiling, and nginx's own ratio.
+        // Beside it, what the same rows gave under `nice` and with nginx.
         let mut context = Vec::new();
-        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let one = format!("scale.q1.{id}");
-        if e.median(&format!("cpu.machine.{one}")).is_some() {
-            context.push(format!("ceiling {}", ceiling(e, cpus, &one)));
+        let nice = ratio(
+            e.median(&format!("scale.nice.q{q}.{id}")),
+            e.median(&format!("scale.nice.q1.{id}")),
+        );
+        if nice != "–" {
+            context.push(format!("under nice -n {}: {nice}", e.meta("nice")));
         }
         let nginx = ratio(
             e.median(&format!("scale.nginx{q}.{id}")),
