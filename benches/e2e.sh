@@ -59,10 +59,11 @@
 #       through the same socat relay as above
 #   scale.q{1,Q}.{par,iperf3,wrk,one}  ephemera --queues 1 against --queues Q
 #       (E2E_QUEUES), daemon restarted for each, the two alternating within
-#       a run: par = 8 concurrent curl GETs of E2E_BYTES/8 each from --http,
-#       all bytes over the longest transfer (curl's time_total, so not the
-#       clients' start-up); iperf3 = iperf3 -P 8 -t E2E_WRK_SECONDS through
-#       --forward, the receiver's sum; wrk = wrk -t2 -c16
+#       a run: par = 8 concurrent curl GETs of E2E_BYTES each from --http,
+#       all bytes over the span from the first client's start to the last
+#       one's end (process start-up included: a few ms of ~1 s); iperf3 =
+#       iperf3 -P 8 -t E2E_WRK_SECONDS through --forward, the receiver's
+#       sum; wrk = wrk -t2 -c16
 #       -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS (requests/s,
 #       so connections/s); one = a single curl GET of E2E_BYTES (one flow)
 #   scale.nice.q{1,Q}.*                the same rows with the daemon under
@@ -333,25 +334,27 @@ ab_run() { # id ns url: connections/s, p50 and p99 in ms
     record "p99.$id" "$p99"
 }
 
-par_get() { # id ns url count: count concurrent curl GETs of url/N÷count; all bytes over the longest, MB/s
-    local id=$1 ns=$2 url=$3 count=$4 each i code size secs longest=0 pids=()
-    each=$((N / count))
+par_get() { # id ns url count: count concurrent curl GETs of url/N; all bytes over the span, MB/s
+    # The span runs from the first client's start to the last one's end,
+    # so clients that start late or finish early do not inflate the sum.
+    local id=$1 ns=$2 url=$3 count=$4 i code size t0 t1 pids=()
+    t0=$(date +%s.%N)
     for i in $(seq "$count"); do
         ip netns exec "$ns" curl -sS -o /dev/null --max-time 300 \
-            -w '%{http_code} %{size_download} %{time_total}\n' \
-            "$url/$each" >"$TMP/par.$i" 2>&1 &
+            -w '%{http_code} %{size_download}\n' \
+            "$url/$N" >"$TMP/par.$i" 2>&1 &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
-        wait "${pids[$i]}" || fail "$id: curl $url/$each (client $((i + 1)) of $count) exited $?"
+        wait "${pids[$i]}" || fail "$id: curl $url/$N (client $((i + 1)) of $count) exited $?"
     done
+    t1=$(date +%s.%N)
     for i in $(seq "$count"); do
-        read -r code size secs <"$TMP/par.$i"
-        [ "$code" = 200 ] && [ "$size" = "$each" ] ||
-            fail "$id: curl $url/$each (client $i of $count): HTTP $code, $size of $each bytes"
-        longest=$(awk -v a="$longest" -v b="$secs" 'BEGIN {print (b > a ? b : a)}')
+        read -r code size <"$TMP/par.$i"
+        [ "$code" = 200 ] && [ "$size" = "$N" ] ||
+            fail "$id: curl $url/$N (client $i of $count): HTTP $code, $size of $N bytes"
     done
-    record "$id" "$(awk -v b=$((each * count)) -v s="$longest" 'BEGIN {printf "%.0f", b / s / 1e6}')"
+    record "$id" "$(awk -v b=$((N * count)) -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", b / (e - s) / 1e6}')"
 }
 
 wrk_run() { # id ns url: wrk -t2 -c16 with a new connection per request; requests/s
@@ -497,8 +500,6 @@ mkdir -p "$TMP/www/bytes"
 FILE=$TMP/www/bytes/$N
 head -c "$N" /dev/zero >"$FILE"
 head -c 100 /dev/zero >"$TMP/www/bytes/100"
-# The 8 concurrent downloads of the scaling rows, from nginx.
-head -c $((N / 8)) /dev/zero >"$TMP/www/bytes/$((N / 8))"
 chmod -R a+rX "$TMP/www"
 # The upload client: the file goes from the page cache to the socket with
 # sendfile(2), as nginx sends (`sendfile on`), so the client never copies

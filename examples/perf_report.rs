@@ -552,7 +552,7 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
 /// flows (target ≥ 1.4×) or one (no regression).
 const SCALE_ROWS: [(&str, &str, bool); 4] = [
     (
-        "8 concurrent downloads (curl, E2E_BYTES/8 each), aggregate",
+        "8 concurrent downloads (curl, E2E_BYTES each), aggregate",
         "par",
         true,
     ),
