@@ -497,10 +497,16 @@ impl Stack {
     pub fn snapshot(&self) -> Vec<SocketInfo> {
         let age = |t: Instant| since_epoch(self.now).saturating_sub(since_epoch(t));
         let mut rows = Vec::new();
+        // Connections in TIME-WAIT that the application still holds: their
+        // 4-tuple is listed once, as the TIME-WAIT record, with the bytes
+        // left to read (as `ss` shows a TIME-WAIT socket's Recv-Q).
+        let mut unread = std::collections::BTreeMap::new();
         for (_, s) in self.sockets.iter() {
-            if matches!(s, Socket::Tcp(c) if c.detached) {
-                // Its 4-tuple is listed once, as the TIME-WAIT record.
-                continue;
+            if let Socket::Tcp(c) = s {
+                if c.detached {
+                    unread.insert(c.key, (c.socket().recv_queue(), c.created));
+                    continue;
+                }
             }
             rows.push(match s {
                 Socket::Listener(l) => SocketInfo {
@@ -543,9 +549,22 @@ impl Stack {
                 state: SocketState::Tcp(TcpState::TimeWait),
                 local: key.local,
                 remote: Some(key.remote),
-                recv_queue: 0,
+                recv_queue: unread.remove(&key).map_or(0, |(n, _)| n),
                 send_queue: 0,
                 age: tw.saturating_sub(left),
+            });
+        }
+        // Held past their record (2·MSL over, or never recorded): closed
+        // on the wire, with data still to read.
+        for (key, (n, created)) in unread {
+            rows.push(SocketInfo {
+                proto: key.proto,
+                state: SocketState::Tcp(TcpState::Closed),
+                local: key.local,
+                remote: Some(key.remote),
+                recv_queue: n,
+                send_queue: 0,
+                age: age(created),
             });
         }
         rows

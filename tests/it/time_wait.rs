@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use ephemera::port_table::PortTableConfig;
 use ephemera::wire::TcpFlags;
-use ephemera::{Duration, Instant, ListenerHandle, Stack, StackConfig};
+use ephemera::{Duration, Instant, ListenerHandle, SocketState, Stack, StackConfig, TcpState};
 
 use crate::util::*;
 
@@ -189,21 +189,32 @@ fn data_unread_in_time_wait_stays_readable_until_the_application_reads_it() {
         let out = drain_until(&mut st, &mut now, t + Duration::from_millis(300));
         let rcv_nxt = isn.wrapping_add(2 + data.len() as u32);
         assert!(out.iter().any(|(_, s)| s.ack == rcv_nxt), "{out:?}");
-        assert_eq!(st.tcp_state(h), Some(ephemera::TcpState::TimeWait));
+        assert_eq!(st.tcp_state(h), Some(TcpState::TimeWait));
         // On the wire the connection is over: its 4-tuple is a TIME-WAIT
-        // record like any other, listed once.
+        // record like any other, listed once, with the bytes left to read
+        // as its receive queue (as `ss` shows them).
         assert_eq!(st.port_table().time_wait_flows(), 1);
         assert_eq!(st.port_table().live_flows(), 0);
-        let rows = st.snapshot();
-        assert_eq!(rows.iter().filter(|r| r.remote == Some(peer)).count(), 1);
+        let row = |st: &Stack| {
+            let rows = st.snapshot();
+            let mine: Vec<_> = rows.iter().filter(|r| r.remote == Some(peer)).collect();
+            assert_eq!(mine.len(), 1, "{rows:?}");
+            (mine[0].state, mine[0].recv_queue)
+        };
+        let (tw, closed) = (TcpState::TimeWait, TcpState::Closed);
+        assert_eq!(row(&st), (SocketState::Tcp(tw), data.len()));
 
-        // Long past smoltcp's own TIME-WAIT (10 s) and 2·MSL (60 s).
+        // Long past smoltcp's own TIME-WAIT (10 s) and 2·MSL (60 s): the
+        // record is gone, the data is still listed until it is read.
         let t = now;
         drain_until(&mut st, &mut now, t + Duration::from_secs(90));
+        assert_eq!(st.port_table().time_wait_flows(), 0);
+        assert_eq!(row(&st), (SocketState::Tcp(closed), data.len()));
         let mut buf = [0u8; 128];
         assert_eq!(st.recv(h, &mut buf), Ok(data.len()));
         assert_eq!(&buf[..data.len()], data);
         assert_eq!(st.recv(h, &mut buf), Ok(0), "then end of stream");
+        assert_eq!(row(&st), (SocketState::Tcp(closed), 0));
         match abort {
             true => st.abort(h),
             false => st.close(h),
@@ -212,6 +223,7 @@ fn data_unread_in_time_wait_stays_readable_until_the_application_reads_it() {
         let out = drain_until(&mut st, &mut now, t + Duration::from_secs(1));
         assert!(out.is_empty(), "nothing more on the wire: {out:?}");
         assert_eq!(st.socket_count(), 1, "only the listener");
+        assert!(st.snapshot().iter().all(|r| r.remote != Some(peer)));
         assert_eq!(st.counters().tcp_closed, 1);
         st.check_invariants().unwrap();
     }
