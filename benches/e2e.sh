@@ -190,36 +190,35 @@ record() { # id value: one sample of a series
     echo "$2" >> "$TMP/samples/$1"
 }
 
-# CPU time as "busy_ticks all_ticks": every CPU's, from /proc/stat
-# (user nice system idle iowait irq softirq steal), or, given a pid, that
-# process's user + system time (its threads included) and 0.
+# CPU time in clock ticks: every CPU's busy time from /proc/stat (user
+# nice system irq softirq steal), or, given a pid, that process's user +
+# system time (its threads included).
 ticks() {
     if [ -z "${1:-}" ]; then
-        awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
+        awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
     else
         # Fields after the ")" that ends the name: utime is the 12th, stime the 13th.
-        sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13, 0}'
+        sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
     fi
 }
 with_cpu() { # id [pid] -- command...: runs the command (a client that records id), and
     # records cpu.machine.id, and with a pid cpu.daemon.id, in % of one CPU
-    local id=$1 pid= m0 m1 p0=0 p1=0 t0 t1 hz
+    local id=$1 pid= m0 p0 t0 t1
     shift
     [ "$1" != -- ] && { pid=$1; shift; }
     shift
-    hz=$(getconf CLK_TCK)
-    read -r m0 _ < <(ticks)
-    [ -n "$pid" ] && read -r p0 _ < <(ticks "$pid")
+    m0=$(ticks)
+    [ -n "$pid" ] && p0=$(ticks "$pid")
     t0=$(date +%s.%N)
     "$@"
     t1=$(date +%s.%N)
-    read -r m1 _ < <(ticks)
-    [ -n "$pid" ] && read -r p1 _ < <(ticks "$pid")
-    record "cpu.machine.$id" "$(awk -v a="$m0" -v b="$m1" -v hz="$hz" -v s="$t0" -v e="$t1" \
-        'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}')"
-    [ -n "$pid" ] && record "cpu.daemon.$id" "$(awk -v a="$p0" -v b="$p1" -v hz="$hz" -v s="$t0" -v e="$t1" \
-        'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}')"
+    record "cpu.machine.$id" "$(cpu_pct "$m0" "$(ticks)" "$t0" "$t1")"
+    [ -n "$pid" ] && record "cpu.daemon.$id" "$(cpu_pct "$p0" "$(ticks "$pid")" "$t0" "$t1")"
     return 0
+}
+cpu_pct() { # ticks0 ticks1 t0 t1: the ticks between, in % of one CPU over t0..t1 (s)
+    awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" -v s="$3" -v e="$4" \
+        'BEGIN {printf "%.0f", (b - a) / hz / (e - s) * 100}'
 }
 
 wait_listen() { # ns addr port [log]: until something listens there

@@ -601,7 +601,7 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
         wrk = e.meta("wrk"),
         secs = e.meta("wrk_seconds"),
     );
-    scale_table(w, e, "scale", "--queues 1", &format!("--queues {q}"), true);
+    scale_table(w, e, ["scale.q1", &format!("scale.q{q}")], "--queues", true);
     if e.series.keys().any(|k| k.starts_with("scale.nice.")) {
         let _ = writeln!(
             w,
@@ -613,9 +613,8 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
         scale_table(
             w,
             e,
-            "scale.nice",
-            "--queues 1",
-            &format!("--queues {q}"),
+            ["scale.nice.q1", &format!("scale.nice.q{q}")],
+            "--queues",
             true,
         );
     }
@@ -631,30 +630,27 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
         scale_table(
             w,
             e,
-            "scale.nginx",
-            "nginx, 1 worker",
-            &format!("nginx, {q} workers"),
+            ["scale.nginx1", &format!("scale.nginx{q}")],
+            "nginx workers",
             false,
         );
     }
 }
 
 /// One scaling table: the rows of `SCALE_ROWS` measured as
-/// `{prefix}.q1.{id}` and `{prefix}.q{Q}.{id}` (nginx: `{prefix}1.{id}`
-/// and `{prefix}{Q}.{id}`), with the machine's CPU and, for the daemon,
-/// its own.
-fn scale_table(w: &mut String, e: &E2e, prefix: &str, one: &str, many: &str, daemon: bool) {
+/// `{prefix}.{id}` for the one-queue (one-worker) and the many prefix,
+/// headed `{what} 1` and `{what} Q`, with the machine's CPU and, for the
+/// daemon, its own.
+fn scale_table(w: &mut String, e: &E2e, prefix: [&str; 2], what: &str, daemon: bool) {
     let q = e.meta("queues");
-    let sep = if prefix.ends_with("nginx") { "" } else { ".q" };
     let _ = writeln!(
         w,
-        "| workload | {one} | {many} | ratio | CPU busy |{}\n|---|---:|---:|---:|---:|{}",
+        "| workload | {what} 1 | {what} {q} | ratio | CPU busy |{}\n|---|---:|---:|---:|---:|{}",
         if daemon { " daemon |" } else { "" },
         if daemon { "---:|" } else { "" },
     );
     for (label, id, _) in SCALE_ROWS {
-        let a = format!("{prefix}{sep}1.{id}");
-        let b = format!("{prefix}{sep}{q}.{id}");
+        let [a, b] = prefix.map(|p| format!("{p}.{id}"));
         if e.median(&a).is_none() {
             continue;
         }
@@ -662,7 +658,7 @@ fn scale_table(w: &mut String, e: &E2e, prefix: &str, one: &str, many: &str, dae
             "| {label} | {} | {} | {} | {} |",
             e.cell(Some(&a)),
             e.cell(Some(&b)),
-            ratio(e.median(&b), e.median(&a)),
+            ratio(e.median(&b), e.median(&a)).map_or("–".into(), |r| format!("{r:.2}×")),
             cpu_pair(e, "machine", &a, &b),
         );
         if daemon {
@@ -672,11 +668,11 @@ fn scale_table(w: &mut String, e: &E2e, prefix: &str, one: &str, many: &str, dae
     }
 }
 
-/// "1.34×", or "–" unless both were measured.
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// `a / b`, when both were measured.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "–".into(),
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
 }
 
@@ -715,19 +711,17 @@ fn scale_targets(w: &mut String, e: &E2e) {
         };
         // Beside it, what the same rows gave under `nice` and with nginx.
         let mut context = Vec::new();
-        let nice = ratio(
+        if let Some(nice) = ratio(
             e.median(&format!("scale.nice.q{q}.{id}")),
             e.median(&format!("scale.nice.q1.{id}")),
-        );
-        if nice != "–" {
-            context.push(format!("under nice -n {}: {nice}", e.meta("nice")));
+        ) {
+            context.push(format!("under nice -n {}: {nice:.2}×", e.meta("nice")));
         }
-        let nginx = ratio(
+        if let Some(nginx) = ratio(
             e.median(&format!("scale.nginx{q}.{id}")),
             e.median(&format!("scale.nginx1.{id}")),
-        );
-        if nginx != "–" {
-            context.push(format!("nginx {q} workers over 1: {nginx}"));
+        ) {
+            context.push(format!("nginx {q} workers over 1: {nginx:.2}×"));
         }
         let context = if context.is_empty() {
             String::new()
