@@ -5,8 +5,8 @@
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
 #   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
 #
-# About 3 minutes for the micro-benchmarks on two cores. E2E adds about
-# three more: every end-to-end series five times (E2E_RUNS), against the
+# About 4 minutes for the micro-benchmarks on two cores. E2E adds about
+# fifteen more: every end-to-end series five times (E2E_RUNS), against the
 # kernel's real servers (nginx, iperf3, socat, and ab and wrk as the load
 # generators: apt-get install --no-install-recommends nginx iperf3 socat
 # apache2-utils wrk), the scaling rows (--queues 1 against 2, nginx with 1
@@ -28,6 +28,7 @@ cargo bench --bench segment --bench port_table
 cargo bench --bench memory > "$OUT/memory.tsv"
 cargo bench --bench outbound | sed -n '/^## Outbound scale/,$p' > "$OUT/outbound.md"
 cargo bench --bench steering | sed -n '/^## Steering cost/,$p' > "$OUT/steering.md"
+cargo bench --bench shards | sed -n '/^## Shards without the kernel/,$p' > "$OUT/shards.md"
 probe after >> "$OUT/probe.tsv"
 if [ "${E2E:-0}" = 1 ]; then
     cargo build --release --bin ephemera
@@ -41,6 +42,5 @@ REPORT_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') REPORT_COMMAND="$cmd" \
     cargo run --release --example perf_report -- \
     "$CARGO_TARGET_DIR/criterion" "$OUT/memory.tsv" "$OUT/e2e.tsv" \
     docs/performance.md docs/perf-segment.svg "$OUT/probe.tsv"
-# The outbound-scale and steering sections print their own markdown.
-cat "$OUT/outbound.md" >> docs/performance.md
-cat "$OUT/steering.md" >> docs/performance.md
+# The outbound-scale, steering and shards sections print their own markdown.
+cat "$OUT/outbound.md" "$OUT/steering.md" "$OUT/shards.md" >> docs/performance.md
