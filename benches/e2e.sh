@@ -59,13 +59,14 @@
 #       through the same socat relay as above
 #   scale.q{1,Q}.{par,iperf3,wrk,one}  ephemera --queues 1 against --queues Q
 #       (E2E_QUEUES), daemon restarted for each, the two alternating within
-#       a run: par = 8 concurrent curl GETs of E2E_BYTES each from --http,
-#       all bytes over the span from the first client's start to the last
-#       one's end (process start-up included: a few ms of ~1 s); iperf3 =
-#       iperf3 -P 8 -t E2E_WRK_SECONDS through --forward, the receiver's
-#       sum; wrk = wrk -t2 -c16
-#       -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS (requests/s,
-#       so connections/s); one = a single curl GET of E2E_BYTES (one flow)
+#       a run; rows in the order one, par, iperf3, wrk: one = a single
+#       curl GET of E2E_BYTES (one flow) on the fresh daemon; par = 8
+#       concurrent curl GETs of E2E_BYTES each from --http, all bytes over
+#       the span from the first client's start to the last one's end
+#       (process start-up included: a few ms of ~1 s); iperf3 = iperf3 -P 8
+#       -t E2E_WRK_SECONDS through --forward, the receiver's sum; wrk = wrk
+#       -t2 -c16 -H "Connection: close" on /bytes/100 for E2E_WRK_SECONDS
+#       (requests/s, so connections/s)
 #   scale.nice.q{1,Q}.*                the same rows with the daemon under
 #       nice -n E2E_NICE, so that its threads win the CPU from the clients
 #   scale.nginx{1,Q}.{par,wrk}         the kernel's own scaling with the same
@@ -621,14 +622,16 @@ for r in $(seq "$RUNS"); do
             start_bg "$NS" 10.7.0.1 5201 iperf3 -s -B 10.7.0.1 -p 5201
             NS_IPERF3=$!
             id=$pass.q$q
+            # One flow first, on the fresh daemon: the rows after it leave
+            # connections behind (wrk, last, some 200,000 in TIME-WAIT).
+            with_cpu "$id.one" "$EPID" -- curl_get "$id.one" "$NS" "http://10.7.0.2/bytes/$N"
             with_cpu "$id.par" "$EPID" -- par_get "$id.par" "$NS" http://10.7.0.2/bytes 8
             # For a time, not -n: with 8 streams the relay holds up to 16 MiB
             # that the receiver stops counting at the end (see iperf3_run).
             IPERF3_SECONDS=$WRK_SECS with_cpu "$id.iperf3" "$EPID" -- \
                 iperf3_run "$id.iperf3" "$NS" 10.7.0.2 5202 -P 8
             with_cpu "$id.wrk" "$EPID" -- wrk_run "$id.wrk" "$NS" http://10.7.0.2/bytes/100
-            with_cpu "$id.one" "$EPID" -- curl_get "$id.one" "$NS" "http://10.7.0.2/bytes/$N"
-            show "$id.par" "$id.iperf3" "$id.wrk" "$id.one"
+            show "$id.one" "$id.par" "$id.iperf3" "$id.wrk"
             stop_pid "$NS_IPERF3"
             stop_ephemera
         done

@@ -549,8 +549,10 @@ fn e2e_section(w: &mut String, e2e: Option<&E2e>) {
 }
 
 /// The rows of the scaling section: label, series suffix, whether many
-/// flows (target ≥ 1.4×) or one (no regression).
+/// flows (target ≥ 1.4×) or one (no regression); in the order
+/// `benches/e2e.sh` runs them on each daemon.
 const SCALE_ROWS: [(&str, &str, bool); 4] = [
+    ("one download (curl, one flow)", "one", false),
     (
         "8 concurrent downloads (curl, E2E_BYTES each), aggregate",
         "par",
@@ -566,7 +568,6 @@ const SCALE_ROWS: [(&str, &str, bool); 4] = [
         "wrk",
         true,
     ),
-    ("one download (curl, one flow)", "one", false),
 ];
 
 /// Many-flow scaling target, `--queues Q` over `--queues 1`.
@@ -589,7 +590,9 @@ fn scale_section(w: &mut String, e2e: Option<&E2e>) {
         w,
         "`benches/e2e.sh`, same run as above: `ephemera up --queues 1` against `--queues {q}` \
          on this machine's {cpus} CPUs, the daemon restarted for each and the two alternating \
-         within each of the {runs}; clients in the daemon's namespace on the kernel end of the \
+         within each of the {runs}; on each daemon the rows run in the table's order, the one \
+         flow on the fresh daemon and `wrk`, which leaves the most connections behind, last; \
+         clients in the daemon's namespace on the kernel end of the \
          TUN, as above. wrk {wrk}, {secs} s per run. The ratio divides the medians. Many-flow \
          rows aim at ≥ {SCALE_TARGET}×, the one-flow row at no regression (≥ {:.0} % of \
          `--queues 1`). *CPU busy* is every CPU's busy time over the row (/proc/stat: the \
