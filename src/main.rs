@@ -68,10 +68,14 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
             ports: &'a [PortEntry],
             #[serde(skip_serializing_if = "Option::is_none")]
             stats: Option<&'a BTreeMap<String, u64>>,
+            /// Each shard's own counters, with more than one.
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            shard_stats: &'a [BTreeMap<String, u64>],
         }
         let json = serde_json::to_string_pretty(&Json {
             ports: &ports,
-            stats: stats.as_ref(),
+            stats: stats.as_ref().map(|s| &s.counters),
+            shard_stats: stats.as_ref().map_or(&[], |s| &s.shards),
         })
         .map_err(|e| e.to_string())?;
         writeln!(out, "{json}")
@@ -79,15 +83,15 @@ fn ports(args: &PortsArgs) -> Result<(), String> {
         let mut text = format_ports_table(&ports);
         if let Some(stats) = &stats {
             text.push('\n');
-            if let Some(budget) = format_budget(stats) {
+            if let Some(budget) = format_budget(&stats.counters) {
                 text.push_str(&budget);
                 text.push('\n');
             }
-            if let Some(shards) = format_shards(stats) {
+            if let Some(shards) = format_shards(&stats.counters) {
                 text.push_str(&shards);
                 text.push('\n');
             }
-            text.push_str(&format_counters(stats));
+            text.push_str(&format_counters(&stats.counters, &stats.shards));
         }
         out.write_all(text.as_bytes())
     };

@@ -70,8 +70,12 @@ pub enum Response {
     },
     /// Answer to [`Request::Stats`]: counter name to value.
     Stats {
-        /// The counters.
+        /// The counters, summed over the shards.
         counters: BTreeMap<String, u64>,
+        /// Each shard's own counters, in shard order, when `up --queues`
+        /// runs more than one; absent (empty) for a single stack.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shards: Vec<BTreeMap<String, u64>>,
     },
     /// A fetch's connection is up and the response head arrived.
     FetchStarted {
@@ -97,6 +101,15 @@ pub enum Response {
         /// One line saying why.
         message: String,
     },
+}
+
+/// The counters a [`Request::Stats`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Summed over the shards.
+    pub counters: BTreeMap<String, u64>,
+    /// Each shard's own, in shard order; empty for a single stack.
+    pub shards: Vec<BTreeMap<String, u64>>,
 }
 
 /// Identifies one control connection, for replies.
@@ -565,10 +578,11 @@ impl ControlClient {
         }
     }
 
-    /// The daemon's counters.
-    pub fn stats(&mut self) -> io::Result<BTreeMap<String, u64>> {
+    /// The daemon's counters: summed, and each shard's when it runs
+    /// several.
+    pub fn stats(&mut self) -> io::Result<Stats> {
         match self.request(&Request::Stats)? {
-            Response::Stats { counters } => Ok(counters),
+            Response::Stats { counters, shards } => Ok(Stats { counters, shards }),
             other => Err(protocol_error(format!("expected stats, got {other:?}"))),
         }
     }
@@ -799,6 +813,7 @@ mod tests {
                             id,
                             &Response::Stats {
                                 counters: BTreeMap::from([("rx".to_string(), 3)]),
+                                shards: Vec::new(),
                             },
                         );
                     }
@@ -835,7 +850,8 @@ mod tests {
         });
         let (ports, stats, bad, body, seen, summary, err) = client.join().unwrap();
         assert_eq!(ports.len(), 1);
-        assert_eq!(stats["rx"], 3);
+        assert_eq!(stats.counters["rx"], 3);
+        assert!(stats.shards.is_empty());
         assert!(
             matches!(bad, Response::Error { ref message } if message.starts_with("bad request")),
             "{bad:?}"

@@ -86,6 +86,8 @@ pub enum Message {
     View {
         /// The gather it answers.
         tag: u64,
+        /// The shard reporting.
+        shard: u16,
         /// What the shard reported.
         view: View,
     },
@@ -243,6 +245,8 @@ struct Gather {
     since: std::time::Instant,
     ports: Vec<PortEntry>,
     stats: Option<BTreeMap<String, u64>>,
+    /// Each shard's own counters as they arrive, for `--stats`.
+    by_shard: Vec<(u16, BTreeMap<String, u64>)>,
 }
 
 /// Where the other shards' services send fetch answers: nowhere (fetches
@@ -420,11 +424,12 @@ impl Shard {
             match message {
                 Message::Gather { tag, ports } => {
                     let view = self.view(ports);
-                    if !self.shared.inboxes[0].push_message(Message::View { tag, view }) {
+                    let shard = self.index;
+                    if !self.shared.inboxes[0].push_message(Message::View { tag, shard, view }) {
                         log::warn!("shard {}: shard 0's inbox is full", self.index);
                     }
                 }
-                Message::View { tag, view } => self.gathered(tag, view),
+                Message::View { tag, shard, view } => self.gathered(tag, shard, view),
                 Message::Shutdown => self.begin_shutdown(deadline),
                 Message::Stop => stop = true,
             }
@@ -481,6 +486,7 @@ impl Shard {
                         since: std::time::Instant::now(),
                         ports: Vec::new(),
                         stats: None,
+                        by_shard: Vec::new(),
                     };
                     // Our own view, taken here and now.
                     let view = view_of(
@@ -492,7 +498,7 @@ impl Shard {
                         self.counters,
                         ports,
                     );
-                    merge(&mut gather, view);
+                    merge(&mut gather, 0, view);
                     lead.gathers.push(gather);
                 }
                 Request::Fetch { url } => {
@@ -509,13 +515,13 @@ impl Shard {
         }
     }
 
-    /// Shard 0: another shard's view for gather `tag`.
-    fn gathered(&mut self, tag: u64, view: View) {
+    /// Shard 0: shard `shard`'s view for gather `tag`.
+    fn gathered(&mut self, tag: u64, shard: u16, view: View) {
         let Some(lead) = self.lead.as_mut() else {
             return;
         };
         if let Some(g) = lead.gathers.iter_mut().find(|g| g.tag == tag) {
-            merge(g, view);
+            merge(g, shard, view);
         }
         self.answer_gathers();
     }
@@ -531,12 +537,8 @@ impl Shard {
         lead.gathers.retain_mut(|g| {
             let response = if g.waiting == 0 {
                 match g.stats.take() {
-                    Some(mut counters) => {
-                        if shards > 1 {
-                            counters.insert("queues".into(), shards as u64);
-                            counters.insert("steering_ebpf".into(), u64::from(ebpf));
-                        }
-                        Response::Stats { counters }
+                    Some(counters) => {
+                        stats_response(counters, std::mem::take(&mut g.by_shard), shards, ebpf)
                     }
                     None => Response::Ports {
                         ports: std::mem::take(&mut g.ports),
@@ -722,17 +724,42 @@ fn view_of(
     View::Stats(map)
 }
 
-/// Add one shard's view to a gather: rows appended, counters summed.
-fn merge(g: &mut Gather, view: View) {
+/// The answer to `--stats` from the sum and each shard's own counters
+/// (in any order) of `shards` shards: with more than one, the sum names
+/// the queue count and the steering, and the shards' own come in shard
+/// order; with one, the sum alone.
+fn stats_response(
+    mut counters: BTreeMap<String, u64>,
+    mut by_shard: Vec<(u16, BTreeMap<String, u64>)>,
+    shards: usize,
+    ebpf: bool,
+) -> Response {
+    if shards > 1 {
+        counters.insert("queues".into(), shards as u64);
+        counters.insert("steering_ebpf".into(), u64::from(ebpf));
+        by_shard.sort_by_key(|&(shard, _)| shard);
+    } else {
+        by_shard.clear();
+    }
+    Response::Stats {
+        counters,
+        shards: by_shard.into_iter().map(|(_, c)| c).collect(),
+    }
+}
+
+/// Add shard `shard`'s view to a gather: rows appended, counters summed
+/// and kept as that shard's own.
+fn merge(g: &mut Gather, shard: u16, view: View) {
     g.waiting = g.waiting.saturating_sub(1);
     match view {
         View::Ports(rows) => g.ports.extend(rows),
         View::Stats(counters) => {
             let sum = g.stats.get_or_insert_with(BTreeMap::new);
-            for (k, v) in counters {
-                let e = sum.entry(k).or_insert(0);
+            for (k, &v) in &counters {
+                let e = sum.entry(k.clone()).or_insert(0);
                 *e = e.saturating_add(v);
             }
+            g.by_shard.push((shard, counters));
         }
     }
 }
@@ -786,20 +813,47 @@ mod tests {
             since: std::time::Instant::now(),
             ports: Vec::new(),
             stats: None,
+            by_shard: Vec::new(),
         };
         let stats = |pairs: &[(&str, u64)]| {
             View::Stats(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect())
         };
-        merge(&mut g, stats(&[("tcp_accepted", 3), ("misdirected", 0)]));
+        merge(&mut g, 0, stats(&[("tcp_accepted", 3), ("misdirected", 0)]));
         assert_eq!(g.waiting, 1);
         merge(
             &mut g,
+            1,
             stats(&[("tcp_accepted", 4), ("handoffs", u64::MAX)]),
         );
         assert_eq!(g.waiting, 0);
-        let sum = g.stats.unwrap();
+        let sum = g.stats.as_ref().unwrap();
         assert_eq!(sum["tcp_accepted"], 7);
         assert_eq!(sum["misdirected"], 0);
         assert_eq!(sum["handoffs"], u64::MAX);
+        // Each shard's own counters stay beside the sum.
+        assert_eq!(g.by_shard.len(), 2);
+        assert_eq!(g.by_shard[1].0, 1);
+        assert_eq!(g.by_shard[1].1["tcp_accepted"], 4);
+        assert!(!g.by_shard[1].1.contains_key("misdirected"));
+    }
+
+    #[test]
+    fn stats_answers_list_the_shards_in_order_and_a_single_stack_alone() {
+        let one = |n: u64| BTreeMap::from([("tcp_accepted".to_string(), n)]);
+        // Shard 2 answered first, then shard 0 (its own), then shard 1.
+        let arrived = vec![(2, one(5)), (0, one(3)), (1, one(4))];
+        let Response::Stats { counters, shards } = stats_response(one(12), arrived, 3, true) else {
+            panic!("not stats");
+        };
+        assert_eq!(counters["queues"], 3);
+        assert_eq!(counters["steering_ebpf"], 1);
+        assert_eq!(shards, vec![one(3), one(4), one(5)]);
+        let Response::Stats { counters, shards } =
+            stats_response(one(3), vec![(0, one(3))], 1, false)
+        else {
+            panic!("not stats");
+        };
+        assert_eq!(counters, one(3), "no queue count for a single stack");
+        assert!(shards.is_empty());
     }
 }

@@ -315,13 +315,56 @@ fn columns<const N: usize>(table: &[[String; N]]) -> String {
     out
 }
 
-/// Counters as `name value` lines, names aligned.
-pub fn format_counters(counters: &BTreeMap<String, u64>) -> String {
+/// Counters as `name value` lines, names aligned; with each shard's own
+/// (`shards`, in shard order, none for a single stack), a table: the sum,
+/// then a column per shard, `-` where a shard has no such counter.
+pub fn format_counters(
+    counters: &BTreeMap<String, u64>,
+    shards: &[BTreeMap<String, u64>],
+) -> String {
     let w = counters.keys().map(|k| k.len()).max().unwrap_or(0);
-    counters
+    if shards.is_empty() {
+        return counters
+            .iter()
+            .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+            .collect();
+    }
+    let mut header = vec!["total".to_string()];
+    header.extend((0..shards.len()).map(|i| format!("shard {i}")));
+    let rows: Vec<(&str, Vec<String>)> = counters
         .iter()
-        .map(|(k, v)| format!("{k:<w$}  {v}\n"))
-        .collect()
+        .map(|(k, v)| {
+            let mut cells = vec![v.to_string()];
+            cells.extend(
+                shards
+                    .iter()
+                    .map(|s| s.get(k).map_or_else(|| "-".to_string(), u64::to_string)),
+            );
+            (k.as_str(), cells)
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|(_, cells)| cells[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |name: &str, cells: &[String]| {
+        let mut out = format!("{name:<w$}");
+        for (cell, cw) in cells.iter().zip(&widths) {
+            let _ = write!(out, "  {cell:>cw$}");
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line("", &header);
+    for (name, cells) in &rows {
+        out.push_str(&line(name, cells));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -400,7 +443,7 @@ pub(crate) mod tests {
         let mut c = BTreeMap::new();
         c.insert("rx_packets".to_string(), 10);
         c.insert("drops".to_string(), 1);
-        assert_eq!(format_counters(&c), "drops       1\nrx_packets  10\n");
+        assert_eq!(format_counters(&c, &[]), "drops       1\nrx_packets  10\n");
         assert_eq!(format_budget(&c), None, "an older daemon");
         let gauges = [
             3 << 30,
@@ -443,6 +486,21 @@ pub(crate) mod tests {
         );
         c.insert("steering_ebpf".to_string(), 1);
         assert!(format_shards(&c).unwrap().contains("steering: ebpf;"));
+    }
+
+    #[test]
+    fn counters_of_several_shards_get_a_column_each_beside_the_sum() {
+        let map = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let sum = map(&[("queues", 2), ("tcp_accepted", 1003)]);
+        let shards = [map(&[("tcp_accepted", 3)]), map(&[("tcp_accepted", 1000)])];
+        assert_eq!(
+            format_counters(&sum, &shards),
+            "              total  shard 0  shard 1\n\
+             queues            2        -        -\n\
+             tcp_accepted   1003        3     1000\n"
+        );
     }
 
     #[test]

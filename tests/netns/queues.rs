@@ -20,6 +20,19 @@ fn len_of(i: usize) -> usize {
     2_000 + i * 37
 }
 
+/// Each shard's own counters, from `ephemera ports --stats --json`.
+fn shard_stats(daemon: &Daemon) -> Vec<std::collections::BTreeMap<String, u64>> {
+    #[derive(serde::Deserialize)]
+    struct Json {
+        shard_stats: Vec<std::collections::BTreeMap<String, u64>>,
+    }
+    let out = daemon.client("ports", &["--stats", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<Json>(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+        .shard_stats
+}
+
 /// A python3 HTTP/1.0 server on 10.7.0.1:8000 whose `/bytes/N` is the
 /// daemon's `/bytes/N` body, with a listen queue for a thousand clients.
 fn start_bytes_server(ns: &mut Netns) {
@@ -189,6 +202,37 @@ fn thousand_of_each(test: &str, queues: u16, n: usize, extra: &[&str]) -> Option
             text(&out.stdout)
         );
     }
+    // Each shard's own counters beside the sum: a column each in the text,
+    // a map each in the JSON, adding up to the sum; every shard served.
+    let out = daemon.client("ports", &["--stats"]);
+    let table = text(&out.stdout);
+    let header = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .unwrap_or_else(|| panic!("no per-shard header in\n{table}"));
+    let mut want = vec!["total".to_string()];
+    want.extend((0..queues).map(|i| format!("shard {i}")));
+    assert_eq!(
+        header
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>(),
+        want
+    );
+    let per_shard = shard_stats(&daemon);
+    assert_eq!(per_shard.len(), usize::from(queues), "{per_shard:?}");
+    for key in ["tcp_accepted", "tcp_active_opens"] {
+        let parts: Vec<u64> = per_shard.iter().map(|s| s[key]).collect();
+        assert!(parts.iter().all(|&p| p > 0), "{key} by shard: {parts:?}");
+        // Read after the sum: only a connection made in between could add.
+        assert!(
+            parts.iter().sum::<u64>() >= stats[key],
+            "{key}: {parts:?} against {}",
+            stats[key]
+        );
+    }
+
     // The HTTP connections ephemera closed first wait in TIME-WAIT, each
     // on the shard that served it: more than one.
     let rows = daemon.ports();
