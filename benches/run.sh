@@ -5,15 +5,15 @@
 #   benches/run.sh            micro-benchmarks + memory (no root needed)
 #   E2E=1 benches/run.sh      also the end-to-end TUN runs (root; benches/e2e.sh)
 #
-# About 4 minutes for the micro-benchmarks on two cores. E2E adds about
-# fifteen more: every end-to-end series five times (E2E_RUNS), against the
-# kernel's real servers (nginx, iperf3, socat, and ab and wrk as the load
-# generators: apt-get install --no-install-recommends nginx iperf3 socat
-# apache2-utils wrk), the scaling rows (--queues 1 against 2, nginx with 1
-# worker against 2), and a few minutes the first time, when it builds
-# smoltcp's own benchmark example. The E2E_* settings of benches/e2e.sh
-# pass through; its short mode (E2E_QUICK=1) is for CI, not for this
-# report.
+# About 3 minutes for the micro-benchmarks on two cores, about 10 in all
+# with E2E (December 2026): every end-to-end series five times (E2E_RUNS),
+# against the kernel's real servers (nginx, iperf3, socat, and ab and wrk
+# as the load generators: apt-get install --no-install-recommends nginx
+# iperf3 socat apache2-utils wrk), the scaling rows (--queues 1 against 2,
+# nginx with 1 worker against 2), and a few minutes more the first time,
+# when it builds smoltcp's own benchmark example. The E2E_* settings of
+# benches/e2e.sh pass through; its short mode (E2E_QUICK=1) is for CI, not
+# for this report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
