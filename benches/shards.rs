@@ -138,15 +138,25 @@ fn run(work: Work, threads: usize) -> f64 {
         .map(|i| {
             let start = start.clone();
             std::thread::spawn(move || {
-                let mut net = link(i as u64, work);
-                let ring = matches!(work, Work::Chase).then(|| chain(i as u64));
+                // Set up before the common start, outside the timing.
+                let seed = i as u64;
+                let job: Box<dyn FnOnce() -> u64> = match work {
+                    Work::Spin => Box::new(move || spin(seed)),
+                    Work::Chase => {
+                        let ring = chain(seed);
+                        Box::new(move || chase(&ring))
+                    }
+                    Work::Short => {
+                        let mut net = link(seed, 512);
+                        Box::new(move || echo_cycles(&mut net))
+                    }
+                    Work::Bulk => {
+                        let mut net = link(seed, 256 << 10);
+                        Box::new(move || bulk(&mut net))
+                    }
+                };
                 start.wait();
-                match work {
-                    Work::Spin => spin(i as u64),
-                    Work::Chase => chase(ring.as_deref().unwrap()),
-                    Work::Short => echo_cycles(&mut net),
-                    Work::Bulk => bulk(&mut net),
-                }
+                job()
             })
         })
         .collect();
@@ -163,11 +173,9 @@ fn run(work: Work, threads: usize) -> f64 {
 const CLIENT: &str = "10.0.0.1";
 const SERVER: &str = "10.0.0.2";
 
-fn link(seed: u64, work: Work) -> Network {
-    let buffer = match work {
-        Work::Spin | Work::Chase | Work::Short => 512,
-        Work::Bulk => 256 << 10,
-    };
+/// A client and a server stack on a link of their own, with `buffer`
+/// octets each way per connection.
+fn link(seed: u64, buffer: usize) -> Network {
     let stack = |addr: &str, seed: u64| {
         let cfg = StackConfig {
             addrs: vec![(addr.parse().unwrap(), 24)],
