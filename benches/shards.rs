@@ -20,7 +20,7 @@
 //! Output: markdown on stdout (appended to docs/performance.md by
 //! `benches/run.sh`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::Instant as Wall;
@@ -85,10 +85,11 @@ fn main() {
          work over the wall time from their common start to the last one's end; medians \
          (min–max). {cpus} CPUs, nothing else of the benchmark running; two controls (a loop in \
          registers, dependent loads in a buffer past the L2 cache) say what the machine gives \
-         a second busy thread at all. Each thread runs both ends and the link, so a thread is about twice a shard's work; the TUN, the kernel and \
-         the steering program are not in it (see the sections above). It measures what two \
-         shards share in the process: the allocator, the address space (page faults, TLB \
-         shootdowns), the memory bus and cache.\n"
+         a second busy thread at all. Each thread runs both ends and the link, so a thread is \
+         about twice a shard's work; the TUN, the kernel and the steering program are not in \
+         it (see the sections above). It measures what two shards share in the process: the \
+         allocator, the address space (page faults, TLB shootdowns), the memory bus and \
+         cache.\n"
     );
     println!(
         "| workload | 1 thread | 2 threads | 2 over 1 (rounds' range) |\n|---|---:|---:|---:|"
@@ -257,7 +258,7 @@ fn echo_cycles(net: &mut Network) -> u64 {
     let l = net.stack(1).listen(server(), None).unwrap();
     // Client side: bytes of the echo received, or `None` before sending.
     let mut clients: HashMap<TcpHandle, Option<usize>> = HashMap::new();
-    let mut servers: HashMap<TcpHandle, ()> = HashMap::new();
+    let mut servers: HashSet<TcpHandle> = HashSet::new();
     let (mut started, mut done) = (0u64, 0u64);
     let msg = [0x5au8; MSG];
     let mut buf = [0u8; MSG];
@@ -273,10 +274,10 @@ fn echo_cycles(net: &mut Network) -> u64 {
             match ev {
                 Event::Incoming(_) => {
                     while let Ok(h) = s.accept(l) {
-                        servers.insert(h, ());
+                        servers.insert(h);
                     }
                 }
-                Event::Tcp(h) if servers.contains_key(&h) => loop {
+                Event::Tcp(h) if servers.contains(&h) => loop {
                     match s.recv(h, &mut buf) {
                         Ok(0) => {
                             s.close(h);

@@ -484,13 +484,24 @@ impl Daemon {
 
     /// The counters of `ephemera ports --stats --json`.
     pub(crate) fn stats(&self) -> BTreeMap<String, u64> {
+        self.stats_by_shard().0
+    }
+
+    /// The counters of `ephemera ports --stats --json`, summed, and each
+    /// shard's own in shard order (none for a single stack), from one
+    /// request.
+    pub(crate) fn stats_by_shard(&self) -> (BTreeMap<String, u64>, Vec<BTreeMap<String, u64>>) {
         #[derive(serde::Deserialize)]
         struct Stats {
             stats: BTreeMap<String, u64>,
+            #[serde(default)]
+            shard_stats: Vec<BTreeMap<String, u64>>,
         }
         let out = self.client("ports", &["--stats", "--json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice::<Stats>(&out.stdout).unwrap().stats
+        let s = serde_json::from_slice::<Stats>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+        (s.stats, s.shard_stats)
     }
 }
 
